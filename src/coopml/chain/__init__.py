@@ -1,0 +1,1 @@
+"""coopml.chain layer."""

@@ -1,0 +1,1 @@
+"""coopml.he layer."""
