@@ -1,0 +1,99 @@
+"""The paper's contributor CNNs. Every model exposes `features(x)` (the penultimate vector that
+feature-level fusion concatenates) and `head` (the classifier over it).
+
+Table I layers use 'same' padding so that two 2x2 poolings give the 7x7 maps the table states;
+conv layer 3 keeps 7x7 likewise. ReLU follows each conv and the hidden layer (the table names
+no activation; ReLU is the standard reading). Table IV is kept linear up to the output, as the
+paper's encrypted inference needs (conv and average pooling only), which is what lets the
+IVHE layer evaluate it in cipherspace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from coopml.errors import ModelFileError
+
+
+class FeatureModel(nn.Module):
+    """A classifier split into a feature extractor and a linear head.
+
+    `labels` are the classes this model was trained on; the head still has 10 outputs so
+    that its logits are comparable across contributors.
+    """
+
+    def __init__(self, arch: str, body: nn.Sequential, feature_dim: int, head: nn.Module,
+                 num_classes: int = 10) -> None:
+        super().__init__()
+        self.arch = arch
+        self.body = body
+        self.feature_dim = feature_dim
+        self.head = head
+        self.num_classes = num_classes
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _same_conv(cin: int, cout: int, k: int) -> nn.Sequential:
+    """Conv keeping the spatial size; even kernels pad one more on the right/bottom (as TF 'same')."""
+    lo, hi = (k - 1) // 2, k // 2
+    return nn.Sequential(nn.ZeroPad2d((lo, hi, lo, hi)), nn.Conv2d(cin, cout, k))
+
+
+def _table1(c1: int, c2: int, k2: int, c3: int, k3: int, hidden: int = 500) -> Callable[[], FeatureModel]:
+    def build() -> FeatureModel:
+        body = nn.Sequential(
+            _same_conv(1, c1, 5), nn.ReLU(), nn.MaxPool2d(2),
+            _same_conv(c1, c2, k2), nn.ReLU(), nn.MaxPool2d(2),
+            _same_conv(c2, c3, k3), nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(7 * 7 * c3, hidden), nn.ReLU(),
+        )
+        return FeatureModel("", body, hidden, nn.Linear(hidden, 10))
+    return build
+
+
+def _table4() -> FeatureModel:
+    body = nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2), nn.AvgPool2d(2),
+        nn.Conv2d(32, 16, 5, padding=2), nn.AvgPool2d(2),
+        nn.Flatten(),
+    )
+    return FeatureModel("", body, 7 * 7 * 16, nn.Linear(7 * 7 * 16, 10))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    description: str
+    build: Callable[[], FeatureModel]
+
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
+    Architecture("table1-c1", "Table I contributor 1: conv32@5 pool conv16@5 pool conv8@2 fc500",
+                 _table1(32, 16, 5, 8, 2)),
+    Architecture("table1-c2", "Table I contributor 2: conv64@5 pool conv32@5 pool conv16@2 fc500",
+                 _table1(64, 32, 5, 16, 2)),
+    Architecture("table1-c3", "Table I contributor 3: conv32@5 pool conv32@10 pool conv16@4 fc500",
+                 _table1(32, 32, 10, 16, 4)),
+    Architecture("table4", "Table IV: conv32@5 avgpool conv16@5 avgpool, linear output (HE-friendly)",
+                 _table4),
+)}
+
+
+def build_model(arch: str, seed: int | None = None) -> FeatureModel:
+    if arch not in ARCHITECTURES:
+        raise ModelFileError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = ARCHITECTURES[arch].build()
+    model.arch = arch
+    return model
