@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from coopml.data import ShardSpec, TABLE_II, make_shards
+from coopml.models import ARCHITECTURES, TrainConfig, build_model, evaluate, train_model
+from coopml.errors import ModelFileError
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_shapes_and_features(arch):
+    m = build_model(arch, seed=0)
+    x = torch.rand(3, 1, 28, 28)
+    f = m.features(x)
+    assert f.shape == (3, m.feature_dim)
+    assert torch.allclose(m(x), m.head(f))
+
+
+def test_table1_feature_sizes_match_paper():
+    # Table I: conv3 output flattened to 392 / 784 / 784, hidden layer 500.
+    for arch, flat in (("table1-c1", 392), ("table1-c2", 784), ("table1-c3", 784)):
+        lin = [mod for mod in build_model(arch).body if isinstance(mod, torch.nn.Linear)][0]
+        assert (lin.in_features, lin.out_features) == (flat, 500)
+
+
+def test_unknown_arch():
+    with pytest.raises(ModelFileError, match="unknown architecture"):
+        build_model("resnet")
+
+
+def test_real_short_training_beats_chance(mnist_train, mnist_test):
+    shard = make_shards(mnist_train, [TABLE_II[1]], seed=0, scale=0.5)["contributor1"]
+    model = build_model("table1-c1", seed=0)
+    res = train_model(model, shard.train, shard.verify, TrainConfig(max_epochs=4, patience=4),
+                      labels=shard.spec.labels)
+    own = evaluate(model, mnist_test, shard.spec.labels)
+    assert res.epochs == 4 and len(res.history) == 4
+    assert own > 0.85, own                 # chance among 5 labels is 20%
+    assert res.history[-1][0] < res.history[0][0]  # loss went down
+
+
+def test_stop_at_target(mnist_train):
+    shard = make_shards(mnist_train, [ShardSpec("a", (0, 1), 200, 200)], seed=0)["a"]
+    model = build_model("table4", seed=0)
+    res = train_model(model, shard.train, shard.verify,
+                      TrainConfig(max_epochs=50, target_accuracy=0.9, stop_at_target=True), labels=(0, 1))
+    assert res.met_target and res.epochs < 50 and res.best_val_accuracy >= 0.9
+
+
+def test_restores_best_weights(mnist_train):
+    shard = make_shards(mnist_train, [ShardSpec("a", (3, 5, 8), 150, 150)], seed=2)["a"]
+    model = build_model("table4", seed=1)
+    res = train_model(model, shard.train, shard.verify, TrainConfig(max_epochs=6, patience=6), labels=(3, 5, 8))
+    assert evaluate(model, shard.verify, (3, 5, 8)) == pytest.approx(res.best_val_accuracy)
