@@ -9,6 +9,8 @@ VENV="$ROOT/.venv"
 STAMP_DIR="$ROOT/.cache/stamps"
 mkdir -p "$STAMP_DIR"
 
+# pip here warns about every configured local index folder that lacks a package; keep real messages.
+pip_q() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; return "${PIPESTATUS[0]}"; }
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
 # stamp NAME FILE...: true when FILE contents are unchanged since the last successful step NAME.
@@ -22,9 +24,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if ! stamp_ok python requirements.lock pyproject.toml; then
   log "installing Python packages (torch CPU wheel + requirements.lock)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.lock
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
+  pip_q torch==2.13.0
+  pip_q -r requirements.lock
+  pip_q --no-deps -e .
   "$VENV/bin/python" -c "import torch; assert '+cpu' in torch.__version__ or not torch.cuda.is_available(), torch.__version__"
   stamp_set python requirements.lock pyproject.toml
 fi
