@@ -12,3 +12,7 @@ class DataError(CoopmlError):
 
 class ModelFileError(CoopmlError):
     """A model file or manifest is malformed, tampered, or does not match its architecture."""
+
+
+class HEError(CoopmlError):
+    """Homomorphic-encryption misuse: bad parameters, mismatched keys, noise budget exceeded, bad blobs."""
