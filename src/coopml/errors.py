@@ -16,3 +16,23 @@ class ModelFileError(CoopmlError):
 
 class HEError(CoopmlError):
     """Homomorphic-encryption misuse: bad parameters, mismatched keys, noise budget exceeded, bad blobs."""
+
+
+class StorageError(CoopmlError):
+    """Decentralized-storage failure (coopml.storage)."""
+
+
+class ContentMismatch(StorageError):
+    """Bytes received for a CID do not hash to it, or a DAG is malformed: tampering or corruption."""
+
+
+class ContentNotFound(StorageError):
+    """No block for the CID in the store (or none arrived from the swarm in time)."""
+
+
+class ContentTooLarge(StorageError):
+    """Content exceeds the store's configured size limit."""
+
+
+class StorageUnavailable(StorageError):
+    """The storage backend (IPFS daemon, node binary) cannot be reached or started."""
