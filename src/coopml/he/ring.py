@@ -82,46 +82,103 @@ def limbs(words_arr: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def combine_limbs(parts: np.ndarray, bits: int, words: int) -> np.ndarray:
-    """Sum_i parts[i] * 2^(bits*i) mod Q for non-negative exact integers parts[i] < 2^53.
+def add_words(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(a + b) mod Q on uint64 words (..., W), with carries."""
+    a, b = np.broadcast_arrays(a, b)
+    out = np.empty(a.shape, dtype=np.uint64)
+    carry = np.zeros(a.shape[:-1], dtype=np.uint64)
+    for j in range(a.shape[-1]):
+        s1 = a[..., j] + b[..., j]
+        c1 = s1 < a[..., j]
+        s2 = s1 + carry
+        carry = (c1 | (s2 < s1)).astype(np.uint64)
+        out[..., j] = s2
+    return out
 
-    Vectorised with uint64 words and explicit carries (no Python ints)."""
-    shape = parts.shape[1:]
-    acc = np.zeros((*shape, words), dtype=np.uint64)
+
+def neg_words(a: np.ndarray) -> np.ndarray:
+    """-a mod Q (two's complement over all words)."""
+    one = np.zeros_like(a)
+    one[..., 0] = 1
+    return add_words(~a, one)
+
+
+def int_to_words(v: np.ndarray, words: int) -> np.ndarray:
+    """Signed int64 (or exact-integer float64) values as Z_Q words (sign-extended)."""
+    v = np.asarray(v).astype(np.int64)
+    out = np.empty((*v.shape, words), dtype=np.uint64)
+    out[..., 0] = v.view(np.uint64)
+    fill = np.where(v < 0, np.uint64(MASK64), np.uint64(0))
+    for j in range(1, words):
+        out[..., j] = fill
+    return out
+
+
+def shift_words(a: np.ndarray, s: int) -> np.ndarray:
+    """a * 2^s mod Q."""
+    words = a.shape[-1]
+    word, off = divmod(s, 64)
+    out = np.zeros_like(a)
+    for j in range(word, words):
+        src = j - word
+        v = a[..., src] << np.uint64(off)
+        if off and src >= 1:
+            v = v | (a[..., src - 1] >> np.uint64(64 - off))
+        out[..., j] = v
+    return out
+
+
+def combine_limbs(parts: np.ndarray, bits: int, words: int) -> np.ndarray:
+    """Sum_i parts[i] * 2^(bits*i) mod Q, parts exact signed integers (|.| < 2^63)."""
+    acc = np.zeros((*parts.shape[1:], words), dtype=np.uint64)
     for i in range(parts.shape[0]):
-        v = parts[i].astype(np.uint64)
-        shift = bits * i
-        word, off = divmod(shift, 64)
-        pieces = [(word, v << np.uint64(off))]
-        if off:
-            pieces.append((word + 1, v >> np.uint64(64 - off)))
-        for wi, piece in pieces:
-            carry = piece
-            for j in range(wi, words):
-                if not carry.any():
-                    break
-                new = acc[..., j] + carry
-                carry = (new < acc[..., j]).astype(np.uint64)
-                acc[..., j] = new
+        acc = add_words(acc, shift_words(int_to_words(parts[i], words), bits * i))
     return acc
 
 
-def limb_matmul(x: np.ndarray, k_words: np.ndarray) -> np.ndarray:
-    """x @ K mod Q, exactly: x a non-negative integer float64 matrix (N, m), K in Z_Q as words (m, n, W).
-
-    The limb width is the largest b with sum_j x_ij * (2^b - 1) < 2^53 for every row, so each
-    float64 product-sum is exact; one BLAS call does all limbs at once."""
-    if x.size and x.min() < 0:
-        raise ValueError("limb_matmul needs a non-negative left operand")
-    row_l1 = float(x.sum(axis=1).max()) if x.size else 0.0
-    bits = 1
+def _limb_bits(row_l1: float) -> int:
+    bits = 0
     while bits < 52 and row_l1 * ((1 << (bits + 1)) - 1) < FLOAT_EXACT:
         bits += 1
-    if row_l1 * ((1 << bits) - 1) >= FLOAT_EXACT:
-        raise ValueError("left operand too large for exact float64 limb products")
+    if bits == 0:
+        raise ValueError(f"left operand rows too large ({row_l1:.3g}) for exact float64 limb products")
+    return bits
+
+
+def limb_matmul(x: np.ndarray, k_words: np.ndarray) -> np.ndarray:
+    """x @ K mod Q, exactly: x an integer-valued float64 matrix (N, m) with sum_j |x_ij| < 2^52,
+    K in Z_Q as words (m, n, W) -> words (N, n, W).
+
+    The limb width b is the largest with sum_j |x_ij| * (2^b - 1) < 2^53 for every row, so
+    each float64 product-sum is an exact integer; one BLAS call covers all limbs."""
+    x = np.asarray(x, dtype=np.float64)
+    row_l1 = float(np.abs(x).sum(axis=1).max()) if x.size else 0.0
+    bits = _limb_bits(row_l1)
     words = k_words.shape[-1]
     kl = limbs(k_words, bits)                                  # (L, m, n)
     L, m, n = kl.shape
     prod = x @ kl.transpose(1, 0, 2).reshape(m, L * n)         # (N, L*n)
     prod = prod.reshape(len(x), L, n).transpose(1, 0, 2)       # (L, N, n)
     return combine_limbs(prod, bits, words)
+
+
+def int_matmul(x: np.ndarray, k_words: np.ndarray, chunk_bits: int = 16) -> np.ndarray:
+    """x @ K mod Q for arbitrary signed integers x (int64 or object): x is cut into signed
+    `chunk_bits`-bit pieces, each multiplied exactly by `limb_matmul`."""
+    x = np.asarray(x)
+    words = k_words.shape[-1]
+    sign = np.where(x < 0, -1, 1)
+    mag = np.abs(x).astype(object) if x.dtype == object else np.abs(x.astype(np.int64)).astype(object)
+    acc = np.zeros((x.shape[0], k_words.shape[1], words), dtype=np.uint64)
+    mask = (1 << chunk_bits) - 1
+    i = 0
+    while True:
+        piece = ((mag >> (chunk_bits * i)) & mask)
+        if not piece.any():
+            if not (mag >> (chunk_bits * i)).any():
+                break
+        else:
+            part = limb_matmul((piece * sign).astype(np.float64), k_words)
+            acc = add_words(acc, shift_words(part, chunk_bits * i))
+        i += 1
+    return acc

@@ -1,0 +1,319 @@
+"""Encrypted models (paper IV-C2): the first layer is encrypted, the rest stays scaled integers.
+
+Strategies:
+- "element-wise": every first-layer weight and bias is a length-1 plaintext; its ciphertext
+  adds a trailing axis of 1+k components ("third dimension", Fig. 5).
+- "matrix-pair-wise": the first layer is encrypted along its output channels (for a conv
+  m x 1 x r -> m x 1 x (r+k), Fig. 6); the next layer consumes the r identity channels with its
+  plaintext weights while the k extra channels ride along, so the second layer's key becomes
+  W2 T, which only the initiator (holding T, and the model once bought) can form.
+
+Encrypted inference (verifier side, plaintext scaled inputs). Every layer is linear, so for
+one encrypted model the whole map input -> output ciphertext components is a fixed matrix
+over Z_Q. `prepare` builds it once: the integer tail's transpose G (exact float64 backward),
+pushed through the encrypted first layer limb by limb. Inference is then one exact limb
+matmul. This is the same linear algebra as running every layer per component, reassociated;
+decrypted outputs equal `integer_forward` bit for bit (tests/he).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coopml.errors import HEError
+from coopml.he import ring
+from coopml.he.ring import FLOAT_EXACT
+from coopml.he.scaling import IntegerNet, IntLayer, apply_layer, dequantize, integer_forward, quantize
+from coopml.he.scheme import (Ciphertext, KeyMismatchError, NoiseOverflowError, PublicKey, SecretKey,
+                              decrypt, encrypt)
+
+STRATEGIES = ("element-wise", "matrix-pair-wise")
+
+
+@dataclass
+class Prepared:
+    """Per-model inference operator over Z_Q (built once by `prepare`)."""
+
+    k_words: np.ndarray          # (D_in, columns, W)
+    bias_words: np.ndarray       # (columns, W)
+    noise_op: np.ndarray         # (D_in, O) float64: |noise| per unit fresh noise and |x|
+    noise_const: np.ndarray      # (O,)
+    value_op: np.ndarray         # (D_in, O): |y| per |x| with first-layer weights at weight_bound
+    value_const: np.ndarray      # (O,)
+    tail_g: np.ndarray           # (O, first-layer output size) int64, for matrix-pair-wise decryption
+
+
+@dataclass
+class EncryptedModel:
+    """A contributor's model with its first layer encrypted; self-describing for transport."""
+
+    arch: str
+    strategy: str
+    p: int
+    q: int
+    input_shape: tuple[int, ...]      # per example, e.g. (1, 28, 28)
+    first_weight: Ciphertext          # element-wise: batch = weight shape, n=1; mpw: batch = weight[0].shape, n=out
+    first_bias: Ciphertext            # element-wise: batch (out,), n=1; mpw: batch (), n=out
+    first_layer: IntLayer             # kind/stride/padding (weight/bias None: they are encrypted)
+    first_shape: tuple[int, ...]
+    tail: IntegerNet                  # layers after the first (plaintext integers); scales are full-net
+    weight_bound: int                 # declared max |first-layer integer| (public)
+    _prepared: Prepared | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def params(self):
+        return self.first_weight.params
+
+    @property
+    def key_id(self) -> str:
+        return self.first_weight.key_id
+
+    @property
+    def output_scale(self) -> int:
+        return self.tail.output_scale
+
+
+def _check_pk(pk: PublicKey, strategy: str, out_channels: int) -> None:
+    if strategy not in STRATEGIES:
+        raise HEError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    need = 1 if strategy == "element-wise" else out_channels
+    if pk.n != need:
+        raise KeyMismatchError(f"{strategy} encryption of this model needs a key for n={need}, "
+                               f"the public key has n={pk.n} (keygen(params, n={need}))")
+
+
+def encrypt_model(pk: PublicKey, model: nn.Module, p: int, q: int = 1000,
+                  strategy: str = "element-wise", input_shape: tuple[int, ...] = (1, 28, 28),
+                  rng: np.random.Generator | int | None = None) -> EncryptedModel:
+    """Scale `model` (weights x p, inputs x q) and encrypt its first layer with `pk`."""
+    net = quantize(model, p, q)
+    first = net.layers[0]
+    out_ch = first.weight.shape[0]
+    _check_pk(pk, strategy, out_ch)
+    wmax = int(max(np.abs(first.weight).max(), np.abs(first.bias).max()))
+    if wmax > pk.params.plain_bound:
+        raise HEError(f"first-layer integers reach {wmax} > plain_bound {pk.params.plain_bound}: "
+                      f"lower p or use params with a larger plain_bound")
+    if strategy == "element-wise":
+        ct_w = encrypt(pk, first.weight[..., None], rng)
+        ct_b = encrypt(pk, first.bias[..., None], rng)
+    else:
+        ct_w = encrypt(pk, np.moveaxis(first.weight, 0, -1), rng)   # (in, kh, kw, out) vectors
+        ct_b = encrypt(pk, first.bias, rng)
+    shell = IntLayer(first.kind, None, None, first.stride, first.padding, first.size)
+    tail = IntegerNet(net.layers[1:], p, q, net.scales)
+    arch = getattr(model, "arch", "") or "sequential"
+    return EncryptedModel(arch, strategy, p, q, tuple(input_shape), ct_w, ct_b, shell,
+                          tuple(first.weight.shape), tail, wmax)
+
+
+def _first_out_shape(enc: EncryptedModel) -> tuple[int, ...]:
+    x = torch.zeros(1, *enc.input_shape, dtype=torch.float64)
+    w = torch.zeros(enc.first_shape, dtype=torch.float64)
+    layer = enc.first_layer
+    return tuple(apply_layer(IntLayer(layer.kind, None, None, layer.stride, layer.padding), x, w,
+                             bias=False).shape[1:])
+
+
+def _tail_transpose(enc: EncryptedModel, absolute: bool) -> np.ndarray:
+    """G (O, *first_out) with y = G . h1 + const for the bias-free integer tail (exact float64)."""
+    h = torch.zeros(1, *_first_out_shape(enc), dtype=torch.float64, requires_grad=True)
+    y = h
+    for layer in enc.tail.layers:
+        y = apply_layer(layer, y, bias=False, absolute=absolute)
+    if y.dim() != 2 or y.shape[0] != 1:
+        raise HEError("the network must end in a flat output vector (Flatten + Linear)")
+    rows = [torch.autograd.grad(y[0, o], h, retain_graph=True)[0][0] for o in range(y.shape[1])]
+    g = torch.stack(rows)
+    return g.numpy()
+
+
+def _tail_const(enc: EncryptedModel) -> np.ndarray:
+    h = np.zeros((1, *_first_out_shape(enc)), dtype=np.int64)
+    return integer_forward(IntegerNet(enc.tail.layers, enc.p, enc.q, enc.tail.scales), h)[0]
+
+
+def _first_transpose(enc: EncryptedModel, g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Adjoint of the (bias-free) first layer applied to rows of g: (O, *out) -> (O, D_in)."""
+    layer = enc.first_layer
+    if layer.kind == "linear":
+        return g @ weight
+    h_in = enc.input_shape[1:]
+    out = F.conv_transpose2d(g, weight, stride=layer.stride, padding=layer.padding)
+    pad = [0, h_in[1] - out.shape[-1], 0, h_in[0] - out.shape[-2]]
+    if any(pad):
+        out = F.pad(out, pad)
+    return out.flatten(1)
+
+
+def _exact_first_transpose(enc: EncryptedModel, g: np.ndarray, g_abs_bound: np.ndarray,
+                           w_words: np.ndarray) -> np.ndarray:
+    """first_layer^T(G) with Z_Q weights, exact: weights cut into limbs narrow enough that every
+    float64 sum stays below 2^53. Returns words (D_in, O, W)."""
+    ones = torch.ones(w_words.shape[:-1], dtype=torch.float64)
+    spread = float(_first_transpose(enc, torch.from_numpy(g_abs_bound), ones).max())
+    bits = ring._limb_bits(spread)
+    gl = torch.from_numpy(g)
+    parts = np.stack([_first_transpose(enc, gl, torch.from_numpy(limb)).numpy()
+                      for limb in ring.limbs(w_words, bits)])          # (L, O, D_in)
+    return ring.combine_limbs(parts, bits, w_words.shape[-1]).transpose(1, 0, 2)
+
+
+def prepare(enc: EncryptedModel) -> Prepared:
+    """Build (once) the Z_Q operator of the whole encrypted model; cached on the object."""
+    if enc._prepared is not None:
+        return enc._prepared
+    params = enc.params
+    g = _tail_transpose(enc, absolute=False)
+    g_abs = _tail_transpose(enc, absolute=True)
+    if g_abs.max(initial=0) >= FLOAT_EXACT:
+        raise HEError("integer tail too large for exact evaluation; lower p")
+    out_ch = enc.first_shape[0]
+    o = g.shape[0]
+    g_int = np.round(g).astype(np.int64)
+    wq = enc.first_weight.words
+    bq = enc.first_bias.words
+    g_sum = g_int.reshape(o, out_ch, -1).sum(-1)                        # (O, out_ch): bias fan-out
+    tail_bias = ring.to_words(ring.lift(_tail_const(enc).astype(object) * params.w, params.words),
+                              params.words)                          # trivial encryption (w y, 0)
+    if enc.strategy == "element-wise":
+        comps = params.k + 1
+        cols, biases = [], []
+        for j in range(comps):
+            cols.append(_exact_first_transpose(enc, g, g_abs, wq[..., j, :]))
+            biases.append(ring.int_matmul(g_sum, bq[:, j, None, :])[:, 0])  # (O, W)
+        k_words = np.stack(cols, axis=2)                                 # (D_in, O, comps, W)
+        bias_words = np.stack(biases, axis=1)                            # (O, comps, W)
+        bias_words[:, 0] = ring.add_words(bias_words[:, 0], tail_bias)
+        k_words = k_words.reshape(k_words.shape[0], o * comps, -1)
+        bias_words = bias_words.reshape(o * comps, -1)
+    else:
+        conv_w = np.moveaxis(wq, -2, 0)                                  # (out+k, in, kh, kw, W)
+        ident = _exact_first_transpose(enc, g, g_abs, conv_w[:out_ch])   # (D_in, O, W)
+        b_ident = ring.add_words(ring.int_matmul(g_sum, bq[:out_ch, None, :])[:, 0], tail_bias)
+        # residual channels: the first layer's own operator for each extra output channel
+        out_shape = _first_out_shape(enc)
+        hw = int(np.prod(out_shape[1:])) if len(out_shape) > 1 else 1
+        eye = np.eye(hw).reshape(hw, 1, *out_shape[1:])
+        eye_abs = np.ones((1, 1, *out_shape[1:]))
+        res = [_exact_first_transpose(enc, eye, eye_abs, conv_w[out_ch + t:out_ch + t + 1])
+               for t in range(params.k)]                                 # each (D_in, hw, W)
+        k_words = np.concatenate([ident] + res, axis=1)
+        b_res = [np.broadcast_to(bq[out_ch + t], (hw, params.words)) for t in range(params.k)]
+        bias_words = np.concatenate([b_ident] + b_res, axis=0)
+    ones = torch.ones(enc.first_shape, dtype=torch.float64)
+    noise_op = _first_transpose(enc, torch.from_numpy(g_abs), ones).numpy().T
+    noise_const = np.abs(g_abs.reshape(o, out_ch, -1)).sum((1, 2))
+    tail_abs_bias = np.abs(_tail_const_abs(enc))
+    enc._prepared = Prepared(k_words, bias_words, noise_op, noise_const,
+                             noise_op * enc.weight_bound, noise_const * enc.weight_bound + tail_abs_bias,
+                             g_int)
+    return enc._prepared
+
+
+def _tail_const_abs(enc: EncryptedModel) -> np.ndarray:
+    h = torch.zeros(1, *_first_out_shape(enc), dtype=torch.float64)
+    for layer in enc.tail.layers:
+        h = apply_layer(layer, h, absolute=True)
+    return h[0].numpy()
+
+
+def _bound(op: np.ndarray, const: np.ndarray, x_abs: np.ndarray, scale: int) -> int:
+    """Upper bound (Python int) of max over rows of scale * (|x| @ op + const), float64 with margin."""
+    v = float((x_abs @ op + const).max(initial=0.0))
+    return int(math.ceil(v * (1 + 2.0 ** -40))) * scale + scale
+
+
+@dataclass
+class PairOutputs:
+    """Matrix-pair-wise inference result: identity part (N, O) plus k residual maps (N, k*hw)."""
+
+    words: np.ndarray
+    outputs: int
+    noise_bound: int
+    value_bound: int
+    key_id: str
+
+
+def encrypted_infer(enc: EncryptedModel, x: np.ndarray, q: int | None = None) -> Ciphertext | PairOutputs:
+    """Verifier path: encrypted model on plaintext integer inputs x (N, *input_shape) = round(q*images).
+
+    Element-wise returns a Ciphertext batch (N, outputs) with n=1; matrix-pair-wise a PairOutputs.
+    Raises NoiseOverflowError if the worst-case noise of *this* computation could break decryption."""
+    if q is not None and q != enc.q:
+        raise HEError(f"inputs scaled with q={q}, but the model's biases were scaled for q={enc.q}")
+    x = np.asarray(x)
+    if x.dtype.kind not in "iu":
+        raise HEError("encrypted_infer takes integer inputs: use scale_inputs(images, q)")
+    if tuple(x.shape[1:]) != enc.input_shape:
+        raise HEError(f"inputs have shape {x.shape[1:]}, the model expects {enc.input_shape}")
+    prep = prepare(enc)
+    params = enc.params
+    xf = x.reshape(len(x), -1).astype(np.float64)
+    x_abs = np.abs(xf)
+    noise = _bound(prep.noise_op, prep.noise_const, x_abs, params.fresh_noise)
+    value = _bound(prep.value_op, prep.value_const, x_abs, 1)
+    probe = Ciphertext(params, 1, np.zeros((1, 1 + params.k, params.words), np.uint64), noise, value,
+                       enc.key_id)
+    probe.check_budget()
+    y = ring.add_words(ring.limb_matmul(xf, prep.k_words), prep.bias_words[None])
+    o = prep.tail_g.shape[0]
+    if enc.strategy == "element-wise":
+        y = y.reshape(len(x), o, params.k + 1, params.words)
+        return Ciphertext(params, 1, y, noise, value, enc.key_id)
+    return PairOutputs(y, o, noise, value, enc.key_id)
+
+
+def decrypt_outputs(sk: SecretKey, enc: EncryptedModel, out: Ciphertext | PairOutputs) -> np.ndarray:
+    """Initiator side: integer outputs (N, O); divide by enc.output_scale for logits."""
+    if isinstance(out, Ciphertext):
+        return decrypt(sk, out)[..., 0]
+    if out.key_id != sk.key_id:
+        raise KeyMismatchError(f"outputs belong to key {out.key_id}, secret key is {sk.key_id}")
+    params = sk.params
+    Ciphertext(params, 1, np.zeros((1, 1 + params.k, params.words), np.uint64), out.noise_bound,
+               out.value_bound, sk.key_id).check_budget()
+    prep = prepare(enc)
+    o = out.outputs
+    out_ch = enc.first_shape[0]
+    g = prep.tail_g.reshape(o, out_ch, -1)                                  # (O, out_ch, hw)
+    gt = np.einsum("ct,och->oth", sk.t.astype(np.int64), g).reshape(o, -1)  # key of the residual part
+    ident = out.words[:, :o]
+    resid = out.words[:, o:]                                                # (N, k*hw, W)
+    mixed = ring.int_matmul(gt, resid.transpose(1, 0, 2))                  # (O, N, W)
+    v = ring.signed(ring.to_ring(ring.add_words(ident, mixed.transpose(1, 0, 2))), params.words)
+    res = (v + params.w // 2) // params.w
+    return np.asarray(res).astype(np.int64)
+
+
+def decrypt_model(sk: SecretKey, enc: EncryptedModel, template: nn.Module) -> nn.Module:
+    """Initiator side: the model with integer-rounded weights / p (biases / their scale).
+
+    `template` is a module of the same architecture (e.g. build_model(enc.arch))."""
+    if enc.key_id != sk.key_id:
+        raise KeyMismatchError(f"model was encrypted for key {enc.key_id}, secret key is {sk.key_id}")
+    w = decrypt(sk, enc.first_weight)
+    b = decrypt(sk, enc.first_bias)
+    if enc.strategy == "element-wise":
+        w, b = w[..., 0], b[..., 0]
+    else:
+        w = np.moveaxis(w, -1, 0)
+    first = IntLayer(enc.first_layer.kind, w.astype(np.int64), b.astype(np.int64),
+                     enc.first_layer.stride, enc.first_layer.padding)
+    net = IntegerNet([first] + enc.tail.layers, enc.p, enc.q, enc.tail.scales)
+    return dequantize(net, template)
+
+
+def plain_integer_net(model: nn.Module, p: int, q: int) -> IntegerNet:
+    """The integer-scaled plaintext network encrypted inference must reproduce."""
+    return quantize(model, p, q)
+
+
+__all__ = ["STRATEGIES", "EncryptedModel", "PairOutputs", "encrypt_model", "encrypted_infer",
+           "decrypt_outputs", "decrypt_model", "prepare", "plain_integer_net", "NoiseOverflowError"]
