@@ -36,3 +36,17 @@ class ContentTooLarge(StorageError):
 
 class StorageUnavailable(StorageError):
     """The storage backend (IPFS daemon, node binary) cannot be reached or started."""
+
+
+class ChainError(CoopmlError):
+    """The chain layer could not do what was asked: node unreachable, bad artifact, tx failed."""
+
+
+class ContractRevert(ChainError):
+    """The CoopML contract reverted with a custom error; `name` is its Solidity name
+    (e.g. "NotSelectedVerifier") and `args` its decoded arguments."""
+
+    def __init__(self, name: str, args: tuple = (), message: str | None = None):
+        self.name = name
+        self.args_decoded = tuple(args)
+        super().__init__(message or (f"contract reverted: {name}{tuple(args) if args else ''}"))
