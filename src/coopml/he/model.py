@@ -246,6 +246,19 @@ def encrypted_infer(enc: EncryptedModel, x: np.ndarray, q: int | None = None) ->
 
     Element-wise returns a Ciphertext batch (N, outputs) with n=1; matrix-pair-wise a PairOutputs.
     Raises NoiseOverflowError if the worst-case noise of *this* computation could break decryption."""
+    xf, noise, value = _admit(enc, x, q)
+    prep = prepare(enc)
+    params = enc.params
+    y = ring.add_words(ring.limb_matmul(xf, prep.k_words), prep.bias_words[None])
+    o = prep.tail_g.shape[0]
+    if enc.strategy == "element-wise":
+        y = y.reshape(len(x), o, params.k + 1, params.words)
+        return Ciphertext(params, 1, y, noise, value, enc.key_id)
+    return PairOutputs(y, o, noise, value, enc.key_id)
+
+
+def _admit(enc: EncryptedModel, x: np.ndarray, q: int | None) -> tuple[np.ndarray, int, int]:
+    """Validate inputs; return them flat as float64 with this computation's worst-case bounds."""
     if q is not None and q != enc.q:
         raise HEError(f"inputs scaled with q={q}, but the model's biases were scaled for q={enc.q}")
     x = np.asarray(x)
@@ -262,12 +275,36 @@ def encrypted_infer(enc: EncryptedModel, x: np.ndarray, q: int | None = None) ->
     probe = Ciphertext(params, 1, np.zeros((1, 1 + params.k, params.words), np.uint64), noise, value,
                        enc.key_id)
     probe.check_budget()
-    y = ring.add_words(ring.limb_matmul(xf, prep.k_words), prep.bias_words[None])
-    o = prep.tail_g.shape[0]
-    if enc.strategy == "element-wise":
-        y = y.reshape(len(x), o, params.k + 1, params.words)
-        return Ciphertext(params, 1, y, noise, value, enc.key_id)
-    return PairOutputs(y, o, noise, value, enc.key_id)
+    return xf, noise, value
+
+
+def encrypted_infer_layered(enc: EncryptedModel, x: np.ndarray) -> Ciphertext:
+    """Element-wise inference layer by layer, per ciphertext component (the paper's Fig. 5 flow).
+
+    Each Z_Q component of the first layer is cut into limbs narrow enough that the whole
+    integer network stays exact in float64 for every limb; limbs are recombined mod Q at the
+    end. Same result as `encrypted_infer`, kept as the reference and for the benchmark."""
+    if enc.strategy != "element-wise":
+        raise HEError("layered inference is implemented for the element-wise strategy")
+    _, noise, value = _admit(enc, x, None)
+    prep = prepare(enc)
+    params = enc.params
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    spread = float((np.abs(xt.reshape(len(x), -1).numpy()) @ prep.noise_op).max(initial=1.0))
+    bits = ring._limb_bits(spread)
+    comps = []
+    for j in range(params.k + 1):
+        parts = []
+        for limb in ring.limbs(enc.first_weight.words[..., j, :], bits):
+            h = apply_layer(enc.first_layer, xt, torch.from_numpy(limb), bias=False)
+            for layer in enc.tail.layers:
+                h = apply_layer(layer, h, bias=False)
+            parts.append(h.numpy())
+        comps.append(ring.combine_limbs(np.stack(parts), bits, params.words))   # (N, O, W)
+    y = np.stack(comps, axis=2)                                                   # (N, O, comps, W)
+    o = y.shape[1]
+    y = ring.add_words(y, prep.bias_words.reshape(o, params.k + 1, params.words)[None])
+    return Ciphertext(params, 1, y, noise, value, enc.key_id)
 
 
 def decrypt_outputs(sk: SecretKey, enc: EncryptedModel, out: Ciphertext | PairOutputs) -> np.ndarray:
@@ -316,4 +353,4 @@ def plain_integer_net(model: nn.Module, p: int, q: int) -> IntegerNet:
 
 
 __all__ = ["STRATEGIES", "EncryptedModel", "PairOutputs", "encrypt_model", "encrypted_infer",
-           "decrypt_outputs", "decrypt_model", "prepare", "plain_integer_net", "NoiseOverflowError"]
+           "encrypted_infer_layered", "decrypt_outputs", "decrypt_model", "prepare", "plain_integer_net", "NoiseOverflowError"]
