@@ -54,6 +54,11 @@ def read_chunks(source: bytes | os.PathLike[str] | str, chunk_size: int, max_siz
             yield chunk
 
 
+def flatfs_key(cid: CID) -> str:
+    """Kubo's flatfs name for a block: the multihash in upper-case unpadded base32 (CIQ... for sha2-256)."""
+    return base32.encode(bytes(cid.digest)).rstrip("=").upper()
+
+
 def check_chunk_size(chunk_size: int) -> None:
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise StorageError(f"chunk size must be 1..{MAX_CHUNK_SIZE} bytes, got {chunk_size}")
@@ -105,7 +110,7 @@ class LocalStore(Store):
 
     # -- blocks --
     def _block_path(self, cid: CID) -> Path:
-        key = base32.encode(bytes(cid.digest)).upper()  # flatfs-style key of the multihash
+        key = flatfs_key(cid)
         return self._blocks / key[-3:-1] / key
 
     def _write_block(self, block: Block) -> None:
