@@ -1,0 +1,259 @@
+"""One `Chain` interface over two backends: the in-process py-evm chain of eth-tester (default) and
+any JSON-RPC endpoint (anvil, the `coopml.chain.node` server, a real node).
+
+A Chain sends transactions from two kinds of accounts: the node's unlocked dev accounts
+(`dev_accounts()`, signed by the node) and local keys added with `add_key` / `new_account`
+(signed here, sent raw), so several processes can each hold their own key on one shared chain.
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+from web3 import HTTPProvider, Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.exceptions import ContractLogicError, TimeExhausted
+from web3.types import TxReceipt
+
+from coopml.chain.artifacts import load_artifact
+from coopml.errors import ChainError, ContractRevert
+
+ETHER = 10**18
+_ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
+_PANIC = bytes.fromhex("4e487b71")  # Panic(uint256)
+
+
+def revert_data_from_exception(exc: BaseException) -> bytes | None:
+    """Raw revert bytes of a failed call, from web3 (JSON-RPC `data`) or eth-tester (message)."""
+    data: Any = getattr(exc, "data", None)
+    if isinstance(data, str) and data.startswith("0x"):
+        return bytes.fromhex(data[2:])
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data)
+    # eth-tester raises TransactionFailed("execution reverted: b'...'") with the repr of the bytes
+    text = str(exc.args[0]) if exc.args else ""
+    marker = "execution reverted: "
+    if marker in text:
+        tail = text.split(marker, 1)[1].strip()
+        if tail.startswith(("b'", 'b"')):
+            try:
+                raw = ast.literal_eval(tail)
+                if isinstance(raw, bytes):
+                    return raw
+            except (ValueError, SyntaxError):
+                return None
+    return None
+
+
+class ErrorDecoder:
+    """Maps 4-byte selectors of an ABI's custom errors to ContractRevert(name, args)."""
+
+    def __init__(self, abi: list[dict[str, Any]]):
+        self._errors: dict[bytes, tuple[str, list[str]]] = {}
+        for item in abi:
+            if item.get("type") == "error":
+                types = [i["type"] for i in item["inputs"]]
+                selector = keccak(text=f"{item['name']}({','.join(types)})")[:4]
+                self._errors[selector] = (item["name"], types)
+
+    def decode(self, data: bytes) -> ContractRevert:
+        selector, body = data[:4], data[4:]
+        if selector == _ERROR_STRING:
+            return ContractRevert("Error", abi_decode(["string"], body))
+        if selector == _PANIC:
+            return ContractRevert("Panic", abi_decode(["uint256"], body))
+        if selector in self._errors:
+            name, types = self._errors[selector]
+            return ContractRevert(name, abi_decode(types, body))
+        return ContractRevert("Unknown", (data.hex(),), f"contract reverted with unknown data 0x{data.hex()}")
+
+
+class Chain:
+    """A connection to one chain. Create with `Chain.embedded()` or `Chain.rpc(url)`."""
+
+    def __init__(self, w3: Web3, kind: str, tester: Any = None, receipt_timeout: float = 60.0):
+        self.w3 = w3
+        self.kind = kind  # "embedded" or "rpc"
+        self._tester = tester  # eth_tester.EthereumTester for the embedded backend
+        self._keys: dict[str, LocalAccount] = {}
+        self._nonces: dict[str, int] = {}
+        self._lock = threading.RLock()
+        self.receipt_timeout = receipt_timeout
+        self.poll_latency = 0.02 if kind == "embedded" else 0.05
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def embedded(cls) -> Chain:
+        """A fresh in-process EVM (py-evm via eth-tester): auto-mines one block per transaction."""
+        from eth_tester import EthereumTester, PyEVMBackend
+        from web3 import EthereumTesterProvider
+
+        tester = EthereumTester(PyEVMBackend())
+        return cls(Web3(EthereumTesterProvider(tester)), "embedded", tester=tester)
+
+    @classmethod
+    def rpc(cls, url: str, timeout: float = 30.0) -> Chain:
+        """Any JSON-RPC node: anvil, `python -m coopml.chain.node`, geth --dev, ..."""
+        w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout}))
+        try:
+            w3.eth.chain_id
+        except Exception as exc:  # noqa: BLE001 - any transport failure means "unreachable"
+            raise ChainError(f"no JSON-RPC node answers at {url}: {exc}") from exc
+        return cls(w3, "rpc")
+
+    # ------------------------------------------------------------------ accounts
+
+    def dev_accounts(self) -> list[str]:
+        """Accounts the node itself unlocks and funds (eth-tester: 10 x 1e6 ETH; anvil: 10 x 1e4 ETH)."""
+        return [to_checksum_address(a) for a in self.w3.eth.accounts]
+
+    def add_key(self, private_key: bytes | str) -> str:
+        """Sign this account's transactions locally from now on; returns its address."""
+        account: LocalAccount = Account.from_key(private_key)
+        self._keys[account.address] = account
+        return account.address
+
+    def new_account(self, fund_wei: int = 0, seed: str | None = None) -> str:
+        """A local account (deterministic from `seed`, so other processes can derive it too),
+        funded with `fund_wei` from the first dev account."""
+        key = keccak(text=f"coopml-dev-account:{seed}") if seed is not None else Account.create().key
+        address = self.add_key(key)
+        if fund_wei:
+            self.fund(address, fund_wei)
+        return address
+
+    def fund(self, address: str, amount_wei: int, sender: str | None = None) -> None:
+        sender = sender or self.dev_accounts()[0]
+        self.send({"to": to_checksum_address(address), "value": amount_wei}, sender)
+
+    def balance(self, address: str) -> int:
+        return self.w3.eth.get_balance(to_checksum_address(address))
+
+    # ------------------------------------------------------------------ time
+
+    def now(self) -> int:
+        """Timestamp of the latest block (what `block.timestamp` was last)."""
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def block_number(self) -> int:
+        return int(self.w3.eth.block_number)
+
+    def increase_time(self, seconds: int) -> None:
+        """Move the chain clock forward and mine a block (eth-tester time travel / evm_increaseTime)."""
+        if self._tester is not None:
+            with self._lock:
+                self._tester.time_travel(self.now() + int(seconds))
+        else:
+            self.w3.provider.make_request("evm_increaseTime", [int(seconds)])
+            self.mine()
+
+    def mine(self) -> None:
+        if self._tester is not None:
+            with self._lock:
+                self._tester.mine_blocks(1)
+        else:
+            self.w3.provider.make_request("evm_mine", [])
+
+    # ------------------------------------------------------------------ contracts
+
+    def contract(self, address: str, name: str = "CoopML") -> Contract:
+        return self.w3.eth.contract(address=to_checksum_address(address), abi=load_artifact(name)["abi"])
+
+    def deploy_contract(self, name: str, sender: str, *args: Any) -> tuple[Contract, TxReceipt]:
+        art = load_artifact(name)
+        factory = self.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
+        receipt = self.transact(factory.constructor(*args), sender, decoder=ErrorDecoder(art["abi"]))
+        return self.contract(receipt["contractAddress"], name), receipt
+
+    # ------------------------------------------------------------------ transactions
+
+    def send(self, tx: dict[str, Any], sender: str) -> TxReceipt:
+        """Send a plain transaction dict and wait for its receipt."""
+        tx = {**tx, "from": to_checksum_address(sender)}
+        with self._lock:
+            if tx["from"] in self._keys:
+                tx.setdefault("gas", self.w3.eth.estimate_gas(tx))
+                tx_hash = self._send_signed(tx)
+            else:
+                tx_hash = self.w3.eth.send_transaction(tx)
+        return self._wait(tx_hash)
+
+    def transact(self, fn: ContractFunction | Any, sender: str, value: int = 0,
+                 decoder: ErrorDecoder | None = None) -> TxReceipt:
+        """Run a contract function as a transaction; reverts raise ContractRevert(name)."""
+        decoder = decoder or ErrorDecoder(fn.abi if isinstance(getattr(fn, "abi", None), list)
+                                          else load_artifact("CoopML")["abi"])
+        params = {"from": to_checksum_address(sender), "value": value}
+        try:
+            with self._lock:
+                if params["from"] in self._keys:
+                    tx_hash = self._send_signed(fn.build_transaction(params))
+                else:
+                    tx_hash = fn.transact(params)
+        except Exception as exc:  # noqa: BLE001 - translate reverts, re-raise the rest
+            raise self._translate(exc, decoder) from exc
+        receipt = self._wait(tx_hash)
+        if receipt["status"] != 1:
+            raise self._replay_failure(fn, params, receipt, decoder)
+        return receipt
+
+    def call(self, fn: ContractFunction, decoder: ErrorDecoder | None = None) -> Any:
+        try:
+            return fn.call()
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, decoder or ErrorDecoder(load_artifact("CoopML")["abi"])) from exc
+
+    def _send_signed(self, tx: dict[str, Any]) -> bytes:
+        sender = tx["from"]
+        if sender not in self._nonces:
+            block = "latest" if self._tester is not None else "pending"
+            self._nonces[sender] = self.w3.eth.get_transaction_count(sender, block)
+        tx["nonce"] = self._nonces[sender]
+        tx.setdefault("chainId", self.w3.eth.chain_id)
+        if "gasPrice" not in tx and "maxFeePerGas" not in tx:
+            base = self.w3.eth.get_block("latest").get("baseFeePerGas", 10**9)
+            tx["maxPriorityFeePerGas"] = 10**9
+            tx["maxFeePerGas"] = 2 * int(base) + 10**9
+        signed = self._keys[sender].sign_transaction(tx)
+        try:
+            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        except Exception:
+            self._nonces.pop(sender, None)  # resynchronise from the node next time
+            raise
+        self._nonces[sender] += 1
+        return tx_hash
+
+    def _wait(self, tx_hash: bytes) -> TxReceipt:
+        try:
+            return self.w3.eth.wait_for_transaction_receipt(
+                tx_hash, timeout=self.receipt_timeout, poll_latency=self.poll_latency)
+        except TimeExhausted as exc:
+            raise ChainError(f"transaction {tx_hash.hex()} not mined within {self.receipt_timeout}s") from exc
+
+    def _translate(self, exc: Exception, decoder: ErrorDecoder) -> Exception:
+        data = revert_data_from_exception(exc)
+        if data:
+            return decoder.decode(data)
+        if isinstance(exc, ContractLogicError) or "revert" in str(exc).lower():
+            return ContractRevert("Unknown", (), f"contract reverted without data: {exc}")
+        if isinstance(exc, ChainError):
+            return exc
+        return ChainError(f"chain request failed: {exc}")
+
+    def _replay_failure(self, fn: Any, params: dict[str, Any], receipt: TxReceipt,
+                        decoder: ErrorDecoder) -> Exception:
+        """A mined transaction failed (state changed between estimate and inclusion): re-run it
+        as a call on the parent block to recover the custom error."""
+        try:
+            fn.call(params, block_identifier=receipt["blockNumber"] - 1)
+        except Exception as exc:  # noqa: BLE001
+            return self._translate(exc, decoder)
+        return ContractRevert("Unknown", (), f"transaction {receipt['transactionHash'].hex()} failed")

@@ -1,0 +1,102 @@
+"""Start and stop local chain nodes (anvil, the embedded JSON-RPC node) as child processes on
+127.0.0.1, stopped by PID. Used by tests, benchmarks and the multi-process demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from coopml.errors import ChainError
+from coopml.paths import node_modules
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def anvil_binary() -> Path | None:
+    """The pinned anvil from npm @foundry-rs/anvil-linux-amd64, if installed."""
+    path = node_modules() / ".bin" / "anvil"
+    return path if path.exists() and os.access(path, os.X_OK) else None
+
+
+@dataclass
+class NodeProcess:
+    """A running local node; `stop()` ends it by its PID."""
+
+    pid: int
+    url: str
+    kind: str
+    _proc: subprocess.Popen = field(repr=False)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._proc.poll() is not None:
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGKILL)
+            self._proc.wait(timeout)
+
+    def __enter__(self) -> NodeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, kind: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise ChainError(f"{kind} exited with code {proc.returncode}: {out[-2000:]}")
+        try:
+            r = requests.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []},
+                              timeout=1)
+            if r.ok and "result" in r.json():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise ChainError(f"{kind} did not answer at {url} within {timeout}s")
+
+
+def start_anvil(port: int | None = None, block_time: float | None = None, accounts: int = 10,
+                balance_eth: int = 10_000, timeout: float = 30.0) -> NodeProcess:
+    """anvil on 127.0.0.1; `block_time=None` auto-mines each transaction, else seals every N s."""
+    binary = anvil_binary()
+    if binary is None:
+        raise ChainError(f"anvil not found under {node_modules()}; run scripts/setup.sh (npm ci)")
+    port = port or free_port()
+    cmd = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--accounts", str(accounts),
+           "--balance", str(balance_eth), "--silent"]
+    if block_time is not None:
+        cmd += ["--block-time", str(block_time)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(proc, url, "anvil", timeout)
+    return NodeProcess(proc.pid, url, "anvil", proc)
+
+
+def start_embedded_node(port: int | None = None, timeout: float = 60.0) -> NodeProcess:
+    """`python -m coopml.chain.node` (the embedded py-evm chain over JSON-RPC) on 127.0.0.1."""
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "coopml.chain.node", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(proc, url, "coopml.chain.node", timeout)
+    return NodeProcess(proc.pid, url, "embedded-node", proc)
