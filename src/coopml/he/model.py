@@ -64,6 +64,7 @@ class EncryptedModel:
     first_shape: tuple[int, ...]
     tail: IntegerNet                  # layers after the first (plaintext integers); scales are full-net
     weight_bound: int                 # declared max |first-layer integer| (public)
+    lead: int = 0                     # Flatten layers before the first (encrypted) layer
     _prepared: Prepared | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -93,7 +94,8 @@ def encrypt_model(pk: PublicKey, model: nn.Module, p: int, q: int = 1000,
                   rng: np.random.Generator | int | None = None) -> EncryptedModel:
     """Scale `model` (weights x p, inputs x q) and encrypt its first layer with `pk`."""
     net = quantize(model, p, q)
-    first = net.layers[0]
+    lead = next(i for i, layer in enumerate(net.layers) if layer.kind in ("conv", "linear"))
+    first = net.layers[lead]
     out_ch = first.weight.shape[0]
     _check_pk(pk, strategy, out_ch)
     wmax = int(max(np.abs(first.weight).max(), np.abs(first.bias).max()))
@@ -107,14 +109,16 @@ def encrypt_model(pk: PublicKey, model: nn.Module, p: int, q: int = 1000,
         ct_w = encrypt(pk, np.moveaxis(first.weight, 0, -1), rng)   # (in, kh, kw, out) vectors
         ct_b = encrypt(pk, first.bias, rng)
     shell = IntLayer(first.kind, None, None, first.stride, first.padding, first.size)
-    tail = IntegerNet(net.layers[1:], p, q, net.scales)
+    tail = IntegerNet(net.layers[lead + 1:], p, q, net.scales)
     arch = getattr(model, "arch", "") or "sequential"
     return EncryptedModel(arch, strategy, p, q, tuple(input_shape), ct_w, ct_b, shell,
-                          tuple(first.weight.shape), tail, wmax)
+                          tuple(first.weight.shape), tail, wmax, lead)
 
 
 def _first_out_shape(enc: EncryptedModel) -> tuple[int, ...]:
     x = torch.zeros(1, *enc.input_shape, dtype=torch.float64)
+    if enc.first_layer.kind == "linear":
+        x = x.flatten(1)
     w = torch.zeros(enc.first_shape, dtype=torch.float64)
     layer = enc.first_layer
     return tuple(apply_layer(IntLayer(layer.kind, None, None, layer.stride, layer.padding), x, w,
@@ -296,7 +300,8 @@ def encrypted_infer_layered(enc: EncryptedModel, x: np.ndarray) -> Ciphertext:
     for j in range(params.k + 1):
         parts = []
         for limb in ring.limbs(enc.first_weight.words[..., j, :], bits):
-            h = apply_layer(enc.first_layer, xt, torch.from_numpy(limb), bias=False)
+            h = apply_layer(enc.first_layer, xt.flatten(1) if enc.lead else xt, torch.from_numpy(limb),
+                            bias=False)
             for layer in enc.tail.layers:
                 h = apply_layer(layer, h, bias=False)
             parts.append(h.numpy())
@@ -343,7 +348,8 @@ def decrypt_model(sk: SecretKey, enc: EncryptedModel, template: nn.Module) -> nn
         w = np.moveaxis(w, -1, 0)
     first = IntLayer(enc.first_layer.kind, w.astype(np.int64), b.astype(np.int64),
                      enc.first_layer.stride, enc.first_layer.padding)
-    net = IntegerNet([first] + enc.tail.layers, enc.p, enc.q, enc.tail.scales)
+    net = IntegerNet([IntLayer("flatten")] * enc.lead + [first] + enc.tail.layers, enc.p, enc.q,
+                     enc.tail.scales)
     return dequantize(net, template)
 
 

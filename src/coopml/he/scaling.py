@@ -98,8 +98,11 @@ def quantize(model: nn.Module, p: int, q: int) -> IntegerNet:
             raise HEError(f"layer {type(m).__name__} is not linear: only Conv2d, AvgPool2d, Flatten and "
                           "Linear can be evaluated in cipherspace")
         scales.append(s)
-    if not layers or layers[0].kind not in ("conv", "linear"):
-        raise HEError("the first layer must be a Conv2d or Linear (it is the one that gets encrypted)")
+    kinds = [layer.kind for layer in layers]
+    first = next((i for i, k in enumerate(kinds) if k in ("conv", "linear")), None)
+    if first is None or any(k != "flatten" for k in kinds[:first]):
+        raise HEError("the first layer (after an optional Flatten) must be a Conv2d or Linear: "
+                      "it is the one that gets encrypted")
     return IntegerNet(layers, p, q, scales)
 
 

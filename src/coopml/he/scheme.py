@@ -287,7 +287,7 @@ def add_plain(a: Ciphertext, x: np.ndarray) -> Ciphertext:
         raise HEError(f"plaintext last axis must be n={a.n}, got {x.shape}")
     w = a.params.words
     data = a.data.copy()
-    data[..., :a.n] = ring.reduce(data[..., :a.n] + ring.lift(x * a.params.w, w), w)
+    data[..., :a.n] = ring.reduce(data[..., :a.n] + ring.lift(x.astype(object) * a.params.w, w), w)
     return Ciphertext(a.params, a.n, ring.to_words(data, w), a.noise_bound,
                       a.value_bound + int(np.abs(x).max(initial=0)), a.key_id)
 

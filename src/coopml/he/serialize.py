@@ -53,7 +53,7 @@ def to_bytes(obj: PublicKey | SecretKey | Ciphertext | EncryptedModel) -> bytes:
                 "input_shape": list(obj.input_shape), "first_shape": list(obj.first_shape),
                 "first_layer": {"kind": fl.kind, "stride": fl.stride, "padding": fl.padding},
                 "tail": layers, "scales": [str(s) for s in obj.tail.scales],
-                "weight_bound": obj.weight_bound,
+                "weight_bound": obj.weight_bound, "lead": obj.lead,
                 "first_weight": _ct_meta(obj.first_weight), "first_bias": _ct_meta(obj.first_bias)}
     else:
         raise HEError(f"cannot serialise {type(obj).__name__}")
@@ -106,7 +106,7 @@ def from_bytes(data: bytes, expect: str | None = None, where: str = "<bytes>"
         raise HEFormatError(f"{where}: expected a {expect}, got a {kind}")
     try:
         params = Params(**{k: int(v) for k, v in meta["params"].items()})
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, HEError) as exc:
         raise HEFormatError(f"{where}: bad params ({exc})") from None
     try:
         if kind == "public-key":
@@ -147,7 +147,7 @@ def _model(meta: dict[str, Any], tensors: dict[str, np.ndarray], params: Params,
                          IntLayer(fl["kind"], None, None, int(fl["stride"]), int(fl["padding"])),
                          tuple(int(v) for v in meta["first_shape"]),
                          IntegerNet(layers, int(meta["p"]), int(meta["q"]), [int(s) for s in meta["scales"]]),
-                         int(meta["weight_bound"]))
+                         int(meta["weight_bound"]), int(meta.get("lead", 0)))
     check_model(enc, where)
     return enc
 
@@ -169,9 +169,11 @@ def check_model(enc: EncryptedModel, where: str = "<model>") -> None:
         raise HEFormatError(f"{where}: encrypted first-layer bias has batch {enc.first_bias.shape}, expected {want_b}")
     if enc.arch in ARCHITECTURES:
         ref = quantize(build_model(enc.arch), enc.p, enc.q)
-        kinds = [(l.kind, None if l.weight is None else l.weight.shape, l.size) for l in ref.layers[1:]]
+        kinds = [(l.kind, None if l.weight is None else l.weight.shape, l.size) for l in ref.layers]
         got = [(l.kind, None if l.weight is None else l.weight.shape, l.size) for l in enc.tail.layers]
-        if kinds != got or tuple(ref.layers[0].weight.shape) != enc.first_shape:
+        first = ref.layers[enc.lead] if enc.lead < len(ref.layers) else None
+        if kinds[enc.lead + 1:] != got or first is None or first.weight is None \
+                or tuple(first.weight.shape) != enc.first_shape:
             raise HEFormatError(f"{where}: layers do not match architecture {enc.arch!r}")
         if ref.scales != enc.tail.scales:
             raise HEFormatError(f"{where}: recorded scales {enc.tail.scales} do not follow from p={enc.p}, q={enc.q}")

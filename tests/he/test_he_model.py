@@ -1,0 +1,122 @@
+"""Encrypted models: decrypted encrypted-inference outputs equal the integer-scaled plaintext network."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+from torch import nn
+
+from coopml.errors import CoopmlError
+from coopml.he import (MODEL_PARAMS, KeyMismatchError, NoiseOverflowError, Params, decrypt_model,
+                       decrypt_outputs, encrypt_model, encrypted_infer, encrypted_infer_layered,
+                       integer_forward, keygen, quantize, scale_inputs)
+from coopml.models import build_model
+
+KEYS = {n: keygen(MODEL_PARAMS, n=n, rng=11) for n in (1, 3, 4, 32)}
+
+
+def small_cnn(seed: int, c1: int, c2: int, k: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, c1, k, padding=k // 2), nn.AvgPool2d(2),
+                         nn.Conv2d(c1, c2, 3, padding=1), nn.AvgPool2d(2), nn.Flatten(),
+                         nn.Linear(c2 * 3 * 3, 5))
+
+
+def fc_net(seed: int, hidden: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, hidden), nn.Linear(hidden, 4))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), c1=st.sampled_from([1, 3]), c2=st.integers(1, 3),
+       k=st.sampled_from([3, 5]), logp=st.integers(3, 7), q=st.sampled_from([10, 255, 1000]),
+       strategy=st.sampled_from(["element-wise", "matrix-pair-wise"]), batch=st.integers(1, 4))
+def test_cnn_encrypted_inference_is_bit_identical(seed, c1, c2, k, logp, q, strategy, batch):
+    model = small_cnn(seed, c1, c2, k)
+    p = 1 << logp
+    sk, pk = KEYS[1 if strategy == "element-wise" else c1]
+    enc = encrypt_model(pk, model, p, q, strategy, input_shape=(1, 12, 12))
+    x = np.random.default_rng(seed).integers(0, q + 1, size=(batch, 1, 12, 12))
+    want = integer_forward(quantize(model, p, q), x)
+    assert np.array_equal(decrypt_outputs(sk, enc, encrypted_infer(enc, x, q)), want)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), hidden=st.sampled_from([3, 4]), logp=st.integers(3, 7),
+       strategy=st.sampled_from(["element-wise", "matrix-pair-wise"]))
+def test_fully_connected_encrypted_inference_is_bit_identical(seed, hidden, logp, strategy):
+    model = fc_net(seed, hidden)
+    p, q = 1 << logp, 1000
+    sk, pk = KEYS[1 if strategy == "element-wise" else hidden]
+    enc = encrypt_model(pk, model, p, q, strategy, input_shape=(1, 6, 6))
+    x = np.random.default_rng(seed).integers(-q, q + 1, size=(3, 1, 6, 6))   # signed inputs too
+    want = integer_forward(quantize(model, p, q), x)
+    assert np.array_equal(decrypt_outputs(sk, enc, encrypted_infer(enc, x)), want)
+
+
+@pytest.fixture(scope="module")
+def table4():
+    model = build_model("table4", seed=3)
+    torch.manual_seed(0)
+    return model
+
+
+@pytest.mark.parametrize("strategy", ["element-wise", "matrix-pair-wise"])
+def test_table4_cnn_exact_and_decrypted_model_is_rounded(table4, strategy):
+    sk, pk = KEYS[1 if strategy == "element-wise" else 32]
+    enc = encrypt_model(pk, table4, p=1 << 7, q=1000, strategy=strategy)
+    assert enc.output_scale == (1 << 21) * 1000 * 16
+    x = scale_inputs(torch.rand(4, 1, 28, 28), 1000)
+    out = encrypted_infer(enc, x, q=1000)
+    ref = integer_forward(quantize(table4, 1 << 7, 1000), x)
+    assert np.array_equal(decrypt_outputs(sk, enc, out), ref)
+    # the integer outputs / scale approximate the float logits
+    with torch.no_grad():
+        logits = table4(torch.from_numpy(x).float() / 1000).numpy()
+    assert np.abs(ref / enc.output_scale - logits).max() < 0.05
+    dec = decrypt_model(sk, enc, build_model("table4"))
+    w = table4.body[0].weight.detach()
+    assert torch.equal(dec.body[0].weight, torch.round(w * 128) / 128)
+    assert torch.equal(dec.head.weight, torch.round(table4.head.weight.detach() * 128) / 128)
+
+
+def test_layered_inference_matches_prepared_operator(table4):
+    sk, pk = KEYS[1]
+    enc = encrypt_model(pk, table4, p=1 << 5, q=1000)
+    x = scale_inputs(torch.rand(2, 1, 28, 28), 1000)
+    a, b = encrypted_infer_layered(enc, x), encrypted_infer(enc, x)
+    assert np.array_equal(a.words, b.words)
+    assert np.array_equal(decrypt_outputs(sk, enc, a), integer_forward(quantize(table4, 32, 1000), x))
+
+
+def test_noise_check_raises_when_w_too_small(table4):
+    params = Params(w=1 << 30, k=1, plain_bound=1 << 20, words=2)   # output noise ~2^47 > w/2
+    sk, pk = keygen(params, 1, rng=0)
+    enc = encrypt_model(pk, table4, p=1 << 7, q=1000)
+    with pytest.raises(NoiseOverflowError, match="w/2"):
+        encrypted_infer(enc, scale_inputs(torch.rand(2, 1, 28, 28), 1000))
+    one_word = Params(w=1 << 40, k=1, plain_bound=1 << 20)            # Q = 2^64 cannot hold w*y
+    sk, pk = keygen(one_word, 1, rng=0)
+    enc = encrypt_model(pk, table4, p=1 << 7, q=1000)
+    with pytest.raises(NoiseOverflowError):
+        encrypted_infer(enc, scale_inputs(torch.rand(2, 1, 28, 28), 1000))
+
+
+def test_model_misuse_gives_clear_errors(table4):
+    sk, pk = KEYS[1]
+    with pytest.raises(KeyMismatchError, match="n=32"):
+        encrypt_model(pk, table4, 128, strategy="matrix-pair-wise")
+    with pytest.raises(CoopmlError, match="strategy"):
+        encrypt_model(pk, table4, 128, strategy="row-wise")
+    with pytest.raises(CoopmlError, match="not linear"):
+        encrypt_model(pk, build_model("table1-c1"), 128)
+    enc = encrypt_model(pk, table4, 128)
+    with pytest.raises(CoopmlError, match="integer inputs"):
+        encrypted_infer(enc, np.zeros((1, 1, 28, 28)))
+    with pytest.raises(CoopmlError, match="q=1000"):
+        encrypted_infer(enc, np.zeros((1, 1, 28, 28), np.int64), q=255)
+    with pytest.raises(CoopmlError, match="shape"):
+        encrypted_infer(enc, np.zeros((1, 1, 14, 14), np.int64))
+    other_sk, _ = keygen(MODEL_PARAMS, 1, rng=99)
+    with pytest.raises(KeyMismatchError):
+        decrypt_model(other_sk, enc, build_model("table4"))
