@@ -228,10 +228,15 @@ def _tail_const_abs(enc: EncryptedModel) -> np.ndarray:
     return h[0].numpy()
 
 
-def _bound(op: np.ndarray, const: np.ndarray, x_abs: np.ndarray, scale: int) -> int:
-    """Upper bound (Python int) of max over rows of scale * (|x| @ op + const), float64 with margin."""
-    v = float((x_abs @ op + const).max(initial=0.0))
-    return int(math.ceil(v * (1 + 2.0 ** -40))) * scale + scale
+def _bounds(prep: Prepared, x_abs: np.ndarray, fresh: int) -> tuple[int, int]:
+    """Worst-case (noise, value) over the batch as Python ints: max_rows (|x| @ op + const),
+    computed in float64 and rounded up with a relative margin far above float64 rounding error."""
+    both = x_abs @ np.concatenate([prep.noise_op, prep.value_op], axis=1)
+    o = prep.noise_op.shape[1]
+    noise = float((both[:, :o] + prep.noise_const).max(initial=0.0))
+    value = float((both[:, o:] + prep.value_const).max(initial=0.0))
+    up = lambda v: int(math.ceil(v * (1 + 2.0 ** -40))) + 1  # noqa: E731
+    return up(noise) * fresh, up(value)
 
 
 @dataclass
@@ -273,9 +278,8 @@ def _admit(enc: EncryptedModel, x: np.ndarray, q: int | None) -> tuple[np.ndarra
     prep = prepare(enc)
     params = enc.params
     xf = x.reshape(len(x), -1).astype(np.float64)
-    x_abs = np.abs(xf)
-    noise = _bound(prep.noise_op, prep.noise_const, x_abs, params.fresh_noise)
-    value = _bound(prep.value_op, prep.value_const, x_abs, 1)
+    x_abs = xf if x.min(initial=0) >= 0 else np.abs(xf)
+    noise, value = _bounds(prep, x_abs, params.fresh_noise)
     probe = Ciphertext(params, 1, np.zeros((1, 1 + params.k, params.words), np.uint64), noise, value,
                        enc.key_id)
     probe.check_budget()
