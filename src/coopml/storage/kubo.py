@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
@@ -21,21 +23,30 @@ from coopml.storage.unixfs import DEFAULT_CHUNK_SIZE, MAX_BLOCK_SIZE, build_file
 
 
 class KuboStore(Store):
-    """Talks to `api_url` (e.g. "http://127.0.0.1:5001"); `timeout` bounds each request in seconds."""
+    """Talks to `api_url` (e.g. "http://127.0.0.1:5001"); `timeout` bounds each request in seconds;
+    `parallel` block requests run at once during `get`."""
 
     def __init__(self, api_url: str, *, timeout: float = 60.0, max_size: int = DEFAULT_MAX_SIZE,
-                 has_timeout: float = 1.0) -> None:
+                 has_timeout: float = 1.0, parallel: int = 8) -> None:
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
         self.max_size = max_size
         self.has_timeout = has_timeout
-        self._http = requests.Session()
+        self._local = threading.local()  # one HTTP session per thread: Session is not thread-safe
+        self._pool = ThreadPoolExecutor(parallel, thread_name_prefix="kubo-get")
 
     def __repr__(self) -> str:
         return f"KuboStore({self.api_url!r})"
 
+    @property
+    def _http(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
     def close(self) -> None:
-        self._http.close()
+        self._pool.shutdown()
 
     def _post(self, command: str, *, timeout: float | None = None, **kwargs: Any) -> requests.Response:
         url = f"{self.api_url}/api/v0/{command}"
@@ -96,8 +107,13 @@ class KuboStore(Store):
         response.close()
         return body  # verified by read_file; an oversized one fails there
 
+    def _get_blocks(self, cids: list[CID]) -> list[bytes]:
+        if len(cids) == 1:
+            return [self._get_block(cids[0])]
+        return list(self._pool.map(self._get_block, cids))
+
     def get(self, cid: str) -> bytes:
-        return read_file(cid, self._get_block, max_size=self.max_size)
+        return read_file(cid, self._get_block, max_size=self.max_size, get_blocks=self._get_blocks)
 
     def pin(self, cid: str) -> None:
         parse_cid(cid)

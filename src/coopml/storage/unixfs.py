@@ -262,18 +262,24 @@ def verify_block(cid: CID, block: bytes) -> None:
         raise ContentMismatch(f"block received for {cid} does not match its hash: tampered or corrupted")
 
 
-def read_file(root: str | CID, get_block: Callable[[CID], bytes], *, max_size: int) -> bytes:
+FETCH_WINDOW = 16  # sibling blocks requested together: hides per-block latency, bounds memory
+
+
+def read_file(root: str | CID, get_block: Callable[[CID], bytes], *, max_size: int,
+              get_blocks: Callable[[list[CID]], list[bytes]] | None = None) -> bytes:
     """Rebuild a UnixFS file from its root CID, fetching blocks with `get_block`.
 
     Every block is verified against its CID before it is decoded, sizes recorded in the tree must
-    agree with the data found, and nothing beyond `max_size` bytes is assembled.
+    agree with the data found, and nothing beyond `max_size` bytes is assembled. `get_blocks`, if
+    given, fetches up to FETCH_WINDOW siblings at once (in order), e.g. concurrently over a network.
     """
     out = bytearray()
 
-    def walk(cid: CID, depth: int) -> int:
+    def walk(cid: CID, depth: int, block: bytes | None = None) -> int:
         if depth > MAX_DEPTH:
             raise ContentMismatch(f"DAG under {root} is deeper than {MAX_DEPTH} levels")
-        block = get_block(cid)
+        if block is None:
+            block = get_block(cid)
         verify_block(cid, block)
         if cid.codec.name == "raw":
             if len(out) + len(block) > max_size:
@@ -294,8 +300,11 @@ def read_file(root: str | CID, get_block: Callable[[CID], bytes], *, max_size: i
         total = len(node.data)
         if node.blocksizes and len(node.blocksizes) != len(node.links):
             raise ContentMismatch(f"node {cid} has {len(node.links)} links but {len(node.blocksizes)} block sizes")
+        prefetched: list[bytes] = []
         for i, link in enumerate(node.links):
-            got = walk(link.cid, depth + 1)
+            if get_blocks is not None and i % FETCH_WINDOW == 0:
+                prefetched = get_blocks([lk.cid for lk in node.links[i:i + FETCH_WINDOW]])
+            got = walk(link.cid, depth + 1, prefetched[i % FETCH_WINDOW] if get_blocks is not None else None)
             if node.blocksizes and got != node.blocksizes[i]:
                 raise ContentMismatch(f"child {link.cid} of {cid} holds {got} bytes, the parent says {node.blocksizes[i]}")
             total += got
