@@ -1,1 +1,29 @@
-"""coopml.chain layer."""
+"""coopml.chain: the CoopML Solidity contract, its compiled artifacts and a typed web3 client.
+
+Backends behind one `Chain` interface: `Chain.embedded()` (in-process py-evm, the default) and
+`Chain.rpc(url)` (anvil, `python -m coopml.chain.node`, any JSON-RPC node). See docs/chain.md.
+"""
+
+from coopml.chain.artifacts import load_artifact
+from coopml.chain.backends import ETHER, Chain
+from coopml.chain.client import (
+    BallotInfo,
+    MemberInfo,
+    ModelInfo,
+    ModelStatus,
+    TaskClient,
+    TaskInfo,
+    TaskSpec,
+    TaskTerms,
+    deploy,
+    key_commitment,
+    vote_commitment,
+)
+from coopml.chain.events import ChainEvent, EventCursor
+from coopml.errors import ChainError, ContractRevert
+
+__all__ = [
+    "ETHER", "BallotInfo", "Chain", "ChainError", "ChainEvent", "ContractRevert", "EventCursor",
+    "MemberInfo", "ModelInfo", "ModelStatus", "TaskClient", "TaskInfo", "TaskSpec", "TaskTerms",
+    "deploy", "key_commitment", "load_artifact", "vote_commitment",
+]

@@ -150,7 +150,8 @@ class Chain:
         """Move the chain clock forward and mine a block (eth-tester time travel / evm_increaseTime)."""
         if self._tester is not None:
             with self._lock:
-                self._tester.time_travel(self.now() + int(seconds))
+                # eth-tester mines the travelling block one second before the target
+                self._tester.time_travel(self.now() + int(seconds) + 1)
         else:
             self.w3.provider.make_request("evm_increaseTime", [int(seconds)])
             self.mine()
@@ -187,13 +188,17 @@ class Chain:
         return self._wait(tx_hash)
 
     def transact(self, fn: ContractFunction | Any, sender: str, value: int = 0,
-                 decoder: ErrorDecoder | None = None) -> TxReceipt:
-        """Run a contract function as a transaction; reverts raise ContractRevert(name)."""
-        decoder = decoder or ErrorDecoder(fn.abi if isinstance(getattr(fn, "abi", None), list)
-                                          else load_artifact("CoopML")["abi"])
+                 decoder: ErrorDecoder | None = None, extra_gas: int = 0) -> TxReceipt:
+        """Run a contract function as a transaction; reverts raise ContractRevert(name).
+
+        Gas is the node's estimate + 20% + `extra_gas`: the estimate runs on the latest block, and
+        code whose path depends on the block (verifier selection hashes prevrandao) can need more
+        in the block that includes it."""
+        decoder = decoder or ErrorDecoder(load_artifact("CoopML")["abi"])
         params = {"from": to_checksum_address(sender), "value": value}
         try:
             with self._lock:
+                params["gas"] = self._gas_for(fn, params, extra_gas)
                 if params["from"] in self._keys:
                     tx_hash = self._send_signed(fn.build_transaction(params))
                 else:
@@ -204,6 +209,17 @@ class Chain:
         if receipt["status"] != 1:
             raise self._replay_failure(fn, params, receipt, decoder)
         return receipt
+
+    EMBEDDED_TX_GAS = 10_000_000
+
+    def _gas_for(self, fn: Any, params: dict[str, Any], extra_gas: int) -> int:
+        if self._tester is not None:
+            # py-evm's estimate is a binary search (~14 executions); one call surfaces any revert
+            # and a fixed limit is fine on a private chain (gasUsed is what the tx really used)
+            if hasattr(fn, "call"):  # a constructor has no call; its failure shows in the receipt
+                fn.call({**params, "gas": self.EMBEDDED_TX_GAS})
+            return self.EMBEDDED_TX_GAS
+        return int(fn.estimate_gas(params) * 1.2) + extra_gas
 
     def call(self, fn: ContractFunction, decoder: ErrorDecoder | None = None) -> Any:
         try:
@@ -253,7 +269,11 @@ class Chain:
         """A mined transaction failed (state changed between estimate and inclusion): re-run it
         as a call on the parent block to recover the custom error."""
         try:
-            fn.call(params, block_identifier=receipt["blockNumber"] - 1)
+            if hasattr(fn, "call"):
+                fn.call(params, block_identifier=receipt["blockNumber"] - 1)
         except Exception as exc:  # noqa: BLE001
             return self._translate(exc, decoder)
-        return ContractRevert("Unknown", (), f"transaction {receipt['transactionHash'].hex()} failed")
+        out_of_gas = receipt["gasUsed"] >= params.get("gas", 0)
+        return ContractRevert("OutOfGas" if out_of_gas else "Unknown", (),
+                              f"transaction {receipt['transactionHash'].hex()} failed"
+                              + (f" out of gas ({receipt['gasUsed']})" if out_of_gas else ""))

@@ -15,7 +15,7 @@ from typing import Any
 
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
-from web3.logs import DISCARD as _DISCARD
+from hexbytes import HexBytes
 from web3.types import TxReceipt
 
 from coopml.chain.backends import Chain, ErrorDecoder
@@ -179,17 +179,20 @@ class TaskClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _tx(self, fn_name: str, *args: Any, value: int = 0) -> TxReceipt:
+    def _tx(self, fn_name: str, *args: Any, value: int = 0, extra_gas: int = 0) -> TxReceipt:
         fn = getattr(self.contract.functions, fn_name)(*args)
-        self.last_receipt = self.chain.transact(fn, self.account, value=value, decoder=self._decoder)
+        self.last_receipt = self.chain.transact(fn, self.account, value=value, decoder=self._decoder,
+                                                extra_gas=extra_gas)
         return self.last_receipt
 
     def _view(self, fn_name: str, *args: Any) -> Any:
         return self.chain.call(getattr(self.contract.functions, fn_name)(*args), self._decoder)
 
     def _event_arg(self, receipt: TxReceipt, event: str, arg: str) -> Any:
-        for ev in getattr(self.contract.events, event)().process_receipt(receipt, errors=_DISCARD):
-            return ev["args"][arg]
+        ev = getattr(self.contract.events, event)()
+        for log in receipt["logs"]:
+            if log["address"] == self.address and log["topics"] and HexBytes(log["topics"][0]) == HexBytes(ev.topic):
+                return ev.process_log(log)["args"][arg]
         raise ChainError(f"{event} event missing from transaction {receipt['transactionHash'].hex()}")
 
     @property
@@ -218,7 +221,10 @@ class TaskClient:
         self._tx("registerVerifier", task_id, value=amount)
 
     def announce_model(self, task_id: int, cid: str, model_hash: bytes, key_commitment: bytes) -> int:
-        receipt = self._tx("announceModel", task_id, cid, model_hash, key_commitment)
+        # the draw of V verifiers probes past taken slots: up to V*(V-1)/2 extra cold reads
+        v = self.task(task_id).terms.verifiers_per_model
+        receipt = self._tx("announceModel", task_id, cid, model_hash, key_commitment,
+                           extra_gas=v * v * 3_000)
         return int(self._event_arg(receipt, "ModelAnnounced", "modelId"))
 
     def release_key(self, model_id: int, access_key: bytes) -> None:

@@ -70,7 +70,7 @@ class EmbeddedRPC:
         if method == "evm_increaseTime":
             seconds = int(params[0], 16) if isinstance(params[0], str) else int(params[0])
             now = self.tester.get_block_by_number("latest")["timestamp"]
-            self.tester.time_travel(now + seconds)
+            self.tester.time_travel(now + seconds + 1)  # eth-tester mines it at target - 1
             return seconds
         if method == "evm_mine":
             self.tester.mine_blocks(1)

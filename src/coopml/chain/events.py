@@ -1,0 +1,133 @@
+"""Restart-safe event polling for agents: the cursor remembers the last block scanned and the last
+(block, logIndex) handled, optionally in a JSON file, so a restarted agent resumes exactly after
+what it processed. Dev chains (eth-tester, anvil, the embedded node) do not reorg; on a real
+chain pass `confirmations` so only blocks that deep are read."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_utils import to_checksum_address
+from hexbytes import HexBytes
+
+from coopml.chain.artifacts import load_artifact
+from coopml.chain.backends import Chain
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    """One decoded contract event."""
+
+    name: str
+    args: dict[str, Any]
+    block_number: int
+    log_index: int
+    tx_hash: str
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return (self.block_number, self.log_index)
+
+
+class EventCursor:
+    """Polls the contract's events after a saved position.
+
+    `poll()` returns the new events and advances (and saves) the position past them: an agent
+    that crashes while handling them will not see them again. `drain(handler)` saves after each
+    handled event instead, so a crash re-delivers only the event being handled.
+    """
+
+    def __init__(self, chain: Chain, address: str, state_path: str | Path | None = None,
+                 from_block: int = 0, names: Iterable[str] | None = None, confirmations: int = 0,
+                 max_span: int = 5_000):
+        self.chain = chain
+        self.address = to_checksum_address(address)
+        self.contract = chain.contract(self.address)
+        self.state_path = Path(state_path) if state_path else None
+        self.names = set(names) if names else None
+        self.confirmations = confirmations
+        self.max_span = max_span
+        self.next_block = from_block
+        self.last: tuple[int, int] | None = None
+        self._events = {}
+        for item in load_artifact("CoopML")["abi"]:
+            if item["type"] == "event":
+                event = getattr(self.contract.events, item["name"])()
+                self._events[HexBytes(event.topic)] = event
+        if self.state_path and self.state_path.is_file():
+            self.load()
+
+    # ------------------------------------------------------------------ persistence
+
+    def state(self) -> dict[str, Any]:
+        return {"address": self.address, "next_block": self.next_block,
+                "last": list(self.last) if self.last else None}
+
+    def load(self) -> None:
+        state = json.loads(self.state_path.read_text())
+        if state.get("address") not in (None, self.address):
+            raise ValueError(f"cursor file {self.state_path} belongs to contract {state['address']}")
+        self.next_block = int(state["next_block"])
+        self.last = tuple(state["last"]) if state.get("last") else None
+
+    def save(self) -> None:
+        if self.state_path is None:
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(self.state_path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.state()))
+        os.replace(tmp, self.state_path)  # atomic: a crash leaves the old or the new state
+
+    # ------------------------------------------------------------------ polling
+
+    def fetch(self) -> tuple[list[ChainEvent], int]:
+        """New events after the position (not yet marked) and the last block they cover."""
+        head = self.chain.block_number() - self.confirmations
+        events: list[ChainEvent] = []
+        start = self.next_block
+        while start <= head:
+            end = min(head, start + self.max_span - 1)
+            logs = self.chain.w3.eth.get_logs({"address": self.address, "fromBlock": start, "toBlock": end})
+            for log in logs:
+                ev = self._decode(log)
+                if ev is None or (self.last is not None and ev.position <= self.last):
+                    continue
+                if self.names is None or ev.name in self.names:
+                    events.append(ev)
+            start = end + 1
+        events.sort(key=lambda e: e.position)
+        return events, head
+
+    def poll(self) -> list[ChainEvent]:
+        events, head = self.fetch()
+        if events:
+            self.last = events[-1].position
+        self.next_block = max(self.next_block, head + 1)
+        self.save()
+        return events
+
+    def drain(self, handler: Callable[[ChainEvent], None]) -> int:
+        """Handle each new event in order, saving the position after each; returns the count."""
+        events, head = self.fetch()
+        for ev in events:
+            handler(ev)
+            self.last = ev.position
+            self.save()
+        self.next_block = max(self.next_block, head + 1)
+        self.save()
+        return len(events)
+
+    def _decode(self, log: Any) -> ChainEvent | None:
+        if not log["topics"]:
+            return None
+        event = self._events.get(HexBytes(log["topics"][0]))
+        if event is None:
+            return None
+        data = event.process_log(log)
+        return ChainEvent(data["event"], dict(data["args"]), int(log["blockNumber"]), int(log["logIndex"]),
+                          HexBytes(log["transactionHash"]).hex())
