@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -14,21 +13,10 @@ from coopml.storage import KuboStore, LocalStore, file_cid
 from coopml.storage.store import flatfs_key
 from coopml.storage.daemon import IpfsDaemon
 from coopml.storage.unixfs import DEFAULT_CHUNK_SIZE, MAX_LINKS, build_file, chunk_bytes, parse_cid
+from storage_cases import SIZES, payload
 
 pytestmark = pytest.mark.ipfs
 
-SIZES = {
-    "empty": 0,
-    "small": 1000,
-    "chunk-1": DEFAULT_CHUNK_SIZE - 1,
-    "chunk": DEFAULT_CHUNK_SIZE,
-    "chunk+1": DEFAULT_CHUNK_SIZE + 1,
-    "5MiB+7": 5 * 1024 * 1024 + 7,
-}
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed * 104729 + size).randbytes(size)
 
 
 def daemon_add(daemon: IpfsDaemon, data: bytes, **params: str) -> str:

@@ -11,12 +11,7 @@ import pytest
 from coopml.errors import ContentMismatch, ContentNotFound, ContentTooLarge, StorageError
 from coopml.storage import KuboStore, LocalStore, file_cid, open_store
 from coopml.storage.unixfs import DEFAULT_CHUNK_SIZE
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    import random
-
-    return random.Random(seed * 7919 + size).randbytes(size)
+from storage_cases import payload
 
 
 @pytest.mark.parametrize("cid_version", [0, 1])

@@ -20,23 +20,9 @@ from coopml.storage.unixfs import (
     file_cid,
     read_file,
 )
+from storage_cases import SIZES, payload
 
-KIB = 1024
-SIZES = {
-    "empty": 0,
-    "small": 1000,
-    "chunk-1": DEFAULT_CHUNK_SIZE - 1,
-    "chunk": DEFAULT_CHUNK_SIZE,
-    "chunk+1": DEFAULT_CHUNK_SIZE + 1,
-    "5MiB+7": 5 * 1024 * KIB + 7,
-    "two-level": MAX_LINKS * DEFAULT_CHUNK_SIZE + 1,  # 175 leaves: one level more than 174
-}
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    import random
-
-    return random.Random(seed + size).randbytes(size)
+CID_SIZES = {**SIZES, "two-level": MAX_LINKS * DEFAULT_CHUNK_SIZE + 1}  # 175 leaves: one level more than 174
 
 
 def blocks_of(data: bytes, cid_version: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[Block]:
@@ -50,9 +36,9 @@ def test_pinned_cids_of_known_files() -> None:
     assert file_cid(b"", cid_version=1) == "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 
 
-@pytest.mark.parametrize("name", list(SIZES))
+@pytest.mark.parametrize("name", list(CID_SIZES))
 def test_cids_match_aleph_cid(name: str) -> None:
-    data = payload(SIZES[name])
+    data = payload(CID_SIZES[name])
     assert file_cid(data) == aleph_cid.compute_cid(data)
     hasher = aleph_cid.CidHasher.for_ipfs_v1_raw_leaves()
     hasher.update(data)
