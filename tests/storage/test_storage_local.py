@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,32 @@ def test_open_store_specs(tmp_path: Path) -> None:
     assert isinstance(kubo, KuboStore) and kubo.timeout == 3.0
     with pytest.raises(StorageError):
         open_store("local:")
+
+
+_PUTTER = """
+import sys, random
+from coopml.storage import LocalStore
+store = LocalStore(sys.argv[1])
+for i in range(10):
+    print(store.put(random.Random(i).randbytes(3 * 262144 + i)), flush=True)
+"""
+
+
+def test_gc_never_eats_a_put_in_flight(tmp_path: Path) -> None:
+    """gc runs in a loop while another process puts: every pinned file stays whole."""
+    store = LocalStore(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", _PUTTER, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rounds = 0
+    while proc.poll() is None:
+        store.gc()
+        rounds += 1
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    cids = out.split()
+    assert len(cids) == 10 and rounds > 0
+    import random
+
+    for i, cid in enumerate(cids):
+        assert store.get(cid) == random.Random(i).randbytes(3 * 262144 + i)
