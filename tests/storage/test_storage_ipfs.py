@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from multiformats import CID
 
 from coopml.errors import ContentMismatch, ContentNotFound, ContentTooLarge, StorageError, StorageUnavailable
 from coopml.storage import KuboStore, LocalStore, file_cid
@@ -83,17 +84,24 @@ def test_kubo_store_round_trip(ipfs_daemon: IpfsDaemon, tmp_path: Path, cid_vers
 
 def test_tampered_block_in_daemon_repo_is_refused(ipfs_daemon: IpfsDaemon) -> None:
     """Corrupt a leaf inside the daemon's own flatfs: the daemon serves it, KuboStore refuses it."""
-    store = KuboStore(ipfs_daemon.api_url)
-    data = payload(3 * DEFAULT_CHUNK_SIZE, seed=42)
-    cid = store.put(data)
+    with KuboStore(ipfs_daemon.api_url) as store:
+        data = payload(3 * DEFAULT_CHUNK_SIZE, seed=42)
+        cid = store.put(data)
+        leaf, corrupted = _corrupt_first_leaf(ipfs_daemon, data)
+        served = requests.post(f"{ipfs_daemon.api_url}/api/v0/block/get", params={"arg": str(leaf)}, timeout=30)
+        assert served.content == corrupted  # the daemon itself does not notice
+        with pytest.raises(ContentMismatch, match="does not match its hash"):
+            store.get(cid)
+
+
+def _corrupt_first_leaf(ipfs_daemon: IpfsDaemon, data: bytes) -> tuple[CID, bytes]:
     leaf = next(build_file(chunk_bytes(data))).cid  # the first leaf, as the daemon stored it
     key = flatfs_key(leaf)
     block_file = ipfs_daemon.repo / "blocks" / key[-3:-1] / f"{key}.data"
     raw = bytearray(block_file.read_bytes())
     raw[50] ^= 0x01
     block_file.write_bytes(bytes(raw))
-    with pytest.raises(ContentMismatch, match="does not match its hash"):
-        store.get(cid)
+    return leaf, bytes(raw)
 
 
 def test_size_limits_and_errors(ipfs_daemon: IpfsDaemon) -> None:

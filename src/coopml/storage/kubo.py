@@ -47,6 +47,7 @@ class KuboStore(Store):
 
     def close(self) -> None:
         self._pool.shutdown()
+        self._http.close()
 
     def _post(self, command: str, *, timeout: float | None = None, **kwargs: Any) -> requests.Response:
         url = f"{self.api_url}/api/v0/{command}"

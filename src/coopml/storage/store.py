@@ -90,6 +90,15 @@ class Store(ABC):
     def has(self, cid: str) -> bool:
         """True when the store holds the root block of `cid` now (no network fetch)."""
 
+    def close(self) -> None:
+        """Release connections and threads (nothing to do for a local store)."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class LocalStore(Store):
     """Embedded block store under `root` (created if missing); the default backend."""
