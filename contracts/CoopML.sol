@@ -105,6 +105,8 @@ contract CoopML {
     mapping(uint256 => address[]) internal verifierPool;
     mapping(uint256 => address[]) internal selectedVerifiers;
     mapping(uint256 => mapping(address => Ballot)) internal ballots;
+    /// Model hashes already announced per task: an exact re-sale of a model is refused.
+    mapping(uint256 => mapping(bytes32 => bool)) internal announcedHashes;
     /// Pull-payment ledger: wei each account can withdraw.
     mapping(address => uint256) public owed;
     uint256 public totalOwed;
@@ -125,6 +127,8 @@ contract CoopML {
     error NotRegisteredVerifier();
     error InitiatorCannotParticipate();
     error AlreadyAnnounced();
+    error DuplicateModel(bytes32 modelHash);
+    error NotParticipant();
     error TaskFull(uint256 taskId);
     error NotEnoughVerifiers(uint256 available, uint256 needed);
     error NotSelectedVerifier();
@@ -153,7 +157,12 @@ contract CoopML {
         uint256 indexed taskId, address indexed initiator, TaskSpec spec, TaskTerms terms, uint256 escrow
     );
     event ContributorRegistered(uint256 indexed taskId, address indexed contributor, uint256 deposit);
-    event VerifierRegistered(uint256 indexed taskId, address indexed verifier, uint256 deposit);
+    /// `boxKey` is the verifier's X25519 public key: contributors and the initiator seal to it.
+    event VerifierRegistered(uint256 indexed taskId, address indexed verifier, uint256 deposit, bytes32 boxKey);
+    /// Off-chain protocol message (payload in storage at `cid`), e.g. a sealed model key.
+    event Message(
+        uint256 indexed taskId, uint256 indexed modelId, address indexed to, address sender, uint8 kind, string cid
+    );
     event ModelAnnounced(
         uint256 indexed taskId,
         uint256 indexed modelId,
@@ -240,7 +249,7 @@ contract CoopML {
         emit ContributorRegistered(taskId, msg.sender, msg.value);
     }
 
-    function registerVerifier(uint256 taskId) external payable {
+    function registerVerifier(uint256 taskId, bytes32 boxKey) external payable {
         Task storage t = _openTask(taskId);
         if (msg.sender == t.initiator) revert InitiatorCannotParticipate();
         Member storage m = members[taskId][msg.sender];
@@ -251,7 +260,18 @@ contract CoopML {
         verifierPool[taskId].push(msg.sender);
         t.verifierPoolSize += 1;
         t.locked += msg.value;
-        emit VerifierRegistered(taskId, msg.sender, msg.value);
+        emit VerifierRegistered(taskId, msg.sender, msg.value, boxKey);
+    }
+
+    /// @notice Announce an off-chain message to one participant (O(1) gas, no storage written).
+    ///         Only the task's initiator and registered members may post; `modelId` 0 means
+    ///         "about the task", otherwise it must be a model of this task.
+    function postMessage(uint256 taskId, uint256 modelId, address to, uint8 kind, string calldata cid) external {
+        Task storage t = _task(taskId);
+        Member storage m = members[taskId][msg.sender];
+        if (msg.sender != t.initiator && !m.contributor && !m.verifier) revert NotParticipant();
+        if (modelId != 0 && models[modelId].taskId != taskId) revert UnknownModel(modelId);
+        emit Message(taskId, modelId, to, msg.sender, kind, cid);
     }
 
     // ------------------------------------------------------------------ contributor
@@ -267,6 +287,7 @@ contract CoopML {
         Member storage m = members[taskId][msg.sender];
         if (!m.contributor) revert NotRegisteredContributor();
         if (m.announced) revert AlreadyAnnounced();
+        if (announcedHashes[taskId][modelHash]) revert DuplicateModel(modelHash);
         if (t.modelsAnnounced >= t.terms.maxModels) revert TaskFull(taskId);
         uint256 v = t.terms.verifiersPerModel;
         uint256 pool = verifierPool[taskId].length;
@@ -274,6 +295,7 @@ contract CoopML {
         if (eligible < v) revert NotEnoughVerifiers(eligible, v);
 
         m.announced = true;
+        announcedHashes[taskId][modelHash] = true;
         t.modelsAnnounced += 1;
         t.unallocated -= t.terms.rewardPerModel + v * t.terms.verifierFee; // reserved for this model
 

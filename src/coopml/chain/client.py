@@ -188,11 +188,16 @@ class TaskClient:
     def _view(self, fn_name: str, *args: Any) -> Any:
         return self.chain.call(getattr(self.contract.functions, fn_name)(*args), self._decoder)
 
-    def _event_arg(self, receipt: TxReceipt, event: str, arg: str) -> Any:
+    def events_in(self, receipt: TxReceipt, event: str) -> list[dict[str, Any]]:
+        """Decoded args of every `event` this contract emitted in the transaction."""
         ev = getattr(self.contract.events, event)()
-        for log in receipt["logs"]:
-            if log["address"] == self.address and log["topics"] and HexBytes(log["topics"][0]) == HexBytes(ev.topic):
-                return ev.process_log(log)["args"][arg]
+        topic = HexBytes(ev.topic)
+        return [dict(ev.process_log(log)["args"]) for log in receipt["logs"]
+                if log["address"] == self.address and log["topics"] and HexBytes(log["topics"][0]) == topic]
+
+    def _event_arg(self, receipt: TxReceipt, event: str, arg: str) -> Any:
+        for args in self.events_in(receipt, event):
+            return args[arg]
         raise ChainError(f"{event} event missing from transaction {receipt['transactionHash'].hex()}")
 
     @property
@@ -216,9 +221,14 @@ class TaskClient:
         amount = self.task(task_id).terms.contributor_deposit if deposit is None else deposit
         self._tx("registerContributor", task_id, value=amount)
 
-    def register_verifier(self, task_id: int, deposit: int | None = None) -> None:
+    def register_verifier(self, task_id: int, deposit: int | None = None, box_key: bytes = bytes(32)) -> None:
+        """`box_key`: the verifier's X25519 public key for sealed messages (zero: none)."""
         amount = self.task(task_id).terms.verifier_deposit if deposit is None else deposit
-        self._tx("registerVerifier", task_id, value=amount)
+        self._tx("registerVerifier", task_id, box_key, value=amount)
+
+    def post_message(self, task_id: int, model_id: int, to: str, kind: int, cid: str) -> None:
+        """Tell `to` that a payload for it is in storage at `cid` (event only, O(1) gas)."""
+        self._tx("postMessage", task_id, model_id, to_checksum_address(to), kind, cid)
 
     def announce_model(self, task_id: int, cid: str, model_hash: bytes, key_commitment: bytes) -> int:
         # the draw of V verifiers probes past taken slots: up to V*(V-1)/2 extra cold reads
