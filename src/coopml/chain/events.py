@@ -17,6 +17,7 @@ from hexbytes import HexBytes
 
 from coopml.chain.artifacts import load_artifact
 from coopml.chain.backends import Chain
+from coopml.errors import ChainError
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class EventCursor:
     def load(self) -> None:
         state = json.loads(self.state_path.read_text())
         if state.get("address") not in (None, self.address):
-            raise ValueError(f"cursor file {self.state_path} belongs to contract {state['address']}")
+            raise ChainError(f"cursor file {self.state_path} belongs to contract {state['address']}")
         self.next_block = int(state["next_block"])
         self.last = tuple(state["last"]) if state.get("last") else None
 

@@ -1,0 +1,61 @@
+"""EventCursor: decoded events in order, persisted position, resume after restart without
+missing or repeating events, and crash-safe drain."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coopml.chain import ChainError, EventCursor
+
+
+def test_poll_returns_each_event_once_and_resumes_from_file(world, tmp_path):
+    state = tmp_path / "cursor.json"
+    coop = world.coop
+    cursor = EventCursor(world.chain, coop.address, state_path=state)
+    task_id = world.publish(n_verifiers=3, n_contributors=1)
+    first = cursor.poll()
+    names = [e.name for e in first]
+    assert names[0] == "TaskPublished" and first[0].args["taskId"] == task_id
+    assert names.count("VerifierRegistered") == 3 and names.count("ContributorRegistered") == 1
+    assert [e.position for e in first] == sorted(e.position for e in first)
+    assert cursor.poll() == []  # nothing new
+
+    model_id = world.announce(task_id, world.contributors[0])
+    # the agent "restarts": a new cursor from the same file sees only what came after
+    restarted = EventCursor(world.chain, coop.address, state_path=state)
+    second = restarted.poll()
+    assert [e.name for e in second] == ["ModelAnnounced", "VerifierSelected", "VerifierSelected", "VerifierSelected"]
+    assert {e.args["verifier"] for e in second[1:]} == set(coop.selected_verifiers(model_id))
+    assert not {e.position for e in first} & {e.position for e in second}
+    saved = json.loads(state.read_text())
+    assert saved["last"] == list(second[-1].position)
+
+
+def test_drain_saves_after_each_event_so_a_crash_redelivers_only_the_current_one(world, tmp_path):
+    state = tmp_path / "cursor.json"
+    world.publish(n_verifiers=3, n_contributors=0)
+    handled = []
+
+    def crash_on_third(ev):
+        if len(handled) == 2:
+            raise RuntimeError("agent crashed")
+        handled.append(ev.position)
+
+    cursor = EventCursor(world.chain, world.coop.address, state_path=state, names={"TaskPublished", "VerifierRegistered"})
+    with pytest.raises(RuntimeError):
+        cursor.drain(crash_on_third)
+    assert len(handled) == 2
+    restarted = EventCursor(world.chain, world.coop.address, state_path=state, names={"TaskPublished", "VerifierRegistered"})
+    rest = []
+    assert restarted.drain(lambda ev: rest.append(ev.position)) == 2
+    assert handled + rest == sorted(set(handled + rest))  # in order, no duplicate, none missing
+    assert len(handled + rest) == 4
+
+
+def test_cursor_file_of_another_contract_is_refused(world, tmp_path):
+    state = tmp_path / "cursor.json"
+    EventCursor(world.chain, world.coop.address, state_path=state).poll()
+    with pytest.raises(ChainError, match="belongs to contract"):
+        EventCursor(world.chain, world.outsider, state_path=state)

@@ -1,0 +1,64 @@
+"""The embedded chain served over JSON-RPC (`python -m coopml.chain.node`) as a subprocess:
+the JSON-RPC backend drives a lifecycle on it, a second OS process shares the same chain, and
+the node is stopped by its PID."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from coopml.chain import ETHER, Chain, ContractRevert, EventCursor
+from coopml.chain.processes import start_embedded_node
+from conftest import make_world
+
+
+@pytest.fixture(scope="module")
+def node():
+    proc = start_embedded_node()
+    yield proc
+    proc.stop()
+    assert subprocess.run(["kill", "-0", str(proc.pid)], capture_output=True).returncode != 0  # gone
+
+
+def test_lifecycle_and_reverts_over_the_embedded_node(node):
+    chain = Chain.rpc(node.url)
+    world = make_world(chain, n_contributors=2, n_verifiers=3)
+    task_id = world.publish()
+    model_id = world.announce(task_id, world.contributors[0])
+    with pytest.raises(ContractRevert) as exc:
+        world.as_(world.outsider).commit_vote(model_id, True, os.urandom(32))
+    assert exc.value.name == "NotSelectedVerifier"
+    world.vote(model_id, True)
+    assert world.coop.finalize_model(model_id)
+    world.as_(world.contributors[0]).release_key(model_id, world.keys[model_id])
+    world.settle_all(model_id)
+    before = chain.now()
+    chain.increase_time(3_601)  # evm_increaseTime + evm_mine over HTTP
+    assert chain.now() >= before + 3_601
+    world.coop.close_task(task_id)
+    world.assert_solvent()
+
+
+def test_a_second_process_shares_the_chain(node):
+    chain = Chain.rpc(node.url)
+    world = make_world(chain, n_contributors=1, n_verifiers=0)
+    task_id = world.publish(n_verifiers=0)
+    cursor = EventCursor(chain, world.coop.address, names={"VerifierRegistered"})
+    # another agent process derives its own key from a seed, gets funded, and registers
+    agent = textwrap.dedent(f"""
+        from coopml.chain import Chain, TaskClient
+        chain = Chain.rpc({node.url!r})
+        me = chain.new_account({10 * ETHER}, seed="second-process-verifier")
+        TaskClient(chain, {world.coop.address!r}, me).register_verifier({task_id})
+        print(me)
+    """)
+    out = subprocess.run([sys.executable, "-c", agent], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    address = out.stdout.strip().splitlines()[-1]
+    events = cursor.poll()
+    assert [(e.args["taskId"], e.args["verifier"]) for e in events] == [(task_id, address)]
+    assert world.coop.verifier_pool(task_id) == [address]
