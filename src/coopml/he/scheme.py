@@ -66,14 +66,7 @@ class Params:
             raise HEError("Params.secret_bound and plain_bound must be >= 1")
         if not 1 <= self.words <= 4:
             raise HEError(f"Params.words must be 1..4 (Q = 2^64 .. 2^256), got {self.words}")
-        if 2 * self.fresh_noise >= self.w:
-            raise NoiseOverflowError(
-                f"fresh ciphertexts could not be decrypted: 2 * (l*noise_bound + encrypt_noise) = "
-                f"{2 * self.fresh_noise} >= w = {self.w}; raise w or lower noise_bound")
-        if self.w * (self.plain_bound + 1) + self.fresh_noise >= self.modulus // 2:
-            raise NoiseOverflowError(
-                f"w * plain_bound + noise = {self.w * self.plain_bound + self.fresh_noise} does not fit "
-                f"in Q/2 = 2^{64 * self.words - 1}; lower w or plain_bound, or raise words")
+        check_decryptable(self, self.fresh_noise, self.plain_bound, "fresh ciphertexts")
 
     @property
     def modulus(self) -> int:
@@ -168,15 +161,20 @@ class Ciphertext:
         return ring.to_ring(self.words)
 
     def check_budget(self) -> None:
-        p = self.params
-        if 2 * self.noise_bound >= p.w:
-            raise NoiseOverflowError(
-                f"noise bound {self.noise_bound} is not below w/2 = {p.w / 2}: decryption could round "
-                f"wrongly; use a larger w (and words), smaller noise_bound or fewer/lighter operations")
-        if p.w * (self.value_bound + 1) + self.noise_bound >= p.modulus // 2:
-            raise NoiseOverflowError(
-                f"w * value_bound + noise = 2^{np.log2(float(p.w * self.value_bound + self.noise_bound)):.1f} "
-                f"could wrap modulo Q = 2^{64 * p.words}; use words={p.words + 1} or a smaller w")
+        check_decryptable(self.params, self.noise_bound, self.value_bound, "this ciphertext")
+
+
+def check_decryptable(p: Params, noise: int, value: int, what: str) -> None:
+    """Raise unless 2*noise < w and w*(value+1) + noise < Q/2 (decryption then is exact)."""
+    if 2 * noise >= p.w:
+        raise NoiseOverflowError(
+            f"{what}: noise bound 2^{np.log2(float(max(noise, 1))):.1f} is not below w/2 = 2^"
+            f"{np.log2(float(p.w)) - 1:.1f}: decryption could round wrongly; use a larger w (and words), "
+            f"a smaller noise_bound or fewer/lighter operations")
+    if p.w * (value + 1) + noise >= p.modulus // 2:
+        raise NoiseOverflowError(
+            f"{what}: w * value_bound + noise = 2^{np.log2(float(p.w * (value + 1) + noise)):.1f} does not fit "
+            f"in Q/2 = 2^{64 * p.words - 1} and could wrap; use words={p.words + 1}, a smaller w or plain_bound")
 
 
 def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
