@@ -165,6 +165,6 @@ def test_private_network_admits_members_and_refuses_others(ipfs_swarm) -> None: 
     assert KuboStore(other_member.api_url, timeout=30).get(cid) == data
     for outsider in (ipfs_swarm.stranger, ipfs_swarm.public_b):  # another key; no key at all
         with pytest.raises(StorageError):
-            outsider.connect(member, timeout=10)
+            outsider.connect(member, timeout=5)
         assert member.peer_id() not in outsider.peers()
         assert outsider.peer_id() not in member.peers()

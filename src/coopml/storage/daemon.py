@@ -95,7 +95,10 @@ class IpfsDaemon:
         return self.process.pid
 
     def rpc(self, command: str, timeout: float = 30.0, **params: str) -> Any:
-        response = self._http.post(f"{self.api_url}/api/v0/{command}", params=params, timeout=timeout)
+        try:
+            response = self._http.post(f"{self.api_url}/api/v0/{command}", params=params, timeout=timeout)
+        except requests.RequestException as exc:
+            raise StorageUnavailable(f"IPFS {command} on {self.api_url}: no answer ({exc})") from exc
         if response.status_code != 200:
             raise StorageError(f"IPFS {command} failed ({response.status_code}): {response.text[:300]}")
         return response.json() if response.text.strip() else None
@@ -108,7 +111,8 @@ class IpfsDaemon:
         return [str(a) for a in self.rpc("id")["Addresses"]]
 
     def connect(self, other: IpfsDaemon, timeout: float = 15.0) -> None:
-        """Dial `other` over loopback (StorageError if refused, e.g. not on the same private network)."""
+        """Dial `other` over loopback. StorageError if refused or not done within `timeout`, as happens
+        when the two are not on the same private network (the PSK handshake never completes)."""
         self.rpc("swarm/connect", timeout=timeout, arg=other.swarm_addrs()[0])
 
     def peers(self) -> list[str]:

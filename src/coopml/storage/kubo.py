@@ -104,7 +104,7 @@ class KuboStore(Store):
             if isinstance(exc, StorageUnavailable):
                 raise
             raise ContentNotFound(f"{cid} could not be retrieved from {self.api_url}: {exc}") from exc
-        body = response.raw.read(MAX_BLOCK_SIZE + 1, decode_content=True)
+        body: bytes = response.raw.read(MAX_BLOCK_SIZE + 1, decode_content=True)
         response.close()
         return body  # verified by read_file; an oversized one fails there
 

@@ -9,6 +9,7 @@ exclusive lock that puts hold shared, so it never deletes blocks of a put in fli
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import os
 import tempfile
@@ -18,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from multiformats import CID
-from multiformats.multibase import base32
 
 from coopml.errors import ContentNotFound, ContentTooLarge, StorageError
 from coopml.storage.unixfs import (
@@ -56,7 +56,7 @@ def read_chunks(source: bytes | os.PathLike[str] | str, chunk_size: int, max_siz
 
 def flatfs_key(cid: CID) -> str:
     """Kubo's flatfs name for a block: the multihash in upper-case unpadded base32 (CIQ... for sha2-256)."""
-    return base32.encode(bytes(cid.digest)).rstrip("=").upper()
+    return base64.b32encode(bytes(cid.digest)).decode().rstrip("=")
 
 
 def check_chunk_size(chunk_size: int) -> None:
