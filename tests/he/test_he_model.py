@@ -120,3 +120,17 @@ def test_model_misuse_gives_clear_errors(table4):
     other_sk, _ = keygen(MODEL_PARAMS, 1, rng=99)
     with pytest.raises(KeyMismatchError):
         decrypt_model(other_sk, enc, build_model("table4"))
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), strategy=st.sampled_from(["element-wise", "matrix-pair-wise"]))
+def test_single_word_modulus_end_to_end(seed, strategy):
+    """Q = 2^64 (uint64 wrap-around) suffices for a small net with small scales."""
+    params = Params(w=1 << 36, k=2, plain_bound=1 << 10, words=1)
+    model = fc_net(seed, 3)
+    sk, pk = keygen(params, n=1 if strategy == "element-wise" else 3, rng=seed)
+    enc = encrypt_model(pk, model, p=8, q=16, strategy=strategy, input_shape=(1, 6, 6))
+    assert enc.first_weight.words.dtype == np.uint64 and enc.first_weight.words.shape[-1] == 1
+    x = np.random.default_rng(seed).integers(0, 17, size=(5, 1, 6, 6))
+    assert np.array_equal(decrypt_outputs(sk, enc, encrypted_infer(enc, x)),
+                          integer_forward(quantize(model, 8, 16), x))

@@ -85,3 +85,13 @@ def test_mismatched_encrypted_model(setup):
         from_bytes(_resave(blob, meta, {k: v for k, v in tensors.items() if k != "tail.4.bias"}))
     with pytest.raises(CoopmlError, match="unknown strategy"):
         from_bytes(_resave(blob, {**meta, "strategy": "cell-wise"}))
+
+
+def test_matrix_pair_wise_model_roundtrip():
+    sk, pk = keygen(MODEL_PARAMS, 32, rng=8)
+    enc = encrypt_model(pk, build_model("table4", seed=2), p=1 << 7, q=1000, strategy="matrix-pair-wise")
+    enc2 = from_bytes(to_bytes(enc), "encrypted-model")
+    assert enc2.strategy == "matrix-pair-wise" and enc2.first_weight.n == 32
+    x = np.random.default_rng(1).integers(0, 1001, size=(2, 1, 28, 28))
+    assert np.array_equal(decrypt_outputs(sk, enc2, encrypted_infer(enc2, x)),
+                          decrypt_outputs(sk, enc, encrypted_infer(enc, x)))
