@@ -9,7 +9,7 @@ if ! command -v node >/dev/null || [ ! -d node_modules/solc ]; then
   echo "[20-contracts] node or npm solc missing; skipping the contract compile check"
   exit 0
 fi
-if "$VENV/bin/python" -m coopml.chain.artifacts; then
+if "$VENV/bin/python" -c "import sys; from coopml.chain.artifacts import main; sys.exit(main())"; then
   :
 else
   echo "[20-contracts] WARNING: committed contract artifacts are stale (see message above)" >&2

@@ -62,6 +62,7 @@ class World:
     outsider: str
     keys: dict[int, bytes] = field(default_factory=dict)
     salts: dict[tuple[int, str], bytes] = field(default_factory=dict)
+    deploy_block: int = 0  # where event cursors start: scanning from 0 grows with the chain
 
     def terms(self, **overrides) -> TaskTerms:
         base = dict(reward_per_model=ETHER, verifier_fee=ETHER // 100, contributor_deposit=ETHER // 10,
@@ -131,7 +132,8 @@ def make_world(chain: Chain, n_contributors: int = 4, n_verifiers: int = 6) -> W
     deployer = chain.dev_accounts()[0]
     coop = deploy(chain, deployer)
     return World(chain, coop, accounts("initiator", 1)[0], accounts("contributor", n_contributors),
-                 accounts("verifier", n_verifiers), accounts("outsider", 1)[0])
+                 accounts("verifier", n_verifiers), accounts("outsider", 1)[0],
+                 deploy_block=int(coop.last_receipt["blockNumber"]))
 
 
 @pytest.fixture

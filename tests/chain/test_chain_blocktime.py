@@ -31,7 +31,7 @@ def parallel(fns):
 def test_lifecycle_with_one_second_blocks(timed_chain):
     chain = timed_chain
     world = make_world(chain, n_contributors=2, n_verifiers=3)
-    cursor = EventCursor(chain, world.coop.address)
+    cursor = EventCursor(chain, world.coop.address, from_block=world.deploy_block)
     task_id = world.as_(world.initiator).publish_task(
         SPEC, world.terms(commit_window=30, reveal_window=30))
     parallel([lambda a=a: world.as_(a).register_verifier(task_id) for a in world.verifiers]

@@ -13,7 +13,7 @@ from coopml.chain import ChainError, EventCursor
 def test_poll_returns_each_event_once_and_resumes_from_file(world, tmp_path):
     state = tmp_path / "cursor.json"
     coop = world.coop
-    cursor = EventCursor(world.chain, coop.address, state_path=state)
+    cursor = EventCursor(world.chain, coop.address, from_block=world.deploy_block, state_path=state)
     task_id = world.publish(n_verifiers=3, n_contributors=1)
     first = cursor.poll()
     names = [e.name for e in first]
@@ -24,7 +24,7 @@ def test_poll_returns_each_event_once_and_resumes_from_file(world, tmp_path):
 
     model_id = world.announce(task_id, world.contributors[0])
     # the agent "restarts": a new cursor from the same file sees only what came after
-    restarted = EventCursor(world.chain, coop.address, state_path=state)
+    restarted = EventCursor(world.chain, coop.address, from_block=world.deploy_block, state_path=state)
     second = restarted.poll()
     assert [e.name for e in second] == ["ModelAnnounced", "VerifierSelected", "VerifierSelected", "VerifierSelected"]
     assert {e.args["verifier"] for e in second[1:]} == set(coop.selected_verifiers(model_id))
@@ -43,11 +43,11 @@ def test_drain_saves_after_each_event_so_a_crash_redelivers_only_the_current_one
             raise RuntimeError("agent crashed")
         handled.append(ev.position)
 
-    cursor = EventCursor(world.chain, world.coop.address, state_path=state, names={"TaskPublished", "VerifierRegistered"})
+    cursor = EventCursor(world.chain, world.coop.address, from_block=world.deploy_block, state_path=state, names={"TaskPublished", "VerifierRegistered"})
     with pytest.raises(RuntimeError):
         cursor.drain(crash_on_third)
     assert len(handled) == 2
-    restarted = EventCursor(world.chain, world.coop.address, state_path=state, names={"TaskPublished", "VerifierRegistered"})
+    restarted = EventCursor(world.chain, world.coop.address, from_block=world.deploy_block, state_path=state, names={"TaskPublished", "VerifierRegistered"})
     rest = []
     assert restarted.drain(lambda ev: rest.append(ev.position)) == 2
     assert handled + rest == sorted(set(handled + rest))  # in order, no duplicate, none missing
@@ -56,6 +56,6 @@ def test_drain_saves_after_each_event_so_a_crash_redelivers_only_the_current_one
 
 def test_cursor_file_of_another_contract_is_refused(world, tmp_path):
     state = tmp_path / "cursor.json"
-    EventCursor(world.chain, world.coop.address, state_path=state).poll()
+    EventCursor(world.chain, world.coop.address, from_block=world.deploy_block, state_path=state).poll()
     with pytest.raises(ChainError, match="belongs to contract"):
         EventCursor(world.chain, world.outsider, state_path=state)

@@ -47,7 +47,7 @@ def test_a_second_process_shares_the_chain(node):
     chain = Chain.rpc(node.url)
     world = make_world(chain, n_contributors=1, n_verifiers=0)
     task_id = world.publish(n_verifiers=0)
-    cursor = EventCursor(chain, world.coop.address, names={"VerifierRegistered"})
+    cursor = EventCursor(chain, world.coop.address, from_block=world.deploy_block, names={"VerifierRegistered"})
     # another agent process derives its own key from a seed, gets funded, and registers
     agent = textwrap.dedent(f"""
         from coopml.chain import Chain, TaskClient

@@ -57,11 +57,13 @@ def stale_artifacts() -> list[str]:
     return sorted(n for n in fresh.keys() | committed.keys() if fresh.get(n) != committed.get(n))
 
 
-if __name__ == "__main__":  # python -m coopml.chain.artifacts: exit 1 when stale
+def main() -> int:
+    """Exit status 1 (with the regenerate command) when the committed artifacts are stale."""
     import sys
 
     stale = stale_artifacts()
     if stale:
         print(f"stale contract artifacts: {', '.join(stale)}; {REGENERATE_HINT}", file=sys.stderr)
-        sys.exit(1)
+        return 1
     print("contract artifacts match a fresh compile")
+    return 0
