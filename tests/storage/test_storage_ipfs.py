@@ -168,3 +168,17 @@ def test_private_network_admits_members_and_refuses_others(ipfs_swarm) -> None: 
             outsider.connect(member, timeout=5)
         assert member.peer_id() not in outsider.peers()
         assert outsider.peer_id() not in member.peers()
+
+
+@pytest.mark.parametrize("params", [
+    {"cid-version": "1", "raw-leaves": "false"},
+    {"cid-version": "1", "raw-leaves": "true", "trickle": "true", "chunker": "size-1024"},
+    {"cid-version": "0", "trickle": "true", "chunker": "size-4096"},
+])
+def test_get_verifies_dags_built_with_other_options(ipfs_daemon: IpfsDaemon, params: dict[str, str]) -> None:
+    """No options are recorded or guessed: the walk verifies whatever DAG the CID names."""
+    data = payload(300_000, seed=11)
+    cid = daemon_add(ipfs_daemon, data, **params)
+    chunk = int(params.get("chunker", f"size-{DEFAULT_CHUNK_SIZE}")[5:])
+    assert cid != file_cid(data, cid_version=int(params["cid-version"]), chunk_size=chunk)  # not our layout
+    assert KuboStore(ipfs_daemon.api_url).get(cid) == data
