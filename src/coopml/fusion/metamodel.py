@@ -44,8 +44,10 @@ class FusionConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     normalize: bool = True                      # z-score each member's features (stats from the fit's train set)
     hidden_activation: Literal["none", "relu"] = "none"   # the paper's eqs. 7/11 are linear
+    feature_activation: Literal["none", "relu"] = "none"  # applied to each f_i before concatenation
     bias: bool = True                           # eqs. 7-12 have none; a bias per unit costs nothing
-    augment_copies: int = Field(0, ge=0)        # extra +-2 px shifted copies of the train set
+    augment_copies: int = Field(0, ge=0)        # extra randomly shifted/rotated copies of the train set
+    feature_dropout: float = Field(0.0, ge=0, lt=1)   # dropout on f_c while training (regularises A)
     init_from_heads: bool = False               # strategy II: W_i <- member i's own head rows (else random)
     seed: int = 0
 
@@ -64,15 +66,19 @@ def _restrict_index(labels: Sequence[int] | None, num_classes: int) -> tuple[int
     return labs
 
 
-def _shift_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Each image moved by its own random +-2 px shift (zero fill), for cheap augmentation."""
-    out = torch.zeros_like(x)
-    shifts = torch.randint(-2, 3, (len(x), 2), generator=gen)
-    for i, (dy, dx) in enumerate(shifts.tolist()):
-        ys, yd = (slice(0, 28 - dy), slice(dy, 28)) if dy >= 0 else (slice(-dy, 28), slice(0, 28 + dy))
-        xs, xd = (slice(0, 28 - dx), slice(dx, 28)) if dx >= 0 else (slice(-dx, 28), slice(0, 28 + dx))
-        out[i, :, yd, xd] = x[i, :, ys, xs]
-    return out
+def augment_batch(x: torch.Tensor, gen: torch.Generator, max_shift: float = 2.0,
+                  max_rotate_deg: float = 10.0, max_scale: float = 0.1) -> torch.Tensor:
+    """Random small affine distortion per image (shift, rotation, scale; zero fill): digits stay
+    digits, so the initiator's 1000 labelled images go further when training the fusion net."""
+    n = len(x)
+    u = lambda: torch.rand(n, generator=gen) * 2 - 1  # noqa: E731
+    ang = u() * max_rotate_deg * torch.pi / 180
+    scale = 1 + u() * max_scale
+    tx, ty = u() * max_shift * 2 / 28, u() * max_shift * 2 / 28
+    theta = torch.stack([torch.stack([torch.cos(ang) / scale, -torch.sin(ang) / scale, tx], 1),
+                         torch.stack([torch.sin(ang) / scale, torch.cos(ang) / scale, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
 class MetaModel(nn.Module):
@@ -172,8 +178,12 @@ class MetaModel(nn.Module):
     def member_features(self, x: torch.Tensor) -> torch.Tensor:
         """The concatenated feature layer f_c, normalised with the stats of the last fit."""
         with torch.no_grad():
-            fc = torch.cat([m.features(x) for m in self.members], dim=1)
+            fc = self._raw_features(x)
         return (fc - self.feat_mean) / self.feat_std
+
+    def _raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        fc = torch.cat([m.features(x) for m in self.members], dim=1)
+        return F.relu(fc) if self.cfg.feature_activation == "relu" else fc
 
     def head(self, fc: torch.Tensor) -> torch.Tensor:
         g = self.gamma
@@ -198,12 +208,11 @@ class MetaModel(nn.Module):
         x, y = data.tensors()
         xs, ys = [x], [y]
         for _ in range(copies):
-            xs.append(_shift_batch(x, self._gen))
+            xs.append(augment_batch(x, self._gen))
             ys.append(y)
         feats = []
         for xb in xs:
-            feats.append(torch.cat([torch.cat([m.features(xb[i:i + 1000]) for m in self.members], 1)
-                                    for i in range(0, len(xb), 1000)]))
+            feats.append(torch.cat([self._raw_features(xb[i:i + 1000]) for i in range(0, len(xb), 1000)]))
         return torch.cat(feats), torch.cat(ys)
 
     def fit(self, train: Dataset, val: Dataset) -> FitReport:
@@ -250,7 +259,8 @@ class MetaModel(nn.Module):
             perm = torch.randperm(len(ftr), generator=gen)
             for i in range(0, len(ftr), cfg.batch_size):
                 idx = perm[i:i + cfg.batch_size]
-                loss = F.cross_entropy(self.head(ftr[idx]), ytr[idx])
+                fb = F.dropout(ftr[idx], cfg.feature_dropout) if cfg.feature_dropout else ftr[idx]
+                loss = F.cross_entropy(self.head(fb), ytr[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,0 +1,292 @@
+"""The paper's Case Studies I-III (sections V-B, V-C, V-D) as one reproducible run.
+
+    python -m coopml.sim.case_studies --out DIR [--full]
+
+writes DIR/report.md, the figures (fig10/fig11/fig12 PNG) and DIR/results.json. The default
+preset is the reduced one CI runs (smaller shards, fewer epochs, 2000 test images); `--full`
+is the documented benchmark (paper-size shards, up to 100 local epochs, full 10k test set).
+
+Everything is seeded; the MNIST test set is only used for the final numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from coopml.data import TABLE_II, TABLE_III, Dataset, LabelShard, ShardSpec, load_dataset, make_shards
+from coopml.fusion import FusionConfig, LateFusion, fuse
+from coopml.models import FeatureModel, TrainConfig, build_model, evaluate, train_model
+from coopml.sim.fedavg import run_fedavg, state_bytes
+
+TABLE1_ARCHS = ("table1-c1", "table1-c2", "table1-c3")
+PAPER_TABLE_V_ORIGINAL = (91.5, 94.8, 95.8)
+INITIATOR = ShardSpec("initiator", tuple(range(10)), 1000, 1000)
+
+
+class CaseStudyConfig(BaseModel):
+    preset: str = "custom"
+    seed: int = 0
+    scale: float = Field(1.0, gt=0, le=1)          # shrinks every shard (Tables II/III sizes at 1.0)
+    test_samples: int | None = None                # None: the full 10k MNIST test set
+    contributor_epochs: int = Field(100, ge=1)     # paper: up to 100
+    contributor_patience: int = Field(5, ge=1)
+    contributor_lr: float = 1e-3
+    verify_threshold: float = 0.9                  # paper: a private model passes at 90 % (own labels)
+    fusion: FusionConfig = FusionConfig(feature_activation="relu", augment_copies=8, feature_dropout=0.3)
+    fedavg_rounds: int = Field(5, ge=1)
+    fedavg_local_epochs: int = Field(20, ge=1)
+    fedavg_arch: str = "table1-c1"                 # "a three-layer CNN" for every party, both paradigms
+    skew_alpha: float = Field(1.0, gt=0)           # scenario 1: Dirichlet label skew, all labels present
+    threads: int = 2
+
+    @classmethod
+    def reduced(cls) -> "CaseStudyConfig":
+        """CI preset: real training on ~30 % shards, a few epochs; minutes on one core."""
+        return cls(preset="reduced", scale=0.3, test_samples=2000, contributor_epochs=8, contributor_patience=3,
+                   verify_threshold=0.8,
+                   fusion=FusionConfig(feature_activation="relu", augment_copies=2, feature_dropout=0.3,
+                                       max_epochs=80, patience=10),
+                   fedavg_rounds=2, fedavg_local_epochs=3)
+
+    @classmethod
+    def full(cls) -> "CaseStudyConfig":
+        return cls(preset="full")
+
+
+# -- results ------------------------------------------------------------------------------------
+class ContributorRow(BaseModel):
+    name: str
+    arch: str
+    labels: list[int]
+    epochs: int
+    local_accuracy: float     # own verification data, own labels (Fig. 10)
+    test_own_accuracy: float  # test images of its labels
+    test_all_accuracy: float  # all 10 classes
+
+
+class CaseStudy1Result(BaseModel):
+    contributors: list[ContributorRow]
+    fused: dict[str, list[float]]      # method -> accuracy for {1}, {1,2}, {1,2,3}
+    initiator_only: float
+    seconds: float
+
+
+class CaseStudy2Result(BaseModel):
+    contributors: list[ContributorRow]
+    fused: dict[str, list[float]]
+    initiator_only: float
+    paper_original: list[float] = list(PAPER_TABLE_V_ORIGINAL)
+    seconds: float
+
+
+class ScenarioResult(BaseModel):
+    name: str
+    ours_accuracy: float
+    ours_bytes: int
+    ours_verified: list[str]
+    fedavg_accuracy: float
+    fedavg_bytes: int
+    fedavg_round_accuracy: list[float]
+
+
+class CaseStudy3Result(BaseModel):
+    scenarios: list[ScenarioResult]
+    model_bytes: int
+    seconds: float
+
+
+class CaseStudiesResult(BaseModel):
+    config: CaseStudyConfig
+    cs1: CaseStudy1Result
+    cs2: CaseStudy2Result
+    cs3: CaseStudy3Result
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _test_set(cfg: CaseStudyConfig) -> Dataset:
+    test = load_dataset("mnist", "test")
+    return test if cfg.test_samples is None else test.subset(np.arange(min(cfg.test_samples, len(test))))
+
+
+def _train_contributor(name: str, arch: str, shard: LabelShard, cfg: CaseStudyConfig, seed: int,
+                       test: Dataset) -> tuple[FeatureModel, ContributorRow]:
+    model = build_model(arch, seed)
+    labels = shard.spec.labels
+    res = train_model(model, shard.train, shard.verify,
+                      TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
+                                  patience=cfg.contributor_patience, seed=seed), labels=labels)
+    row = ContributorRow(name=name, arch=arch, labels=list(labels), epochs=res.epochs,
+                         local_accuracy=res.best_val_accuracy, test_own_accuracy=evaluate(model, test, labels),
+                         test_all_accuracy=evaluate(model, test))
+    return model, row
+
+
+def _initiator_only(arch: str, shard: LabelShard, cfg: CaseStudyConfig, test: Dataset) -> float:
+    """The initiator training the same kind of model alone on its 1000 (scaled) images."""
+    model = build_model(arch, cfg.seed + 99)
+    train_model(model, shard.train, shard.verify,
+                TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
+                            patience=cfg.contributor_patience, seed=cfg.seed + 99))
+    return evaluate(model, test)
+
+
+def _fusion_curve(models: Sequence[FeatureModel], labels: Sequence[Sequence[int]], init: LabelShard,
+                  cfg: CaseStudyConfig, test: Dataset, strategies: Sequence[str] = ("I", "II")) -> dict[str, list[float]]:
+    """Accuracy as the models arrive one at a time ({1}, {1,2}, ...), per method."""
+    out: dict[str, list[float]] = {f"strategy {s}": [] for s in strategies}
+    out["late fusion"] = []
+    for k in range(1, len(models) + 1):
+        for s in strategies:
+            meta = fuse(models[:k], init.train, init.verify, s, cfg.fusion, labels=labels[:k])
+            out[f"strategy {s}"].append(evaluate(meta, test))
+        out["late fusion"].append(evaluate(LateFusion(models[:k], labels[:k]), test))
+    return out
+
+
+def _setup(cfg: CaseStudyConfig) -> None:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+
+# -- Case Study I -------------------------------------------------------------------------------
+def run_case_study_1(cfg: CaseStudyConfig) -> CaseStudy1Result:
+    """Table I CNNs on the Table II split, fused by strategies I and II (Figs. 10-11)."""
+    _setup(cfg)
+    t0 = time.perf_counter()
+    test = _test_set(cfg)
+    shards = make_shards(load_dataset("mnist", "train"), TABLE_II, seed=cfg.seed, scale=cfg.scale)
+    models, rows = [], []
+    for i, arch in enumerate(TABLE1_ARCHS):
+        name = f"contributor{i + 1}"
+        model, row = _train_contributor(name, arch, shards[name], cfg, cfg.seed + i, test)
+        models.append(model)
+        rows.append(row)
+    fused = _fusion_curve(models, [r.labels for r in rows], shards["verifiers"], cfg, test)
+    return CaseStudy1Result(contributors=rows, fused=fused,
+                            initiator_only=_initiator_only("table1-c1", shards["verifiers"], cfg, test),
+                            seconds=time.perf_counter() - t0)
+
+
+# -- Case Study II ------------------------------------------------------------------------------
+def run_case_study_2(cfg: CaseStudyConfig) -> CaseStudy2Result:
+    """Table IV models on the Table III split, fused by strategy II: Table V's 'Original' column."""
+    _setup(cfg)
+    t0 = time.perf_counter()
+    test = _test_set(cfg)
+    shards = make_shards(load_dataset("mnist", "train"), (INITIATOR,) + TABLE_III, seed=cfg.seed, scale=cfg.scale)
+    models, rows = [], []
+    for i in range(3):
+        name = f"contributor{i + 1}"
+        model, row = _train_contributor(name, "table4", shards[name], cfg, cfg.seed + i, test)
+        models.append(model)
+        rows.append(row)
+    fused = _fusion_curve(models, [r.labels for r in rows], shards["initiator"], cfg, test)
+    return CaseStudy2Result(contributors=rows, fused=fused,
+                            initiator_only=_initiator_only("table4", shards["initiator"], cfg, test),
+                            seconds=time.perf_counter() - t0)
+
+
+# -- Case Study III -----------------------------------------------------------------------------
+def skewed_shards(pool: Dataset, n_train: int, n_verify: int, alpha: float, seed: int,
+                  names: Sequence[str]) -> dict[str, LabelShard]:
+    """Disjoint shards in which every party sees all ten labels but in its own mixture (scenario 1,
+    'diverse, non-identical'): class proportions are half uniform, half Dirichlet(alpha)."""
+    rng = np.random.default_rng(seed)
+    props = 0.5 / 10 + 0.5 * rng.dirichlet([alpha] * 10, size=len(names))
+    queues = {c: list(rng.permutation(np.flatnonzero(pool.labels == c))) for c in range(10)}
+    out = {}
+    for name, p in zip(names, props):
+        parts = []
+        for n in (n_train, n_verify):
+            counts = rng.multinomial(n, p)
+            idx = []
+            for c, k in enumerate(counts):
+                idx.extend(queues[c][:k])
+                del queues[c][:k]
+            idx = np.array(idx)
+            parts.append(pool.subset(idx[rng.permutation(len(idx))]))
+        out[name] = LabelShard(ShardSpec(name, tuple(range(10)), n_train, n_verify), parts[0], parts[1])
+    return out
+
+
+def _our_paradigm(shards: dict[str, LabelShard], init_name: str, contributors: Sequence[str],
+                  cfg: CaseStudyConfig, test: Dataset) -> tuple[float, int, list[str]]:
+    """Contributors train once, one verifier (holding the initiator's verification data) checks each
+    model against the criterion, the initiator fuses the accepted ones (strategy II).
+
+    Bytes: each model is uploaded once to storage and downloaded once by the verifier and once by
+    the initiator; no data moves. On-chain transactions (hashes, votes) are not counted."""
+    init = shards[init_name]
+    accepted, labels, verified, total = [], [], [], 0
+    for i, name in enumerate(contributors):
+        shard = shards[name]
+        model = build_model(cfg.fedavg_arch, cfg.seed + i)
+        train_model(model, shard.train, shard.verify,
+                    TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
+                                patience=cfg.contributor_patience, seed=cfg.seed + i), labels=shard.spec.labels)
+        total += 3 * state_bytes(model.state_dict())  # upload + verifier download + initiator download
+        if evaluate(model, init.verify, shard.spec.labels) >= cfg.verify_threshold:
+            accepted.append(model)
+            labels.append(shard.spec.labels)
+            verified.append(name)
+    if not accepted:
+        return float("nan"), total, verified
+    meta = fuse(accepted, init.train, init.verify, "II", cfg.fusion, labels=labels)
+    return evaluate(meta, test), total, verified
+
+
+def run_case_study_3(cfg: CaseStudyConfig) -> CaseStudy3Result:
+    """FedAvg (4 clients, rounds x local epochs) vs our paradigm in two scenarios (Fig. 12)."""
+    _setup(cfg)
+    t0 = time.perf_counter()
+    test = _test_set(cfg)
+    pool = load_dataset("mnist", "train")
+    n_train, n_verify = (max(10, round(1000 * cfg.scale)),) * 2
+    names = ["verifiers", "contributor1", "contributor2", "contributor3"]
+    scenarios = {
+        "diverse non-identical": skewed_shards(pool, n_train, n_verify, cfg.skew_alpha, cfg.seed, names),
+        "partial labels (Table II)": make_shards(pool, TABLE_II, seed=cfg.seed, scale=cfg.scale),
+    }
+    rows = []
+    for title, shards in scenarios.items():
+        acc, ours_bytes, verified = _our_paradigm(shards, "verifiers", names[1:], cfg, test)
+        _, fed = run_fedavg(cfg.fedavg_arch, [shards[n].train for n in names], cfg.fedavg_rounds,
+                            cfg.fedavg_local_epochs, test, lr=cfg.contributor_lr, seed=cfg.seed)
+        rows.append(ScenarioResult(name=title, ours_accuracy=acc, ours_bytes=ours_bytes, ours_verified=verified,
+                                   fedavg_accuracy=fed.accuracy, fedavg_bytes=fed.bytes_total,
+                                   fedavg_round_accuracy=fed.round_accuracy))
+    return CaseStudy3Result(scenarios=rows, model_bytes=state_bytes(build_model(cfg.fedavg_arch, 0).state_dict()),
+                            seconds=time.perf_counter() - t0)
+
+
+def run_all(cfg: CaseStudyConfig) -> CaseStudiesResult:
+    return CaseStudiesResult(config=cfg, cs1=run_case_study_1(cfg), cs2=run_case_study_2(cfg),
+                             cs3=run_case_study_3(cfg))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from coopml.sim.report import write_report
+    ap = argparse.ArgumentParser(prog="python -m coopml.sim.case_studies", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, type=Path, help="output folder for report.md, PNGs, results.json")
+    ap.add_argument("--full", action="store_true", help="paper-size benchmark instead of the reduced CI preset")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    cfg = (CaseStudyConfig.full() if args.full else CaseStudyConfig.reduced()).model_copy(
+        update={"seed": args.seed, "threads": args.threads})
+    t0 = time.perf_counter()
+    results = run_all(cfg)
+    path = write_report(args.out, results)
+    print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

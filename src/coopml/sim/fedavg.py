@@ -1,0 +1,97 @@
+"""Federated Averaging (McMahan et al.) in plain torch, as the Case Study III baseline.
+
+Every round the server sends the global weights to all clients (the paper's Case Study III
+ignores client sampling), each client trains `local_epochs` epochs on its own data with Adam,
+and the server replaces the global weights by the average weighted by client sample counts:
+w <- sum_k n_k / n * w_k. Communication is counted as the serialized (safetensors, float32)
+size of the state dict each way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save as st_save
+
+from coopml.data.datasets import Dataset
+from coopml.errors import CoopmlError
+from coopml.models import build_model, evaluate
+from coopml.models.architectures import FeatureModel
+
+State = Mapping[str, torch.Tensor]
+
+
+def state_bytes(state: State) -> int:
+    """Bytes of the state dict as it would travel: safetensors of the float tensors."""
+    return len(st_save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
+
+
+def fedavg_aggregate(states: Sequence[State], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Weighted average of client state dicts, weights normalised to sum to one."""
+    if not states or len(states) != len(weights):
+        raise CoopmlError(f"FedAvg needs one weight per client state, got {len(states)} states and {len(weights)} weights")
+    total = float(sum(weights))
+    if total <= 0:
+        raise CoopmlError("FedAvg client weights must sum to a positive number")
+    keys = list(states[0])
+    if any(list(s) != keys for s in states):
+        raise CoopmlError("FedAvg client states have different parameter names (different architectures?)")
+    return {k: sum((w / total) * s[k].double() for s, w in zip(states, weights)).to(states[0][k].dtype)
+            for k in keys}
+
+
+def local_train(model: FeatureModel, data: Dataset, epochs: int, lr: float = 1e-3, batch_size: int = 50,
+                seed: int = 0) -> None:
+    """Plain local epochs (no early stopping: FedAvg clients run a fixed budget)."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y = data.tensors()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
+@dataclass
+class FedAvgResult:
+    accuracy: float                  # global model on the evaluation set after the last round
+    bytes_down: int                  # server -> clients, all rounds
+    bytes_up: int                    # clients -> server, all rounds
+    round_accuracy: list[float] = field(default_factory=list)
+
+    @property
+    def bytes_total(self) -> int:
+        return self.bytes_down + self.bytes_up
+
+
+def run_fedavg(arch: str, clients: Sequence[Dataset], rounds: int, local_epochs: int, test: Dataset,
+               lr: float = 1e-3, batch_size: int = 50, seed: int = 0) -> tuple[FeatureModel, FedAvgResult]:
+    """Run FedAvg from one shared random initialisation; return the global model and the tally."""
+    global_model = build_model(arch, seed)
+    weights = [float(len(c)) for c in clients]
+    result = FedAvgResult(0.0, 0, 0)
+    for r in range(rounds):
+        global_state = {k: v.clone() for k, v in global_model.state_dict().items()}
+        size = state_bytes(global_state)
+        states = []
+        for k, data in enumerate(clients):
+            result.bytes_down += size
+            local = build_model(arch)
+            local.load_state_dict(global_state)
+            local_train(local, data, local_epochs, lr, batch_size, seed=seed * 1000 + r * 10 + k)
+            state = local.state_dict()
+            result.bytes_up += state_bytes(state)
+            states.append(state)
+        global_model.load_state_dict(fedavg_aggregate(states, weights))
+        result.round_accuracy.append(evaluate(global_model, test))
+    result.accuracy = result.round_accuracy[-1] if result.round_accuracy else evaluate(global_model, test)
+    return global_model, result
