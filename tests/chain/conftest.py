@@ -11,7 +11,7 @@ import pytest
 from coopml.chain import ETHER, Chain, TaskClient, TaskSpec, TaskTerms, deploy, key_commitment
 from coopml.chain.processes import anvil_binary, start_anvil
 
-BACKENDS = ["embedded", "anvil"]
+BACKENDS = ["embedded", pytest.param("anvil", marks=pytest.mark.anvil)]
 NO_ANVIL = "anvil binary missing from node_modules (run scripts/setup.sh: npm ci installs @foundry-rs/anvil-linux-amd64)"
 
 

@@ -84,6 +84,7 @@ class Chain:
         self._tester = tester  # eth_tester.EthereumTester for the embedded backend
         self._keys: dict[str, LocalAccount] = {}
         self._nonces: dict[str, int] = {}
+        self._chain_id: int | None = None
         self._lock = threading.RLock()
         self.receipt_timeout = receipt_timeout
         self.poll_latency = 0.02 if kind == "embedded" else 0.05
@@ -233,7 +234,9 @@ class Chain:
             block = "latest" if self._tester is not None else "pending"
             self._nonces[sender] = self.w3.eth.get_transaction_count(sender, block)
         tx["nonce"] = self._nonces[sender]
-        tx.setdefault("chainId", self.w3.eth.chain_id)
+        if self._chain_id is None:
+            self._chain_id = int(self.w3.eth.chain_id)
+        tx.setdefault("chainId", self._chain_id)
         if "gasPrice" not in tx and "maxFeePerGas" not in tx:
             base = self.w3.eth.get_block("latest").get("baseFeePerGas", 10**9)
             tx["maxPriorityFeePerGas"] = 10**9

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass, field, fields
+from functools import cache
 from typing import Any
 
 from eth_abi import encode as abi_encode
@@ -18,8 +19,8 @@ from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
 from web3.types import TxReceipt
 
-from coopml.chain.backends import Chain, ErrorDecoder
 from coopml.chain.artifacts import load_artifact
+from coopml.chain.backends import Chain, ErrorDecoder
 from coopml.errors import ChainError
 
 _SPEC_ABI_TYPE = "(string,string,string,string[],bytes32,string,bytes32)"
@@ -148,6 +149,11 @@ def _row(cls: type, value: Any, *prefix: Any) -> Any:
     return cls(*prefix, *v[: len(fields(cls)) - len(prefix)])
 
 
+@cache
+def coopml_errors() -> ErrorDecoder:
+    return ErrorDecoder(load_artifact("CoopML")["abi"])
+
+
 def key_commitment(access_key: bytes) -> bytes:
     """keccak256(accessKey): what announce_model commits and release_key must open."""
     return keccak(access_key)
@@ -172,7 +178,7 @@ class TaskClient:
         self.address = to_checksum_address(self.address)
         self.account = to_checksum_address(self.account)
         self.contract = self.chain.contract(self.address)
-        self._decoder = ErrorDecoder(load_artifact("CoopML")["abi"])
+        self._decoder = coopml_errors()
 
     def as_(self, account: str) -> TaskClient:
         return TaskClient(self.chain, self.address, account)
