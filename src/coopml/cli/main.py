@@ -87,12 +87,12 @@ def archs() -> None:
 
 @app.command()
 @friendly
-def demo(
+def contributors(
     epochs: int = typer.Option(30, min=1, help="maximum local epochs per contributor"),
     seed: int = typer.Option(0),
     scale: float = typer.Option(1.0, min=0.01, max=5.0, help="shrink/grow the Table II shard sizes"),
 ) -> None:
-    """The main job: train the three contributors of Table I on the Table II split and report accuracy."""
+    """Train the three contributors of Table I on the Table II split and report their accuracy."""
     from coopml.cli.progress import epoch_progress
     from coopml.sim.contributors import train_table1_contributors
     with epoch_progress(console) as track:
@@ -103,6 +103,118 @@ def demo(
         table.add_row(r.name, r.arch, ",".join(map(str, r.labels)), str(r.epochs), f"{r.val_accuracy:.2%}",
                       f"{r.own_accuracy:.2%}", f"{r.all_accuracy:.2%}")
     console.print(table)
+
+
+# ------------------------------------------------------------------------------ roles
+
+def _run_role(kind: str, config: Optional[Path], overrides: dict) -> None:
+    from coopml.roles.config import ContributorConfig, InitiatorConfig, VerifierConfig, load_config
+    if kind == "initiator":
+        from coopml.roles.initiator import Initiator as agent_cls
+        cfg = load_config(InitiatorConfig, config, **overrides)
+    elif kind == "contributor":
+        from coopml.roles.contributor import Contributor as agent_cls
+        cfg = load_config(ContributorConfig, config, **overrides)
+    else:
+        from coopml.roles.verifier import Verifier as agent_cls
+        cfg = load_config(VerifierConfig, config, **overrides)
+    agent = agent_cls(cfg)
+    try:
+        agent.run()
+    finally:
+        agent.close()
+
+
+_CONFIG = typer.Option(None, "--config", help="JSON config file (fields of the role's config)")
+_CHAIN = typer.Option(None, help="JSON-RPC URL of the chain node")
+_CONTRACT = typer.Option(None, help="CoopML contract address")
+_STORE = typer.Option(None, help="storage: a directory or http://127.0.0.1:PORT (Kubo RPC)")
+_WORKDIR = typer.Option(None, help="this node's local state directory")
+
+
+@app.command()
+@friendly
+def initiator(config: Optional[Path] = _CONFIG, chain: Optional[str] = _CHAIN, contract: Optional[str] = _CONTRACT,
+              store: Optional[str] = _STORE, workdir: Optional[Path] = _WORKDIR) -> None:
+    """Run an application initiator: publish a task, answer blinded decryptions, decrypt and fuse bought models."""
+    _run_role("initiator", config, dict(chain=chain, contract=contract, store=store, workdir=workdir))
+
+
+@app.command()
+@friendly
+def contributor(config: Optional[Path] = _CONFIG, task_id: Optional[int] = typer.Option(None, min=1),
+                chain: Optional[str] = _CHAIN, contract: Optional[str] = _CONTRACT, store: Optional[str] = _STORE,
+                workdir: Optional[Path] = _WORKDIR,
+                labels: Optional[str] = typer.Option(None, help="classes this node holds, e.g. 0,1,2")) -> None:
+    """Run a computing contributor: join, train, encrypt, announce, release the key once approved."""
+    _run_role("contributor", config, dict(task_id=task_id, chain=chain, contract=contract, store=store,
+                                          workdir=workdir, labels=list(parse_labels(labels)) if labels else None))
+
+
+@app.command()
+@friendly
+def verifier(config: Optional[Path] = _CONFIG, task_id: Optional[int] = typer.Option(None, min=1),
+             chain: Optional[str] = _CHAIN, contract: Optional[str] = _CONTRACT, store: Optional[str] = _STORE,
+             workdir: Optional[Path] = _WORKDIR) -> None:
+    """Run a verification contributor: register, evaluate selected models through the blinded oracle, vote."""
+    _run_role("verifier", config, dict(task_id=task_id, chain=chain, contract=contract, store=store, workdir=workdir))
+
+
+_SHOWN = {"published", "registered", "trained", "announced", "key-sent", "queried", "oracle-answered", "evaluated",
+          "committed", "revealed", "finalized", "key-released", "model-decrypted", "fused", "closed", "withdrawn",
+          "done", "killed", "restarted", "revert", "bad-message", "bad-model", "copying"}
+
+
+@app.command()
+@friendly
+def demo(
+    anvil: bool = typer.Option(False, "--anvil", help="use anvil + a js-ipfs daemon instead of the embedded defaults"),
+    reduced: bool = typer.Option(False, help="smaller data and fewer epochs (quick check)"),
+    out: Path = typer.Option(Path("out/demo"), help="report folder"),
+    seed: int = typer.Option(0),
+) -> None:
+    """The main job: 1 initiator, 3 contributors, 3 verifiers as separate processes, real MNIST, full lifecycle."""
+    import shutil
+    from rich.live import Live
+    from coopml.sim.lifecycle import run_processes, table3_plan, write_report
+
+    plan = table3_plan(reduced=reduced)
+    plan.seed = seed
+    work = out / "nodes"
+    if work.exists():
+        shutil.rmtree(work)
+    status: dict[str, str] = {}
+
+    def render() -> Table:
+        t = Table("node", "latest", title="coopml demo: task lifecycle (Ctrl-C to stop)")
+        for name in sorted(status, key=lambda n: (n[0] != "i", n)):
+            t.add_row(name, status[name])
+        return t
+
+    with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
+        def on_line(name: str, msg: dict) -> None:
+            event = msg.get("event", "")
+            if event == "epoch":
+                status[name] = f"training: epoch {msg['epoch']}, val {msg['val_accuracy']:.1%}"
+            elif event in _SHOWN:
+                detail = {k: v for k, v in msg.items() if k not in ("t", "role", "event", "assignments", "models",
+                                                                      "fusion_history", "cid", "he_public_key")}
+                status[name] = f"{event} {detail if detail else ''}"
+            live.update(render())
+        result = run_processes(plan, work, backend="anvil" if anvil else "embedded",
+                               storage="ipfs" if anvil else "local", on_line=on_line)
+    table = Table("model", "contributor", "outcome", "votes (yes/no)", title=f"task {result.task_id}")
+    for m in result.models:
+        table.add_row(str(m.model_id), m.contributor, m.status, f"{m.yes}/{m.no}")
+    console.print(table)
+    pay = Table("node", "withdrawn ETH", title="payments")
+    for n, v in sorted(result.withdrawn_eth.items()):
+        pay.add_row(n, f"{v:.3f}")
+    console.print(pay)
+    for h in result.fusion_history:
+        console.print(f"MetaModel with {h['models']} model(s): {h['test_accuracy']:.2%} on the MNIST test set")
+    report = write_report(result, out)
+    console.print(f"finished in {result.elapsed:.0f} s; report in {report}/report.md")
 
 
 def main() -> None:  # pragma: no cover - console entry point
