@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,11 +57,27 @@ class NodeProcess:
         self.stop()
 
 
+def _spawn(cmd: list[str]) -> subprocess.Popen:
+    # output goes to an unlinked temp file, not a pipe: a chatty node can never block on it
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc.stdout_log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def _output(proc: subprocess.Popen) -> str:
+    log = getattr(proc, "stdout_log", None)
+    if log is None:
+        return ""
+    log.seek(0)
+    return log.read().decode(errors="replace")
+
+
 def _wait_ready(proc: subprocess.Popen, url: str, kind: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            out = _output(proc)
             raise ChainError(f"{kind} exited with code {proc.returncode}: {out[-2000:]}")
         try:
             r = requests.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []},
@@ -86,7 +103,7 @@ def start_anvil(port: int | None = None, block_time: float | None = None, accoun
            "--balance", str(balance_eth), "--silent"]
     if block_time is not None:
         cmd += ["--block-time", str(block_time)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = _spawn(cmd)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(proc, url, "anvil", timeout)
     return NodeProcess(proc.pid, url, "anvil", proc)
@@ -95,8 +112,7 @@ def start_anvil(port: int | None = None, block_time: float | None = None, accoun
 def start_embedded_node(port: int | None = None, timeout: float = 60.0) -> NodeProcess:
     """`python -m coopml.chain.node` (the embedded py-evm chain over JSON-RPC) on 127.0.0.1."""
     port = port or free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "coopml.chain.node", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = _spawn([sys.executable, "-m", "coopml.chain.node", "--port", str(port)])
     url = f"http://127.0.0.1:{port}"
     _wait_ready(proc, url, "coopml.chain.node", timeout)
     return NodeProcess(proc.pid, url, "embedded-node", proc)
