@@ -142,30 +142,32 @@ def main() -> None:
     gas_by_n: dict[int, dict[str, list[int]]] = {}
     speed: dict[str, tuple[int, float]] = {}
     anvil = start_anvil(balance_eth=1_000_000) if have_anvil else None
+    node = start_embedded_node()
     try:
-        gas_chain = Chain.rpc(anvil.url) if anvil else Chain.embedded()
+        chains = {"embedded (in-process)": Chain.embedded(), "embedded node (JSON-RPC)": Chain.rpc(node.url)}
+        if anvil:
+            chains["anvil (auto-mine)"] = Chain.rpc(anvil.url)
+        gas_chain = chains.get("anvil (auto-mine)", chains["embedded (in-process)"])
         for n in ns:
-            gas, txs, secs = lifecycle(gas_chain, n, args.pool, args.verifiers_per_model)
-            gas_by_n[n] = gas
-            if n == speed_n:
-                speed["anvil (auto-mine)" if anvil else "embedded"] = (txs, secs)
-        transfers = {"anvil (auto-mine)": transfer_rate(gas_chain)} if anvil else {}
-        embedded = Chain.embedded()
-        embedded_gas, txs, secs = lifecycle(embedded, speed_n, args.pool, args.verifiers_per_model)
-        speed["embedded (in-process)"] = (txs, secs)
-        transfers["embedded (in-process)"] = transfer_rate(embedded)
-        # selection probing, first-time (cold) slots and salts make some steps vary run to run;
-        # these do not
+            gas_by_n[n] = lifecycle(gas_chain, n, args.pool, args.verifiers_per_model)[0]
+        for name, chain in chains.items():
+            gas, txs, secs = lifecycle(chain, speed_n, args.pool, args.verifiers_per_model)
+            speed[name] = (txs, secs)
+            if name == "embedded (in-process)":
+                embedded_gas = gas
+        # selection probing, first-time (cold) slots and salts make some steps vary run to run
         # (calldata with a zero byte is cheaper, so salts, keys and timestamps vary too)
         fixed = ["deploy", "registerContributor", "finalizeModel", "closeTask"]
         same = all(embedded_gas[s][-1] == gas_by_n[speed_n][s][-1] for s in fixed)
+        # the machine is shared: alternate backends over 3 rounds and keep each one's best
+        transfers = {name: 0.0 for name in chains}
+        for _ in range(3):
+            for name, chain in chains.items():
+                transfers[name] = max(transfers[name], transfer_rate(chain, 50))
     finally:
+        node.stop()
         if anvil:
             anvil.stop()
-    with start_embedded_node() as node:
-        _, txs, secs = lifecycle(Chain.rpc(node.url), speed_n, args.pool, args.verifiers_per_model)
-        speed["embedded node (JSON-RPC)"] = (txs, secs)
-        transfers["embedded node (JSON-RPC)"] = transfer_rate(Chain.rpc(node.url))
 
     print_gas(gas_by_n)
     print(f"deterministic steps cost the same gas on embedded and {'anvil' if have_anvil else 'embedded'}: {same}")
@@ -174,7 +176,7 @@ def main() -> None:
     for name, (txs, secs) in speed.items():
         rate = txs / secs
         print(f"  {name:<28} {txs:>5} tx in {secs:6.1f} s = {rate:6.1f} tx/s  (x{rate / base:.2f} embedded)")
-    print("\nPlain ETH transfers from one local key (sign + send + receipt), 100 in a row:")
+    print("\nPlain ETH transfers from one local key (sign + send + receipt), best of 3 rounds of 50:")
     for name, rate in transfers.items():
         print(f"  {name:<28} {rate:6.1f} tx/s  (x{rate / transfers['embedded (in-process)']:.2f} embedded)")
     if not have_anvil:
