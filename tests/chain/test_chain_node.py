@@ -8,10 +8,11 @@ import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from coopml.chain import ETHER, Chain, ContractRevert, EventCursor
+from coopml.chain import ETHER, Chain, ContractRevert, EventCursor, TaskClient
 from coopml.chain.processes import start_embedded_node
 from conftest import make_world
 
@@ -27,7 +28,24 @@ def node():
 def test_lifecycle_and_reverts_over_the_embedded_node(node):
     chain = Chain.rpc(node.url)
     world = make_world(chain, n_contributors=2, n_verifiers=3)
-    task_id = world.publish()
+    task_id = world.publish(n_verifiers=0, n_contributors=0)
+    # five concurrent clients, each with its own connection and key, funded from the same dev
+    # account at the same time: the node serialises the requests and assigns the nonces
+    seeds = [f"node-join-{i}-{world.coop.address}" for i in range(5)]
+
+    def join(i: int, as_verifier: bool) -> str:
+        own = Chain.rpc(node.url)
+        me = own.new_account(10 * ETHER, seed=seeds[i])
+        client = TaskClient(own, world.coop.address, me)
+        (client.register_verifier if as_verifier else client.register_contributor)(task_id)
+        return me
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        verifiers = [f.result() for f in [pool.submit(join, i, True) for i in range(3)]]
+        contributors = [f.result() for f in [pool.submit(join, i + 3, False) for i in range(2)]]
+    assert sorted(world.coop.verifier_pool(task_id)) == sorted(verifiers)
+    world.verifiers, world.contributors = verifiers, contributors
+    for seed in seeds:  # let this test's own Chain sign for them too (same seed, same key)
+        chain.new_account(seed=seed)
     model_id = world.announce(task_id, world.contributors[0])
     with pytest.raises(ContractRevert) as exc:
         world.as_(world.outsider).commit_vote(model_id, True, os.urandom(32))

@@ -183,7 +183,8 @@ class Chain:
         tx = {**tx, "from": to_checksum_address(sender)}
         with self._lock:
             if tx["from"] in self._keys:
-                tx.setdefault("gas", self.w3.eth.estimate_gas(tx))
+                if "gas" not in tx:
+                    tx["gas"] = self.w3.eth.estimate_gas(tx)
                 tx_hash = self._send_signed(tx)
             else:
                 tx_hash = self.w3.eth.send_transaction(tx)
