@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from coopml.chain import ETHER, ContractRevert, TaskClient, key_commitment
+from coopml.chain import ContractRevert
 from conftest import SPEC
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from eth_utils import keccak
 
-from coopml.chain import ETHER, ModelStatus
-from conftest import SPEC  # noqa: E402  (tests/chain/conftest.py)
+from coopml.chain import ModelStatus
+from conftest import SPEC  # tests/chain/conftest.py
 
 
 def test_spec_published_in_event_matches_stored_hash(world):
@@ -162,20 +161,27 @@ def test_deadline_closes_task_returns_unspent_escrow_and_deposits(world):
 
 def test_gas_per_action_does_not_grow_with_participants(chain):
     from conftest import make_world
-    w = make_world(chain, n_contributors=12, n_verifiers=14)
-    task_id = w.as_(w.initiator).publish_task(SPEC, w.terms(max_models=12))
-    reg_gas, ann_gas = [], []
-    for v in w.verifiers:
-        client = w.as_(v)
-        client.register_verifier(task_id)
-        reg_gas.append(client.last_gas)
-    for c in w.contributors:
-        client = w.as_(c)
-        client.register_contributor(task_id)
-        client.announce_model(task_id, "bafy-x", keccak(text=c), b"\x02" * 32)
-        ann_gas.append(client.last_gas)
-    # first registration of a task pays the cold pool-length slot; all later ones are equal
-    assert max(reg_gas[1:]) - min(reg_gas[1:]) == 0
-    # announce: V=3 draws; probing varies a little, the pool size (14) does not matter
-    assert max(ann_gas) < 1.10 * min(ann_gas[1:]), ann_gas
-    assert ann_gas[0] > 0 and ETHER
+    w = make_world(chain, n_contributors=6, n_verifiers=14)
+
+    def run(n_verifiers: int) -> tuple[list[int], list[int]]:
+        task_id = w.as_(w.initiator).publish_task(SPEC, w.terms(max_models=6))
+        reg_gas, ann_gas = [], []
+        for v in w.verifiers[:n_verifiers]:
+            client = w.as_(v)
+            client.register_verifier(task_id)
+            reg_gas.append(client.last_gas)
+        for c in w.contributors:
+            client = w.as_(c)
+            client.register_contributor(task_id)
+            client.announce_model(task_id, "bafy-x", keccak(text=f"{task_id}{c}"), b"\x02" * 32)
+            ann_gas.append(client.last_gas)
+        return reg_gas, ann_gas
+
+    reg_small, ann_small = run(4)
+    reg_large, ann_large = run(14)
+    # the first registration of a task creates the pool array; every later one costs the same
+    assert len(set(reg_small[1:] + reg_large[1:])) == 1
+    # announce draws V=3 from a pool of 4 or 14: probing varies a little, the pool size does not
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert abs(mean(ann_large) - mean(ann_small)) < 0.05 * mean(ann_small), (ann_small, ann_large)
+    assert max(ann_small + ann_large) < 1.10 * min(ann_small + ann_large)
