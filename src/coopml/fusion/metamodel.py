@@ -44,7 +44,9 @@ class FusionConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     normalize: bool = True                      # z-score each member's features (stats from the fit's train set)
     hidden_activation: Literal["none", "relu"] = "none"   # the paper's eqs. 7/11 are linear
-    feature_activation: Literal["none", "relu"] = "none"  # applied to each f_i before concatenation
+    # applied to each f_i before concatenation: a nonlinearity matters for linear members such as
+    # Table IV (linear features and linear eqs. 7-8 make the whole MetaModel a linear classifier)
+    feature_activation: Literal["none", "relu"] = "none"
     bias: bool = True                           # eqs. 7-12 have none; a bias per unit costs nothing
     augment_copies: int = Field(0, ge=0)        # extra randomly shifted/rotated copies of the train set
     feature_dropout: float = Field(0.0, ge=0, lt=1)   # dropout on f_c while training (regularises A)
@@ -117,6 +119,7 @@ class MetaModel(nn.Module):
     # -- structure ------------------------------------------------------------------------------
     @property
     def feature_dim(self) -> int:
+        """|f_c|: the concatenated (activated) feature width."""
         return int(sum(m.feature_dim for m in self.members))
 
     @property
@@ -165,14 +168,15 @@ class MetaModel(nn.Module):
         f0 = h0 = 0
         for m, labs in zip(self.members, self.label_sets):
             head = m.head
+            width = m.feature_dim
             if isinstance(head, nn.Linear) and head.in_features == m.feature_dim:
                 w = head.weight.detach()[list(labs)].T  # (|f_i|, |l_i|)
-                mean, std = self.feat_mean[f0:f0 + m.feature_dim], self.feat_std[f0:f0 + m.feature_dim]
+                mean, std = self.feat_mean[f0:f0 + width], self.feat_std[f0:f0 + width]
                 # z-scored input: (f - mean) / std @ (std * w) + (mean @ w + b) == f @ w + b
-                self.A.data[f0:f0 + m.feature_dim, h0:h0 + len(labs)] = w * std.unsqueeze(1)
+                self.A.data[f0:f0 + width, h0:h0 + len(labs)] = w * std.unsqueeze(1)
                 if self.cfg.bias and head.bias is not None:
                     self.a_bias.data[h0:h0 + len(labs)] = mean @ w + head.bias.detach()[list(labs)]
-            f0, h0 = f0 + m.feature_dim, h0 + len(labs)
+            f0, h0 = f0 + width, h0 + len(labs)
 
     # -- forward --------------------------------------------------------------------------------
     def member_features(self, x: torch.Tensor) -> torch.Tensor:

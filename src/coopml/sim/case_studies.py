@@ -49,7 +49,7 @@ class CaseStudyConfig(BaseModel):
     @classmethod
     def reduced(cls) -> "CaseStudyConfig":
         """CI preset: real training on ~30 % shards, a few epochs; minutes on one core."""
-        return cls(preset="reduced", scale=0.3, test_samples=2000, contributor_epochs=8, contributor_patience=3,
+        return cls(preset="reduced", threads=1, scale=0.3, test_samples=2000, contributor_epochs=8, contributor_patience=3,
                    verify_threshold=0.8,
                    fusion=FusionConfig(feature_activation="relu", augment_copies=2, feature_dropout=0.3,
                                        max_epochs=80, patience=10),
@@ -277,10 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="output folder for report.md, PNGs, results.json")
     ap.add_argument("--full", action="store_true", help="paper-size benchmark instead of the reduced CI preset")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
     args = ap.parse_args(argv)
     cfg = (CaseStudyConfig.full() if args.full else CaseStudyConfig.reduced()).model_copy(
-        update={"seed": args.seed, "threads": args.threads})
+        update={"seed": args.seed, **({"threads": args.threads} if args.threads else {})})
     t0 = time.perf_counter()
     results = run_all(cfg)
     path = write_report(args.out, results)

@@ -1,0 +1,69 @@
+"""The reduced (CI) case studies, run for real once per session, with sanity bounds.
+
+The full run is `python -m coopml.sim.case_studies --out DIR --full` (see docs/fusion.md).
+"""
+
+import json
+
+import pytest
+
+from coopml.sim.case_studies import CaseStudyConfig, main, run_all
+from coopml.sim.report import write_report
+
+
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory):
+    cfg = CaseStudyConfig.reduced()
+    results = run_all(cfg)
+    out = tmp_path_factory.mktemp("report")
+    write_report(out, results)
+    return results, out
+
+
+def test_report_files(reduced):
+    results, out = reduced
+    for name in ("report.md", "fig10.png", "fig11.png", "fig12.png", "results.json"):
+        assert (out / name).stat().st_size > 500, name
+    assert (out / "fig11.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    for heading in ("Case Study I", "Case Study II", "Case Study III", "late fusion", "initiator data only"):
+        assert heading in md
+    assert json.loads((out / "results.json").read_text())["cs2"]["paper_original"] == [91.5, 94.8, 95.8]
+
+
+def test_case_study_1_sanity(reduced):
+    cs = reduced[0].cs1
+    assert [c.labels for c in cs.contributors] == [[0, 1, 2, 3, 4], [0, 6, 7, 8, 9], [5, 6, 7, 8, 9]]
+    assert all(c.local_accuracy > 0.7 for c in cs.contributors)
+    assert all(c.test_all_accuracy < 0.6 for c in cs.contributors)      # each knows half the labels
+    for method in ("strategy I", "strategy II"):
+        accs = cs.fused[method]
+        assert len(accs) == 3 and accs[2] > accs[0] + 0.05 and accs[2] > 0.8, (method, accs)
+        assert accs[2] > cs.fused["late fusion"][2]
+        assert accs[2] > cs.initiator_only
+
+
+def test_case_study_2_sanity(reduced):
+    cs = reduced[0].cs2
+    assert all(len(c.labels) == 7 and c.arch == "table4" for c in cs.contributors)
+    accs = cs.fused["strategy II"]
+    assert accs[2] > 0.8 and accs[2] >= accs[0], accs
+    assert accs[2] > cs.initiator_only
+
+
+def test_case_study_3_sanity(reduced):
+    results = reduced[0]
+    cs, cfg = results.cs3, results.config
+    assert [s.name for s in cs.scenarios] == ["diverse non-identical", "partial labels (Table II)"]
+    for s in cs.scenarios:
+        assert s.fedavg_bytes == cfg.fedavg_rounds * 4 * 2 * cs.model_bytes
+        assert s.ours_bytes == 3 * 3 * cs.model_bytes
+        assert s.ours_bytes < s.fedavg_bytes
+        assert 0.5 < s.fedavg_accuracy <= 1 and len(s.fedavg_round_accuracy) == cfg.fedavg_rounds
+        assert s.ours_verified and 0.5 < s.ours_accuracy <= 1
+
+
+def test_cli_entry_point_rejects_missing_out(capsys):
+    with pytest.raises(SystemExit):
+        main([])
+    assert "--out" in capsys.readouterr().err
