@@ -155,42 +155,37 @@ def _setup(cfg: CaseStudyConfig) -> None:
     torch.manual_seed(cfg.seed)
 
 
-# -- Case Study I -------------------------------------------------------------------------------
-def run_case_study_1(cfg: CaseStudyConfig) -> CaseStudy1Result:
-    """Table I CNNs on the Table II split, fused by strategies I and II (Figs. 10-11)."""
+def _label_subset_study(cfg: CaseStudyConfig, specs: Sequence[ShardSpec], init_name: str,
+                        archs: Sequence[str]) -> tuple[list[ContributorRow], dict[str, list[float]], float]:
+    """Train one contributor per arch on its label shard, fuse them as they arrive, and train the
+    initiator's stand-alone baseline (same arch as contributor 1) on the initiator's shard."""
     _setup(cfg)
-    t0 = time.perf_counter()
     test = _test_set(cfg)
-    shards = make_shards(load_dataset("mnist", "train"), TABLE_II, seed=cfg.seed, scale=cfg.scale)
+    shards = make_shards(load_dataset("mnist", "train"), tuple(specs), seed=cfg.seed, scale=cfg.scale)
     models, rows = [], []
-    for i, arch in enumerate(TABLE1_ARCHS):
+    for i, arch in enumerate(archs):
         name = f"contributor{i + 1}"
         model, row = _train_contributor(name, arch, shards[name], cfg, cfg.seed + i, test)
         models.append(model)
         rows.append(row)
-    fused = _fusion_curve(models, [r.labels for r in rows], shards["verifiers"], cfg, test)
-    return CaseStudy1Result(contributors=rows, fused=fused,
-                            initiator_only=_initiator_only("table1-c1", shards["verifiers"], cfg, test),
-                            seconds=time.perf_counter() - t0)
+    fused = _fusion_curve(models, [r.labels for r in rows], shards[init_name], cfg, test)
+    return rows, fused, _initiator_only(archs[0], shards[init_name], cfg, test)
+
+
+# -- Case Study I -------------------------------------------------------------------------------
+def run_case_study_1(cfg: CaseStudyConfig) -> CaseStudy1Result:
+    """Table I CNNs on the Table II split, fused by strategies I and II (Figs. 10-11)."""
+    t0 = time.perf_counter()
+    rows, fused, alone = _label_subset_study(cfg, TABLE_II, "verifiers", TABLE1_ARCHS)
+    return CaseStudy1Result(contributors=rows, fused=fused, initiator_only=alone, seconds=time.perf_counter() - t0)
 
 
 # -- Case Study II ------------------------------------------------------------------------------
 def run_case_study_2(cfg: CaseStudyConfig) -> CaseStudy2Result:
     """Table IV models on the Table III split, fused by strategy II: Table V's 'Original' column."""
-    _setup(cfg)
     t0 = time.perf_counter()
-    test = _test_set(cfg)
-    shards = make_shards(load_dataset("mnist", "train"), (INITIATOR,) + TABLE_III, seed=cfg.seed, scale=cfg.scale)
-    models, rows = [], []
-    for i in range(3):
-        name = f"contributor{i + 1}"
-        model, row = _train_contributor(name, "table4", shards[name], cfg, cfg.seed + i, test)
-        models.append(model)
-        rows.append(row)
-    fused = _fusion_curve(models, [r.labels for r in rows], shards["initiator"], cfg, test)
-    return CaseStudy2Result(contributors=rows, fused=fused,
-                            initiator_only=_initiator_only("table4", shards["initiator"], cfg, test),
-                            seconds=time.perf_counter() - t0)
+    rows, fused, alone = _label_subset_study(cfg, (INITIATOR,) + TABLE_III, "initiator", ("table4",) * 3)
+    return CaseStudy2Result(contributors=rows, fused=fused, initiator_only=alone, seconds=time.perf_counter() - t0)
 
 
 # -- Case Study III -----------------------------------------------------------------------------
