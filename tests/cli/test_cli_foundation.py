@@ -27,9 +27,9 @@ def test_bad_arguments_give_message_not_traceback():
     assert "Traceback" not in r.output
 
 
-def test_demo_entry_point_runs_real_training():
+def test_contributors_entry_point_runs_real_training():
     # Through the installed console script, as a user runs it.
-    r = subprocess.run([sys.executable, "-m", "coopml.cli.main", "demo", "--epochs", "1", "--scale", "0.1"],
+    r = subprocess.run([sys.executable, "-m", "coopml.cli.main", "contributors", "--epochs", "1", "--scale", "0.1"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "contributor3" in r.stdout and "table1-c3" in r.stdout

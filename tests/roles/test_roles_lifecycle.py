@@ -100,7 +100,5 @@ def test_copied_model_rejected_and_silent_verifier_slashed(tmp_path):
     by_name = {m.contributor: m for m in r.models}
     assert by_name["contributor1"].status == "RELEASED" and by_name["contributor2"].status == "RELEASED"
     assert by_name["contributor3"].status == "REJECTED"            # re-sold, lightly perturbed copy
-    selected = {v for m in r.models for v in m.votes} | {"verifier3"} if r.slashed.get("verifier3") else set()
-    assert "verifier3" in selected, "the silent verifier was never drawn (1 chance in ~64)"
-    assert r.slashed["verifier3"] == "vote not revealed"
+    assert r.slashed.get("verifier3") == "vote not revealed"   # drawn for some model, never revealed
     assert "verifier3" not in r.withdrawn_eth

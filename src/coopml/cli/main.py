@@ -75,6 +75,17 @@ def train(
     console.print(f"wrote {out} (sha256 {manifest.sha256[:16]}...)")
 
 
+@app.command("case-studies")
+@friendly
+def case_studies(out: Path = typer.Option(Path("out/case-studies"), help="report folder"),
+                 full: bool = typer.Option(False, help="paper-size runs (long) instead of the reduced preset"),
+                 seed: int = typer.Option(0)) -> None:
+    """Case Studies I-III (fusion strategies, encrypted MetaModel, FedAvg comparison) with a report."""
+    from coopml.sim.case_studies import main as run
+    code = run(["--out", str(out), "--seed", str(seed)] + (["--full"] if full else []))
+    raise typer.Exit(code or 0)
+
+
 @app.command()
 def archs() -> None:
     """List the model architectures."""
