@@ -50,3 +50,14 @@ def test_role_cli_bad_input_gives_a_message_not_a_traceback(tmp_path):
     assert r.returncode == 2 and "comma-separated digits" in r.stderr
     r = _coopml("contributor", "--config", str(cfg))
     assert r.returncode == 2 and "labels" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_same_demo_on_anvil_and_js_ipfs(tmp_path):
+    from coopml.chain.processes import anvil_binary
+    from coopml.storage.daemon import node_binary
+    if anvil_binary() is None or node_binary() is None:
+        pytest.skip("anvil or node missing: run scripts/setup.sh")
+    plan = table3_plan(reduced=True, commit_window=120, reveal_window=20, release_window=120)
+    r = run_processes(plan, tmp_path, backend="anvil", storage="ipfs")
+    assert [m.status for m in r.models] == ["RELEASED"] * 3
+    assert len(r.fusion_history) == 3 and r.fusion_history[-1]["test_accuracy"] > 0.6
