@@ -107,6 +107,7 @@ class MetaModel(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(0))
         self.register_buffer("feat_std", torch.ones(0))
         self._last_data: tuple[Dataset, Dataset] | None = None
+        self.fit_report: FitReport | None = None   # of the last fit
         models = list(models)
         if not models:
             raise FusionError("fusion needs at least one verified model")
@@ -248,6 +249,7 @@ class MetaModel(nn.Module):
             report.stages.append(self._train_stage([p for p in params if p.requires_grad], ftr, ytr, fva, yva))
         self.gamma = 1.0
         report.val_accuracy = report.stages[-1]["best_val_accuracy"]
+        self.fit_report = report
         self.eval()
         return report
 
@@ -311,6 +313,6 @@ def fuse(models: Sequence[FeatureModel], train: Dataset, val: Dataset, strategy:
     attribute if any, else all classes). The fit report is kept in `meta.fit_report`.
     """
     meta = MetaModel(models, labels, strategy, cfg)
-    meta.fit_report = meta.fit(train, val)
+    meta.fit(train, val)
     return meta
 
