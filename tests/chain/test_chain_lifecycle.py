@@ -5,7 +5,7 @@ from __future__ import annotations
 from eth_utils import keccak
 
 from coopml.chain import ModelStatus
-from conftest import SPEC  # tests/chain/conftest.py
+from conftest import SPEC, make_world  # tests/chain/conftest.py (import at collection: the name 'conftest' is shared)
 
 
 def test_spec_published_in_event_matches_stored_hash(world):
@@ -160,7 +160,6 @@ def test_deadline_closes_task_returns_unspent_escrow_and_deposits(world):
 
 
 def test_gas_per_action_does_not_grow_with_participants(chain):
-    from conftest import make_world
     w = make_world(chain, n_contributors=6, n_verifiers=14)
 
     def run(n_verifiers: int) -> tuple[list[int], list[int]]:

@@ -37,7 +37,8 @@ def test_seeded(mnist_train):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.sets(st.integers(0, 9), min_size=1, max_size=10), st.integers(1, 60), st.integers(1, 60)),
+# at most 5 shards x 2 parts x 20 images <= the 200 images of each class in the pool
+@given(st.lists(st.tuples(st.sets(st.integers(0, 9), min_size=1, max_size=10), st.integers(1, 20), st.integers(1, 20)),
                 min_size=1, max_size=5), st.integers(0, 2**16))
 def test_disjoint_by_index(specs, seed):
     labels = np.repeat(np.arange(10), 200)
