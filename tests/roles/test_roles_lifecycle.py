@@ -20,9 +20,11 @@ def _reduced(**initiator):
 
 @pytest.fixture(scope="module")
 def random_and_flip(tmp_path_factory):
-    """Contributor 3 uploads random weights; verifier 3 always votes the opposite of its finding."""
-    plan = _reduced()
+    """Contributor 3 uploads random weights, contributor 4 a malformed package; verifier 3 always
+    votes the opposite of its finding."""
+    plan = _reduced(max_models=4)
     plan.contributors[2].behaviour = "random"
+    plan.contributors.append(plan.contributors[0].model_copy(update={"behaviour": "garbage", "slot": 7}))
     plan.verifiers = ["honest", "honest", "flip"]
     return run_in_process(plan, tmp_path_factory.mktemp("lifecycle-a"))
 
@@ -32,6 +34,7 @@ def test_honest_models_bought_random_model_rejected(random_and_flip):
     by_name = {m.contributor: m for m in r.models}
     assert by_name["contributor1"].status == "RELEASED" and by_name["contributor2"].status == "RELEASED"
     assert by_name["contributor3"].status == "REJECTED"
+    assert by_name["contributor4"].status == "REJECTED"       # malformed upload: no verifier crashed on it
     # the dishonest verifier voted against every honest finding and changed no outcome
     for m in r.models:
         assert m.votes["verifier3"] != m.votes["verifier1"] == m.votes["verifier2"]
@@ -46,7 +49,7 @@ def test_payments(random_and_flip):
     assert "contributor3" not in r.withdrawn_eth
     # each verifier: deposit 0.1 + fee 0.1 per model it judged (all 3 selected for every model)
     for v in ("verifier1", "verifier2", "verifier3"):
-        assert r.withdrawn_eth[v] == pytest.approx(0.4)
+        assert r.withdrawn_eth[v] == pytest.approx(0.5)
 
 
 def test_metamodel_improves_with_bought_models(random_and_flip):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from coopml.chain import Chain, ChainEvent, EventCursor, TaskClient
-from coopml.errors import ContractRevert, CoopmlError
+from coopml.errors import ChainError, ContractRevert, CoopmlError, StorageError
 from coopml.roles.config import NodeConfig
 from coopml.roles.state import AgentState
 from coopml.storage import Store, open_store
@@ -64,12 +64,15 @@ class Agent:
         """Do whatever is due now, judged from chain state and local facts."""
 
     def run_once(self) -> None:
-        self.cursor.drain(self.on_event)
         try:
+            self.cursor.drain(self.on_event)
             self.step()
         except ContractRevert as exc:
             # A race with another node or a window that just closed: state is re-read next round.
             self.log("revert", {"error": getattr(exc, "name", "?"), "detail": str(exc)[:300]})
+        except (ChainError, StorageError) as exc:
+            # The node or the store is briefly unreachable (or content is not there yet): retry.
+            self.log("retry", {"error": type(exc).__name__, "detail": str(exc)[:300]})
 
     def run(self) -> None:
         deadline = time.monotonic() + self.cfg.timeout

@@ -83,7 +83,7 @@ class ContributorConfig(NodeConfig):
     n_train: int = Field(1000, ge=10)
     n_val: int = Field(1000, ge=10)
     epochs: int = Field(30, ge=1)
-    behaviour: Literal["honest", "random", "copy"] = "honest"
+    behaviour: Literal["honest", "random", "copy", "garbage"] = "honest"   # all but honest: for tests
 
 
 class VerifierConfig(NodeConfig):

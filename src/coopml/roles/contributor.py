@@ -7,7 +7,7 @@ contract selected; the initiator learns K from the same transaction that pays th
 
 from __future__ import annotations
 
-import numpy as np
+import os
 
 from coopml.chain import ChainEvent, ModelStatus, key_commitment
 from coopml.he import encrypt_model, from_bytes, to_bytes
@@ -103,7 +103,9 @@ class Contributor(Agent):
         if sha256(pk_blob) != spec.he_public_key_hash:
             raise ProtocolError("the HE public key in storage does not match the task's hash")
         pk = from_bytes(pk_blob, expect="public-key", where="task public key")
-        if self.cfg.behaviour == "copy":
+        if self.cfg.behaviour == "garbage":   # malformed upload, for tests: verifiers must reject it
+            package = b"CMLP1" + os.urandom(4096)
+        elif self.cfg.behaviour == "copy":
             package = self._copy_released(task_id)
             if package is None:
                 return None

@@ -131,11 +131,15 @@ class Verifier(Agent):
         now = self.now()
         stage = asg["stage"]
         if stage == "keyed" and model.status == ModelStatus.VOTING and self.read_secret("verification_data") is not None:
-            self._query(mid, asg, model)
-        elif stage in ("selected", "keyed", "queried", "evaluated") and model.status == ModelStatus.VOTING:
+            try:
+                self._query(mid, asg, model)
+            except CoopmlError as exc:  # a malformed, tampered or foreign model: judged worthless
+                self.state.update_fact("assignment", mid, {**asg, "stage": "invalid", "error": str(exc)})
+                self.log("bad-model", {"model": mid, "error": str(exc)[:300]})
+        elif stage in ("selected", "keyed", "queried", "evaluated", "invalid") and model.status == ModelStatus.VOTING:
             ballot = self.client.ballot(mid, self.address)
             late = now >= model.commit_deadline - max(2, task.terms.commit_window // 5)
-            if not ballot.commitment.strip(b"\0") and (stage == "evaluated" or late):
+            if not ballot.commitment.strip(b"\0") and (stage in ("evaluated", "invalid") or late):
                 self._commit(mid, asg)
         asg = self.state.fact("assignment", mid)
         if asg.get("vote") is not None and model.status == ModelStatus.VOTING and now > model.commit_deadline:

@@ -37,7 +37,7 @@ FINAL = (ModelStatus.REJECTED, ModelStatus.RELEASED, ModelStatus.FORFEITED)
 class ContributorPlan(BaseModel):
     labels: list[int]
     slot: int = Field(ge=1, le=7)
-    behaviour: Literal["honest", "random", "copy"] = "honest"
+    behaviour: Literal["honest", "random", "copy", "garbage"] = "honest"
     epochs: int = 30
     n_train: int = 1000
     n_val: int = 1000
@@ -228,7 +228,7 @@ def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable | None = No
     for a in agents[1:]:
         a.run_once()                       # register
     for a in agents:
-        if isinstance(a, Contributor) and a.cfg.behaviour != "copy":
+        if isinstance(a, Contributor) and a.cfg.behaviour in ("honest", "random"):
             a._train()                     # in one process, train up front so nobody blocks the others
     expected = len(plan.contributors)
     forwarded = False
