@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from coopml.chain import Chain, ChainEvent, EventCursor, TaskClient
+from coopml.chain import Chain, ChainEvent, EventCursor, ModelStatus, TaskClient
 from coopml.errors import ChainError, ContractRevert, CoopmlError, StorageError
 from coopml.roles.config import NodeConfig
 from coopml.roles.state import AgentState
@@ -27,6 +27,9 @@ MSG_DECRYPT_REQUEST = 3     # verifier -> initiator: blinded encrypted outputs
 MSG_DECRYPT_ANSWER = 4      # initiator -> verifier: sealed arg-max positions
 
 Logger = Callable[[str, dict[str, Any]], None]
+
+# A model in one of these states needs nothing more from anyone.
+FINAL = (ModelStatus.REJECTED, ModelStatus.RELEASED, ModelStatus.FORFEITED)
 
 
 def json_logger(role: str, stream=None) -> Logger:

@@ -12,13 +12,11 @@ import os
 from coopml.chain import ChainEvent, ModelStatus, key_commitment
 from coopml.he import encrypt_model, from_bytes, to_bytes
 from coopml.models import TrainConfig, build_model, evaluate, load_model, save_model, train_model
-from coopml.roles.agent import MSG_MODEL_KEY, Agent
+from coopml.roles.agent import FINAL, MSG_MODEL_KEY, Agent
 from coopml.roles.config import ContributorConfig
 from coopml.roles.data import contributor_data
 from coopml.roles.protocol import Criterion, ProtocolError, pack_model, sha256, unpack_model
 from coopml.roles.sealing import new_key, seal, unwrap, wrap
-
-FINAL = (ModelStatus.REJECTED, ModelStatus.RELEASED, ModelStatus.FORFEITED)
 
 
 class Contributor(Agent):

@@ -18,13 +18,11 @@ from coopml.errors import CoopmlError
 from coopml.fusion import FusionConfig, MetaModel, fuse
 from coopml.he import MODEL_PARAMS, decrypt_model, from_bytes, keygen, to_bytes
 from coopml.models import build_model, evaluate, save_model
-from coopml.roles.agent import (MSG_DECRYPT_ANSWER, MSG_DECRYPT_REQUEST, MSG_VERIFICATION_DATA, Agent)
+from coopml.roles.agent import (FINAL, MSG_DECRYPT_ANSWER, MSG_DECRYPT_REQUEST, MSG_VERIFICATION_DATA, Agent)
 from coopml.roles.config import InitiatorConfig
 from coopml.roles.data import initiator_data
 from coopml.roles.protocol import Criterion, ProtocolError, oracle_argmax, pack_dataset, sha256, unpack_model
 from coopml.roles.sealing import new_key, seal, unwrap, wrap
-
-FINAL = (ModelStatus.REJECTED, ModelStatus.RELEASED, ModelStatus.FORFEITED)
 
 
 class Initiator(Agent):

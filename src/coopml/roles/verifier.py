@@ -15,14 +15,12 @@ import numpy as np
 from coopml.chain import ChainEvent, ModelStatus
 from coopml.errors import CoopmlError
 from coopml.he import encrypted_infer, from_bytes, scale_inputs, to_bytes
-from coopml.roles.agent import (MSG_DECRYPT_ANSWER, MSG_DECRYPT_REQUEST, MSG_MODEL_KEY, MSG_VERIFICATION_DATA,
+from coopml.roles.agent import (FINAL, MSG_DECRYPT_ANSWER, MSG_DECRYPT_REQUEST, MSG_MODEL_KEY, MSG_VERIFICATION_DATA,
                                 Agent)
 from coopml.roles.config import VerifierConfig
 from coopml.roles.protocol import (BlindedQuery, Criterion, ProtocolError, blind_outputs, read_answers, sha256,
                                    tail_fingerprint, unpack_dataset, unpack_model)
 from coopml.roles.sealing import BoxKeyPair, open_sealed, unwrap
-
-FINAL = (ModelStatus.REJECTED, ModelStatus.RELEASED, ModelStatus.FORFEITED)
 
 
 class Verifier(Agent):

@@ -30,8 +30,7 @@ from pydantic import BaseModel, Field
 from coopml.chain import ETHER, Chain, EventCursor, ModelStatus, TaskClient, deploy
 from coopml.data import TABLE_III
 from coopml.errors import CoopmlError
-
-FINAL = (ModelStatus.REJECTED, ModelStatus.RELEASED, ModelStatus.FORFEITED)
+from coopml.roles.agent import FINAL
 
 
 class ContributorPlan(BaseModel):
