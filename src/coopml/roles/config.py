@@ -64,6 +64,7 @@ class InitiatorConfig(NodeConfig):
     min_accuracy: float = Field(0.9, ge=0, le=1)
     strategy: Literal["I", "II"] = "II"
     fusion_epochs: int = Field(30, ge=1)
+    fusion_augment: int = Field(8, ge=0)        # distorted copies of the initiator's images (docs/fusion.md)
     he_p: int = Field(2**7, ge=2)
     close_when_models: int | None = Field(None, ge=1)  # close early once this many models are settled
     report_dir: Path | None = None

@@ -58,6 +58,7 @@ def table3_plan(reduced: bool = False, **initiator: object) -> LifecyclePlan:
                                     n_train=n, n_val=n // 2 if reduced else n)
                     for i, spec in enumerate(TABLE_III)]
     base = dict(n_train=n, n_verify=n // 2 if reduced else 1000, fusion_epochs=8 if reduced else 40,
+                fusion_augment=1 if reduced else 8,
                 min_accuracy=0.7 if reduced else 0.85)
     base.update(initiator)
     return LifecyclePlan(contributors=contributors, initiator=base)
