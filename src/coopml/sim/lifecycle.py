@@ -414,7 +414,7 @@ def write_report(result: LifecycleResult, out: Path) -> Path:
         ax.plot([h["models"] for h in result.fusion_history], [100 * h["test_accuracy"] for h in result.fusion_history],
                 marker="o")
         ax.set_xlabel("verified models fused")
-        ax.set_ylabel("MetaModel accuracy on MNIST test (%)")
+        ax.set_ylabel("MetaModel test accuracy (%)")
         ax.set_xticks([h["models"] for h in result.fusion_history])
         fig.tight_layout()
         fig.savefig(out / "metamodel_accuracy.png", dpi=120)
