@@ -15,7 +15,7 @@ import torch
 from coopml.chain import ChainEvent, ModelStatus, TaskSpec, TaskTerms
 from coopml.data import load_dataset
 from coopml.errors import CoopmlError
-from coopml.fusion import FusionConfig, MetaModel, fuse
+from coopml.fusion import FusionConfig, fuse
 from coopml.he import MODEL_PARAMS, decrypt_model, from_bytes, keygen, to_bytes
 from coopml.models import build_model, evaluate, save_model
 from coopml.roles.agent import (FINAL, MSG_DECRYPT_ANSWER, MSG_DECRYPT_REQUEST, MSG_VERIFICATION_DATA, Agent)
@@ -34,7 +34,6 @@ class Initiator(Agent):
         self.train, self.val, self.verification = initiator_data(cfg.dataset, cfg.seed, cfg.n_train, cfg.n_train,
                                                                  cfg.n_verify)
         self.test = load_dataset(cfg.dataset, "test")
-        self.meta: MetaModel | None = None
         self._sk = None
 
     # ------------------------------------------------------------------ setup
@@ -130,6 +129,11 @@ class Initiator(Agent):
             if req["answered"]:
                 continue
             box = self.state.fact("verifier", req["verifier"])
+            if box is None or req["verifier"] not in self.client.selected_verifiers(req["model"]):
+                # The oracle serves only the verifiers the contract drew for that model.
+                self.state.update_fact("request", ident, {**req, "answered": True})
+                self.log("ignored-request", {"model": req["model"], "sender": req["verifier"]})
+                continue
             answers: list[int] = []
             try:
                 ct = from_bytes(self.store.get(req["cid"]), expect="ciphertext", where=f"request {ident}")
@@ -183,9 +187,9 @@ class Initiator(Agent):
             own = evaluate(model, self.test, manifest.labels)
             self.state.update_fact("fused", mid, {"ok": True, "labels": manifest.labels, "own_accuracy": own})
             self.log("model-decrypted", {"model": int(mid), "labels": manifest.labels, "own_accuracy": round(own, 4)})
-            self._refuse()
+            self._refit_metamodel()
 
-    def _refuse(self) -> None:
+    def _refit_metamodel(self) -> None:
         """Fuse every model bought so far (the MetaModel is rebuilt as models arrive)."""
         from coopml.models import load_model
         members, labels = [], []
@@ -197,16 +201,16 @@ class Initiator(Agent):
         if not members:
             return
         torch.manual_seed(self.cfg.seed)
-        self.meta = fuse(members, self.train, self.val, self.cfg.strategy,
+        meta = fuse(members, self.train, self.val, self.cfg.strategy,
                          FusionConfig(max_epochs=self.cfg.fusion_epochs, patience=8, seed=self.cfg.seed,
                                       feature_activation="relu", feature_dropout=0.3,
                                       augment_copies=self.cfg.fusion_augment), labels=labels)
-        acc = evaluate(self.meta, self.test)
+        acc = evaluate(meta, self.test)
         history = self.state.get("fusion_history", [])
         history.append({"models": len(members), "test_accuracy": acc})
         self.state.set("fusion_history", history)
         from safetensors.torch import save_file  # never pickle: the MetaModel is tensors only
-        save_file({k: v.contiguous() for k, v in self.meta.state_dict().items()}, self.workdir / "metamodel.safetensors")
+        save_file({k: v.contiguous() for k, v in meta.state_dict().items()}, self.workdir / "metamodel.safetensors")
         self.log("fused", {"models": len(members), "test_accuracy": round(acc, 4)})
 
     def _maybe_close(self, task_id: int) -> None:
