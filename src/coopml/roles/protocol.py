@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import struct
 from dataclasses import dataclass
 
@@ -185,6 +184,3 @@ def tail_fingerprint(enc: EncryptedModel) -> np.ndarray:
     norm = np.linalg.norm(v)
     return v / norm if norm else v
 
-
-def canonical_json(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()

@@ -86,7 +86,8 @@ class LifecycleResult:
     fusion_history: list[dict]
     elapsed: float
     workdir: Path
-    names: dict[str, str] = field(default_factory=dict)  # address -> name
+    names: dict[str, str] = field(default_factory=dict)     # address -> name
+    restarts: dict[str, int] = field(default_factory=dict)  # node -> times killed and restarted
 
     def approved(self) -> list[ModelOutcome]:
         return [m for m in self.models if m.status == "RELEASED"]
@@ -211,10 +212,8 @@ def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable | None = No
     chain = Chain.embedded()
     coop = deploy(chain, chain.dev_accounts()[0])
     nodes = make_nodes(plan, chain, coop, workdir, "embedded", str(workdir / "store"))
-    quiet = log or (lambda event, fields: None)
-
     def logger(name):
-        return lambda event, fields: quiet(name, event, fields) if log else None
+        return (lambda event, fields: log(name, event, fields)) if log else (lambda event, fields: None)
 
     ini = Initiator(InitiatorConfig(**nodes.configs["initiator"]), chain=chain, log=logger("initiator"))
     ini.run_once()
@@ -376,7 +375,7 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["embedded
                 forwarded = True
             time.sleep(1.0)
         result = read_outcome(chain, coop, task_id, nodes.names, nodes.behaviours, workdir, time.monotonic() - t0)
-        result.restarts = {n: p.restarts for n, p in procs.items() if p.restarts}  # type: ignore[attr-defined]
+        result.restarts = {n: p.restarts for n, p in procs.items() if p.restarts}
         return result
     finally:
         for p in procs.values():
