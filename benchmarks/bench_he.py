@@ -86,8 +86,7 @@ def table5(epochs: int = 30, seed: int = 0, n_test: int | None = None, scale: fl
             print(f"  trained {spec.name}: own-label test {row['original'] * 100:.1f} %", flush=True)
     init = shards[INITIATOR.name]
     # the case-study fusion preset (docs/fusion.md): plain eqs. 7-12 on linear Table IV features cap near 87 %
-    cfg = FusionConfig(max_epochs=fusion_epochs, seed=seed, feature_activation="relu", augment_copies=8,
-                       feature_dropout=0.3)
+    cfg = FusionConfig.tuned(max_epochs=fusion_epochs, seed=seed)
     for n in range(1, len(models) + 1):
         name = "{" + ",".join(str(j + 1) for j in range(n)) + "}"
         row = {"name": name,

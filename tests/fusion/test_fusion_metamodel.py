@@ -123,6 +123,22 @@ def test_fusion_beats_every_member_and_late_fusion(setup, strategy):
     assert all(not p.requires_grad for m in members for p in m.parameters())   # members stay frozen
 
 
+def test_refit_on_all_retrains_on_train_and_val_for_the_chosen_epochs(setup):
+    shards, models, test = setup
+    init = shards["initiator"]
+    names = ("low", "high", "mixed")
+    members = [models[n] for n in names]
+    plain = fuse(members, init.train, init.verify, "II", FAST, labels=_labels(shards, *names))
+    refit = fuse(members, init.train, init.verify, "II", FAST.model_copy(update={"refit_on_all": True}),
+                 labels=_labels(shards, *names))
+    # the selection pass is identical (same seed), so the reports agree...
+    assert refit.fit_report.stages == plain.fit_report.stages
+    # ...but the final weights come from a second pass that also saw `val`
+    assert not torch.equal(refit.A.detach(), plain.A.detach())
+    assert evaluate(refit, init.verify) > evaluate(plain, init.verify)
+    assert evaluate(refit, test) > evaluate(plain, test) - 0.02 and evaluate(refit, test) > 0.75
+
+
 def test_add_model_extends_and_keeps_trained_blocks(setup):
     shards, models, test = setup
     init = shards["initiator"]

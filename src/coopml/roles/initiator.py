@@ -202,9 +202,8 @@ class Initiator(Agent):
             return
         torch.manual_seed(self.cfg.seed)
         meta = fuse(members, self.train, self.val, self.cfg.strategy,
-                         FusionConfig(max_epochs=self.cfg.fusion_epochs, patience=8, seed=self.cfg.seed,
-                                      feature_activation="relu", feature_dropout=0.3,
-                                      augment_copies=self.cfg.fusion_augment), labels=labels)
+                    FusionConfig.tuned(max_epochs=self.cfg.fusion_epochs, patience=8, seed=self.cfg.seed,
+                                       augment_copies=self.cfg.fusion_augment), labels=labels)
         acc = evaluate(meta, self.test)
         history = self.state.get("fusion_history", [])
         history.append({"models": len(members), "test_accuracy": acc})

@@ -39,7 +39,7 @@ class CaseStudyConfig(BaseModel):
     contributor_patience: int = Field(5, ge=1)
     contributor_lr: float = 1e-3
     verify_threshold: float = 0.9                  # paper: a private model passes at 90 % (own labels)
-    fusion: FusionConfig = FusionConfig(feature_activation="relu", augment_copies=8, feature_dropout=0.3)
+    fusion: FusionConfig = FusionConfig.tuned()
     fedavg_rounds: int = Field(5, ge=1)
     fedavg_local_epochs: int = Field(20, ge=1)
     fedavg_arch: str = "table1-c1"                 # "a three-layer CNN" for every party, both paradigms
@@ -51,8 +51,7 @@ class CaseStudyConfig(BaseModel):
         """CI preset: real training on ~30 % shards, a few epochs; minutes on one core."""
         return cls(preset="reduced", threads=1, scale=0.3, test_samples=2000, contributor_epochs=8, contributor_patience=3,
                    verify_threshold=0.8,
-                   fusion=FusionConfig(feature_activation="relu", augment_copies=2, feature_dropout=0.3,
-                                       max_epochs=80, patience=10),
+                   fusion=FusionConfig.tuned(augment_copies=2, max_epochs=80, patience=10),
                    fedavg_rounds=2, fedavg_local_epochs=3)
 
     @classmethod
