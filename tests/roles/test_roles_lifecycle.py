@@ -93,15 +93,22 @@ def test_only_the_initiator_holds_plaintext_models_and_only_after_payment(random
         load_model(r.workdir / "initiator" / "models" / f"model{mid}.safetensors")
 
 
-def test_copied_model_rejected_and_silent_verifier_slashed(tmp_path):
+def test_copied_model_rejected_withheld_key_forfeited_silent_verifier_slashed(tmp_path):
     plan = _reduced(max_models=3)
     plan.contributors = plan.contributors[:2]
+    plan.contributors[1].behaviour = "withhold"    # approved, then never releases its key
     plan.contributors.append(plan.contributors[0].model_copy(update={"behaviour": "copy", "slot": 7}))
     # 4 registered, 3 drawn per model: the pool must stay >= 3 after the silent one is slashed
     plan.verifiers = ["honest", "honest", "silent", "honest"]
     r = run_in_process(plan, tmp_path)
     by_name = {m.contributor: m for m in r.models}
-    assert by_name["contributor1"].status == "RELEASED" and by_name["contributor2"].status == "RELEASED"
+    assert by_name["contributor1"].status == "RELEASED"
+    assert by_name["contributor2"].status == "FORFEITED"           # release window ran out
+    assert r.slashed.get("contributor2") == "key not released"
+    assert "contributor2" not in r.withdrawn_eth                   # deposit and reward went back
     assert by_name["contributor3"].status == "REJECTED"            # re-sold, lightly perturbed copy
     assert r.slashed.get("verifier3") == "vote not revealed"   # drawn for some model, never revealed
     assert "verifier3" not in r.withdrawn_eth
+    # the initiator never got model 2's key, so the MetaModel holds contributor 1's model only
+    assert [h["models"] for h in r.fusion_history] == [1]
+    assert not (r.workdir / "initiator" / "models" / f"model{by_name['contributor2'].model_id}.safetensors").exists()

@@ -77,6 +77,14 @@ class InitiatorConfig(NodeConfig):
         return v
 
 
+# All but "honest" are misbehaviours for tests and scenarios. A contributor may upload random
+# weights, re-sell a released model ("copy"), upload a malformed package ("garbage"), or never
+# release the key of its approved model ("withhold"); a verifier may vote against its finding
+# ("flip") or never reveal its vote ("silent").
+ContributorBehaviour = Literal["honest", "random", "copy", "garbage", "withhold"]
+VerifierBehaviour = Literal["honest", "flip", "silent"]
+
+
 class ContributorConfig(NodeConfig):
     task_id: int = Field(ge=1)
     slot: int = Field(1, ge=1, le=7)               # which private data slice this node holds
@@ -84,12 +92,12 @@ class ContributorConfig(NodeConfig):
     n_train: int = Field(1000, ge=10)
     n_val: int = Field(1000, ge=10)
     epochs: int = Field(30, ge=1)
-    behaviour: Literal["honest", "random", "copy", "garbage"] = "honest"   # all but honest: for tests
+    behaviour: ContributorBehaviour = "honest"
 
 
 class VerifierConfig(NodeConfig):
     task_id: int = Field(ge=1)
-    behaviour: Literal["honest", "flip", "silent"] = "honest"
+    behaviour: VerifierBehaviour = "honest"
 
 
 def load_config(cls: type[NodeConfig], path: Path | None = None, **overrides: object) -> NodeConfig:

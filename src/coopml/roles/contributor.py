@@ -62,7 +62,11 @@ class Contributor(Agent):
             return  # announced before a crash: the ModelAnnounced event will tell us the id
         self._send_keys(task_id, model_id)
         status = self.client.model(model_id).status
-        if status == ModelStatus.APPROVED:
+        if status == ModelStatus.APPROVED and self.cfg.behaviour == "withhold":
+            if not self.state.get("withheld"):   # sits out the release window: forfeits its deposit
+                self.state.set("withheld", True)
+                self.log("key-withheld", {"model": model_id})
+        elif status == ModelStatus.APPROVED:
             self.client.release_key(model_id, self.read_secret("access_key"))
             self.log("key-released", {"model": model_id})
         elif status in FINAL:

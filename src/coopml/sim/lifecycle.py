@@ -31,12 +31,13 @@ from coopml.chain import ETHER, Chain, EventCursor, ModelStatus, TaskClient, dep
 from coopml.data import TABLE_III
 from coopml.errors import CoopmlError
 from coopml.roles.agent import FINAL
+from coopml.roles.config import ContributorBehaviour, VerifierBehaviour
 
 
 class ContributorPlan(BaseModel):
     labels: list[int]
     slot: int = Field(ge=1, le=7)
-    behaviour: Literal["honest", "random", "copy", "garbage"] = "honest"
+    behaviour: ContributorBehaviour = "honest"
     epochs: int = 30
     n_train: int = 1000
     n_val: int = 1000
@@ -44,7 +45,7 @@ class ContributorPlan(BaseModel):
 
 class LifecyclePlan(BaseModel):
     contributors: list[ContributorPlan]
-    verifiers: list[Literal["honest", "flip", "silent"]] = ["honest", "honest", "honest"]
+    verifiers: list[VerifierBehaviour] = ["honest", "honest", "honest"]
     initiator: dict = Field(default_factory=dict)   # InitiatorConfig fields (windows, fees, sizes, ...)
     dataset: str = "mnist"
     seed: int = 0
@@ -227,7 +228,7 @@ def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable | None = No
     for a in agents[1:]:
         a.run_once()                       # register
     for a in agents:
-        if isinstance(a, Contributor) and a.cfg.behaviour in ("honest", "random"):
+        if isinstance(a, Contributor) and a.cfg.behaviour in ("honest", "random", "withhold"):
             a._train()                     # in one process, train up front so nobody blocks the others
     expected = len(plan.contributors)
     forwarded = False
