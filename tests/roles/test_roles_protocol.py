@@ -102,8 +102,10 @@ def test_config_errors_are_clear(tmp_path):
         load_config(InitiatorConfig, None, **base, verifiers_per_model=2)
     with pytest.raises(ConfigError, match="task_id"):
         load_config(ContributorConfig, None, **base, labels=[1])
-    cfg = load_config(ContributorConfig, None, **base, labels=[1], task_id=4)
-    assert cfg.task_id == 4 and "22" * 32 not in repr(cfg)
+    with pytest.raises(ConfigError, match="from_block"):
+        load_config(ContributorConfig, None, **base, labels=[1], task_id=4, from_block=-1)
+    cfg = load_config(ContributorConfig, None, **base, labels=[1], task_id=4, from_block=1234)
+    assert cfg.task_id == 4 and cfg.from_block == 1234 and "22" * 32 not in repr(cfg)
 
 
 def test_state_survives_reopen(tmp_path):

@@ -139,6 +139,7 @@ def _run_role(kind: str, config: Optional[Path], overrides: dict) -> None:
 _CONFIG = typer.Option(None, "--config", help="JSON config file (fields of the role's config)")
 _CHAIN = typer.Option(None, help="JSON-RPC URL of the chain node")
 _CONTRACT = typer.Option(None, help="CoopML contract address")
+_FROM_BLOCK = typer.Option(None, "--from-block", min=0, help="contract's deployment block (events before it are skipped)")
 _STORE = typer.Option(None, help="storage: a directory or http://127.0.0.1:PORT (Kubo RPC)")
 _WORKDIR = typer.Option(None, help="this node's local state directory")
 
@@ -146,29 +147,33 @@ _WORKDIR = typer.Option(None, help="this node's local state directory")
 @app.command()
 @friendly
 def initiator(config: Optional[Path] = _CONFIG, chain: Optional[str] = _CHAIN, contract: Optional[str] = _CONTRACT,
-              store: Optional[str] = _STORE, workdir: Optional[Path] = _WORKDIR) -> None:
+              store: Optional[str] = _STORE, workdir: Optional[Path] = _WORKDIR,
+              from_block: Optional[int] = _FROM_BLOCK) -> None:
     """Run an application initiator: publish a task, answer blinded decryptions, decrypt and fuse bought models."""
-    _run_role("initiator", config, dict(chain=chain, contract=contract, store=store, workdir=workdir))
+    _run_role("initiator", config, dict(chain=chain, contract=contract, store=store, workdir=workdir,
+                                        from_block=from_block))
 
 
 @app.command()
 @friendly
 def contributor(config: Optional[Path] = _CONFIG, task_id: Optional[int] = typer.Option(None, min=1),
                 chain: Optional[str] = _CHAIN, contract: Optional[str] = _CONTRACT, store: Optional[str] = _STORE,
-                workdir: Optional[Path] = _WORKDIR,
+                workdir: Optional[Path] = _WORKDIR, from_block: Optional[int] = _FROM_BLOCK,
                 labels: Optional[str] = typer.Option(None, help="classes this node holds, e.g. 0,1,2")) -> None:
     """Run a computing contributor: join, train, encrypt, announce, release the key once approved."""
     _run_role("contributor", config, dict(task_id=task_id, chain=chain, contract=contract, store=store,
-                                          workdir=workdir, labels=list(parse_labels(labels)) if labels else None))
+                                          workdir=workdir, from_block=from_block,
+                                          labels=list(parse_labels(labels)) if labels else None))
 
 
 @app.command()
 @friendly
 def verifier(config: Optional[Path] = _CONFIG, task_id: Optional[int] = typer.Option(None, min=1),
              chain: Optional[str] = _CHAIN, contract: Optional[str] = _CONTRACT, store: Optional[str] = _STORE,
-             workdir: Optional[Path] = _WORKDIR) -> None:
+             workdir: Optional[Path] = _WORKDIR, from_block: Optional[int] = _FROM_BLOCK) -> None:
     """Run a verification contributor: register, evaluate selected models through the blinded oracle, vote."""
-    _run_role("verifier", config, dict(task_id=task_id, chain=chain, contract=contract, store=store, workdir=workdir))
+    _run_role("verifier", config, dict(task_id=task_id, chain=chain, contract=contract, store=store, workdir=workdir,
+                                       from_block=from_block))
 
 
 _SHOWN = {"published", "registered", "trained", "announced", "key-sent", "queried", "oracle-answered", "evaluated",

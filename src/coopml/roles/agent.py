@@ -54,7 +54,8 @@ class Agent:
         self.client = TaskClient(self.chain, cfg.contract, self.address)
         self.store: Store = open_store(cfg.store)
         self.state = AgentState(self.workdir / "state.sqlite")
-        self.cursor = EventCursor(self.chain, cfg.contract, state_path=self.workdir / "cursor.json")
+        self.cursor = EventCursor(self.chain, cfg.contract, state_path=self.workdir / "cursor.json",
+                                  from_block=cfg.from_block)
         self.log = log or json_logger(self.role)
         self.done = False
 

@@ -20,6 +20,8 @@ class NodeConfig(BaseModel):
 
     chain: str = Field(description="JSON-RPC URL of the chain node (127.0.0.1)")
     contract: str = Field(description="address of the deployed CoopML contract")
+    from_block: int = Field(0, ge=0, description="first block to read events from: the contract's "
+                            "deployment block (0 reads from genesis, slow on a long chain)")
     store: str = Field(description="storage spec: a directory, local:/dir or http://127.0.0.1:5001")
     key: str = Field(repr=False, description="hex private key of this node's Ethereum account")
     workdir: Path
