@@ -51,3 +51,26 @@ def test_restores_best_weights(mnist_train):
     model = build_model("table4", seed=1)
     res = train_model(model, shard.train, shard.verify, TrainConfig(max_epochs=6, patience=6), labels=(3, 5, 8))
     assert evaluate(model, shard.verify, (3, 5, 8)) == pytest.approx(res.best_val_accuracy)
+
+
+def test_refit_on_all_retrains_from_the_start_for_the_best_epoch_count(mnist_train):
+    shard = make_shards(mnist_train, [ShardSpec("a", (3, 5, 8), 150, 150)], seed=2)["a"]
+    cfg = TrainConfig(max_epochs=6, patience=6, seed=3)
+    plain, refit = build_model("table4", seed=1), build_model("table4", seed=1)
+    res = train_model(plain, shard.train, shard.verify, cfg, labels=(3, 5, 8))
+    res2 = train_model(refit, shard.train, shard.verify, cfg.model_copy(update={"refit_on_all": True}),
+                       labels=(3, 5, 8))
+    assert res2.best_epoch == res.best_epoch and res2.history == res.history   # same selection pass
+    assert not torch.equal(plain.head.weight, refit.head.weight)
+    # the refit model has now trained on the verification images too
+    assert evaluate(refit, shard.verify, (3, 5, 8)) > evaluate(plain, shard.verify, (3, 5, 8))
+
+
+def test_augment_distorts_each_image_but_keeps_the_digit(mnist_train):
+    from coopml.data import random_affine
+    x, _ = mnist_train.subset(torch.arange(64).numpy()).tensors()
+    out = random_affine(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and not torch.equal(out, x)
+    moved = (out - x).abs().flatten(1).sum(1)
+    assert moved.min() > 0 and len(set(moved.round(decimals=2).tolist())) > 32   # a different distortion per image
+    assert (out.flatten(1).sum(1) / x.flatten(1).sum(1)).sub(1).abs().max() < 0.35   # ink roughly preserved

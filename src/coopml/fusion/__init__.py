@@ -4,6 +4,6 @@ Pure torch: knows nothing of chains, storage or files.
 """
 
 from coopml.fusion.late import LateFusion
-from coopml.fusion.metamodel import FitReport, FusionConfig, FusionError, MetaModel, Strategy, augment_batch, fuse
+from coopml.fusion.metamodel import FitReport, FusionConfig, FusionError, MetaModel, Strategy, fuse
 
-__all__ = ["FitReport", "FusionConfig", "FusionError", "LateFusion", "MetaModel", "Strategy", "augment_batch", "fuse"]
+__all__ = ["FitReport", "FusionConfig", "FusionError", "LateFusion", "MetaModel", "Strategy", "fuse"]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
+from coopml.data.augment import random_affine
 from coopml.data.datasets import Dataset
 from coopml.errors import CoopmlError
 from coopml.models.architectures import FeatureModel
@@ -78,21 +79,6 @@ def _restrict_index(labels: Sequence[int] | None, num_classes: int) -> tuple[int
     if not labs or len(set(labs)) != len(labs) or any(not 0 <= c < num_classes for c in labs):
         raise FusionError(f"label set must be distinct classes in 0..{num_classes - 1}, got {labels}")
     return labs
-
-
-def augment_batch(x: torch.Tensor, gen: torch.Generator, max_shift: float = 2.0,
-                  max_rotate_deg: float = 10.0, max_scale: float = 0.1) -> torch.Tensor:
-    """Random small affine distortion per image (shift, rotation, scale; zero fill): digits stay
-    digits, so the initiator's 1000 labelled images go further when training the fusion net."""
-    n = len(x)
-    u = lambda: torch.rand(n, generator=gen) * 2 - 1  # noqa: E731
-    ang = u() * max_rotate_deg * torch.pi / 180
-    scale = 1 + u() * max_scale
-    tx, ty = u() * max_shift * 2 / 28, u() * max_shift * 2 / 28
-    theta = torch.stack([torch.stack([torch.cos(ang) / scale, -torch.sin(ang) / scale, tx], 1),
-                         torch.stack([torch.sin(ang) / scale, torch.cos(ang) / scale, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
 class MetaModel(nn.Module):
@@ -225,7 +211,7 @@ class MetaModel(nn.Module):
         x, y = data.tensors()
         xs, ys = [x], [y]
         for _ in range(copies):
-            xs.append(augment_batch(x, self._gen))
+            xs.append(random_affine(x, self._gen))
             ys.append(y)
         feats = []
         for xb in xs:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
+from coopml.data.augment import random_affine
 from coopml.data.datasets import Dataset
 from coopml.models.architectures import FeatureModel
 
@@ -25,7 +26,10 @@ class TrainConfig(BaseModel):
     patience: int = Field(5, ge=1)           # epochs without val improvement before stopping
     target_accuracy: float | None = Field(None, ge=0, le=1)
     stop_at_target: bool = False             # True: stop as soon as the criterion is met (paper's rule)
-    augment: bool = False                    # random +-2 px shifts
+    augment: bool = False                    # a random small affine distortion of every image, every epoch
+    # after early stopping, train again from the same initial weights on train + val for the best
+    # epoch count: the final model learns from every labelled image (and keeps no held-out estimate)
+    refit_on_all: bool = False
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
 
@@ -67,11 +71,6 @@ def evaluate(model: torch.nn.Module, data: Dataset, labels: Sequence[int] | None
     return (predict(model, x, labels) == y).float().mean().item()
 
 
-def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    dx, dy = torch.randint(-2, 3, (2,), generator=gen).tolist()
-    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-
-
 def train_model(model: FeatureModel, train: Dataset, val: Dataset, cfg: TrainConfig | None = None,
                 labels: Sequence[int] | None = None,
                 on_epoch: Callable[[int, float, float], None] | None = None) -> TrainResult:
@@ -79,33 +78,48 @@ def train_model(model: FeatureModel, train: Dataset, val: Dataset, cfg: TrainCon
     cfg = cfg or TrainConfig()
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    start = copy.deepcopy(model.state_dict()) if cfg.refit_on_all else None
     x, y = train.tensors()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best_acc, best_epoch, best_state = -1.0, 0, None
     history: list[tuple[float, float]] = []
     met = False
     for epoch in range(1, cfg.max_epochs + 1):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for i in range(0, len(x), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            xb = _shift(x[idx], gen) if cfg.augment else x[idx]
-            loss = F.cross_entropy(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
+        loss = _epoch(model, opt, x, y, cfg, gen)
         acc = evaluate(model, val, labels)
-        history.append((total / len(x), acc))
+        history.append((loss, acc))
         if on_epoch:
-            on_epoch(epoch, total / len(x), acc)
+            on_epoch(epoch, loss, acc)
         if acc > best_acc:
             best_acc, best_epoch, best_state = acc, epoch, copy.deepcopy(model.state_dict())
         met = cfg.target_accuracy is not None and best_acc >= cfg.target_accuracy
         if (met and cfg.stop_at_target) or epoch - best_epoch >= cfg.patience:
             break
-    if best_state is not None:
+    if start is not None:
+        model.load_state_dict(start)
+        xv, yv = val.tensors()
+        x, y = torch.cat([x, xv]), torch.cat([y, yv])
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        for _ in range(best_epoch):
+            _epoch(model, opt, x, y, cfg, gen)
+    elif best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(len(history), best_epoch, best_acc, met, history)
+
+
+def _epoch(model: FeatureModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+           cfg: TrainConfig, gen: torch.Generator) -> float:
+    """One pass over (x, y) in shuffled batches; returns the mean training loss."""
+    model.train()
+    perm = torch.randperm(len(x), generator=gen)
+    total = 0.0
+    for i in range(0, len(x), cfg.batch_size):
+        idx = perm[i:i + cfg.batch_size]
+        xb = random_affine(x[idx], gen) if cfg.augment else x[idx]
+        loss = F.cross_entropy(model(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(idx)
+    return total / len(x)
