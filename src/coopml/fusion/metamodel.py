@@ -229,7 +229,9 @@ class MetaModel(nn.Module):
         torch.manual_seed(cfg.seed)
         self._last_data = (train, val)
         ftr, ytr = self._features(train, cfg.augment_copies)
-        fva, yva = self._features(val)
+        # the refit also trains on val's augmented copies: one pass of the members over val serves both
+        fall, yall = self._features(val, cfg.augment_copies if cfg.refit_on_all else 0)
+        yva = yall[:len(val)]
         if cfg.normalize:
             self.feat_mean = ftr.mean(0)
             self.feat_std = ftr.std(0).clamp_min(1e-3)
@@ -237,7 +239,8 @@ class MetaModel(nn.Module):
             self.feat_mean = torch.zeros(ftr.shape[1])
             self.feat_std = torch.ones(ftr.shape[1])
         ftr = (ftr - self.feat_mean) / self.feat_std
-        fva = (fva - self.feat_mean) / self.feat_std
+        fall = (fall - self.feat_mean) / self.feat_std
+        fva = fall[:len(val)]
         if self.strategy == "II" and cfg.init_from_heads:
             self._init_from_heads()
         start = self._head_state()
@@ -246,9 +249,7 @@ class MetaModel(nn.Module):
             self.gamma = gamma
             report.stages.append(self._train_stage(params, ftr, ytr, fva, yva))
         if cfg.refit_on_all:
-            fall, yall = self._features(val, cfg.augment_copies)
-            ftr = torch.cat([ftr, (fall - self.feat_mean) / self.feat_std])
-            ytr = torch.cat([ytr, yall])
+            ftr, ytr = torch.cat([ftr, fall]), torch.cat([ytr, yall])
             self._load_head_state(start)
             for (gamma, params), stage in zip(self._stages(), report.stages):
                 self.gamma = gamma
