@@ -133,7 +133,7 @@ def make_world(chain: Chain, n_contributors: int = 4, n_verifiers: int = 6) -> W
     coop = deploy(chain, deployer)
     return World(chain, coop, accounts("initiator", 1)[0], accounts("contributor", n_contributors),
                  accounts("verifier", n_verifiers), accounts("outsider", 1)[0],
-                 deploy_block=int(coop.last_receipt["blockNumber"]))
+                 deploy_block=coop.deploy_block)
 
 
 @pytest.fixture

@@ -173,6 +173,8 @@ class TaskClient:
     address: str
     account: str
     last_receipt: TxReceipt | None = field(default=None, repr=False)
+    # where event scans of this contract can start; known when `deploy` made it, else 0 (genesis)
+    deploy_block: int = 0
 
     def __post_init__(self) -> None:
         self.address = to_checksum_address(self.address)
@@ -181,7 +183,7 @@ class TaskClient:
         self._decoder = coopml_errors()
 
     def as_(self, account: str) -> TaskClient:
-        return TaskClient(self.chain, self.address, account)
+        return TaskClient(self.chain, self.address, account, deploy_block=self.deploy_block)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -331,7 +333,6 @@ class TaskClient:
 def deploy(chain: Chain, deployer: str) -> TaskClient:
     """Deploy a fresh CoopML contract (one deployment hosts many tasks)."""
     contract, receipt = chain.deploy_contract("CoopML", deployer)
-    client = TaskClient(chain, contract.address, deployer)
-    client.last_receipt = receipt
+    client = TaskClient(chain, contract.address, deployer, receipt, int(receipt["blockNumber"]))
     return client
 

@@ -141,7 +141,6 @@ class Nodes:
 def make_nodes(plan: LifecyclePlan, chain: Chain, coop: TaskClient, workdir: Path, chain_url: str,
                store: str) -> Nodes:
     configs, names, behaviours = {}, {}, {}
-    from_block = int(coop.last_receipt["blockNumber"]) if coop.last_receipt else 0   # deploy receipt
     node_list = [("initiator", "initiator", None)]
     node_list += [(f"verifier{i + 1}", "verifier", b) for i, b in enumerate(plan.verifiers)]
     node_list += [(f"contributor{i + 1}", "contributor", c) for i, c in enumerate(plan.contributors)]
@@ -149,7 +148,7 @@ def make_nodes(plan: LifecyclePlan, chain: Chain, coop: TaskClient, workdir: Pat
         acct = Account.create()
         chain.fund(acct.address, plan.fund_eth * ETHER)
         names[acct.address] = name
-        cfg = {"chain": chain_url, "contract": coop.address, "from_block": from_block, "store": store,
+        cfg = {"chain": chain_url, "contract": coop.address, "from_block": coop.deploy_block, "store": store,
                "key": acct.key.hex(),
                "workdir": str(workdir / name), "dataset": plan.dataset, "seed": plan.seed}
         if role == "initiator":
