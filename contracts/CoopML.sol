@@ -239,9 +239,7 @@ contract CoopML {
     // ------------------------------------------------------------------ registration
 
     function registerContributor(uint256 taskId) external payable {
-        Task storage t = _openTask(taskId);
-        if (msg.sender == t.initiator) revert InitiatorCannotParticipate();
-        Member storage m = members[taskId][msg.sender];
+        (Task storage t, Member storage m) = _join(taskId);
         if (m.contributor) revert AlreadyRegistered();
         if (msg.value != t.terms.contributorDeposit) revert IncorrectDeposit(t.terms.contributorDeposit, msg.value);
         m.contributor = true;
@@ -250,9 +248,7 @@ contract CoopML {
     }
 
     function registerVerifier(uint256 taskId, bytes32 boxKey) external payable {
-        Task storage t = _openTask(taskId);
-        if (msg.sender == t.initiator) revert InitiatorCannotParticipate();
-        Member storage m = members[taskId][msg.sender];
+        (Task storage t, Member storage m) = _join(taskId);
         if (m.verifier) revert AlreadyRegistered();
         if (msg.value != t.terms.verifierDeposit) revert IncorrectDeposit(t.terms.verifierDeposit, msg.value);
         m.verifier = true;
@@ -523,6 +519,14 @@ contract CoopML {
     function _openTask(uint256 taskId) internal view returns (Task storage t) {
         t = _task(taskId);
         if (t.closed) revert TaskClosed(taskId);
+    }
+
+    /// @dev The open task and the caller's membership record, for either role; the initiator
+    ///      may not take part in its own task.
+    function _join(uint256 taskId) internal view returns (Task storage t, Member storage m) {
+        t = _openTask(taskId);
+        if (msg.sender == t.initiator) revert InitiatorCannotParticipate();
+        m = members[taskId][msg.sender];
     }
 
     function _model(uint256 modelId) internal view returns (Model storage md) {
