@@ -14,6 +14,12 @@ class ModelFileError(CoopmlError):
     """A model file or manifest is malformed, tampered, or does not match its architecture."""
 
 
+class ModelDefinitionError(CoopmlError):
+    """A model cannot be built as declared: import path not found, factory not callable or not
+    returning an nn.Module, declared feature layer missing, outputs not matching the InputSpec,
+    architecture name taken or unknown to the registry."""
+
+
 class HEError(CoopmlError):
     """Homomorphic-encryption misuse: bad parameters, mismatched keys, noise budget exceeded, bad blobs."""
 

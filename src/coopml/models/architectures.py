@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from coopml.errors import ModelFileError
+from coopml.data.spec import InputSpec
 
 
 class FeatureModel(nn.Module):
@@ -25,6 +25,8 @@ class FeatureModel(nn.Module):
     `labels` are the classes this model was trained on; the head still has 10 outputs so
     that its logits are comparable across contributors.
     """
+
+    labels: tuple[int, ...] | None = None   # class ids it was trained on (FeatureExtractor); None: all
 
     def __init__(self, arch: str, body: nn.Sequential, feature_dim: int, head: nn.Module,
                  num_classes: int = 10) -> None:
@@ -89,11 +91,10 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
 )}
 
 
-def build_model(arch: str, seed: int | None = None) -> FeatureModel:
-    if arch not in ARCHITECTURES:
-        raise ModelFileError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = ARCHITECTURES[arch].build()
-    model.arch = arch
-    return model
+def build_model(arch: str, seed: int | None = None, spec: InputSpec | None = None) -> FeatureModel:
+    """A fresh model of a registered architecture (see coopml.models.registry) for `spec`
+    (default: the paper's MNIST task)."""
+    # imported here: the registry imports this module
+    from coopml.models.registry import build_architecture
+
+    return build_architecture(arch, spec, seed)
