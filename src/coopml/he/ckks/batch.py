@@ -2,10 +2,10 @@
 (verifier -> contributor) and the encrypted outputs (contributor -> verifier).
 
 Layout ("images across slots"): a ciphertext has N/2 complex slots; image i of a group sits
-in slot i mod N/2, in the real part for the first N/2 images of the group and in the imaginary
-part for the next N/2. Ciphertext p of a group holds pixel p of all its N images, so a linear
-layer is a linear combination of ciphertexts with real scalar weights (no rotation, no Galois
-key) and it acts on real and imaginary parts alike.
+in slot i mod N/2, in the real part for the first N/2 images of the group and (complex packing,
+affine models only) in the imaginary part for the next N/2. Ciphertext p of a group holds
+pixel p of all its images, so a linear layer is a linear combination of ciphertexts with real
+scalar weights (no rotation, no Galois key) and it acts on real and imaginary parts alike.
 
 Sizes on the wire: an input ciphertext is sent seeded (symmetric encryption: the second
 polynomial is regenerated from a 64-byte seed), its first polynomial bit-packed (ceil(bits/8)

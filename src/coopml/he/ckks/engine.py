@@ -27,7 +27,7 @@ from coopml.he.ckks.batch import EncryptedBatch, EncryptedOutputs, PublicContext
 from coopml.he.ckks.errors import PlanError
 from coopml.he.ckks.modmath import modmatmul
 from coopml.he.ckks.params import SealContext
-from coopml.he.ckks.plan import Block, HePlan, power_chain
+from coopml.he.ckks.plan import Block, HePlan, power_chain, schedule
 
 MIN_WEIGHT_BITS = 12        # final-block weights keep at least this much precision
 OUTPUT_PRECISION_BITS = 20  # rounding of output ciphertexts stays below 2^-20 (value units)
@@ -71,17 +71,19 @@ class _Evaluator:
         data[0] = _seal.parse_plaintext(_seal.save_bytes(pt), self.n, level + 1)
         return data
 
-    def finish(self, data: np.ndarray, scale: float) -> np.ndarray:
-        """Add a fresh public-key encryption of zero, leave NTT form (so the verifier receives
-        coefficients that can be rounded), return (size, N) on q0."""
-        ct = self.to_seal(data, scale, 0)
+    def finish(self, data: np.ndarray, scale: float, level: int) -> tuple[np.ndarray, float]:
+        """Rescale down to q0 if above it, add a fresh public-key encryption of zero, leave NTT
+        form (so the verifier receives coefficients that can be rounded): (size, N) and scale."""
+        ct = self.to_seal(data, scale, level)
+        if level:
+            self.ev.rescale_to_next_inplace(ct)
         zero = seal.Ciphertext()
         self.encryptor.encrypt_zero(self.sc.level_ids[0], zero)
-        zero.scale = scale
+        zero.scale = ct.scale
         self.ev.add_inplace(ct, zero)
         self.ev.transform_from_ntt_inplace(ct)
         raw = _seal.parse_ciphertext(_seal.save_bytes(ct), self.n, 1, 16)
-        return raw.data[:, 0, :]
+        return raw.data[:, 0, :], raw.scale
 
     # ------------------------------------------------------------ blocks
     def affine(self, block: Block, x: Cts, out_scale: float) -> Cts:
@@ -89,7 +91,7 @@ class _Evaluator:
         level = x.level
         size = x.data.shape[1]
         one_scale = float(2 ** self.ctx.params.scale_bits)
-        one = self.trivial_const(1 + 1j, one_scale, level)
+        one = self.trivial_const(1 + 1j if self.ctx.params.complex_packing else 1.0, one_scale, level)
         pad = np.zeros((size,) + one.shape[1:], dtype=np.uint64)
         pad[:2] = one
         inputs = np.concatenate([x.data, pad[None]], axis=0)            # (K + 1, size, L, N)
@@ -117,9 +119,9 @@ class _Evaluator:
                 left, right = got[a], got[b]
                 if left.coeff_modulus_size() != right.coeff_modulus_size():
                     high, low = (left, right) if left.coeff_modulus_size() > right.coeff_modulus_size() else (right, left)
-                    high = seal.Ciphertext(high)
-                    self.ev.mod_switch_to_inplace(high, low.parms_id())
-                    left, right = high, low
+                    switched = seal.Ciphertext()
+                    self.ev.mod_switch_to(high, low.parms_id(), switched)
+                    left, right = switched, low
                 prod = seal.Ciphertext()
                 self.ev.multiply(left, right, prod)
                 self.ev.rescale_to_next_inplace(prod)
@@ -134,8 +136,9 @@ class _Evaluator:
             for j, got in enumerate(results):
                 ct = got[d]
                 if ct.coeff_modulus_size() - 1 > lowest:
-                    ct = seal.Ciphertext(ct)
-                    self.ev.mod_switch_to_inplace(ct, self.sc.level_ids[lowest])
+                    switched = seal.Ciphertext()
+                    self.ev.mod_switch_to(ct, self.sc.level_ids[lowest], switched)
+                    ct = switched
                 raw, scale, _ = self.from_seal(ct)
                 data[i * m + j, :raw.shape[0]] = raw
                 scales[i * m + j] = scale
@@ -157,6 +160,15 @@ def _output_shift(scale: float, size: int, n: int, q0: int) -> int:
     return max(0, q0.bit_length() - kept)
 
 
+def _fit(value_bound: float, scale: float, primes: tuple[int, ...], level: int, what: str) -> None:
+    """Refuse any step whose values could wrap around the modulus (|v| scale * 4 < Q)."""
+    q_bits = sum(math.log2(q) for q in primes[:level + 1])
+    if math.log2(max(value_bound, 1e-30)) + math.log2(scale) + 2 > q_bits:
+        raise PlanError(f"{what}: values up to {value_bound:.3g} at scale 2^{math.log2(scale):.1f} overflow the "
+                        f"{q_bits:.0f}-bit modulus of level {level}; these parameters were not made for this "
+                        "model (use params_for(plan))")
+
+
 def evaluate(plan: HePlan, batch: EncryptedBatch) -> EncryptedOutputs:
     """Run `plan` on `batch`; returns ciphertexts under the verifier's key (contributor learns nothing)."""
     params = batch.params
@@ -166,34 +178,47 @@ def evaluate(plan: HePlan, batch: EncryptedBatch) -> EncryptedOutputs:
     if lo < plan.input_range[0] or hi > plan.input_range[1]:
         raise PlanError(f"the verifier's input range [{lo}, {hi}] exceeds the one the model was compiled "
                         f"for {list(plan.input_range)}")
-    if params.levels < plan.depth:
-        raise PlanError(f"{plan.arch} needs {plan.depth} rescaling levels, the verifier's parameters have "
-                        f"{params.levels}; use params_for(plan)")
+    if plan.blocks[:-1] and params.complex_packing:
+        raise PlanError(f"{plan.arch} has polynomial activations: it needs real packing "
+                        "(CkksParams(complex_packing=False)); use params_for(plan)")
+    sched = schedule(plan, params.poly_modulus_degree)
+    if sched is None or len(sched.prime_bits) != params.data_primes:
+        need = "?" if sched is None else len(sched.prime_bits)
+        raise PlanError(f"{plan.arch} needs {need} data primes under N={params.poly_modulus_degree}, the verifier's "
+                        f"parameters have {params.data_primes}; use params_for(plan)")
     ev = _Evaluator(batch.context)
     sc = ev.sc
-    scale_in = float(2 ** params.scale_bits)
-    q0 = sc.primes[0]
+    primes = sc.primes
     final = plan.blocks[-1]
-    out_scale = 2.0 ** math.floor(math.log2(q0 / (4.0 * max(final.out_bound.max(), 1e-30))))
-    if out_scale / scale_in < 2 ** MIN_WEIGHT_BITS:
-        raise PlanError(f"{plan.arch}: outputs up to {plan.output_bound:.3g} leave only "
-                        f"{math.log2(out_scale / scale_in):.1f} bits for the last layer's weights under "
-                        f"q0 = 2^{q0.bit_length()}; use params_for(plan)")
+    out_bound = max(float(final.out_bound.max()), 1e-30)
     groups: list[np.ndarray] = []
+    out_scale_final = 0.0
     for g in range(batch.groups):
         data, scale = batch.expand(g)
         x = Cts(data, np.full(len(data), scale), sc.top)
-        for block in plan.blocks[:-1]:
-            if x.level < 1:
-                raise PlanError("ran out of levels")  # pragma: no cover - checked via plan.depth
-            top = sc.primes[x.level]
-            y = ev.affine(block, x, scale_in * top)
+        for i, block in enumerate(plan.blocks[:-1]):
+            out_scale = float(2 ** sched.block_scale_bits[i]) * primes[x.level]
+            _fit(float(block.out_bound.max()), out_scale, primes, x.level, f"block {i}")
+            y = ev.affine(block, x, out_scale)
             x = ev.activation(y, block.powers)
-        x = ev.drop_to(x, 0)
+            for d, bound in block.monomial_bounds.items():
+                if d in block.powers:
+                    _fit(bound, float(x.scales[block.powers.index(d) * block.out_dim]), primes, x.level,
+                         f"block {i} power {d}")
+        if sched.final_rescale:
+            out_scale = float(2 ** sched.final_scale_bits) * primes[x.level]
+        else:
+            out_scale = 2.0 ** math.floor(math.log2(primes[x.level] / (4.0 * out_bound)))
+        if out_scale / float(x.scales.max()) < 2 ** MIN_WEIGHT_BITS:
+            raise PlanError(f"{plan.arch}: outputs up to {plan.output_bound:.3g} leave only "
+                            f"{math.log2(out_scale / float(x.scales.max())):.1f} bits for the last layer's weights")
+        _fit(out_bound, out_scale, primes, x.level, "final block")
         out = ev.affine(final, x, out_scale)
-        # fresh encryptions of zero re-randomize every output ciphertext; coefficient form
-        groups.append(np.stack([ev.finish(out.data[j], out_scale) for j in range(len(out.data))]))
+        finished = [ev.finish(out.data[j], out_scale, x.level) for j in range(len(out.data))]
+        out_scale_final = finished[0][1]
+        groups.append(np.stack([f[0] for f in finished]))
     data = np.stack(groups)
     size = int(data.shape[2])
-    shift = _output_shift(out_scale, size, params.poly_modulus_degree, q0)
-    return EncryptedOutputs(batch.context, batch.count, plan.feature_dim, plan.num_classes, out_scale, shift, data)
+    shift = _output_shift(out_scale_final, size, params.poly_modulus_degree, primes[0])
+    return EncryptedOutputs(batch.context, batch.count, plan.feature_dim, plan.num_classes, out_scale_final, shift,
+                            data)

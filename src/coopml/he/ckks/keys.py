@@ -72,7 +72,8 @@ class QueryKey:
         sc = seal_context(self.params)
         n = self.params.poly_modulus_degree
         half = n // 2
-        groups = -(-count // n)
+        cap = self.params.capacity
+        groups = -(-count // cap)
         d = flat.shape[1]
         enc = seal.Encryptor(sc.context, self.secret_key)
         scale = float(2 ** self.params.scale_bits)
@@ -80,8 +81,8 @@ class QueryKey:
         seeds: list[list[bytes]] = []
         for g in range(groups):
             block = np.zeros((n, d))
-            chunk = flat[g * n:(g + 1) * n]
-            block[:len(chunk)] = chunk
+            chunk = flat[g * cap:(g + 1) * cap]
+            block[:len(chunk)] = chunk                          # real packing: rows N/2.. stay 0
             slots = (block[:half] + 1j * block[half:]).T          # (d, N/2) complex
             row: list[bytes] = []
             for p in range(d):
@@ -106,7 +107,8 @@ class QueryKey:
         half = n // 2
         dec = seal.Decryptor(sc.context, self.secret_key)
         groups, rows = out.data.shape[:2]
-        values = np.empty((groups * n, rows))
+        cap = self.params.capacity
+        values = np.empty((groups * cap, rows))
         pid = sc.level_ids[0]
         for g in range(groups):
             for j in range(rows):
@@ -117,8 +119,9 @@ class QueryKey:
                 pt = seal.Plaintext()
                 dec.decrypt(ct, pt)
                 z = np.asarray(sc.encoder.decode_complex(pt))
-                values[g * n:g * n + half, j] = z.real
-                values[g * n + half:(g + 1) * n, j] = z.imag
+                values[g * cap:g * cap + half, j] = z.real
+                if cap == n:
+                    values[g * cap + half:(g + 1) * cap, j] = z.imag
         values = values[:out.count]
         return values[:, :out.feature_dim], values[:, out.feature_dim:]
 

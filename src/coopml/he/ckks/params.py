@@ -37,6 +37,28 @@ def special_prime_bits(n: int) -> int:
     raise InsecureParametersError(f"no prime = 1 mod {2 * n} below 2^{MAX_PRIME_BITS}")  # pragma: no cover
 
 
+@functools.lru_cache(maxsize=None)
+def prime_count(n: int, bits: int, most: int = 8) -> int:
+    """How many distinct `bits`-bit primes = 1 mod 2N exist (capped at `most`)."""
+    for k in range(most, 0, -1):
+        try:
+            seal.CoeffModulus.Create(n, [bits] * k)
+            return k
+        except (ValueError, RuntimeError):
+            continue
+    return 0
+
+
+def distinct_primes(n: int, bits: tuple[int, ...], fixed: int = 1) -> tuple[int, ...]:
+    """Bump repeated prime sizes (beyond the first `fixed` entries) until SEAL can find distinct
+    primes for all of them; a larger rescaling prime only costs a bit of scale."""
+    out = list(bits)
+    for i in range(fixed, len(out)):
+        while out[i] < MAX_PRIME_BITS and sum(1 for b in out[:i + 1] if b == out[i]) > prime_count(n, out[i]):
+            out[i] += 1
+    return tuple(out)
+
+
 class CkksParams(BaseModel):
     """Public CKKS parameters of one verifier's query key.
 
@@ -45,7 +67,9 @@ class CkksParams(BaseModel):
     the special prime SEAL reserves for key switching. The engine never key-switches (no
     relinearization, no rotations), so the special prime is the smallest one that exists.
     `scale_bits` is the encoding scale of the images; `input_range` the interval every
-    pixel must lie in (the contributor's overflow bounds assume it).
+    pixel must lie in (the contributor's overflow bounds assume it). `complex_packing` puts
+    images in the imaginary parts of the slots too (2x capacity); valid for affine models only,
+    since a product of slots mixes real and imaginary parts.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,6 +78,7 @@ class CkksParams(BaseModel):
     coeff_mod_bit_sizes: tuple[int, ...]
     scale_bits: int
     input_range: tuple[float, float] = (0.0, 1.0)
+    complex_packing: bool = True
 
     @field_validator("poly_modulus_degree")
     @classmethod
@@ -116,8 +141,9 @@ class CkksParams(BaseModel):
 
     @property
     def capacity(self) -> int:
-        """Images per ciphertext: N/2 complex slots, an image in the real and one in the imaginary part."""
-        return self.poly_modulus_degree
+        """Images per ciphertext: N/2 complex slots, with complex packing an image in the real and
+        one in the imaginary part of each."""
+        return self.poly_modulus_degree if self.complex_packing else self.poly_modulus_degree // 2
 
     @property
     def total_bits(self) -> int:
@@ -131,7 +157,7 @@ class CkksParams(BaseModel):
         return (f"N={self.poly_modulus_degree}, primes {list(self.coeff_mod_bit_sizes)} bits "
                 f"(total {self.total_bits} <= {MAX_MODULUS_BITS_128[self.poly_modulus_degree]} for "
                 f"{SECURITY_BITS}-bit security), input scale 2^{self.scale_bits}, "
-                f"{self.capacity} images per ciphertext")
+                f"{self.capacity} images per ciphertext ({'complex' if self.complex_packing else 'real'} packing)")
 
 
 @dataclass(frozen=True)

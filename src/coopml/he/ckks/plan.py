@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from coopml.he.ckks.errors import PlanError, UnsupportedLayerError
-from coopml.he.ckks.params import MAX_MODULUS_BITS_128, MAX_PRIME_BITS, CkksParams, special_prime_bits
+from coopml.he.ckks.params import (MAX_MODULUS_BITS_128, MAX_PRIME_BITS, CkksParams, distinct_primes,
+                                   special_prime_bits)
 from coopml.models.activations import PolyActivation
 
 # Layers that are affine in their input (in eval mode), hence foldable into a matrix.
@@ -92,7 +93,8 @@ class HePlan:
 
     @property
     def depth(self) -> int:
-        """Rescalings: one per non-final affine block and one per squaring level of each activation."""
+        """Multiplicative depth: one per non-final affine block and one per squaring level of
+        each activation (a final rescale, when the schedule needs one, comes on top)."""
         return sum(1 + _power_depth(max(b.powers)) for b in self.blocks[:-1])
 
     @property
@@ -262,75 +264,127 @@ def compile_model(model: nn.Module, input_shape: tuple[int, ...],
     return HePlan(arch, tuple(int(s) for s in input_shape), (lo_v, hi_v), feature_dim, num_classes, blocks)
 
 
+PRECISION_BITS = 18          # every value keeps ~2^-18 relative precision against CKKS noise
+WEIGHT_BITS = 16             # integer weights keep >= 16 significant bits of their scale
+
+
 def _log2(x: float) -> float:
-    return math.log2(x) if x > 0 else -1e9
+    return math.log2(x) if x > 0 else -60.0
 
 
-def _fits(plan: HePlan, scale_bits: int, weight_bits: int, n: int) -> tuple[int, ...] | None:
-    """Prime sizes [q0, ..., q_top, special] for this plan under N, or None if it cannot fit.
+def noise_bits(n: int, size: int) -> float:
+    """log2 of the slot-domain std of the rounding noise a rescale adds to a `size`-polynomial
+    ciphertext: (d_0 + d_1 s + ... + d_(size-1) s^(size-1)), |d_i| <= 1/2, s ternary."""
+    return math.log2(0.3) + 0.5 * math.log2(n) + 0.5 * (size - 1) * math.log2(2 * n / 3)
 
-    Evaluation consumes primes from the top: a non-final block's product (scale 2^scale x q_top)
-    is rescaled by a weight_bits prime back to 2^scale; each squaring level of its activation by
-    a scale_bits prime; the final block lands in q0 with scale ~2^(scale + weight). Every value
-    v at scale s on a level with modulus Q must satisfy |v| s < Q / 4.
-    """
-    q0 = scale_bits + weight_bits + max(0, math.ceil(_log2(plan.output_bound))) + 3
+
+def floor_bits(n: int, size: int) -> int:
+    """Smallest scale (bits) at which a rescaled `size`-polynomial ciphertext keeps PRECISION_BITS."""
+    return math.ceil(noise_bits(n, size) + PRECISION_BITS)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The scales an evaluation uses under ring degree N (recomputed identically on both sides)."""
+
+    n: int
+    input_scale_bits: int
+    block_scale_bits: tuple[int, ...]        # per non-final block: scale after its rescale
+    final_rescale: bool                      # the final block is rescaled once more before output
+    final_scale_bits: int                    # outputs' scale (after the final rescale, if any)
+    prime_bits: tuple[int, ...]              # data primes [q0, ..., q_top]
+
+
+def schedule(plan: HePlan, n: int) -> Schedule | None:
+    """Choose scales and prime sizes for `plan` under N; None if some prime would exceed 60 bits.
+
+    Evaluation consumes primes from the top. `reqs` collects (primes consumed so far, bits a
+    value needs: |v| * scale * 4 < Q); q0 is then the smallest prime meeting all of them."""
+    minp = special_prime_bits(n)
+    sx = math.ceil(math.log2(3.2) + 0.5 * math.log2(n) + PRECISION_BITS)     # fresh-encryption noise floor
+    top: list[int] = []
+    reqs: list[tuple[int, float]] = []
+    block_scales: list[int] = []
+    in_scale, in_size = float(sx), 2
+    for block in plan.blocks[:-1]:
+        bound = float(block.out_bound.max())
+        t = floor_bits(n, in_size)
+        r = max(minp, math.ceil(WEIGHT_BITS + in_scale - t))
+        reqs.append((len(top), t + r + _log2(bound) + 2))
+        top.append(r)
+        reqs.append((len(top), t + _log2(bound) + 2))
+        block_scales.append(t)
+        scales: dict[int, float] = {1: float(t)}
+        sizes: dict[int, int] = {1: in_size}
+        chain = power_chain(block.powers)
+        for depth in range(1, _power_depth(max(block.powers)) + 1):
+            prods = [d for d in chain if _power_depth(d) == depth]
+            want = []
+            for d in prods:
+                a, b = chain[d]
+                sizes[d] = sizes[a] + sizes[b] - 1
+                want.append(scales[a] + scales[b] - floor_bits(n, sizes[d]))
+                reqs.append((len(top), scales[a] + scales[b] + _log2(block.monomial_bounds[d]) + 2))
+            r = max(minp, math.floor(min(want)))
+            if r > MAX_PRIME_BITS:
+                return None
+            top.append(r)
+            for d in prods:
+                a, b = chain[d]
+                scales[d] = scales[a] + scales[b] - r
+                reqs.append((len(top), scales[d] + _log2(block.monomial_bounds[d]) + 2))
+        for d in block.powers:
+            reqs.append((len(top), scales[d] + _log2(block.monomial_bounds[d]) + 2))
+        in_scale = max(scales[d] for d in block.powers)
+        in_size = max(sizes[d] for d in block.powers)
+    out_bits = _log2(plan.output_bound)
+    s_out = in_scale + WEIGHT_BITS
+    final_rescale = bool(plan.blocks[:-1]) and s_out + out_bits + 3 > MAX_PRIME_BITS
+    if final_rescale:
+        final = floor_bits(n, in_size)
+        r = max(minp, math.ceil(s_out - final))
+        reqs.append((len(top), final + r + out_bits + 2))
+        top.append(r)
+        final_bits = final
+    else:
+        final_bits = math.ceil(s_out)
+    reqs.append((len(top), final_bits + out_bits + 3))
+    q0 = max(math.ceil(v - sum(top[c:])) for c, v in reqs)
+    if not plan.blocks[:-1]:
+        q0 = max(q0, min(MAX_PRIME_BITS, MAX_MODULUS_BITS_128[n]))   # one prime: use all it may have
     if q0 > MAX_PRIME_BITS:
         return None
-    consumed: list[int] = []
-    for block in plan.blocks[:-1]:
-        consumed.append(weight_bits)
-        consumed += [scale_bits] * _power_depth(max(block.powers))
-    bits = [q0] + list(reversed(consumed))
-    level = len(bits) - 1
-    for block in plan.blocks[:-1]:
-        if scale_bits + _log2(float(block.out_bound.max())) + 2 > sum(bits[:level]):
-            return None
-        level -= 1                               # rescaled by the weight prime
-        for d, bound in block.monomial_bounds.items():
-            lvl = level - _power_depth(d)
-            if scale_bits + _log2(bound) + 2 > sum(bits[:lvl + 1]):
-                return None
-        level -= _power_depth(max(block.powers))
-    if len(bits) > 1:
-        bits.append(special_prime_bits(n))
-    if sum(bits) > MAX_MODULUS_BITS_128[n]:
-        return None
-    return tuple(bits)
+    q0 = max(q0, minp)
+    return Schedule(n, sx, tuple(block_scales), final_rescale, final_bits, (q0,) + tuple(reversed(top)))
 
 
 def params_for(plan: HePlan | int, input_range: tuple[float, float] | None = None) -> CkksParams:
     """The smallest (traffic ~ N x modulus bits) 128-bit-secure parameters that evaluate `plan`
-    without overflow, with input scale >= 2^20 and weights quantized to >= 16 bits of their
-    scale. An int is read as a bare depth for a model whose outputs stay below 2^10."""
+    without overflow and with ~2^-18 relative precision. An int is read as a bare
+    multiplicative depth (squarings) for a network whose values stay below 2^8."""
     if isinstance(plan, int):
         depth = plan
         for n in sorted(MAX_MODULUS_BITS_128):
-            for scale_bits, weight_bits in ((25, 20), (22, 18), (20, 16)):
-                bits = [scale_bits + weight_bits + 13] + [scale_bits] * depth
-                if len(bits) > 1:
-                    bits.append(special_prime_bits(n))
-                if max(bits) <= MAX_PRIME_BITS and sum(bits) <= MAX_MODULUS_BITS_128[n]:
-                    return CkksParams.create(poly_modulus_degree=n, coeff_mod_bit_sizes=tuple(bits),
-                                             scale_bits=scale_bits, input_range=input_range or (0.0, 1.0))
+            sx = math.ceil(math.log2(3.2) + 0.5 * math.log2(n) + PRECISION_BITS)
+            bits = [min(MAX_PRIME_BITS, sx + WEIGHT_BITS + 12)] + [floor_bits(n, 3)] * depth
+            if len(bits) > 1:
+                bits.append(special_prime_bits(n))
+            bits = list(distinct_primes(n, tuple(bits)))
+            if sum(bits) <= MAX_MODULUS_BITS_128[n] and n >= 2048:
+                return CkksParams.create(poly_modulus_degree=n, coeff_mod_bit_sizes=tuple(bits), scale_bits=sx,
+                                         input_range=input_range or (0.0, 1.0), complex_packing=depth == 0)
         raise PlanError(f"no 128-bit-secure parameters for depth {depth}")
     for n in sorted(MAX_MODULUS_BITS_128):
         if n < 2048:
             continue
-        if not plan.blocks[:-1]:
-            # affine model: one prime holds everything; share its bits between input scale and weights
-            out_bits = max(0, math.ceil(math.log2(plan.output_bound + 1e-30)))
-            q0 = min(MAX_PRIME_BITS, MAX_MODULUS_BITS_128[n])
-            room = q0 - out_bits - 3
-            if room < 36:
-                continue
-            scale_bits = min(30, room // 2)
-            return CkksParams.create(poly_modulus_degree=n, coeff_mod_bit_sizes=(q0,), scale_bits=scale_bits,
-                                     input_range=plan.input_range)
-        for scale_bits, weight_bits in ((25, 20), (24, 20), (22, 18), (20, 16)):
-            bits = _fits(plan, scale_bits, weight_bits, n)
-            if bits is not None:
-                return CkksParams.create(poly_modulus_degree=n, coeff_mod_bit_sizes=bits, scale_bits=scale_bits,
-                                         input_range=plan.input_range)
+        sched = schedule(plan, n)
+        if sched is None:
+            continue
+        bits = sched.prime_bits + ((special_prime_bits(n),) if len(sched.prime_bits) > 1 else ())
+        bits = distinct_primes(n, bits)
+        if sum(bits) <= MAX_MODULUS_BITS_128[n]:
+            return CkksParams.create(poly_modulus_degree=n, coeff_mod_bit_sizes=bits,
+                                     scale_bits=sched.input_scale_bits, input_range=plan.input_range,
+                                     complex_packing=not plan.blocks[:-1])
     raise PlanError(f"{plan.arch}: no 128-bit-secure CKKS parameters up to N=32768 fit this circuit "
                     f"(depth {plan.depth}, |outputs| <= {plan.output_bound:.3g}); shrink the activations' range")
