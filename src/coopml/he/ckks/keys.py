@@ -65,9 +65,11 @@ class QueryKey:
             raise InputRangeError(f"between 1 and {MAX_IMAGES} images per batch, got {count}")
         flat = x.reshape(count, -1).astype(np.float64)
         lo, hi = self.params.input_range
-        if not np.isfinite(flat).all() or flat.min() < lo or flat.max() > hi:
+        if not np.isfinite(flat).all():
+            raise InputRangeError("pixel values must be finite numbers within the declared input range")
+        if flat.min() < lo or flat.max() > hi:
             raise InputRangeError(f"pixel values must lie in the declared input range [{lo}, {hi}] "
-                                  f"(got [{np.nanmin(flat):.4g}, {np.nanmax(flat):.4g}]); the contributor's "
+                                  f"(got [{flat.min():.4g}, {flat.max():.4g}]); the contributor's "
                                   "overflow bounds rely on it")
         sc = seal_context(self.params)
         n = self.params.poly_modulus_degree
