@@ -20,10 +20,22 @@ import numpy as np
 import torch
 
 from coopml.data import load_dataset
-from coopml.he import (MODEL_PARAMS, EncryptedBatch, EncryptedOutputs, QueryKey, compile_model, encrypt_model,
-                       encrypted_infer, evaluate, keygen, params_for, scale_inputs)
+from coopml.he import (
+    MODEL_PARAMS,
+    EncryptedBatch,
+    EncryptedOutputs,
+    QueryKey,
+    compile_model,
+    encrypt_model,
+    encrypted_infer,
+    evaluate,
+    keygen,
+    params_for,
+    scale_inputs,
+)
 from coopml.he import to_bytes as ivhe_to_bytes
-from coopml.models import TrainConfig, build_model, evaluate as accuracy, train_model
+from coopml.models import TrainConfig, build_model, train_model
+from coopml.models import evaluate as accuracy
 from coopml.roles.protocol import blind_outputs, oracle_argmax, read_answers
 
 TARGET_S, TARGET_MB, TARGET_AGREE = 60.0, 50.0, 0.999

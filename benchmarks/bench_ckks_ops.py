@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import numpy as np  # noqa: E402
-import tenseal as ts  # noqa: E402
-import tenseal.sealapi as seal  # noqa: E402
+import numpy as np
+import tenseal as ts
+import tenseal.sealapi as seal
 
-from coopml.he.ckks import _seal  # noqa: E402
+from coopml.he.ckks import _seal
 
 
 def per_op(fn: Callable[[], object], repeat: int = 50) -> float:

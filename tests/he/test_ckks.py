@@ -14,14 +14,34 @@ from hypothesis import strategies as st
 from torch import nn
 
 from coopml.errors import HEError
-from coopml.he import (CkksFormatError, CkksKeyMismatchError, CkksParams, EncryptedBatch, EncryptedOutputs,
-                       InputRangeError, InsecureParametersError, PlanError, PublicContext, QueryKey,
-                       UnsupportedLayerError, compile_model, evaluate, params_for)
+from coopml.he import (
+    CkksFormatError,
+    CkksKeyMismatchError,
+    CkksParams,
+    EncryptedBatch,
+    EncryptedOutputs,
+    InputRangeError,
+    InsecureParametersError,
+    PlanError,
+    PublicContext,
+    QueryKey,
+    UnsupportedLayerError,
+    compile_model,
+    evaluate,
+    params_for,
+)
 from coopml.he.ckks import _seal
 from coopml.he.ckks.modmath import modmatmul
 from coopml.he.ckks.params import seal_context
-from coopml.models import FeatureModel, Square, TaylorSigmoid, TrainConfig, build_model, evaluate as accuracy
-from coopml.models import train_model
+from coopml.models import (
+    FeatureModel,
+    Square,
+    TaylorSigmoid,
+    TrainConfig,
+    build_model,
+    train_model,
+)
+from coopml.models import evaluate as accuracy
 
 
 def _torch_outputs(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,15 +15,33 @@ logits that only the verifier can decrypt. See docs/ckks.md.
 
 from coopml.he.ckks.batch import EncryptedBatch, EncryptedOutputs, PublicContext
 from coopml.he.ckks.engine import evaluate
-from coopml.he.ckks.errors import (CkksFormatError, CkksKeyMismatchError, InputRangeError, InsecureParametersError,
-                                   PlanError, UnsupportedLayerError)
+from coopml.he.ckks.errors import (
+                                   CkksFormatError,
+                                   CkksKeyMismatchError,
+                                   InputRangeError,
+                                   InsecureParametersError,
+                                   PlanError,
+                                   UnsupportedLayerError,
+)
 from coopml.he.ckks.keys import QueryKey
 from coopml.he.ckks.params import MAX_MODULUS_BITS_128, CkksParams
 from coopml.he.ckks.plan import HePlan, compile_model, params_for
 
 __all__ = [
-    "CkksParams", "MAX_MODULUS_BITS_128", "HePlan", "compile_model", "params_for", "QueryKey", "PublicContext",
-    "EncryptedBatch", "EncryptedOutputs", "evaluate",
-    "CkksFormatError", "CkksKeyMismatchError", "InputRangeError", "InsecureParametersError", "PlanError",
-    "UnsupportedLayerError",
+                                   "MAX_MODULUS_BITS_128",
+                                   "CkksFormatError",
+                                   "CkksKeyMismatchError",
+                                   "CkksParams",
+                                   "EncryptedBatch",
+                                   "EncryptedOutputs",
+                                   "HePlan",
+                                   "InputRangeError",
+                                   "InsecureParametersError",
+                                   "PlanError",
+                                   "PublicContext",
+                                   "QueryKey",
+                                   "UnsupportedLayerError",
+                                   "compile_model",
+                                   "evaluate",
+                                   "params_for",
 ]

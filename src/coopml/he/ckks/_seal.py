@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import tenseal.sealapi as seal
+import tenseal.sealapi as seal  # type: ignore[import-untyped]
 
 from coopml.he.ckks.errors import CkksFormatError
 
@@ -207,8 +207,10 @@ def parse_ciphertext(data: bytes, n: int, limbs: int, max_size: int) -> RawCiphe
         raise CkksFormatError(f"ciphertext shape (size {size}, N {n_}, L {l_}) does not match the "
                               f"parameters (N {n}, L {limbs}, size <= {max_size})")
     off = META.size
-    _, hsize, _, _, compr, _, dsize = HEADER.unpack_from(body, off)
+    magic, hsize, _, _, compr, _, dsize = HEADER.unpack_from(body, off)
     (count,) = struct.unpack_from("<Q", body, off + HEADER.size)
+    if magic != SEAL_MAGIC or hsize != HEADER.size or compr != COMPR_NONE or dsize != HEADER.size + 8 + 8 * count:
+        raise CkksFormatError("SEAL ciphertext data block is malformed")
     seeded = count == limbs * n and size == 2
     if count not in (size * limbs * n, limbs * n) or (count == limbs * n and size != 2):
         raise CkksFormatError(f"ciphertext data holds {count} words for size {size}")

@@ -18,17 +18,23 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
-import tenseal.sealapi as seal
+import tenseal.sealapi as seal  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coopml.he.ckks import _seal
 from coopml.he.ckks.errors import CkksFormatError, CkksKeyMismatchError
 from coopml.he.ckks.modmath import pack, unpack
 from coopml.he.ckks.params import CkksParams, SealContext, seal_context
-from coopml.he.ckks.wire import KIND_BATCH, KIND_CONTEXT, KIND_OUTPUTS, open_blob, seal_blob
+from coopml.he.ckks.wire import (
+    KIND_BATCH,
+    KIND_CONTEXT,
+    KIND_OUTPUTS,
+    open_blob,
+    seal_blob,
+)
 
 KeyId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 MAX_IMAGES = 1 << 20
@@ -65,14 +71,14 @@ class PublicContext:
     params: CkksParams
     public_key_bytes: bytes
     key_id: str
-    _pk: seal.PublicKey | None = field(default=None, repr=False)
+    _pk: Any = field(default=None, repr=False)
 
     @property
     def seal(self) -> SealContext:
         return seal_context(self.params)
 
     @property
-    def public_key(self) -> seal.PublicKey:
+    def public_key(self) -> Any:
         if self._pk is None:
             pk = seal.PublicKey()
             _seal.open_envelope(self.public_key_bytes, _seal.payload_limit(2, self.params.poly_modulus_degree,
@@ -86,7 +92,7 @@ class PublicContext:
         return seal_blob(KIND_CONTEXT, header, self.public_key_bytes)
 
     @classmethod
-    def from_bytes(cls, data: bytes, max_bytes: int = 1 << 28) -> "PublicContext":
+    def from_bytes(cls, data: bytes, max_bytes: int = 1 << 28) -> PublicContext:
         header, body = open_blob(data, KIND_CONTEXT, ContextHeader, max_bytes)
         if len(body) != header.public_key_bytes:
             raise CkksFormatError(f"public context body is {len(body)} bytes, header says {header.public_key_bytes}")
@@ -105,7 +111,7 @@ class PublicContext:
                                        f"context's ({self.params.describe()})")
 
 
-def as_context(context: "PublicContext | bytes") -> PublicContext:
+def as_context(context: PublicContext | bytes) -> PublicContext:
     if isinstance(context, PublicContext):
         return context
     if isinstance(context, (bytes, bytearray, memoryview)):
@@ -124,7 +130,7 @@ class BatchHeader(BaseModel):
     count: int = Field(ge=1, le=MAX_IMAGES)
 
     @model_validator(mode="after")
-    def _shape(self) -> "BatchHeader":
+    def _shape(self) -> BatchHeader:
         if any(not 1 <= s <= MAX_INPUT_DIM for s in self.input_shape) or math.prod(self.input_shape) > MAX_INPUT_DIM:
             raise ValueError(f"input shape {self.input_shape} out of range")
         return self
@@ -162,7 +168,7 @@ class EncryptedBatch:
         return seal_blob(KIND_BATCH, header, b"".join(parts))
 
     @classmethod
-    def from_bytes(cls, data: bytes, public_context: PublicContext | bytes, max_bytes: int = MAX_BLOB) -> "EncryptedBatch":
+    def from_bytes(cls, data: bytes, public_context: PublicContext | bytes, max_bytes: int = MAX_BLOB) -> EncryptedBatch:
         ctx = as_context(public_context)
         header, body = open_blob(data, KIND_BATCH, BatchHeader, max_bytes)
         ctx.check(header.params, header.key_id, "the encrypted batch")
@@ -263,7 +269,7 @@ class EncryptedOutputs:
         return seal_blob(KIND_OUTPUTS, header, pack(rounded, self._coeff_bytes()))
 
     @classmethod
-    def from_bytes(cls, data: bytes, public_context: PublicContext | bytes, max_bytes: int = MAX_BLOB) -> "EncryptedOutputs":
+    def from_bytes(cls, data: bytes, public_context: PublicContext | bytes, max_bytes: int = MAX_BLOB) -> EncryptedOutputs:
         ctx = as_context(public_context)
         header, body = open_blob(data, KIND_OUTPUTS, OutputsHeader, max_bytes)
         ctx.check(header.params, header.key_id, "the encrypted outputs")

@@ -6,12 +6,18 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import tenseal.sealapi as seal
+import tenseal.sealapi as seal  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field
 
 from coopml.he.ckks import _seal
-from coopml.he.ckks.batch import (MAX_IMAGES, EncryptedBatch, EncryptedOutputs, KeyId, PublicContext,
-                                  key_id_of)
+from coopml.he.ckks.batch import (
+    MAX_IMAGES,
+    EncryptedBatch,
+    EncryptedOutputs,
+    KeyId,
+    PublicContext,
+    key_id_of,
+)
 from coopml.he.ckks.errors import CkksFormatError, CkksKeyMismatchError, InputRangeError
 from coopml.he.ckks.params import CkksParams, seal_context
 from coopml.he.ckks.wire import KIND_KEY, open_blob, seal_blob
@@ -35,7 +41,7 @@ class QueryKey:
     context: PublicContext
 
     @classmethod
-    def generate(cls, params: CkksParams) -> "QueryKey":
+    def generate(cls, params: CkksParams) -> QueryKey:
         sc = seal_context(params)
         kg = seal.KeyGenerator(sc.context)
         sk = kg.secret_key()
@@ -137,7 +143,7 @@ class QueryKey:
         return seal_blob(KIND_KEY, header, sk + pk)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "QueryKey":
+    def from_bytes(cls, data: bytes) -> QueryKey:
         header, body = open_blob(data, KIND_KEY, KeyHeader, 1 << 29)
         if len(body) != header.secret_key_bytes + header.public_key_bytes:
             raise CkksFormatError("query key body does not match its header")

@@ -13,8 +13,14 @@ import functools
 import math
 from dataclasses import dataclass
 
-import tenseal.sealapi as seal
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+import tenseal.sealapi as seal  # type: ignore[import-untyped]
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from coopml.he.ckks.errors import InsecureParametersError
 
@@ -24,7 +30,7 @@ SECURITY_BITS = 128
 MAX_PRIME_BITS = 60                # SEAL's limit on one prime of the coefficient modulus
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def special_prime_bits(n: int) -> int:
     """Smallest prime size with a prime = 1 mod 2N (SEAL's NTT needs one): 14 bits for N=2048,
     16 for 4096, 17 for 8192. The engine never key-switches, so a bigger one would be waste."""
@@ -37,7 +43,7 @@ def special_prime_bits(n: int) -> int:
     raise InsecureParametersError(f"no prime = 1 mod {2 * n} below 2^{MAX_PRIME_BITS}")  # pragma: no cover
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def prime_count(n: int, bits: int, most: int = 8) -> int:
     """How many distinct `bits`-bit primes = 1 mod 2N exist (capped at `most`)."""
     for k in range(most, 0, -1):
@@ -105,7 +111,7 @@ class CkksParams(BaseModel):
         return r
 
     @model_validator(mode="after")
-    def _secure(self) -> "CkksParams":
+    def _secure(self) -> CkksParams:
         limit = MAX_MODULUS_BITS_128[self.poly_modulus_degree]
         total = sum(self.coeff_mod_bit_sizes)
         if total > limit:
@@ -119,7 +125,7 @@ class CkksParams(BaseModel):
         return self
 
     @classmethod
-    def create(cls, **kwargs: object) -> "CkksParams":
+    def create(cls, **kwargs: object) -> CkksParams:
         """Build and validate; raises InsecureParametersError (not pydantic's) on bad values."""
         try:
             return cls.model_validate(kwargs)

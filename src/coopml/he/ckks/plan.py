@@ -27,8 +27,13 @@ import torch
 from torch import nn
 
 from coopml.he.ckks.errors import PlanError, UnsupportedLayerError
-from coopml.he.ckks.params import (MAX_MODULUS_BITS_128, MAX_PRIME_BITS, CkksParams, distinct_primes,
-                                   special_prime_bits)
+from coopml.he.ckks.params import (
+    MAX_MODULUS_BITS_128,
+    MAX_PRIME_BITS,
+    CkksParams,
+    distinct_primes,
+    special_prime_bits,
+)
 from coopml.models.activations import PolyActivation
 
 # Layers that are affine in their input (in eval mode), hence foldable into a matrix.
@@ -173,9 +178,10 @@ def compile_model(model: nn.Module, input_shape: tuple[int, ...],
                   input_range: tuple[float, float] = (0.0, 1.0)) -> HePlan:
     """Check every layer, fold affine runs and activations, bound every value; raises
     UnsupportedLayerError naming the first layer CKKS cannot evaluate."""
-    if hasattr(model, "body") and hasattr(model, "head"):
-        body = _leaves(model.body, "body")
-        head = _leaves(model.head, "head")
+    body_mod, head_mod = getattr(model, "body", None), getattr(model, "head", None)
+    if isinstance(body_mod, nn.Module) and isinstance(head_mod, nn.Module):
+        body = _leaves(body_mod, "body")
+        head = _leaves(head_mod, "head")
     elif isinstance(model, nn.Sequential) and len(model) >= 2:
         leaves = _leaves(model, "")
         body, head = leaves[:-1], leaves[-1:]
@@ -190,8 +196,8 @@ def compile_model(model: nn.Module, input_shape: tuple[int, ...],
                                         f"(features are the last activation's output); move it into the body")
     net = copy.deepcopy(model).double().eval()
     names = dict(net.named_modules())
-    body_layers = [(n, names[n] if n in names else layer) for n, layer in body]
-    head_layers = [names[n] if n in names else layer for n, layer in head]
+    body_layers = [(n, names.get(n, layer)) for n, layer in body]
+    head_layers = [names.get(n, layer) for n, layer in head]
 
     lo_v, hi_v = float(input_range[0]), float(input_range[1])
     shape = tuple(int(s) for s in input_shape)
@@ -253,7 +259,7 @@ def compile_model(model: nn.Module, input_shape: tuple[int, ...],
         n_in = int(np.prod(shape))
         fa, fb, fshape = np.eye(n_in), np.zeros(n_in), shape
     feature_dim = fa.shape[0]
-    ha, hb, hshape = _affine(head_layers, (feature_dim,) if len(fshape) == 1 else fshape)
+    ha, hb, _ = _affine(head_layers, (feature_dim,) if len(fshape) == 1 else fshape)
     if ha.shape[1] != feature_dim:
         raise PlanError(f"head expects {ha.shape[1]} inputs, the body produces {feature_dim}")
     num_classes = ha.shape[0]
@@ -366,12 +372,12 @@ def params_for(plan: HePlan | int, input_range: tuple[float, float] | None = Non
         depth = plan
         for n in sorted(MAX_MODULUS_BITS_128):
             sx = math.ceil(math.log2(3.2) + 0.5 * math.log2(n) + PRECISION_BITS)
-            bits = [min(MAX_PRIME_BITS, sx + WEIGHT_BITS + 12)] + [floor_bits(n, 3)] * depth
-            if len(bits) > 1:
-                bits.append(special_prime_bits(n))
-            bits = list(distinct_primes(n, tuple(bits)))
+            wanted = [min(MAX_PRIME_BITS, sx + WEIGHT_BITS + 12)] + [floor_bits(n, 3)] * depth
+            if len(wanted) > 1:
+                wanted.append(special_prime_bits(n))
+            bits = distinct_primes(n, tuple(wanted))
             if sum(bits) <= MAX_MODULUS_BITS_128[n] and n >= 2048:
-                return CkksParams.create(poly_modulus_degree=n, coeff_mod_bit_sizes=tuple(bits), scale_bits=sx,
+                return CkksParams.create(poly_modulus_degree=n, coeff_mod_bit_sizes=bits, scale_bits=sx,
                                          input_range=input_range or (0.0, 1.0), complex_packing=depth == 0)
         raise PlanError(f"no 128-bit-secure parameters for depth {depth}")
     for n in sorted(MAX_MODULUS_BITS_128):
