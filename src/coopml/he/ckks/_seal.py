@@ -23,9 +23,11 @@ Nothing here knows about models; every parse error is a `CkksFormatError`.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import os
+import shutil
 import struct
 import tempfile
 import threading
@@ -104,6 +106,7 @@ class _Scratch(threading.local):
         if self.dir is None or not os.path.isdir(self.dir):
             base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
             self.dir = tempfile.mkdtemp(prefix="coopml-seal-", dir=base)
+            atexit.register(shutil.rmtree, self.dir, True)
         return os.path.join(self.dir, "obj")
 
 
