@@ -136,6 +136,25 @@ def test_compiled_circuit_equals_torch(arch):
     assert np.abs(np.concatenate([pf, pl], axis=1)).max() <= plan.output_bound
 
 
+def test_every_supported_affine_layer_folds_exactly():
+    torch.manual_seed(2)
+    body = nn.Sequential(nn.ZeroPad2d((1, 0, 2, 1)), nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.BatchNorm2d(3),
+                         nn.Dropout(0.5), nn.Identity(), nn.AvgPool2d(2, stride=1), Square(), nn.Flatten(),
+                         nn.Linear(3 * 5 * 3, 5), nn.BatchNorm1d(5))
+    model = FeatureModel("mixed", body, 5, nn.Sequential(nn.Dropout(0.1), nn.Linear(5, 4)))
+    for bn in (body[2], body[9]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+    model.train()                                   # compile folds the eval-mode (running-stats) network
+    plan = compile_model(model, (1, 9, 7))
+    x = np.random.default_rng(0).random((6, 1, 9, 7))
+    pf, pl = plan.forward_plain(x)
+    tf, tl = _torch_outputs(model, x)
+    assert np.allclose(pf, tf, atol=1e-9) and np.allclose(pl, tl, atol=1e-9)
+    assert [b.powers for b in plan.blocks] == [(2,), ()]
+
+
 def test_modmatmul_is_exact():
     rng = np.random.default_rng(0)
     for q, wmax, k in [((1 << 54) - 33, 1 << 40, 300), (40961, 3, 1000), (1099511480321, 1 << 61, 20)]:
