@@ -2,6 +2,7 @@
 architecture registry, your own model by import path, ONNX export and validated loading, and the
 FeatureExtractor interface fusion uses."""
 
+from coopml.models.activations import PolyActivation, Square, TaylorSigmoid
 from coopml.models.architectures import ARCHITECTURES, FeatureModel, build_model
 from coopml.models.io import load_model, save_model, ModelManifest
 from coopml.models.training import TrainConfig, TrainResult, train_model, evaluate
@@ -18,6 +19,7 @@ from coopml.models.user import TorchModelRef, build_user_model, load_factory
 
 __all__ = [
     "ARCHITECTURES", "FeatureModel", "build_model",
+    "PolyActivation", "Square", "TaylorSigmoid",
     "load_model", "save_model", "ModelManifest",
     "TrainConfig", "TrainResult", "train_model", "evaluate",
     "check_fits", "FeatureExtractor", "HookedFeatureModel", "find_layer",

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from coopml.data.spec import InputSpec
+from coopml.models.activations import Square, TaylorSigmoid
 
 
 class FeatureModel(nn.Module):
@@ -72,6 +73,28 @@ def _table4() -> FeatureModel:
     return FeatureModel("", body, 7 * 7 * 16, nn.Linear(7 * 7 * 16, 10))
 
 
+def _table4_square() -> FeatureModel:
+    """Table IV with a Square activation after the second pooling: features = pooled maps
+    squared. (After the first pooling it would square 6272 units and make the second conv act on
+    degree-2 ciphertexts: ~50x the CKKS work for the same accuracy.)"""
+    body = nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2), nn.AvgPool2d(2),
+        nn.Conv2d(32, 16, 5, padding=2), nn.AvgPool2d(2),
+        Square(), nn.Flatten(),
+    )
+    return FeatureModel("", body, 7 * 7 * 16, nn.Linear(7 * 7 * 16, 10))
+
+
+def _fc_sigmoid(hidden: int = 64) -> Callable[[], FeatureModel]:
+    """The paper's Fig. 5(b): input -> weights 1 -> Taylor sigmoid hidden layer -> weights 2
+    (a BatchNorm, folded into weights 1 at inference, keeps pre-activations where the
+    cubic approximates the sigmoid)."""
+    def build() -> FeatureModel:
+        body = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, hidden), nn.BatchNorm1d(hidden), TaylorSigmoid())
+        return FeatureModel("", body, hidden, nn.Linear(hidden, 10))
+    return build
+
+
 @dataclass(frozen=True)
 class Architecture:
     name: str
@@ -88,6 +111,10 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                  _table1(32, 32, 10, 16, 4)),
     Architecture("table4", "Table IV: conv32@5 avgpool conv16@5 avgpool, linear output (HE-friendly)",
                  _table4),
+    Architecture("table4-square", "Table IV with x^2 after the second avgpool (CKKS-friendly, non-linear)",
+                 _table4_square),
+    Architecture("fc-sigmoid", "Fig. 5(b): fc64 + BatchNorm + Taylor sigmoid 1/2 + x/4 - x^3/48, fc10",
+                 _fc_sigmoid(64)),
 )}
 
 
