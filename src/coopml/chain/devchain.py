@@ -295,6 +295,7 @@ class DevChain:
         self._filters: dict[int, _LogFilter | _BlockFilter] = {}
         self._filter_ids = iter(range(1, 1 << 62))
         self._miner: threading.Thread | None = None
+        self._head_state: tuple[bytes, Any] | None = None
         self._stop = threading.Event()
         self.stats = {"blocks_mined": 0, "txs_mined": 0}
         self._index_logs(0)
@@ -384,7 +385,16 @@ class DevChain:
         return header
 
     def _state_at(self, number: int) -> Any:
-        return self.chain.get_vm(at_header=self._header_at(number)).state
+        """Read-only state after block `number` (the head's is cached until the next block:
+        building a Prague VM state costs more than the reads it serves)."""
+        header = self._header_at(number)
+        cached = self._head_state
+        if cached is not None and cached[0] == header.hash:
+            return cached[1]
+        state = self.chain.get_vm(at_header=header).state
+        if number == int(self.head.block_number):
+            self._head_state = (header.hash, state)
+        return state
 
     def _sender(self, tx: Any) -> bytes:
         sender = self._senders.get(tx.hash)
@@ -601,6 +611,8 @@ class DevChain:
             if "gas" in text.lower():
                 raise _server(f"intrinsic gas too low: {text}") from exc
             raise _server(f"invalid transaction: {text}") from exc
+        if tx.gas < tx.intrinsic_gas:
+            raise _server(f"intrinsic gas too low: gas {tx.gas} < {tx.intrinsic_gas}")
         ptx = PooledTx(time.monotonic(), bytes(tx.hash), sender, int(tx.nonce), tx)
         with self.lock:
             self._admit(ptx)
@@ -646,17 +658,9 @@ class DevChain:
             return False
 
     def _wait_mined(self, ptx: PooledTx) -> None:
-        """Instant mode: mine now unless another submitter's block already took this tx. The lock
-        is released while waiting for it, so concurrent submissions share blocks (group commit)."""
-        self.lock.release()
-        try:
-            time.sleep(0)  # let submitters queued on the lock add their transactions first
-        finally:
-            self.lock.acquire()
+        """Instant mode: mine now (with whatever else is pooled) unless a block already took it."""
         if ptx.hash in self.pool_by_hash:
             self._mine_block()
-            if ptx.hash in self.pool_by_hash:  # e.g. a nonce gap: it waits in the pool
-                return
 
     def _send_from_dev(self, params: dict[str, Any]) -> bytes:
         """eth_sendTransaction for a dev account: nonce, gas and fees filled, signed and admitted
@@ -768,6 +772,9 @@ class DevChain:
         data = parse_data(params.get("data", params.get("input", "0x")) or "0x", "data")
         floor = 21_000 + 10 * (data.count(0) + 4 * (len(data) - data.count(0)))  # EIP-7623 data floor
         used = max(cap - int(top.get_gas_remaining()), floor)
+        to = parse_address(params["to"], "to") if params.get("to") else None
+        if to is not None and not self._state_at(number).get_code(to):
+            return used  # a plain transfer: exactly its intrinsic gas, as geth answers
         guess = min(cap, used * 64 // 63 + 2_300)
         if guess < cap and not run(guess).is_error:
             return guess  # at most ~1.6 % + 2300 above the minimum: callers add their own margin
