@@ -74,13 +74,20 @@ class TransactionTimeout(ChainUnavailable):
 
 
 class WrongChain(ChainError):
-    """The node serves another chain (chain id) than the one configured or journaled: a
-    misconfiguration; never retry (payments signed for one chain must not go to another)."""
+    """The node serves another chain (chain id, or genesis block for a journal) than the one
+    configured or journaled: a misconfiguration or a reset dev chain; never retried (payments
+    signed for one chain must not go to another)."""
 
-    def __init__(self, expected: int, actual: int, where: str = "") -> None:
+    def __init__(self, message: str, expected: int | str | None = None, actual: int | str | None = None) -> None:
         self.expected, self.actual = expected, actual
-        super().__init__(f"wrong chain: expected chain id {expected}, the node at {where or 'the endpoint'} "
-                         f"serves {actual}")
+        super().__init__(message)
+
+
+class FeeTooHigh(ChainError):
+    """The network's base fee is above the configured fee cap: nothing is signed. Transient:
+    base fees fall when blocks are less than half full; retry later or raise the cap."""
+
+    transient = True
 
 
 class InsufficientFunds(ChainError):

@@ -110,6 +110,31 @@ def make_handler(chain: DevChain) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class ThreadedNode:
+    """A DevChain served over HTTP from threads of this process (tests, notebooks): `url`,
+    `stop()`. The same server as `python -m coopml.chain.node`, without a process to start."""
+
+    def __init__(self, chain: DevChain, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.chain = chain
+        self.server = ThreadingHTTPServer((host, port), make_handler(chain))
+        self.server.daemon_threads = True
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+        chain.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.chain.stop()
+
+    def __enter__(self) -> ThreadedNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def serve(port: int, host: str = "127.0.0.1", block_time: float = 1.0, state: Path | None = None,
           accounts: int = 10, balance_wei: int = DEV_BALANCE_WEI, chain_id: int | None = None) -> None:
     chain = DevChain(block_time=block_time, state_path=state, accounts=accounts, balance_wei=balance_wei,
