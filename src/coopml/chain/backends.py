@@ -196,11 +196,11 @@ class Chain:
         """Send a plain transaction dict and wait for its receipt. For a local key, `intent`
         makes it idempotent: asking again with the same id returns the first one's receipt."""
         tx = {**tx, "from": to_checksum_address(sender)}
+        if tx.get("to"):
+            tx["to"] = to_checksum_address(tx["to"])
         try:
             if tx["from"] in self._keys:
-                if intent is not None and self.txm.knows(intent):
-                    return self.txm.resume(intent)  # type: ignore[return-value]
-                if "gas" not in tx:
+                if "gas" not in tx and not (intent is not None and self.txm.knows(intent)):
                     tx["gas"] = self.w3.eth.estimate_gas(tx)
                 return self.txm.send(self._keys[tx["from"]], tx, intent)  # type: ignore[return-value]
             with self._lock:
@@ -229,19 +229,18 @@ class Chain:
         params: dict[str, Any] = {"from": to_checksum_address(sender), "value": value}
         local = params["from"] in self._keys
         try:
-            if local and intent is not None and self.txm.knows(intent):
-                receipt = self.txm.resume(intent)
-            else:
+            known = local and intent is not None and self.txm.knows(intent)
+            if not known:  # a journaled intent is resumed as it was signed: no new estimate
                 with self._lock:
                     params["gas"] = self._gas_for(fn, params, extra_gas)
-                if local:
-                    built = fn.build_transaction({**params, "chainId": self.txm.chain_id(), "nonce": 0,
-                                                  "maxFeePerGas": 1, "maxPriorityFeePerGas": 1})
-                    receipt = self.txm.send(self._keys[params["from"]], built, intent)
-                else:
-                    with self._lock:
-                        tx_hash = fn.transact(params)
-                    receipt = None
+            if local:
+                built = fn.build_transaction({**params, "gas": params.get("gas", 1), "chainId": self.txm.chain_id(),
+                                              "nonce": 0, "maxFeePerGas": 1, "maxPriorityFeePerGas": 1})
+                receipt = self.txm.send(self._keys[params["from"]], built, intent)
+            else:
+                with self._lock:
+                    tx_hash = fn.transact(params)
+                receipt = None
         except ChainError:
             raise
         except Exception as exc:  # noqa: BLE001 - translate reverts, re-raise the rest

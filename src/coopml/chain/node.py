@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -78,6 +79,14 @@ def make_handler(chain: DevChain) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: no TCP handshake per request
 
+        def setup(self) -> None:
+            super().setup()
+            getattr(self.server, "open_connections", set()).add(self.connection)
+
+        def finish(self) -> None:
+            super().finish()
+            getattr(self.server, "open_connections", set()).discard(self.connection)
+
         def do_POST(self) -> None:  # noqa: N802 - http.server naming
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
@@ -118,14 +127,21 @@ class ThreadedNode:
         self.chain = chain
         self.server = ThreadingHTTPServer((host, port), make_handler(chain))
         self.server.daemon_threads = True
+        self.server.open_connections = set()  # type: ignore[attr-defined]
         self.url = f"http://{host}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         chain.start()
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop as a killed node would look to clients: kept-alive connections are cut too."""
         self.server.shutdown()
         self.server.server_close()
+        for conn in list(self.server.open_connections):  # type: ignore[attr-defined]
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self.chain.stop()
 
     def __enter__(self) -> ThreadedNode:

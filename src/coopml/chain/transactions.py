@@ -327,6 +327,8 @@ class TxManager:
         fields = {k: v for k, v in tx.items() if k not in ("from", "gasPrice", "maxFeePerGas", "maxPriorityFeePerGas",
                                                              "nonce", "chainId", "type")}
         fields.update(chainId=chain_id, nonce=nonce, maxFeePerGas=max_fee, maxPriorityFeePerGas=tip, type=2)
+        if fields.get("to"):
+            fields["to"] = to_checksum_address(fields["to"])
         if "gas" not in fields:
             fields["gas"] = int(self._rpc(lambda: self.w3.eth.estimate_gas(
                 {**{k: v for k, v in fields.items() if k in ("to", "value", "data")}, "from": account.address}),
