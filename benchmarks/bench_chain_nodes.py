@@ -31,7 +31,15 @@ import requests
 from eth_account import Account
 from eth_utils import keccak
 
-from coopml.chain.processes import NodeProcess, _spawn, _wait_ready, anvil_binary, free_port, start_anvil, start_embedded_node
+from coopml.chain.processes import (
+    NodeProcess,
+    _spawn,
+    _wait_ready,
+    anvil_binary,
+    free_port,
+    start_anvil,
+    start_embedded_node,
+)
 
 ANVIL_KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 EMBEDDED_KEY0 = "0x" + "00" * 31 + "01"

@@ -14,7 +14,12 @@ import pytest
 from eth_account import Account
 
 from coopml.chain.accounts import Keystore, read_password, read_private_key, unlock_file
-from coopml.errors import KeystoreCorrupted, KeystoreError, KeystoreNotFound, WrongPassword
+from coopml.errors import (
+    KeystoreCorrupted,
+    KeystoreError,
+    KeystoreNotFound,
+    WrongPassword,
+)
 
 FAST_N = 2**4  # scrypt cost for tests; the default is 2**18
 
@@ -94,11 +99,11 @@ def test_cli_imports_a_key_from_stdin(tmp_path):
     env = {**os.environ, "COOPML_KEYSTORE_PASSWORD": "cli-pw"}
     keys = tmp_path / "k"
     out = subprocess.run([sys.executable, "-m", "coopml.chain.accounts", "--keystore", str(keys), "--scrypt-n", "16",
-                          "import", "--key-file", "-"], input=key.key.hex(), capture_output=True, text=True, env=env,
+                          "import", "--key-file", "-"], input=key.key.hex(), check=False, capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == key.address
     listed = subprocess.run([sys.executable, "-m", "coopml.chain.accounts", "--keystore", str(keys), "list"],
-                            capture_output=True, text=True, timeout=120)
+                            check=False, capture_output=True, text=True, timeout=120)
     assert key.address in listed.stdout
     assert Keystore(keys).unlock(key.address, "cli-pw").key == key.key

@@ -177,7 +177,7 @@ def test_replacement_needs_a_fee_bump_and_pending_nonce_counts_the_pool():
 
 def test_blocks_receipts_fees_and_filters_have_standard_shapes(dev):
     block_filter = dev.request("eth_newBlockFilter", [])
-    address, receipts = emit_logs(dev)
+    address, _ = emit_logs(dev)
     log_filter = dev.request("eth_newFilter", [{"address": address, "topics": [TRANSFER_TOPIC]}])
     assert dev.request("eth_getFilterChanges", [log_filter]) == []
     h = dev.request("eth_sendTransaction", [{"from": dev.dev_addresses[4], "to": address, "data": "0x" + "00" * 32}])

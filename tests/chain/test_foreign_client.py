@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import NO_ANVIL
 from eth_account import Account
 from eth_utils import keccak
 
@@ -23,7 +24,6 @@ from coopml.chain import ETHER, Chain
 from coopml.chain.artifacts import ARTIFACT_DIR, load_artifact
 from coopml.chain.processes import anvil_binary, start_anvil, start_embedded_node
 from coopml.paths import node_modules
-from conftest import NO_ANVIL
 
 SCRIPT = Path(__file__).parent / "foreign" / "ethers_client.cjs"
 
@@ -68,7 +68,7 @@ def contract_fixture(chain: Chain, deployer: str) -> dict[str, Any]:
     args = [value_for(i) for i in publish["inputs"]]
     terms = next(a for a, i in zip(args, publish["inputs"]) if i["name"] == "terms")
     escrow = coop.functions.escrowFor(terms).call()
-    published = chain.transact(getattr(coop.functions, "publishTask")(*args), deployer, value=escrow)
+    published = chain.transact(coop.functions.publishTask(*args), deployer, value=escrow)
     return {"address": coop.address, "from_block": receipt["blockNumber"], "event": "TaskPublished",
             "event_block": published["blockNumber"],
             "views": [("taskCount", [], 1), ("owed", ["{me}"], 0)],
@@ -105,7 +105,7 @@ def test_ethers_reads_events_sends_and_decodes_custom_errors(node, tmp_path):
               "revert": {"fn": fixture["revert"]["fn"]}, "payee": payee}
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(config))
-    out = subprocess.run(["node", str(SCRIPT), str(cfg_path)], capture_output=True, text=True, timeout=180,
+    out = subprocess.run(["node", str(SCRIPT), str(cfg_path)], check=False, capture_output=True, text=True, timeout=180,
                          env={**os.environ, "NODE_PATH": node_path})
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

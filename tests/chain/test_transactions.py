@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import NO_ANVIL
 from eth_account import Account
 from eth_utils import keccak
 from web3.exceptions import TransactionNotFound
@@ -19,7 +20,12 @@ from web3.exceptions import TransactionNotFound
 from coopml.chain import ETHER, Chain
 from coopml.chain.devchain import DevChain
 from coopml.chain.node import ThreadedNode
-from coopml.chain.processes import anvil_binary, free_port, start_anvil, start_embedded_node
+from coopml.chain.processes import (
+    anvil_binary,
+    free_port,
+    start_anvil,
+    start_embedded_node,
+)
 from coopml.chain.transactions import FeePolicy, TxJournal
 from coopml.errors import (
     ChainError,
@@ -28,7 +34,6 @@ from coopml.errors import (
     TransactionReplaced,
     WrongChain,
 )
-from conftest import NO_ANVIL
 
 FAST = FeePolicy(stuck_after_s=0.5, receipt_timeout_s=30, poll_max_s=0.05)
 
@@ -84,7 +89,7 @@ CRASHING_SENDER = textwrap.dedent("""
 
 def run_sender(url: str, journal, key: bytes, payee: str, crash: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", CRASHING_SENDER, url, str(journal), key.hex(), payee, crash],
-                          capture_output=True, text=True, timeout=180)
+                          check=False, capture_output=True, text=True, timeout=180)
 
 
 @pytest.mark.parametrize("backend", ["embedded", pytest.param("anvil", marks=pytest.mark.anvil)])
@@ -136,7 +141,7 @@ def test_node_restart_losing_the_pool_rebroadcasts_the_same_transaction(backend,
         chain.w3.eth.send_transaction({"from": dev, "to": me, "value": ETHER})
         chain.mine()
         payee = Account.create().address
-        tx_hash = chain.txm.send(chain._keys[me], {"to": payee, "value": 4242, "gas": 21_000}, "pay:restart", wait=False)
+        tx_hash = chain.txm.submit(chain._keys[me], {"to": payee, "value": 4242, "gas": 21_000}, "pay:restart")
         assert chain.w3.eth.get_transaction(tx_hash)["blockNumber"] is None  # pooled, not mined
         if backend == "embedded":
             node.kill()  # a crash: committed blocks survive in the state file, the pool does not
@@ -146,7 +151,7 @@ def test_node_restart_losing_the_pool_rebroadcasts_the_same_transaction(backend,
         if backend == "embedded":
             with pytest.raises(TransactionNotFound):
                 chain.w3.eth.get_transaction(tx_hash)  # the node forgot it
-        assert chain.txm.resume("pay:restart", wait=False) == tx_hash  # re-broadcast, not re-signed
+        assert chain.txm.rebroadcast("pay:restart") == tx_hash  # re-broadcast, not re-signed
         chain.mine()
         receipt = chain.txm.resume("pay:restart")
         assert "0x" + bytes(receipt["transactionHash"]).hex() == tx_hash
@@ -163,7 +168,7 @@ def test_stuck_transaction_is_replaced_with_higher_fees_same_nonce(interval, tmp
     payee = Account.create().address
     real = chain.txm.suggest_fees
     chain.txm.suggest_fees = lambda: (1, 1)  # the first version is signed below the base fee
-    stuck = chain.txm.send(chain._keys[me], {"to": payee, "value": 5, "gas": 21_000}, "pay:stuck", wait=False)
+    stuck = chain.txm.submit(chain._keys[me], {"to": payee, "value": 5, "gas": 21_000}, "pay:stuck")
     chain.txm.suggest_fees = real
     time.sleep(0.5)
     assert chain.w3.eth.get_transaction(stuck)["blockNumber"] is None
@@ -179,7 +184,7 @@ def test_another_process_using_the_key_shows_as_replaced(interval, tmp_path):
     chain = Chain.rpc(interval.url, journal=tmp_path / "j.sqlite", fee_policy=FAST)
     me = funded(chain, "replaced")
     chain.txm.suggest_fees = lambda: (1, 1)  # ours waits (below base fee) ...
-    ours = chain.txm.send(chain._keys[me], {"to": "0x" + "b2" * 20, "value": 1, "gas": 21_000}, "pay:mine", wait=False)
+    ours = chain.txm.submit(chain._keys[me], {"to": "0x" + "b2" * 20, "value": 1, "gas": 21_000}, "pay:mine")
     # ... and another holder of the key spends the same nonce at a normal fee
     other = Account.sign_transaction({"to": Account.create().address, "value": 2, "gas": 21_000, "nonce": 0, "type": 2,
                                       "chainId": chain.txm.chain_id(), "maxFeePerGas": 10**11,

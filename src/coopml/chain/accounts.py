@@ -29,7 +29,12 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_hex_address, to_checksum_address
 
-from coopml.errors import KeystoreCorrupted, KeystoreError, KeystoreNotFound, WrongPassword
+from coopml.errors import (
+    KeystoreCorrupted,
+    KeystoreError,
+    KeystoreNotFound,
+    WrongPassword,
+)
 
 PASSWORD_ENV = "COOPML_KEYSTORE_PASSWORD"
 SCRYPT_N = 2**18  # geth's "standard" scrypt cost (~1 s, 256 MiB); tests pass a smaller power of 2

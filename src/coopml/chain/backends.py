@@ -14,21 +14,28 @@ import ast
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
+from hexbytes import HexBytes
 from web3 import HTTPProvider, Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TransactionNotFound
-from web3.types import TxReceipt
+from web3.types import RPCEndpoint, TxParams, TxReceipt
 
 from coopml.chain.artifacts import load_artifact
 from coopml.chain.transactions import FeePolicy, TxJournal, TxManager, is_unavailable
-from coopml.errors import ChainError, ChainUnavailable, ContractRevert, TransactionTimeout, WrongChain
+from coopml.errors import (
+    ChainError,
+    ChainUnavailable,
+    ContractRevert,
+    TransactionTimeout,
+    WrongChain,
+)
 
 ETHER = 10**18
 _ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
@@ -169,7 +176,7 @@ class Chain:
                 # eth-tester mines the travelling block one second before the target
                 self._tester.time_travel(self.now() + int(seconds) + 1)
         else:
-            self.w3.provider.make_request("evm_increaseTime", [int(seconds)])
+            self.w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [int(seconds)])
             self.mine()
 
     def mine(self) -> None:
@@ -177,7 +184,7 @@ class Chain:
             with self._lock:
                 self._tester.mine_blocks(1)
         else:
-            self.w3.provider.make_request("evm_mine", [])
+            self.w3.provider.make_request(RPCEndpoint("evm_mine"), [])
 
     # ------------------------------------------------------------------ contracts
 
@@ -188,7 +195,10 @@ class Chain:
         art = load_artifact(name)
         factory = self.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
         receipt = self.transact(factory.constructor(*args), sender, decoder=ErrorDecoder(art["abi"]))
-        return self.contract(receipt["contractAddress"], name), receipt
+        address = receipt["contractAddress"]
+        if address is None:
+            raise ChainError(f"deploying {name} produced no contract address")
+        return self.contract(address, name), receipt
 
     # ------------------------------------------------------------------ transactions
 
@@ -201,10 +211,10 @@ class Chain:
         try:
             if tx["from"] in self._keys:
                 if "gas" not in tx and not (intent is not None and self.txm.knows(intent)):
-                    tx["gas"] = self.w3.eth.estimate_gas(tx)
-                return self.txm.send(self._keys[tx["from"]], tx, intent)  # type: ignore[return-value]
+                    tx["gas"] = self.w3.eth.estimate_gas(cast(TxParams, tx))
+                return self.txm.send(self._keys[tx["from"]], tx, intent)
             with self._lock:
-                tx_hash = self.w3.eth.send_transaction(tx)
+                tx_hash = self.w3.eth.send_transaction(cast(TxParams, tx))
         except ChainError:
             raise
         except Exception as exc:  # noqa: BLE001 - transport failures are named
@@ -234,12 +244,13 @@ class Chain:
                 with self._lock:
                     params["gas"] = self._gas_for(fn, params, extra_gas)
             if local:
-                built = fn.build_transaction({**params, "gas": params.get("gas", 1), "chainId": self.txm.chain_id(),
-                                              "nonce": 0, "maxFeePerGas": 1, "maxPriorityFeePerGas": 1})
+                built = fn.build_transaction(cast(TxParams, {
+                    **params, "gas": params.get("gas", 1), "chainId": self.txm.chain_id(), "nonce": 0,
+                    "maxFeePerGas": 1, "maxPriorityFeePerGas": 1}))
                 receipt = self.txm.send(self._keys[params["from"]], built, intent)
             else:
                 with self._lock:
-                    tx_hash = fn.transact(params)
+                    tx_hash = fn.transact(cast(TxParams, params))
                 receipt = None
         except ChainError:
             raise
@@ -275,7 +286,7 @@ class Chain:
         interval = 0.001
         while True:
             try:
-                return self.w3.eth.get_transaction_receipt(tx_hash)
+                return self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
             except TransactionNotFound:
                 pass
             except Exception as exc:  # noqa: BLE001

@@ -15,7 +15,12 @@ from eth_utils import to_checksum_address
 
 from coopml.chain.artifacts import load_artifact
 from coopml.chain.transactions import is_unavailable
-from coopml.errors import ChainUnavailable, NoContractAtAddress, NotCoopMLContract, WrongChain
+from coopml.errors import (
+    ChainUnavailable,
+    NoContractAtAddress,
+    NotCoopMLContract,
+    WrongChain,
+)
 
 
 def strip_metadata(code: bytes) -> bytes:

@@ -20,6 +20,7 @@ thread-safe. The HTTP server lives in `coopml.chain.node`.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
 import json
 import os
@@ -34,6 +35,7 @@ from typing import Any
 
 import rlp
 from eth_account import Account
+from eth_typing import Address, BlockNumber
 from eth_utils import keccak, to_checksum_address
 
 from coopml.chain import _ecc
@@ -226,7 +228,7 @@ def _chain_class(chain_id: int) -> Any:
     from eth.vm.forks import PragueVM
 
     class DevMiningChain(MiningChain):  # type: ignore[misc]
-        vm_configuration = ((0, PragueVM),)
+        vm_configuration = ((BlockNumber(0), PragueVM),)
 
         def create_header_from_parent(self, parent_header: Any, **header_params: Any) -> Any:
             # constant gas limit, as eth-tester
@@ -496,7 +498,7 @@ class DevChain:
                 "blockNumber": qty(number), "from": tx_json["from"], "to": tx_json["to"],
                 "cumulativeGasUsed": qty(receipt.gas_used), "gasUsed": qty(gas_used),
                 "effectiveGasPrice": tx_json["gasPrice"],
-                "contractAddress": (to_checksum_address(generate_contract_address(sender, tx.nonce))
+                "contractAddress": (to_checksum_address(generate_contract_address(Address(sender), tx.nonce))
                                     if not tx.to else None),
                 "logs": logs, "logsBloom": hexdata(int(receipt.bloom).to_bytes(256, "big")),
                 "type": tx_json["type"], "status": "0x1" if receipt.state_root == b"\x01" else "0x0",
@@ -736,12 +738,10 @@ class DevChain:
             data = bytes(error.args[0]) if error.args and isinstance(error.args[0], (bytes, bytearray)) else b""
             message = "execution reverted"
             if data[:4] == bytes.fromhex("08c379a0"):
-                try:
-                    from eth_abi import decode
+                from eth_abi import decode
 
+                with contextlib.suppress(Exception):  # malformed Error(string): keep the bare message
                     message += ": " + decode(["string"], data[4:])[0]
-                except Exception:  # noqa: BLE001 - malformed Error(string): keep the bare message
-                    pass
             raise RPCError(3, message, hexdata(data))
         raise RPCError(-32000, f"execution failed: {type(error).__name__}: {error}")
 

@@ -76,6 +76,7 @@ class EventCursor:
                 "last": list(self.last) if self.last else None}
 
     def load(self) -> None:
+        assert self.state_path is not None
         state = json.loads(self.state_path.read_text())
         if state.get("address") not in (None, self.address):
             raise ChainError(f"cursor file {self.state_path} belongs to contract {state['address']}")

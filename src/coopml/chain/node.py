@@ -22,7 +22,7 @@ import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from coopml.chain.devchain import DEV_BALANCE_WEI, DevChain, RPCError
 
@@ -144,7 +144,7 @@ class ThreadedNode:
                 pass
         self.chain.stop()
 
-    def __enter__(self) -> ThreadedNode:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,19 +22,20 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import requests
 from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
 from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
 from pydantic import BaseModel, ConfigDict, Field
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
-from web3.types import TxReceipt
+from web3.types import TxParams, TxReceipt
 
 from coopml.errors import (
     ChainError,
@@ -281,7 +282,7 @@ class TxManager:
         return GWEI
 
     def _allocate_nonce(self, sender: str, chain_id: int) -> int:
-        pending = int(self._rpc(lambda: self.w3.eth.get_transaction_count(sender, "pending"), "reading the nonce"))
+        pending = int(self._rpc(lambda: self.w3.eth.get_transaction_count(to_checksum_address(sender), "pending"), "reading the nonce"))
         journaled = self.journal.highest_nonce(chain_id, sender)
         nonce = max(pending, self._nonces.get(sender, 0), (journaled + 1) if journaled is not None else 0)
         self._nonces[sender] = nonce + 1
@@ -292,13 +293,27 @@ class TxManager:
     def knows(self, intent: str) -> bool:
         return self.journal.get(intent) is not None
 
-    def send(self, account: LocalAccount, tx: dict[str, Any], intent: str | None = None,
-             wait: bool = True) -> TxReceipt | str:
+    def send(self, account: LocalAccount, tx: Mapping[str, Any], intent: str | None = None) -> TxReceipt:
         """Sign and send `tx` (to, value, data, gas; fees and nonce are filled here) as `intent`,
         then wait for its receipt (with the policy's confirmations). Returns the receipt — also
         for a reverted transaction (status 0): deciding what a revert means is the caller's.
-        With `wait=False` returns the hash once broadcast."""
+        An intent already journaled is resumed instead (nothing new is signed unless stuck)."""
         intent = intent or f"anon:{uuid.uuid4()}"
+        if self._start(account, dict(tx), intent):
+            return self.resume(intent)
+        return self._await(intent)
+
+    def submit(self, account: LocalAccount, tx: Mapping[str, Any], intent: str | None = None) -> str:
+        """As `send`, but return the transaction hash once broadcast, without waiting."""
+        intent = intent or f"anon:{uuid.uuid4()}"
+        if self._start(account, dict(tx), intent):
+            return self.rebroadcast(intent)
+        entry = self.journal.get(intent)
+        assert entry is not None
+        return entry.hashes[-1]
+
+    def _start(self, account: LocalAccount, tx: dict[str, Any], intent: str) -> bool:
+        """Journal and broadcast a new intent; True when the intent was already journaled."""
         chain_id = self.chain_id()
         sender = to_checksum_address(account.address)
         fp = fingerprint(tx)
@@ -308,7 +323,7 @@ class TxManager:
             if entry.fingerprint != fp or entry.sender != sender:
                 raise ChainError(f"intent {intent!r} was journaled for another transaction (sender {entry.sender}); "
                                  "intent ids must name one payment")
-            return self.resume(intent, wait=wait)
+            return True
         with self._lock:
             self._resume_sender(sender, chain_id)
             max_fee, tip = self.suggest_fees()
@@ -320,7 +335,7 @@ class TxManager:
             if self.before_broadcast is not None:
                 self.before_broadcast(intent)
             self._first_broadcast(intent, account, tx, bytes(signed.raw_transaction), sender, chain_id)
-        return self._await(intent) if wait else self.journal.get(intent).hashes[-1]  # type: ignore[union-attr]
+        return False
 
     def _sign(self, account: LocalAccount, tx: dict[str, Any], chain_id: int, nonce: int, max_fee: int,
               tip: int) -> Any:
@@ -330,9 +345,9 @@ class TxManager:
         if fields.get("to"):
             fields["to"] = to_checksum_address(fields["to"])
         if "gas" not in fields:
-            fields["gas"] = int(self._rpc(lambda: self.w3.eth.estimate_gas(
-                {**{k: v for k, v in fields.items() if k in ("to", "value", "data")}, "from": account.address}),
-                "estimating gas") * 1.2)
+            call = cast(TxParams, {**{k: v for k, v in fields.items() if k in ("to", "value", "data")},
+                                   "from": account.address})
+            fields["gas"] = int(self._rpc(lambda: self.w3.eth.estimate_gas(call), "estimating gas") * 1.2)
         return account.sign_transaction(fields)
 
     def _first_broadcast(self, intent: str, account: LocalAccount, tx: dict[str, Any], raw: bytes, sender: str,
@@ -378,29 +393,45 @@ class TxManager:
 
     # ------------------------------------------------------------------ resuming
 
-    def resume(self, intent: str, wait: bool = True) -> TxReceipt | str:
-        """Carry a journaled intent to its end without signing anything new unless stuck."""
+    def resume(self, intent: str) -> TxReceipt:
+        """Carry a journaled intent to its receipt without signing anything new unless stuck."""
+        entry = self._entry(intent)
+        if entry.state != "pending" and entry.mined_hash:
+            receipt = self._receipt(entry.mined_hash)
+            if receipt is not None:
+                return receipt
+        try:
+            self._rebroadcast(entry)
+        except ChainUnavailable:
+            pass  # _await keeps trying until the node is back or the timeout
+        return self._await(intent)
+
+    def rebroadcast(self, intent: str) -> str:
+        """Send a journaled intent's newest signed version again (a node restart lost its pool);
+        returns its hash. Nothing is re-signed."""
+        entry = self._entry(intent)
+        return self._rebroadcast(entry) or entry.hashes[-1]
+
+    def _entry(self, intent: str) -> JournalEntry:
         entry = self.journal.get(intent)
         if entry is None:
             raise ChainError(f"intent {intent!r} is not in the journal")
         if entry.chain_id != self.chain_id():
             raise WrongChain(f"intent {intent!r} was signed for chain {entry.chain_id}, the node serves {self.chain_id()}",
                              entry.chain_id, self.chain_id())
-        if entry.state != "pending" and entry.mined_hash:
-            receipt = self._receipt(entry.mined_hash)
-            if receipt is not None:
-                return receipt if wait else entry.mined_hash
+        return entry
+
+    def _rebroadcast(self, entry: JournalEntry) -> str | None:
+        """Re-send the newest version the node accepts; None when one is already mined."""
         for tx_hash in reversed(entry.hashes):
-            if self._receipt(tx_hash) is None:
-                try:
-                    self._broadcast(self.journal.raw(tx_hash)[0])
-                except _Rejected:
-                    continue  # e.g. underpriced against our own newer version, or nonce used: _await decides
-                except ChainUnavailable:
-                    if not wait:
-                        raise
-                break
-        return self._await(intent) if wait else entry.hashes[-1]
+            if self._receipt(tx_hash) is not None:
+                return None
+            try:
+                self._broadcast(self.journal.raw(tx_hash)[0])
+                return tx_hash
+            except _Rejected:
+                continue  # underpriced against our own newer version, or nonce used: _await decides
+        return None
 
     def _resume_sender(self, sender: str, chain_id: int) -> None:
         """Once per sender and process: re-broadcast journaled transactions the node forgot (a
@@ -431,13 +462,13 @@ class TxManager:
 
     def _receipt(self, tx_hash: str) -> TxReceipt | None:
         try:
-            return self._rpc(lambda: self.w3.eth.get_transaction_receipt(tx_hash), "reading a receipt")  # type: ignore[no-any-return]
+            return cast(TxReceipt, self._rpc(lambda: self.w3.eth.get_transaction_receipt(HexStr(tx_hash)), "reading a receipt"))
         except TransactionNotFound:
             return None
 
     def _known(self, tx_hash: str) -> bool:
         try:
-            self._rpc(lambda: self.w3.eth.get_transaction(tx_hash), "reading a transaction")
+            self._rpc(lambda: self.w3.eth.get_transaction(HexStr(tx_hash)), "reading a transaction")
             return True
         except TransactionNotFound:
             return False
@@ -483,7 +514,7 @@ class TxManager:
 
     def _unstick(self, entry: JournalEntry) -> None:
         """No receipt for a while: nonce used by someone else? forgotten by the node? underpriced?"""
-        latest = int(self._rpc(lambda: self.w3.eth.get_transaction_count(entry.sender, "latest"), "reading the nonce"))
+        latest = int(self._rpc(lambda: self.w3.eth.get_transaction_count(to_checksum_address(entry.sender), "latest"), "reading the nonce"))
         if latest > entry.nonce:
             for tx_hash in entry.hashes:  # a last look: mined between our polls?
                 if self._receipt(tx_hash) is not None:
