@@ -101,7 +101,7 @@ class Chain:
         self.receipt_timeout = receipt_timeout
         self.max_poll_interval = 0.1  # receipt polling backs off from 1 ms to this
         policy = fee_policy or FeePolicy(receipt_timeout_s=receipt_timeout)
-        self.txm = TxManager(w3, journal, policy, expected_chain_id=chain_id)
+        self.txm = TxManager(w3, journal, policy, expected_chain_id=chain_id, lock=self._lock)
 
     # ------------------------------------------------------------------ construction
 

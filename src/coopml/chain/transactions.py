@@ -201,7 +201,7 @@ class TxManager:
     """Sends transactions signed by local keys through one web3 connection. Thread-safe."""
 
     def __init__(self, w3: Web3, journal: TxJournal | str | Path | None = None, policy: FeePolicy | None = None,
-                 expected_chain_id: int | None = None) -> None:
+                 expected_chain_id: int | None = None, lock: threading.RLock | None = None) -> None:
         self.w3 = w3
         self.journal = journal if isinstance(journal, TxJournal) else TxJournal(journal)
         self.policy = policy or FeePolicy()
@@ -211,7 +211,9 @@ class TxManager:
         self._resumed: set[str] = set()
         self._fee_cache: tuple[float, int, int] | None = None  # (time, base fee, tip)
         self._node_tip_supported = True
-        self._lock = threading.RLock()
+        # held while allocating a nonce, journaling and broadcasting (share the Chain's: the
+        # in-process eth-tester backend is not thread-safe)
+        self._lock = lock or threading.RLock()
         self._keys_for: dict[str, bytes] = {}  # senders whose stuck transactions may be re-signed
         # test hook: called with the intent id after journaling, before the first broadcast
         self.before_broadcast: Callable[[str], None] | None = None
@@ -282,9 +284,14 @@ class TxManager:
         return GWEI
 
     def _allocate_nonce(self, sender: str, chain_id: int) -> int:
-        pending = int(self._rpc(lambda: self.w3.eth.get_transaction_count(to_checksum_address(sender), "pending"), "reading the nonce"))
+        """Next nonce: the node's pending count the first time in this process (and after a
+        refusal), then a local counter; never below the journal's highest + 1."""
+        local = self._nonces.get(sender)
+        if local is None:
+            local = int(self._rpc(lambda: self.w3.eth.get_transaction_count(to_checksum_address(sender), "pending"),
+                                  "reading the nonce"))
         journaled = self.journal.highest_nonce(chain_id, sender)
-        nonce = max(pending, self._nonces.get(sender, 0), (journaled + 1) if journaled is not None else 0)
+        nonce = max(local, (journaled + 1) if journaled is not None else 0)
         self._nonces[sender] = nonce + 1
         return nonce
 
