@@ -179,7 +179,8 @@ def serve(port: int, host: str = "127.0.0.1", block_time: float = 1.0, state: Pa
 
 def main(argv: list[str] | None = None) -> int:
     doc = __doc__ or ""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(prog="python -m coopml.chain.node", description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(doc.splitlines()[2:8]))
     parser.add_argument("--port", type=int, default=8545)
     parser.add_argument("--host", default="127.0.0.1", help="only loopback addresses are sensible")
