@@ -285,6 +285,7 @@ class DevChain:
                                                             overrides={"balance": balance_wei})
             params = get_default_genesis_params(overrides={"timestamp": int(self.clock())})
             self.chain = klass.from_genesis(AtomicDB(self._tracked.db), params, genesis_state)
+        self._tx_builder = self.chain.get_vm().get_transaction_builder()  # one fork: never changes
         self.time_offset = int(meta.get("time_offset", 0))
         self.next_timestamp: int | None = None  # evm_setNextBlockTimestamp
         self.min_next_timestamp = 0  # evm_increaseTime: next block at least this late
@@ -600,7 +601,7 @@ class DevChain:
         from eth_utils import ValidationError as EVMValidationError
 
         try:
-            tx = self.chain.get_vm().get_transaction_builder().decode(raw)
+            tx = self._tx_builder.decode(raw)
         except Exception as exc:  # noqa: BLE001 - rlp / type errors of a malformed payload
             raise _server(f"invalid transaction: cannot decode: {exc}") from exc
         if tx.chain_id is not None and int(tx.chain_id) != self.chain_id:
@@ -689,7 +690,7 @@ class DevChain:
                 tx["maxFeePerGas"] = (parse_qty(params["maxFeePerGas"], "maxFeePerGas") if "maxFeePerGas" in params
                                       else 2 * int(self.chain.header.base_fee_per_gas) + tip)
             raw = bytes(Account.sign_transaction(tx, key).raw_transaction)
-            evm_tx = self.chain.get_vm().get_transaction_builder().decode(raw)
+            evm_tx = self._tx_builder.decode(raw)
             _ecc.remember_sender(evm_tx, self._dev_public[sender])
             ptx = PooledTx(time.monotonic(), bytes(evm_tx.hash), sender, int(evm_tx.nonce), evm_tx)
             self._admit(ptx)
