@@ -233,6 +233,11 @@ def demo(
     console.print(f"finished in {result.elapsed:.0f} s; report in {report}/report.md")
 
 
+from coopml.testbed.cli import app as testbed_app  # noqa: E402
+
+app.add_typer(testbed_app, name="testbed")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -35,7 +35,7 @@ class Preset(BaseModel):
     description: str
     link: LinkProfile
     block_time: float = Field(gt=0, description="anvil --block-time (s); the paper's PoA chain used 15 s")
-    data: Literal["reduced", "full"] = "reduced"
+    data: Literal["tiny", "reduced", "full"] = "reduced"
     poll_interval: float = Field(0.5, gt=0, description="how often agents poll the chain (s)")
     agent_timeout: float = Field(1800, gt=0, description="an agent gives up after this many seconds")
     fedavg_rounds: int = Field(3, ge=1)
@@ -49,8 +49,8 @@ PRESETS: dict[str, Preset] = {
     "lan": Preset(name="lan", description="switched LAN: 100 Mbit/s, 1 ms one way node to node, 2 s blocks",
                   link=LinkProfile(rate_mbit=100, delay_ms=0.5, queue_ms=20), block_time=2, data="full",
                   poll_interval=0.5, agent_timeout=1800, fedavg_rounds=5, fedavg_local_epochs=6),
-    "ci": Preset(name="ci", description="CI: 50 Mbit/s, 2 ms one way node to node, 1 s blocks, reduced data",
-                 link=LinkProfile(rate_mbit=50, delay_ms=1, queue_ms=20), block_time=1, data="reduced",
+    "ci": Preset(name="ci", description="CI: 50 Mbit/s, 2 ms one way node to node, 1 s blocks, tiny data",
+                 link=LinkProfile(rate_mbit=50, delay_ms=1, queue_ms=20), block_time=1, data="tiny",
                  poll_interval=0.3, agent_timeout=600, fedavg_rounds=2, fedavg_local_epochs=1),
 }
 

@@ -58,11 +58,14 @@ def storage_hosts(hosts: list[tuple[str, str]]) -> list[str]:
     return [n for n, role in hosts if role in ("initiator", "contributor", "verifier")]
 
 
-def make_plan(n_contributors: int, n_verifiers: int, data: Literal["reduced", "full"], block_time: float,
-              seed: int = 0) -> Any:
-    """The Case Study II task (Table III label sets, cycled), sized for the testbed."""
+DataSize = Literal["tiny", "reduced", "full"]
+
+
+def make_plan(n_contributors: int, n_verifiers: int, data: DataSize, block_time: float, seed: int = 0) -> Any:
+    """The Case Study II task (Table III label sets, cycled), sized for the testbed. `tiny` is
+    for CI (200 images, 3 epochs): it checks the plumbing, not the accuracy."""
     from coopml.sim.lifecycle import ContributorPlan, table3_plan
-    reduced = data == "reduced"
+    reduced = data != "full"
     slow = max(1.0, block_time)
     per_model = n_verifiers if n_verifiers % 2 else n_verifiers - 1
     plan = table3_plan(reduced=reduced, commit_window=int(max(120, 16 * slow)), reveal_window=int(max(30, 6 * slow)),
@@ -72,6 +75,9 @@ def make_plan(n_contributors: int, n_verifiers: int, data: Literal["reduced", "f
     base = plan.contributors
     plan.contributors = [ContributorPlan(**{**base[i % len(base)].model_dump(), "slot": i + 1})
                          for i in range(n_contributors)]
+    if data == "tiny":
+        plan.contributors = [c.model_copy(update={"n_train": 200, "n_val": 100, "epochs": 3}) for c in plan.contributors]
+        plan.initiator.update(n_train=200, n_verify=200, fusion_epochs=3, fusion_augment=0, min_accuracy=0.5)
     plan.verifiers = ["honest"] * n_verifiers
     plan.seed = seed
     return plan
