@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -42,12 +43,17 @@ _PRESET = typer.Option("ci", "--preset", help="pi (10 Mbit/s, 20 ms, 15 s blocks
 _CONTRIBUTORS = typer.Option(3, "--contributors", "-c", min=1, max=7, help="computing contributors")
 _VERIFIERS = typer.Option(3, "--verifiers", "-v", min=1, max=15, help="verification contributors")
 _SWITCH = typer.Option("auto", "--switch", help="auto (OVS + controller, else Linux bridge), ovs or linux-bridge")
+_UP_OUT = typer.Option(Path("out/testbed"), help="run folder (logs, repos)")
+_RUN_OUT = typer.Option(Path("out/testbed"), help="report and run folder")
+_DATA = typer.Option(None, help="override the preset's data size: tiny, reduced or full")
+_CUT = typer.Option([], "--cut", help="HOST@EVENT:SECONDS, e.g. contributor1@trained:5 (repeatable): "
+                                     "cut that host's link after that event")
 
 
 @app.command()
 @friendly
 def up(preset: str = _PRESET, contributors: int = _CONTRIBUTORS, verifiers: int = _VERIFIERS,
-       switch: str = _SWITCH, out: Path = typer.Option(Path("out/testbed"), help="run folder (logs, repos)")) -> None:
+       switch: str = _SWITCH, out: Path = _UP_OUT) -> None:
     """Bring the network, the chain and the IPFS swarm up and leave them running."""
     from coopml.testbed.runner import RunOptions, bring_up
     opts = RunOptions(preset=preset, contributors=contributors, verifiers=verifiers, switch=switch)
@@ -60,10 +66,7 @@ def up(preset: str = _PRESET, contributors: int = _CONTRIBUTORS, verifiers: int 
 @app.command()
 @friendly
 def run(preset: str = _PRESET, contributors: int = _CONTRIBUTORS, verifiers: int = _VERIFIERS, switch: str = _SWITCH,
-        out: Path = typer.Option(Path("out/testbed"), help="report and run folder"),
-        data: Optional[str] = typer.Option(None, help="override the preset's data size: tiny, reduced or full"),
-        cut: list[str] = typer.Option([], "--cut", help="HOST@EVENT:SECONDS, e.g. contributor1@trained:5 "
-                                                        "(repeatable): cut that host's link after that event"),
+        out: Path = _RUN_OUT, data: str | None = _DATA, cut: list[str] = _CUT,
         measure: bool = typer.Option(True, help="ping + iperf3 between two hosts first"),
         fedavg: bool = typer.Option(True, help="run FedAvg on the same task and links afterwards"),
         shortcuts: bool = typer.Option(True, help="skip idle commit/reveal windows on the dev chain"),
@@ -92,7 +95,7 @@ def run(preset: str = _PRESET, contributors: int = _CONTRIBUTORS, verifiers: int
 
 @app.command()
 @friendly
-def down(run_id: Optional[str] = typer.Argument(None, help="run id (see `coopml testbed status`)"),
+def down(run_id: str | None = typer.Argument(None, help="run id (see `coopml testbed status`)"),
          all_runs: bool = typer.Option(False, "--all", help="every run with a state file")) -> None:
     """Remove a run's namespaces, links, switch, qdiscs and processes, from its state file
     (also after the orchestrator crashed)."""
@@ -122,7 +125,7 @@ def down(run_id: Optional[str] = typer.Argument(None, help="run id (see `coopml 
 def status(as_json: bool = typer.Option(False, "--json")) -> None:
     """List testbed runs recorded in state files and what of them still exists."""
     from coopml.testbed.state import StateFile, leftovers_of
-    rows = []
+    rows: list[dict[str, Any]] = []
     for rid in StateFile.all_runs():
         try:
             sf = StateFile.load(rid)
@@ -149,7 +152,7 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     console.print(t)
 
 
-def _show_hosts(st) -> None:  # noqa: ANN001 - RunState
+def _show_hosts(st) -> None:
     t = Table("host", "role", "address", "namespace", "link")
     for h in st.hosts.values():
         t.add_row(h.name, h.role, h.ip, h.netns, h.host_if + (f" ({h.link.describe()})" if h.link else " (unshaped)"))

@@ -132,7 +132,9 @@ def serve(job: dict[str, Any], bind: str, port: int, accept_timeout: float = 600
         updates: dict[str, tuple[dict[str, Any], bytes]] = {}
         errors: list[BaseException] = []
 
-        def exchange(name: str, c: Conn, r: int = r, payload: bytes = payload) -> None:
+        def exchange(name: str, c: Conn, r: int = r, payload: bytes = payload,
+                     updates: dict[str, tuple[dict[str, Any], bytes]] = updates,
+                     errors: list[BaseException] = errors) -> None:
             try:
                 c.send({"type": "round", "round": r}, payload)
                 updates[name] = c.recv("update")

@@ -13,8 +13,9 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from coopml.testbed.errors import TestbedError, TestbedUnavailable
 
@@ -45,7 +46,7 @@ def sh(cmd: list[str], *, netns: str | None = None, check: bool = True, timeout:
     full = (["ip", "netns", "exec", netns] if netns else []) + cmd
     try:
         result = subprocess.run(full, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                env=env)
+                                env=env, check=False)
     except subprocess.TimeoutExpired:
         raise TestbedError(f"`{' '.join(full)}` did not finish within {timeout:.0f} s") from None
     except FileNotFoundError:

@@ -44,7 +44,7 @@ class Preset(BaseModel):
 
 PRESETS: dict[str, Preset] = {
     "pi": Preset(name="pi", description="Raspberry-Pi-like boards: 10 Mbit/s, 20 ms one way node to node, 15 s PoA blocks",
-                 link=LinkProfile(rate_mbit=10, delay_ms=10), block_time=15, data="full", poll_interval=1.0,
+                 link=LinkProfile(rate_mbit=10, delay_ms=10, queue_ms=50), block_time=15, data="full", poll_interval=1.0,
                  agent_timeout=3600, fedavg_rounds=5, fedavg_local_epochs=6),
     "lan": Preset(name="lan", description="switched LAN: 100 Mbit/s, 1 ms one way node to node, 2 s blocks",
                   link=LinkProfile(rate_mbit=100, delay_ms=0.5, queue_ms=20), block_time=2, data="full",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -24,17 +25,13 @@ class Launcher:
               ) -> subprocess.Popen[bytes]:
         full = (["ip", "netns", "exec", netns] if netns else []) + cmd
         log.parent.mkdir(parents=True, exist_ok=True)
-        err = open(log, "ab")
-        out = open(stdout, "ab") if stdout else err
-        try:
-            popen = subprocess.Popen(full, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
-                                     env=env if env is not None else dict(os.environ), cwd=cwd)
-        except FileNotFoundError:
-            raise TestbedError(f"cannot start {name}: `{full[0]}` not found") from None
-        finally:
-            err.close()
-            if stdout:
-                out.close()
+        with open(log, "ab") as err, (open(stdout, "ab") if stdout else contextlib.nullcontext(err)) as out:
+            try:
+                popen = subprocess.Popen(full, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, env=env if env is not None else dict(os.environ),
+                                         cwd=cwd)
+            except FileNotFoundError:
+                raise TestbedError(f"cannot start {name}: `{full[0]}` not found") from None
         ticks = proc_start_ticks(popen.pid)
         self.sf.add_process(ProcRecord(name=name, pid=popen.pid, start_ticks=ticks if ticks is not None else -1,
                                        netns=netns, cmd=full, log=str(log), tier=tier))  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 
-def human(n: float | int | None) -> str:
+def human(n: float | None) -> str:
     if n is None:
         return "-"
     n = float(n)
@@ -52,14 +52,16 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines.append("")
     links = r.get("links")
     if links:
-        lines += ["## Links as measured", "", "| path | rtt min / avg (ms) | one way (ms) | up (Mbit/s) | down (Mbit/s) | loss |",
+        lines += ["## Links as measured", "",
+                  "| path | rtt min / avg (ms) | one way (ms) | up (Mbit/s) | down (Mbit/s) | loss |",
                   "|---|---|---|---|---|---|",
-                  f"| {links['path']} | {links['rtt_min_ms']:.2f} / {links['rtt_avg_ms']:.2f} | {links['one_way_ms']:.2f} | "
-                  f"{links['up_mbit']:.2f} | {links['down_mbit']:.2f} | {links['loss_pct']:g} % |", ""]
+                  (f"| {links['path']} | {links['rtt_min_ms']:.2f} / {links['rtt_avg_ms']:.2f} | "
+                   f"{links['one_way_ms']:.2f} | {links['up_mbit']:.2f} | {links['down_mbit']:.2f} | "
+                   f"{links['loss_pct']:g} % |"), ""]
     task = r["task"]
     out = task["outcome"]
-    lines += ["## coopml task", "", f"Task {out.get('task_id')} finished in {task['elapsed_s']:.1f} s "
-              f"({out.get('block_number', '?')} blocks).", "",
+    lines += ["## coopml task", "", (f"Task {out.get('task_id')} finished in {task['elapsed_s']:.1f} s "
+                                     f"({out.get('block_number', '?')} blocks)."), "",
               "| model | contributor | outcome | yes | no |", "|---|---|---|---|---|"]
     for m in out.get("models", []):
         lines.append(f"| {m['model_id']} | {m['contributor']} | {m['status']} | {m['yes']} | {m['no']} |")
@@ -85,9 +87,9 @@ def render_markdown(r: dict[str, Any]) -> str:
     if fed:
         s = fed["server"]
         lines += ["", "## FedAvg on the same task and links", "",
-                  f"{len(fed['job']['clients'])} clients, {fed['job']['rounds']} rounds x {fed['job']['local_epochs']} "
-                  f"local epochs, model {human(s['model_bytes'])}; {fed['elapsed_s']:.1f} s; "
-                  f"final accuracy {s['accuracy']:.2%}.", "",
+                  (f"{len(fed['job']['clients'])} clients, {fed['job']['rounds']} rounds x "
+                   f"{fed['job']['local_epochs']} local epochs, model {human(s['model_bytes'])}; "
+                   f"{fed['elapsed_s']:.1f} s; final accuracy {s['accuracy']:.2%}."), "",
                   "| round | accuracy | exchange (s) |", "|---|---|---|"]
         for rd in s["rounds"]:
             lines.append(f"| {rd['round']} | {rd['accuracy']:.2%} | {rd['exchange_s']:.2f} |")
@@ -99,13 +101,13 @@ def render_markdown(r: dict[str, Any]) -> str:
             acc = f"{c['coopml_accuracy']:.2%}" if c["coopml_accuracy"] is not None else "-"
             lines += ["", "## Side by side (Case Study III on a network)", "",
                       "| | coopml task | FedAvg |", "|---|---|---|",
-                      f"| bytes sent by the participants | {human(c['coopml_bytes_sent_by_agents'])} | "
-                      f"{human(c['fedavg_bytes_sent'])} |",
+                      (f"| bytes sent by the participants | {human(c['coopml_bytes_sent_by_agents'])} | "
+                       f"{human(c['fedavg_bytes_sent'])} |"),
                       f"| wall time (s) | {c['coopml_seconds']:.1f} | {c['fedavg_seconds']:.1f} |",
                       f"| test accuracy | {acc} (MetaModel) | {c['fedavg_accuracy']:.2%} |", "",
-                      f"The coopml figure includes every chain RPC of the agents (the chain host sent "
-                      f"{human(c['coopml_chain_host_sent'])} and received {human(c['coopml_chain_host_received'])}) "
-                      "and the IPFS swarm's own traffic; FedAvg moves weights only."]
+                      ("The coopml figure includes every chain RPC of the agents (the chain host sent "
+                       f"{human(c['coopml_chain_host_sent'])} and received {human(c['coopml_chain_host_received'])}) "
+                       "and the IPFS swarm's own traffic; FedAvg moves weights only.")]
     ctl = r.get("controller")
     if ctl and "flows" in ctl:
         lines += ["", "## Flow table (read by the controller over OpenFlow)", "",

@@ -19,13 +19,22 @@ import secrets
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from coopml.testbed.errors import StateError
-from coopml.testbed.netns import link_exists, list_links, list_namespaces, ns_exists, ns_pids, proc_start_ticks, sh
+from coopml.testbed.netns import (
+    link_exists,
+    list_links,
+    list_namespaces,
+    ns_exists,
+    ns_pids,
+    proc_start_ticks,
+    sh,
+)
 from coopml.testbed.presets import LinkProfile
 
 NS_PREFIX = "coopml-"

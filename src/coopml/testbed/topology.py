@@ -24,7 +24,13 @@ from typing import TypeVar
 
 import coopml
 from coopml.testbed.errors import TestbedError, TestbedUnavailable
-from coopml.testbed.netns import link_exists, require_root, require_tools, run_in_netns, sh
+from coopml.testbed.netns import (
+    link_exists,
+    require_root,
+    require_tools,
+    run_in_netns,
+    sh,
+)
 from coopml.testbed.presets import LinkProfile, Preset
 from coopml.testbed.procs import Launcher
 from coopml.testbed.state import HostRecord, StateFile, teardown
@@ -71,7 +77,7 @@ class Testbed:
         self.log = log
 
     @property
-    def state(self):  # noqa: ANN201 - RunState
+    def state(self):
         return self.sf.state
 
     @property
@@ -247,7 +253,7 @@ class Testbed:
         return [h for h in self.state.hosts.values() if h.role == role]
 
     def spawn(self, host: str, name: str, cmd: list[str], *, log: Path, stdout: Path | None = None,
-              env: dict[str, str] | None = None, python: bool = False):  # noqa: ANN201 - Popen
+              env: dict[str, str] | None = None, python: bool = False):
         """Start `cmd` inside `host`'s namespace; python=True adds coopml to PYTHONPATH."""
         full_env = _python_env() if python else env
         if python and env:

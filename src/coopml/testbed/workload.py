@@ -105,7 +105,7 @@ class Driver:
         self.spec = spec
         self.workdir = Path(spec.workdir)
         self.journal_path = self.workdir / "events.jsonl"
-        self.journal = open(self.journal_path, "a")
+        self.journal = open(self.journal_path, "a")  # noqa: SIM115 - the driver's whole life
         self.offsets: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.events: list[tuple[str, dict[str, Any]]] = []
@@ -150,7 +150,13 @@ class Driver:
 
     def run(self) -> dict[str, Any]:
         from coopml.chain import Chain, deploy
-        from coopml.sim.lifecycle import LifecyclePlan, _all_settled, make_nodes, read_outcome, skip_idle_windows
+        from coopml.sim.lifecycle import (
+            LifecyclePlan,
+            _all_settled,
+            make_nodes,
+            read_outcome,
+            skip_idle_windows,
+        )
 
         spec = self.spec
         t0 = time.monotonic()
@@ -178,10 +184,10 @@ class Driver:
             if time.monotonic() - t0 > PUBLISHED_TIMEOUT:
                 raise CoopmlError(f"the initiator did not publish a task within {PUBLISHED_TIMEOUT:.0f} s")
             time.sleep(0.2)
-        for name in paths:
+        for name, path in paths.items():
             if name != "initiator":
                 role = "verifier" if name.startswith("verifier") else "contributor"
-                self.spawn(name, [role, "--config", str(paths[name]), "--task-id", str(task_id)])
+                self.spawn(name, [role, "--config", str(path), "--task-id", str(task_id)])
         forwarded = False
         ini_cfg = nodes.configs["initiator"]
         while True:
