@@ -112,27 +112,52 @@ def test_link_cut_mid_task_delays_but_does_not_break_it(ci_run):
 
 
 def test_controller_flow_table_has_the_expected_flows(ci_run):
-    _, sf, out = ci_run
+    report, sf, out = ci_run
     env = {**os.environ, "OVS_RUNDIR": sf.state.ovs_rundir}
     dump = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", sf.state.bridge], env=env,
                           capture_output=True, text=True, check=True).stdout
+    hosts = sf.state.hosts
     ports = {}
-    for i, h in enumerate(sf.state.hosts.values(), start=1):
-        unicast = re.search(rf"priority=100,dl_dst={h.mac} actions=output:(\d+)", dump)
+    for h in hosts.values():
+        unicast = re.search(rf"priority=90,dl_dst={h.mac} actions=output:(\d+)", dump)
         arp = re.search(rf"priority=200,arp,arp_tpa={re.escape(h.ip)} actions=output:(\d+)", dump)
         assert unicast and arp, (h.name, dump)
         assert unicast.group(1) == arp.group(1)
         ports[h.name] = int(unicast.group(1))
     assert len(set(ports.values())) == len(ports)          # one port per host
+    for a in hosts.values():                                 # one flow per ordered pair of hosts
+        for b in hosts.values():
+            if a is not b:
+                assert (f"priority=100,in_port={ports[a.name]},dl_dst={b.mac} actions=output:{ports[b.name]}"
+                        in dump), (a.name, b.name)
+    assert dump.count("priority=100,") == len(hosts) * (len(hosts) - 1)
     assert re.search(r"priority=0 actions=CONTROLLER", dump)
     assert "priority=10,dl_dst=ff:ff:ff:ff:ff:ff actions=FLOOD" in dump
     # the same table as the controller reads it over OpenFlow (flow stats), with traffic on it
     flows = json.loads((out / "controller" / "flows.json").read_text())
-    by_dst = {f["match"].get("eth_dst"): f for f in flows["flows"] if f["priority"] == 100}
-    for name in ("chain", "initiator", "contributor1", "contributor2", "verifier1"):
-        f = by_dst[sf.state.hosts[name].mac]
-        assert f["actions"] == [f"output:{ports[name]}"] and f["packets"] > 100, (name, f)
-    assert len(flows["flows"]) == 2 * len(sf.state.hosts) + 2
+    assert flows["packet_ins"] == 0
+    assert len(flows["flows"]) == 2 * len(hosts) + len(hosts) * (len(hosts) - 1) + 2
+    pair = {(f["match"]["in_port"], f["match"]["eth_dst"]): f for f in flows["flows"] if f["priority"] == 100}
+    for name in ("initiator", "contributor1", "contributor2", "verifier1"):
+        to_chain = pair[(ports[name], hosts["chain"].mac)]
+        assert to_chain["actions"] == [f"output:{ports['chain']}"] and to_chain["packets"] > 100, (name, to_chain)
+    for name in ("contributor1", "contributor2"):       # verifier1 fetched each encrypted model over IPFS
+        assert pair[(ports[name], hosts["verifier1"].mac)]["bytes"] > report["fedavg"]["server"]["model_bytes"]
+    assert all(f["packets"] == 0 for f in flows["flows"] if f["priority"] == 90)   # the pair flows caught all
+
+
+def test_traffic_matrix_agrees_with_the_link_counters(ci_run):
+    """Two independent measurements: what each host's veth counted and what the switch's per-pair
+    flows counted (read over OpenFlow) for the same task."""
+    report, _, _ = ci_run
+    task = report["task"]
+    for name, node in task["nodes"].items():
+        sent = sum(v["bytes"] for v in task["matrix"][name].values())
+        recv = sum(row[name]["bytes"] for src, row in task["matrix"].items() if src != name)
+        assert abs(sent - node["sent_bytes"]) <= 0.05 * node["sent_bytes"] + 20_000, (name, sent, node)
+        assert abs(recv - node["recv_bytes"]) <= 0.05 * node["recv_bytes"] + 20_000, (name, recv, node)
+        if name != "chain":
+            assert node["by_peer"]["chain"]["sent_bytes"] > 0
 
 
 def test_teardown_leaves_nothing_behind(ci_run):
@@ -201,3 +226,22 @@ def test_links_are_shaped_and_down_cleans_up_after_a_crash(tmp_path):
     r = subprocess.run([sys.executable, "-m", "coopml.cli.main", "testbed", "down", run_id], capture_output=True,
                        text=True, check=False, timeout=60)
     assert r.returncode == 2 and "no testbed run" in r.stderr
+
+
+def test_linux_bridge_fallback_forwards_and_says_so(tmp_path):
+    from coopml.testbed.errors import TestbedError
+    from coopml.testbed.measure import ping
+    from coopml.testbed.presets import PRESETS
+    from coopml.testbed.topology import Testbed
+    notes = []
+    tb = Testbed.build(tmp_path / "run", PRESETS["ci"], [("a", "contributor"), ("b", "verifier")],
+                       switch="linux-bridge", log=notes.append)
+    try:
+        assert tb.state.switch_kind == "linux-bridge" and "requested" in tb.state.fallback_reason
+        assert any("FALLBACK to Linux bridge" in n for n in notes)
+        assert ping(tb, "a", "b", count=3, interval=0.1)["loss_pct"] == 0
+        with pytest.raises(TestbedError, match="no OpenFlow table"):
+            tb.flows()
+    finally:
+        assert tb.down() == []
+    assert not [n for n in list_links() if n.startswith(f"tb{tb.state.run_id}")]

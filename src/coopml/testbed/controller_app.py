@@ -4,8 +4,9 @@ from coopml.
 
 It is proactive: the orchestrator hands it the topology (switch port name -> host MAC and IP),
 and as soon as the switch connects and reports its ports the controller installs, per host,
-  priority 200  arp, arp_tpa=<ip>   -> output:<port>   (ARP requests go to the owner only)
-  priority 100  eth_dst=<mac>       -> output:<port>   (unicast forwarding)
+  priority 200  arp, arp_tpa=<ip>             -> output:<port>  (ARP requests go to the owner only)
+  priority 100  in_port=<src>, eth_dst=<mac>  -> output:<port>  (one per host pair: the traffic matrix)
+  priority  90  eth_dst=<mac>                 -> output:<port>  (fallback; stays at 0 packets)
 plus priority 10 eth_dst=ff:ff:ff:ff:ff:ff -> FLOOD and a priority-0 table-miss -> CONTROLLER,
 where unexpected frames are counted and dropped (a quiet network has none). Every second it asks
 the switch for its flow and port statistics over OpenFlow and writes them to JSON files next to
@@ -33,6 +34,7 @@ from os_ken.ofproto import ofproto_v1_3  # type: ignore[import-not-found]
 TOPOLOGY_ENV = "COOPML_TESTBED_TOPOLOGY"
 COOKIE_HOST = 0xC0000000
 COOKIE_BASE = 0xB0000000
+COOKIE_PAIR = 0xA0000000
 
 
 def _write_json(path, data):
@@ -59,6 +61,7 @@ class TestbedController(app_manager.OSKenApp):
         self.datapaths = {}
         self.port_names = {}                         # (dpid, port_no) -> name
         self.installed = set()                       # (dpid, port name)
+        self.host_ports = {}                         # (dpid, port name) -> port number
         self.packet_ins = 0
         self.flows = []
         self.ports = {}
@@ -84,6 +87,7 @@ class TestbedController(app_manager.OSKenApp):
         self._add_flow(dp, 10, parser.OFPMatch(eth_dst="ff:ff:ff:ff:ff:ff"),
                        [parser.OFPActionOutput(ofp.OFPP_FLOOD)], COOKIE_BASE + 1)
         self.installed = {k for k in self.installed if k[0] != dp.id}
+        self.host_ports = {k: v for k, v in self.host_ports.items() if k[0] != dp.id}
         dp.send_msg(parser.OFPPortDescStatsRequest(dp, 0))
         _log("switch-connected", dpid=dp.id)
 
@@ -95,8 +99,15 @@ class TestbedController(app_manager.OSKenApp):
         cookie = COOKIE_HOST + int(h["index"])
         out = [parser.OFPActionOutput(port_no)]
         self._add_flow(dp, 200, parser.OFPMatch(eth_type=0x0806, arp_tpa=h["ip"]), out, cookie)
-        self._add_flow(dp, 100, parser.OFPMatch(eth_dst=h["mac"]), out, cookie)
+        self._add_flow(dp, 90, parser.OFPMatch(eth_dst=h["mac"]), out, cookie)
         self.installed.add((dp.id, name))
+        self.host_ports[(dp.id, name)] = port_no
+        # one flow per (source port, destination host): its counters are the traffic matrix
+        for other, other_port in [(n, p) for (d, n), p in self.host_ports.items() if d == dp.id and n != name]:
+            for src, src_port, dst, dst_port in ((name, port_no, other, other_port), (other, other_port, name, port_no)):
+                pair_cookie = COOKIE_PAIR + (int(self.hosts[src]["index"]) << 8) + int(self.hosts[dst]["index"])
+                self._add_flow(dp, 100, parser.OFPMatch(in_port=src_port, eth_dst=self.hosts[dst]["mac"]),
+                               [parser.OFPActionOutput(dst_port)], pair_cookie)
         _log("host-flows", host=h["name"], port=name, port_no=port_no, mac=h["mac"], ip=h["ip"])
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
@@ -115,6 +126,7 @@ class TestbedController(app_manager.OSKenApp):
         self.port_names[(dp.id, p.port_no)] = name
         if msg.reason == ofp.OFPPR_DELETE:
             self.installed.discard((dp.id, name))
+            self.host_ports.pop((dp.id, name), None)
             _log("port-deleted", port=name)
             return
         self._install_host(dp, name, p.port_no)

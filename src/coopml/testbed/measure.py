@@ -121,3 +121,26 @@ class CounterSampler:
 
 def delta(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     return {h: {k: after[h][k] - before[h][k] for k in after[h]} for h in after}
+
+
+Matrix = dict[str, dict[str, dict[str, int]]]
+
+
+def matrix_delta(after: Matrix | None, before: Matrix | None) -> Matrix | None:
+    if after is None or before is None:
+        return None
+    return {a: {b: {k: v[k] - before[a][b][k] for k in v} for b, v in row.items()} for a, row in after.items()}
+
+
+def split_by_peer(matrix: Matrix | None, host: str, groups: dict[str, str]) -> dict[str, dict[str, int]] | None:
+    """Bytes `host` sent to / received from each group of peers (groups: host -> group name)."""
+    if matrix is None:
+        return None
+    out: dict[str, dict[str, int]] = {}
+    for peer, group in groups.items():
+        if peer == host:
+            continue
+        g = out.setdefault(group, {"sent_bytes": 0, "recv_bytes": 0})
+        g["sent_bytes"] += matrix[host][peer]["bytes"]
+        g["recv_bytes"] += matrix[peer][host]["bytes"]
+    return out

@@ -24,6 +24,17 @@ def _total(nodes: dict[str, Any], roles: tuple[str, ...] | None = None) -> tuple
     return sum(v["sent_bytes"] for v in sel), sum(v["recv_bytes"] for v in sel)
 
 
+AGENT_ROLES = ("initiator", "contributor", "verifier")
+
+
+def agent_to_agent(matrix: dict[str, Any] | None, roles: dict[str, str]) -> int | None:
+    """Bytes that went from one agent host straight to another (models, keys, data: IPFS, FedAvg)."""
+    if matrix is None:
+        return None
+    return sum(v["bytes"] for a, row in matrix.items() for b, v in row.items()
+               if roles.get(a) in AGENT_ROLES and roles.get(b) in AGENT_ROLES)
+
+
 def comparison(report: dict[str, Any]) -> dict[str, Any] | None:
     """Totals for the Case Study III claim: communication and time, coopml task vs FedAvg."""
     fed, task = report.get("fedavg"), report["task"]
@@ -34,7 +45,10 @@ def comparison(report: dict[str, Any]) -> dict[str, Any] | None:
     f_sent, _ = _total(fed["nodes"])
     chain_sent, chain_recv = _total({k: v for k, v in task["nodes"].items() if v["role"] == "chain"})
     hist = task["outcome"].get("fusion_history") or []
-    return {"coopml_bytes_sent_by_agents": t_sent, "coopml_chain_host_sent": chain_sent,
+    roles = {name: h["role"] for name, h in report.get("hosts", {}).items()}
+    return {"coopml_agent_to_agent_bytes": agent_to_agent(task.get("matrix"), roles),
+            "fedavg_agent_to_agent_bytes": agent_to_agent(fed.get("matrix"), roles),
+            "coopml_bytes_sent_by_agents": t_sent, "coopml_chain_host_sent": chain_sent,
             "coopml_chain_host_received": chain_recv, "fedavg_bytes_sent": f_sent,
             "coopml_seconds": task["elapsed_s"], "fedavg_seconds": fed["elapsed_s"],
             "coopml_accuracy": hist[-1]["test_accuracy"] if hist else None,
@@ -67,11 +81,26 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {m['model_id']} | {m['contributor']} | {m['status']} | {m['yes']} | {m['no']} |")
     for h in out.get("fusion_history", []):
         lines.append(f"\nMetaModel with {h['models']} model(s): {h['test_accuracy']:.2%} test accuracy.")
-    lines += ["", "### Traffic per node (link counters)", "", "| node | role | sent | received | active (s) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "### Traffic per node (link counters; split by peer from the switch's per-pair flows)", "",
+              "| node | role | sent | received | with chain (sent / recv) | with agents (sent / recv) | active (s) |",
+              "|---|---|---|---|---|---|---|"]
     for name, n in task["nodes"].items():
+        by = n.get("by_peer") or {}
+
+        def pair(group: str, by: dict[str, Any] = by) -> str:
+            g = by.get(group)
+            return f"{human(g['sent_bytes'])} / {human(g['recv_bytes'])}" if g else "-"
         lines.append(f"| {name} | {n['role']} | {human(n['sent_bytes'])} | {human(n['recv_bytes'])} | "
+                     f"{pair('chain')} | {pair('agents')} | "
                      f"{n['active_s'] if n['active_s'] is not None else '-'} |")
+    matrix = task.get("matrix")
+    if matrix:
+        names = list(matrix)
+        lines += ["", "### Traffic matrix of the task (bytes from row to column, OpenFlow flow counters)", "",
+                  "| from \\ to | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for a in names:
+            cells = [human(matrix[a][b]["bytes"]) if b != a else "" for b in names]
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
     lines += ["", "### Phases per node", "", "| node | phase | starts at (s) | takes (s) | sent | received |",
               "|---|---|---|---|---|---|"]
     for name, n in task["nodes"].items():
@@ -103,6 +132,8 @@ def render_markdown(r: dict[str, Any]) -> str:
                       "| | coopml task | FedAvg |", "|---|---|---|",
                       (f"| bytes sent by the participants | {human(c['coopml_bytes_sent_by_agents'])} | "
                        f"{human(c['fedavg_bytes_sent'])} |"),
+                      (f"| of which agent to agent (models, keys, data) | {human(c['coopml_agent_to_agent_bytes'])} | "
+                       f"{human(c['fedavg_agent_to_agent_bytes'])} |"),
                       f"| wall time (s) | {c['coopml_seconds']:.1f} | {c['fedavg_seconds']:.1f} |",
                       f"| test accuracy | {acc} (MetaModel) | {c['fedavg_accuracy']:.2%} |", "",
                       ("The coopml figure includes every chain RPC of the agents (the chain host sent "

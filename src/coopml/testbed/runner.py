@@ -21,7 +21,13 @@ from pydantic import BaseModel, Field
 
 from coopml.testbed import workload
 from coopml.testbed.errors import TestbedError
-from coopml.testbed.measure import CounterSampler, delta, measure_path
+from coopml.testbed.measure import (
+    CounterSampler,
+    delta,
+    matrix_delta,
+    measure_path,
+    split_by_peer,
+)
 from coopml.testbed.presets import Preset, get_preset
 from coopml.testbed.state import ProcRecord
 from coopml.testbed.topology import SRC_DIR, Testbed
@@ -62,18 +68,29 @@ class RunOptions(BaseModel):
 
 def bring_up(opts: RunOptions, run_dir: Path, log: Log = print) -> tuple[Testbed, Any]:
     """Network, chain and IPFS swarm; returns (testbed, IPFS peers). Tears down on failure."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from coopml.storage.daemon import generate_swarm_key
-    from coopml.testbed.services import start_chain, start_ipfs
+    from coopml.testbed.services import init_repos, start_chain, start_ipfs
 
     preset = get_preset(opts.preset)
     hosts = workload.testbed_hosts(opts.contributors, opts.verifiers)
-    tb = Testbed.build(run_dir, preset, hosts, switch=opts.switch, log=log)
+    swarm_key = generate_swarm_key()
+    with ThreadPoolExecutor(1) as pool:
+        # IPFS repos need no network: initialise them while the network is being built
+        inits = pool.submit(init_repos, Path(run_dir).resolve(), workload.storage_hosts(hosts), swarm_key)
+        tb = Testbed.build(run_dir, preset, hosts, switch=opts.switch, log=log)
+        try:
+            inits.result()
+        except BaseException:
+            tb.down()
+            raise
     try:
         t = time.monotonic()
         url = start_chain(tb, "chain", preset.block_time, probe_from="operator")
         log(f"chain: anvil at {url}, --block-time {preset.block_time:g} ({time.monotonic() - t:.1f} s)")
         t = time.monotonic()
-        peers = start_ipfs(tb, workload.storage_hosts(hosts), generate_swarm_key())
+        peers = start_ipfs(tb, workload.storage_hosts(hosts), swarm_key)
         log(f"ipfs: {len(peers)} daemons in a private swarm (swarm key), fully meshed ({time.monotonic() - t:.1f} s)")
         tb.state.phase = "up"
         tb.sf.save()
@@ -164,6 +181,7 @@ def run_task(tb: Testbed, preset: Preset, opts: RunOptions, plan: Any, log: Log)
     journal = workdir / "events.jsonl"
     journal.unlink(missing_ok=True)
     (workdir / "outcome.json").unlink(missing_ok=True)
+    m0 = tb.traffic_matrix(fresh_after=time.time())
     sampler = CounterSampler(tb).start()
     before = sampler.samples[0][1]
     t0 = time.time()
@@ -222,6 +240,8 @@ def run_task(tb: Testbed, preset: Preset, opts: RunOptions, plan: Any, log: Log)
         raise TestbedError(f"the task failed: {outcome.get('error', f'driver exited {driver.returncode}')}"
                            f" (journal {journal}, log {tb.run_dir / 'logs' / 'driver.log'})")
     traffic = delta(after, before)
+    matrix = matrix_delta(tb.traffic_matrix(fresh_after=time.time()), m0)
+    groups = {h.name: _peer_group(h.role) for h in tb.state.hosts.values()}
     nodes: dict[str, Any] = {}
     for name in agents + ["chain", "operator"]:
         h = tb.host(name)
@@ -234,9 +254,14 @@ def run_task(tb: Testbed, preset: Preset, opts: RunOptions, plan: Any, log: Log)
             phases.append({"phase": phase, "start_s": round(a - t0, 2), "seconds": round(b - a, 2),
                            "sent_bytes": sent, "recv_bytes": recv})
         nodes[name] = {"role": h.role, **traffic[name], "phases": phases,
-                       "active_s": round(ended - spawned, 2) if mine else None}
-    return {"elapsed_s": round(t1 - t0, 1), "outcome": outcome, "nodes": nodes, "cuts": cuts_done,
+                       "active_s": round(ended - spawned, 2) if mine else None,
+                       "by_peer": split_by_peer(matrix, name, groups)}
+    return {"elapsed_s": round(t1 - t0, 1), "outcome": outcome, "nodes": nodes, "matrix": matrix, "cuts": cuts_done,
             "unapplied_cuts": [c.model_dump() for c in pending]}
+
+
+def _peer_group(role: str) -> str:
+    return role if role in ("chain", "operator") else "agents"
 
 
 def run_fedavg(tb: Testbed, preset: Preset, plan: Any, data: str, log: Log) -> dict[str, Any]:
@@ -253,6 +278,7 @@ def run_fedavg(tb: Testbed, preset: Preset, plan: Any, data: str, log: Log) -> d
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log(f"fedavg: {len(job['clients'])} clients, {job['rounds']} rounds x {job['local_epochs']} local epochs, "
         f"server on {server_host}")
+    m0 = tb.traffic_matrix(fresh_after=time.time())
     before = tb.counters()
     t0 = time.time()
     procs = {"server": tb.spawn(server_host, "fedavg-server", exe + ["server", "--bind", ip, "--port", str(FEDAVG_PORT),
@@ -277,8 +303,9 @@ def run_fedavg(tb: Testbed, preset: Preset, plan: Any, data: str, log: Log) -> d
         time.sleep(0.2)
     t1 = time.time()
     traffic = delta(tb.counters(), before)
+    matrix = matrix_delta(tb.traffic_matrix(fresh_after=time.time()), m0)
     server = json.loads((folder / "server.json").read_text())
     nodes = {n: {"role": tb.host(n).role, **traffic[n]} for n in [server_host, *job["clients"]]}
     log(f"fedavg: accuracy {server['accuracy']:.2%} in {t1 - t0:.1f} s")
-    return {"elapsed_s": round(t1 - t0, 1), "job": job, "server": server, "nodes": nodes,
+    return {"elapsed_s": round(t1 - t0, 1), "job": job, "server": server, "nodes": nodes, "matrix": matrix,
             "other_hosts": {n: traffic[n] for n in traffic if n not in nodes}}

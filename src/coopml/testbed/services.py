@@ -96,6 +96,29 @@ def _testbed_config(config: dict[str, Any], ip: str) -> dict[str, Any]:
     return config
 
 
+def repo_path(run_dir: Path, host: str) -> Path:
+    return Path(run_dir) / "nodes" / host / "ipfs-repo"
+
+
+def init_repos(run_dir: Path, hosts: list[str], swarm_key: bytes) -> dict[str, Path]:
+    """`jsipfs init` one repo per host, in parallel, with the swarm key. Needs no network, so it
+    can run while the testbed is being built."""
+    from coopml.storage.daemon import init_repo
+
+    key_path = Path(run_dir) / "swarm.key"
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(swarm_key)
+
+    def init(host: str) -> Path:
+        repo = repo_path(run_dir, host)
+        if not (repo / "config").is_file():
+            init_repo(repo, swarm_key=swarm_key, timeout=180)
+        return repo
+    with ThreadPoolExecutor(len(hosts) or 1) as pool:
+        return dict(zip(hosts, pool.map(init, hosts)))
+
+
 def start_ipfs(tb: Testbed, hosts: list[str], swarm_key: bytes, timeout: float = 180.0) -> dict[str, IpfsPeer]:
     """One js-ipfs daemon per host (API on the namespace's loopback, swarm on its address), all
     with `swarm_key`; then every pair is connected over the emulated network."""
@@ -105,21 +128,11 @@ def start_ipfs(tb: Testbed, hosts: list[str], swarm_key: bytes, timeout: float =
     if node is None:
         raise TestbedError("node is not installed; the IPFS daemons need Node.js")
     launcher = Path(init_repo.__code__.co_filename).with_name("jsipfs_daemon.mjs")
-    key_path = tb.run_dir / "swarm.key"
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(swarm_key)
-
-    def prepare(host: str) -> Path:
-        repo = tb.run_dir / "nodes" / host / "ipfs-repo"
-        if not (repo / "config").is_file():
-            init_repo(repo, swarm_key=swarm_key, timeout=120)
+    repos = init_repos(tb.run_dir, hosts, swarm_key)      # no-op for repos initialised ahead
+    for host, repo in repos.items():
         cfg_path = repo / "config"
         cfg_path.write_text(json.dumps(_testbed_config(json.loads(cfg_path.read_text()), tb.host(host).ip), indent=2))
         (repo / "api").unlink(missing_ok=True)
-        return repo
-
-    with ThreadPoolExecutor(len(hosts) or 1) as pool:
-        repos = dict(zip(hosts, pool.map(prepare, hosts)))
     logs: dict[str, Path] = {}
     for host, repo in repos.items():
         logs[host] = tb.run_dir / "logs" / f"ipfs-{host}.log"

@@ -216,14 +216,15 @@ class Testbed:
         assert isinstance(self.switch, OvsSwitch)
         deadline = time.monotonic() + timeout
         macs = {h.mac for h in self.state.hosts.values()}
+        pairs = len(macs) * (len(macs) - 1)
         while True:
             popen = self.launcher.popens.get("controller")
             if popen is not None and popen.poll() is not None:
                 raise TestbedError(f"the os-ken controller exited with code {popen.returncode}; "
                                    f"see {self.run_dir}/logs/controller.log")
             flows = self.switch.dump_flows() if self.switch.controller_connected() else ""
-            if all(f"dl_dst={m}" in flows for m in macs):
-                self.log(f"controller connected; {len(macs)} host flow pairs installed")
+            if all(f"dl_dst={m}" in flows for m in macs) and flows.count("priority=100,") == pairs:
+                self.log(f"controller connected; flows for {len(macs)} hosts and {pairs} host pairs installed")
                 return
             if time.monotonic() > deadline:
                 raise TestbedError(f"the controller did not install host flows within {timeout:.0f} s; "
@@ -300,6 +301,35 @@ class Testbed:
         if not path.is_file():
             raise TestbedError(f"{path} not written: is the controller running?")
         return dict(json.loads(path.read_text()))
+
+    def traffic_matrix(self, fresh_after: float | None = None, timeout: float = 10.0
+                       ) -> dict[str, dict[str, dict[str, int]]] | None:
+        """{src host: {dst host: {"bytes", "packets"}}} from the per-pair flow counters the
+        controller read over OpenFlow; None without a controller (Linux bridge). With
+        `fresh_after`, wait for statistics read after that time."""
+        if self.state.switch_kind != "ovs":
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                data = self.controller_flows()
+            except (TestbedError, ValueError):
+                data = {"t": 0.0, "flows": []}
+            if fresh_after is None or data.get("t", 0.0) >= fresh_after:
+                break
+            if time.monotonic() > deadline:
+                raise TestbedError(f"no flow statistics from the controller newer than {fresh_after:.0f}")
+            time.sleep(0.2)
+        names = list(self.state.hosts)
+        matrix: dict[str, dict[str, dict[str, int]]] = {a: {b: {"bytes": 0, "packets": 0} for b in names if b != a}
+                                                         for a in names}
+        for f in data["flows"]:
+            cookie = int(f["cookie"], 16)
+            if f["priority"] != 100 or cookie >> 28 != 0xA:
+                continue
+            src, dst = names[((cookie >> 8) & 0xFF) - 1], names[(cookie & 0xFF) - 1]
+            matrix[src][dst] = {"bytes": int(f["bytes"]), "packets": int(f["packets"])}
+        return matrix
 
     def down(self) -> list[str]:
         leftovers = teardown(self.sf, self.log)
