@@ -34,15 +34,20 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-# 2. os-ken in its own venv
-if "$OSKEN_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('os-ken') != '$OSKEN_VERSION')" \
-     >/dev/null 2>&1; then
-  :
-else
+# 2. os-ken in its own venv (a failure is reported, not fatal: the testbed then falls back to a
+#    Linux bridge and the testbed tests skip, saying why)
+osken_ok() {
+  "$OSKEN_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('os-ken') != '$OSKEN_VERSION')" \
+    >/dev/null 2>&1 && "$OSKEN_VENV/bin/python" -c "import os_ken.base.app_manager, os_ken.ofproto.ofproto_v1_3" \
+    >/dev/null 2>&1
+}
+if ! osken_ok; then
   say "installing os-ken==$OSKEN_VERSION into $OSKEN_VENV"
-  [ -x "$OSKEN_VENV/bin/python" ] || "$PY" -m venv "$OSKEN_VENV"
-  "$OSKEN_VENV/bin/pip" install -q --disable-pip-version-check "os-ken==$OSKEN_VERSION" 2>&1 \
-    | { grep -v "^WARNING: Location 'file:" || true; }
-  "$OSKEN_VENV/bin/python" -c "import os_ken.base.app_manager, os_ken.ofproto.ofproto_v1_3"
+  { [ -x "$OSKEN_VENV/bin/python" ] || "$PY" -m venv "$OSKEN_VENV"; } \
+    && { "$OSKEN_VENV/bin/pip" install -q --disable-pip-version-check "os-ken==$OSKEN_VERSION" 2>&1 \
+         | { grep -v "^WARNING: Location 'file:" || true; }; } || true
+  osken_ok || say "WARNING: os-ken is not usable in $OSKEN_VENV: the testbed will fall back to a Linux bridge"
 fi
-say "ready: $(ovs-vswitchd --version | head -1), iperf3 $(iperf3 --version | head -1 | cut -d' ' -f2), os-ken $OSKEN_VERSION ($OSKEN_VENV)"
+if osken_ok && command -v ovs-vswitchd >/dev/null && command -v iperf3 >/dev/null; then
+  say "ready: $(ovs-vswitchd --version | head -1), $(iperf3 --version | head -1 | cut -d' ' -f1-2), os-ken $OSKEN_VERSION ($OSKEN_VENV)"
+fi

@@ -27,12 +27,14 @@ def _total(nodes: dict[str, Any], roles: tuple[str, ...] | None = None) -> tuple
 AGENT_ROLES = ("initiator", "contributor", "verifier")
 
 
-def agent_to_agent(matrix: dict[str, Any] | None, roles: dict[str, str]) -> int | None:
-    """Bytes that went from one agent host straight to another (models, keys, data: IPFS, FedAvg)."""
+def agent_to_agent(matrix: dict[str, Any] | None, roles: dict[str, str], among: set[str] | None = None) -> int | None:
+    """Bytes that went from one agent host straight to another (models, keys, data: IPFS, FedAvg),
+    optionally only among the hosts in `among`."""
     if matrix is None:
         return None
-    return sum(v["bytes"] for a, row in matrix.items() for b, v in row.items()
-               if roles.get(a) in AGENT_ROLES and roles.get(b) in AGENT_ROLES)
+    def counts(h: str) -> bool:
+        return roles.get(h) in AGENT_ROLES and (among is None or h in among)
+    return sum(v["bytes"] for a, row in matrix.items() for b, v in row.items() if counts(a) and counts(b))
 
 
 def comparison(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -47,7 +49,7 @@ def comparison(report: dict[str, Any]) -> dict[str, Any] | None:
     hist = task["outcome"].get("fusion_history") or []
     roles = {name: h["role"] for name, h in report.get("hosts", {}).items()}
     return {"coopml_agent_to_agent_bytes": agent_to_agent(task.get("matrix"), roles),
-            "fedavg_agent_to_agent_bytes": agent_to_agent(fed.get("matrix"), roles),
+            "fedavg_agent_to_agent_bytes": agent_to_agent(fed.get("matrix"), roles, set(fed["nodes"])),
             "coopml_bytes_sent_by_agents": t_sent, "coopml_chain_host_sent": chain_sent,
             "coopml_chain_host_received": chain_recv, "fedavg_bytes_sent": f_sent,
             "coopml_seconds": task["elapsed_s"], "fedavg_seconds": fed["elapsed_s"],
