@@ -26,28 +26,34 @@ def _free_port() -> int:
 
 
 def test_networked_fedavg_matches_in_process_fedavg(tmp_path, mnist_test):
-    """Server and clients as separate OS processes over TCP compute the global model
-    `coopml.sim.fedavg.run_fedavg` computes in one process (same data, seeds, order)."""
+    """Clients as separate OS processes, talking TCP to the server, compute the global model
+    `coopml.sim.fedavg.run_fedavg` computes in one process (same data, seeds, order). (The
+    server's own CLI and the testbed's use of it run in tests/testbed/test_testbed_network.py.)"""
     from coopml.sim.fedavg import run_fedavg
     from coopml.testbed.workload import fedavg_client_data
 
     job_path = tmp_path / "job.json"
     job_path.write_text(json.dumps(JOB))
     port = _free_port()
-    exe = [sys.executable, "-m", "coopml.testbed.fednet"]
-    env_threads = {"OMP_NUM_THREADS": "1"}
+    test = mnist_test.subset(np.arange(500))
+    ready, box = threading.Event(), {}
+
+    def server():
+        box["result"] = serve(JOB, "127.0.0.1", port, accept_timeout=240, test=test, ready=ready)
+    t = threading.Thread(target=server)
+    t.start()
+    ready.wait(30)
     import os
-    env = {**os.environ, **env_threads}
-    server = subprocess.Popen(exe + ["server", "--bind", "127.0.0.1", "--port", str(port), "--job", str(job_path),
-                                     "--out", str(tmp_path / "server.json")], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    exe = [sys.executable, "-m", "coopml.testbed.fednet"]
     clients = [subprocess.Popen(exe + ["client", "--server", f"127.0.0.1:{port}", "--name", n, "--job", str(job_path),
                                        "--out", str(tmp_path / f"{n}.json")], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for n in JOB["clients"]]
-    for p in [server, *clients]:
+    for p in clients:
         _, err = p.communicate(timeout=240)
         assert p.returncode == 0, err[-2000:]
-    result = json.loads((tmp_path / "server.json").read_text())
+    t.join(60)
+    result = box["result"]
     assert [r["round"] for r in result["rounds"]] == [1, 2]
     # application bytes: every round one model down and one model up per client, plus small headers
     for name in JOB["clients"]:
@@ -56,12 +62,14 @@ def test_networked_fedavg_matches_in_process_fedavg(tmp_path, mnist_test):
         client = json.loads((tmp_path / f"{name}.json").read_text())
         assert client["received"] == sent and client["sent"] == result["app_bytes"][name]["server_received"]
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    test = mnist_test.subset(np.arange(500))
-    model, ref = run_fedavg(JOB["arch"], [fedavg_client_data(JOB, n) for n in JOB["clients"]], JOB["rounds"],
-                            JOB["local_epochs"], test, seed=JOB["seed"])
-    from safetensors.torch import load_file
-    net_state = load_file(str(tmp_path / "server.safetensors"))
+    try:
+        model, ref = run_fedavg(JOB["arch"], [fedavg_client_data(JOB, n) for n in JOB["clients"]], JOB["rounds"],
+                                JOB["local_epochs"], test, seed=JOB["seed"])
+    finally:
+        torch.set_num_threads(threads)
+    net_state = result["final_state"]
     for k, v in model.state_dict().items():
         assert torch.allclose(v, net_state[k], atol=1e-5), k
     assert result["accuracy"] == pytest.approx(ref.accuracy, abs=0.01)

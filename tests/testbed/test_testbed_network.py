@@ -202,6 +202,9 @@ def test_links_are_shaped_and_down_cleans_up_after_a_crash(tmp_path):
         from coopml.testbed.measure import iperf, ping
         from coopml.testbed.topology import Testbed
         tb = Testbed.attach(sf, log=lambda m: None)
+        # the machine's own namespace cannot address testbed hosts: refused locally, nothing leaves
+        r = subprocess.run(["ip", "route", "get", tb.host("b").ip], capture_output=True, text=True, check=False)
+        assert r.returncode != 0 and "no route to host" in r.stderr.lower(), r
         p = ping(tb, "a", "b", count=6, interval=0.1)
         assert 40 <= p["rtt_min_ms"] < 60, p                 # 2 links x 10 ms, each way
         mbit = iperf(tb, "a", "b", seconds=2)

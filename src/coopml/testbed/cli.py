@@ -59,8 +59,9 @@ def up(preset: str = _PRESET, contributors: int = _CONTRIBUTORS, verifiers: int 
     opts = RunOptions(preset=preset, contributors=contributors, verifiers=verifiers, switch=switch)
     tb, _ = bring_up(opts, out, log)
     _show_hosts(tb.state)
+    host = next(iter(tb.state.hosts.values()))
     console.print(f"testbed [bold]{tb.state.run_id}[/] is up. Enter a host with `ip netns exec "
-                  f"{tb.state.ns('initiator')} bash`; remove it with `coopml testbed down {tb.state.run_id}`.")
+                  f"{host.netns} bash`; remove it with `coopml testbed down {tb.state.run_id}`.")
 
 
 @app.command()

@@ -90,13 +90,10 @@ def _from_bytes(data: bytes) -> dict[str, Any]:
 def serve(job: dict[str, Any], bind: str, port: int, accept_timeout: float = 600.0,
           test: Any = None, ready: threading.Event | None = None) -> dict[str, Any]:
     """Run the FedAvg server for `job`; return the result (accuracy per round, bytes, timings)."""
-    import torch
-
     from coopml.data import load_dataset
     from coopml.models import build_model, evaluate
     from coopml.sim.fedavg import fedavg_aggregate
 
-    torch.set_num_threads(1)
     names = list(job["clients"])
     if test is None:
         test = load_dataset(job["dataset"], "test")
@@ -169,12 +166,9 @@ def serve(job: dict[str, Any], bind: str, port: int, accept_timeout: float = 600
 
 def run_client(job: dict[str, Any], name: str, server: str, data: Any = None, connect_timeout: float = 120.0
                ) -> dict[str, Any]:
-    import torch
-
     from coopml.models import build_model
     from coopml.sim.fedavg import local_train
 
-    torch.set_num_threads(1)
     if data is None:
         from coopml.testbed.workload import fedavg_client_data
         data = fedavg_client_data(job, name)
@@ -228,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--job", type=Path, required=True)
     c.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    import torch
+    torch.set_num_threads(1)          # one process per node: do not oversubscribe the shared cores
     job = json.loads(args.job.read_text())
     if args.cmd == "server":
         result = serve(job, args.bind, args.port)

@@ -19,12 +19,16 @@ def human(n: float | None) -> str:
     return f"{n:.2f} GB"
 
 
-def _total(nodes: dict[str, Any], roles: tuple[str, ...] | None = None) -> tuple[int, int]:
-    sel = [v for v in nodes.values() if roles is None or v["role"] in roles]
+def _total(nodes: dict[str, Any]) -> tuple[int, int]:
+    sel = list(nodes.values())
     return sum(v["sent_bytes"] for v in sel), sum(v["recv_bytes"] for v in sel)
 
 
-AGENT_ROLES = ("initiator", "contributor", "verifier")
+INFRA_ROLES = ("chain", "operator")   # every other host runs an agent
+
+
+def is_agent(role: str | None) -> bool:
+    return role is not None and role not in INFRA_ROLES
 
 
 def agent_to_agent(matrix: dict[str, Any] | None, roles: dict[str, str], among: set[str] | None = None) -> int | None:
@@ -33,7 +37,7 @@ def agent_to_agent(matrix: dict[str, Any] | None, roles: dict[str, str], among: 
     if matrix is None:
         return None
     def counts(h: str) -> bool:
-        return roles.get(h) in AGENT_ROLES and (among is None or h in among)
+        return is_agent(roles.get(h)) and (among is None or h in among)
     return sum(v["bytes"] for a, row in matrix.items() for b, v in row.items() if counts(a) and counts(b))
 
 
@@ -42,8 +46,7 @@ def comparison(report: dict[str, Any]) -> dict[str, Any] | None:
     fed, task = report.get("fedavg"), report["task"]
     if not fed:
         return None
-    agents = ("initiator", "contributor", "verifier")
-    t_sent, _ = _total(task["nodes"], agents)
+    t_sent, _ = _total({k: v for k, v in task["nodes"].items() if is_agent(v["role"])})
     f_sent, _ = _total(fed["nodes"])
     chain_sent, chain_recv = _total({k: v for k, v in task["nodes"].items() if v["role"] == "chain"})
     hist = task["outcome"].get("fusion_history") or []

@@ -123,7 +123,7 @@ def run(opts: RunOptions, out: Path, log: Log = print) -> dict[str, Any]:
         links = None
         if opts.measure:
             t = time.monotonic()
-            a, b = "contributor1", ("contributor2" if opts.contributors > 1 else "initiator")
+            a, b = workload.measure_pair(opts.contributors)
             links = measure_path(tb, a, b)
             timings["measure_s"] = round(time.monotonic() - t, 1)
             log(f"links {links['path']}: rtt {links['rtt_avg_ms']:.1f} ms (min {links['rtt_min_ms']:.1f}), "
@@ -214,7 +214,7 @@ def run_task(tb: Testbed, preset: Preset, opts: RunOptions, plan: Any, log: Log)
                             tb.set_link(cut.host, False)
                             active.append((cut, time.time()))
                             log(f"link cut: {cut.host} down for {cut.seconds:g} s (after its {cut.after_event!r})")
-                    if ev.get("event") in ("published", "trained", "announced", "evaluated", "fused", "done", "failed"):
+                    if ev.get("event") in workload.PROGRESS_EVENTS:
                         log(f"  {ev.get('node')}: {ev.get('event')}")
             for cut, since in list(active):
                 if time.time() - since >= cut.seconds:
@@ -261,7 +261,8 @@ def run_task(tb: Testbed, preset: Preset, opts: RunOptions, plan: Any, log: Log)
 
 
 def _peer_group(role: str) -> str:
-    return role if role in ("chain", "operator") else "agents"
+    from coopml.testbed.report import INFRA_ROLES
+    return role if role in INFRA_ROLES else "agents"
 
 
 def run_fedavg(tb: Testbed, preset: Preset, plan: Any, data: str, log: Log) -> dict[str, Any]:
@@ -272,7 +273,7 @@ def run_fedavg(tb: Testbed, preset: Preset, plan: Any, data: str, log: Log) -> d
     folder.mkdir(parents=True, exist_ok=True)
     job_path = folder / "job.json"
     job_path.write_text(json.dumps(job, indent=1))
-    server_host = "initiator"
+    server_host = workload.FEDAVG_SERVER
     ip = tb.host(server_host).ip
     exe = [sys.executable, "-m", "coopml.testbed.fednet"]
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -78,6 +78,7 @@ class RunState(BaseModel):
     owner_pid: int
     owner_start_ticks: int | None = None
     subnet: str = "198.18.0.0/24"
+    guard_metric: int | None = None      # metric of our "unreachable <subnet>" route in the host namespace
     switch_kind: Literal["ovs", "linux-bridge"] | None = None
     fallback_reason: str | None = None
     bridge: str | None = None
@@ -235,6 +236,8 @@ def teardown(sf: StateFile, log: Callable[[str], None] = lambda m: None, *, remo
     for ns in reversed(st.namespaces):
         if ns_exists(ns):
             sh(["ip", "netns", "del", ns], check=False)
+    if st.guard_metric is not None and guard_route_exists(st):
+        sh(["ip", "route", "del", "unreachable", st.subnet, "metric", str(st.guard_metric)], check=False)
     leftovers = leftovers_of(st)
     if leftovers:
         st.phase = "teardown-incomplete"
@@ -248,6 +251,12 @@ def teardown(sf: StateFile, log: Callable[[str], None] = lambda m: None, *, remo
     return leftovers
 
 
+def guard_route_exists(st: RunState) -> bool:
+    out = sh(["ip", "route", "show", "type", "unreachable", st.subnet], check=False).stdout
+    return any(line.split()[-1:] == [str(st.guard_metric)] or f"metric {st.guard_metric} " in line + " "
+               for line in out.splitlines())
+
+
 def leftovers_of(st: RunState, wait: float = 3.0) -> list[str]:
     """What of a run still exists. Veths vanish asynchronously once their namespace is gone, so
     links are given `wait` seconds."""
@@ -258,6 +267,8 @@ def leftovers_of(st: RunState, wait: float = 3.0) -> list[str]:
         if st.bridge and link_exists(st.bridge):
             items.append(f"bridge {st.bridge}")
         items += [f"process {r.name} (pid {r.pid})" for r in st.processes if _alive(r)]
+        if st.guard_metric is not None and guard_route_exists(st):
+            items.append(f"route unreachable {st.subnet} metric {st.guard_metric}")
         if not items or time.monotonic() > deadline:
             return items
         time.sleep(0.1)

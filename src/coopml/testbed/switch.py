@@ -34,6 +34,16 @@ def ovs_missing() -> str | None:
     return None
 
 
+def ovs_busy() -> str | None:
+    """Why this run cannot start its own ovs-vswitchd, or None. A userspace datapath creates the
+    tap device `ovs-netdev`; a second vswitchd in the same namespace cannot, so while another
+    one (another testbed run, or a service we do not manage) owns it, only that one can be used."""
+    if Path("/sys/class/net/ovs-netdev").exists() and system_ovs() is None:
+        return ("another ovs-vswitchd (another testbed run?) already owns the userspace datapath device "
+                "ovs-netdev on this machine; one OVS-based run at a time (see `coopml testbed status`)")
+    return None
+
+
 def _schema() -> Path | None:
     return next((p for p in OVS_SCHEMA_PATHS if p.is_file()), None)
 

@@ -34,7 +34,7 @@ from coopml.testbed.netns import (
 from coopml.testbed.presets import LinkProfile, Preset
 from coopml.testbed.procs import Launcher
 from coopml.testbed.state import HostRecord, StateFile, teardown
-from coopml.testbed.switch import LinuxBridge, OvsSwitch, Switch, ovs_missing
+from coopml.testbed.switch import LinuxBridge, OvsSwitch, Switch, ovs_busy, ovs_missing
 
 T = TypeVar("T")
 SUBNET_PREFIX = "198.18.0."
@@ -118,6 +118,7 @@ class Testbed:
                                         wire_netns=st.ns(name) + "-w" if link and link.delay_ms > 0 else None,
                                         host_if=st.if_name(i), link=link)
         self.sf.save()
+        self._guard_route()
         self.switch = self._start_switch(switch)
         for i, h in enumerate(st.hosts.values(), start=1):
             self._make_host(h, i)
@@ -126,11 +127,21 @@ class Testbed:
         st.phase = "up"
         self.sf.save()
 
+    def _guard_route(self) -> None:
+        """An `unreachable` route for the testbed subnet in the machine's own namespace: should
+        anything there ever address a testbed host directly, the kernel refuses it locally
+        instead of sending it out of the machine's real interface (the default route). Its
+        metric is unique to this run, so teardown removes exactly this route."""
+        st = self.state
+        st.guard_metric = 3_000_000 + int(st.run_id, 16)
+        self.sf.save()
+        sh(["ip", "route", "add", "unreachable", st.subnet, "metric", str(st.guard_metric)])
+
     def _start_switch(self, wanted: str) -> Switch:
         st = self.state
         reason = None
         if wanted in ("auto", "ovs"):
-            reason = ovs_missing()
+            reason = ovs_missing() or ovs_busy()
             if reason is None and osken_python() is None:
                 reason = ("os-ken controller venv not found (set COOPML_OSKEN_VENV or run "
                           "scripts/setup.d/40-testbed.sh)")

@@ -42,6 +42,16 @@ PHASES: dict[str, list[tuple[str, str, Literal["first", "last"]]]] = {
 }
 
 
+# Events worth a line in the orchestrator's progress log.
+PROGRESS_EVENTS = frozenset({event for phases in PHASES.values() for _, event, _ in phases} | {"failed"})
+FEDAVG_SERVER = "initiator"      # FedAvg's server runs on the initiator's host, clients on the contributors'
+
+
+def measure_pair(n_contributors: int) -> tuple[str, str]:
+    """Two agent hosts to measure the links between (ping, iperf3)."""
+    return "contributor1", ("contributor2" if n_contributors > 1 else "initiator")
+
+
 def testbed_hosts(n_contributors: int, n_verifiers: int) -> list[tuple[str, str]]:
     """(host name, role) for every host: the chain node, the operator's console, the agents."""
     if not 1 <= n_contributors <= 7:
