@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from coopml.errors import CoopmlError
+from coopml.testbed.cli import app as testbed_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="coopml: decentralized, privacy-preserving cooperative machine learning.")
+app.add_typer(testbed_app, name="testbed")
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable)
@@ -231,11 +233,6 @@ def demo(
         console.print(f"MetaModel with {h['models']} model(s): {h['test_accuracy']:.2%} on the MNIST test set")
     report = write_report(result, out)
     console.print(f"finished in {result.elapsed:.0f} s; report in {report}/report.md")
-
-
-from coopml.testbed.cli import app as testbed_app  # noqa: E402
-
-app.add_typer(testbed_app, name="testbed")
 
 
 def main() -> None:  # pragma: no cover - console entry point
