@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from coopml.errors import CoopmlError
+from coopml.testbed.cli import app as testbed_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="coopml: decentralized, privacy-preserving cooperative machine learning.")
+app.add_typer(testbed_app, name="testbed")
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable)
