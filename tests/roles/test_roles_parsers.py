@@ -9,13 +9,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coopml.roles import messages, package
-from coopml.roles.messages import AuditReport, EvalRequest, EvalResponse, MessageError, MessageKind, ModelKey
+from coopml.roles.messages import AuditReport, EvalOffer, EvalRequest, EvalResponse, MessageError, MessageKind, ModelKey
 from coopml.roles.sealing import BoxKeyPair, SealError, open_sealed, seal, unwrap, wrap
 
 H = "ab" * 32
 
 SAMPLES = [
-    (EvalRequest(task_id=1, model_id=2, envelope_hash=H, n_queries=10, context_cid="bafyctx", batch_cid="bafybatch"), ()),
+    (EvalOffer(task_id=1, model_id=2, params={"poly_modulus_degree": 2048, "coeff_mod_bit_sizes": [54]}), ()),
+    (EvalRequest(task_id=1, model_id=2, envelope_hash=H, n_queries=10, offer_cid="bafyoffer", context_cid="bafyctx",
+                 batch_cid="bafybatch"), ()),
     (EvalResponse(task_id=1, model_id=2, request_cid="bafyreq", n_queries=10, labels=[0, 3]), (b"\x01" * 100,)),
     (AuditReport(task_id=1, model_id=2, audit_indices=[4, 5], logits=[[0.5, 1.0], [2.0, -1.0]]), ()),
     (ModelKey(task_id=1, model_id=2, key=H), ()),
@@ -32,13 +34,13 @@ def test_message_round_trip(header, parts):
 def test_message_kind_must_match_the_chain():
     blob = messages.encode(*SAMPLES[0])
     with pytest.raises(MessageError, match="announced"):
-        messages.decode(blob, MessageKind.EVAL_RESPONSE)
+        messages.decode(blob, MessageKind.AUDIT_REPORT)
 
 
 def test_message_rejects_non_finite_and_extra_fields():
     with pytest.raises(ValueError):
         AuditReport(task_id=1, model_id=1, audit_indices=[0], logits=[[float("nan")]])
-    blob = messages.encode(*SAMPLES[3]).replace(b'"key"', b'"kex"')
+    blob = messages.encode(*SAMPLES[4]).replace(b'"key"', b'"kex"')
     with pytest.raises(MessageError):
         messages.decode(blob, MessageKind.MODEL_KEY)
 

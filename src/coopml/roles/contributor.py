@@ -21,13 +21,14 @@ from pydantic import Field
 
 from coopml.chain import ChainEvent, ModelStatus, key_commitment
 from coopml.data import Dataset
+from coopml.roles.datasets import split
 from coopml.errors import ContractRevert
 from coopml.models import TrainConfig, train_model
 from coopml.roles import evaluation, messages, package
 from coopml.roles.agent import Agent, AgentStopped
 from coopml.roles.config import ContributorConfig
 from coopml.roles.log import EventLog, LogEvent, Role
-from coopml.roles.messages import EvalRequest, EvalResponse, MessageKind, ModelKey
+from coopml.roles.messages import EvalOffer, EvalRequest, EvalResponse, MessageKind, ModelKey
 from coopml.roles.models import ModelRecord, build_trainable, load_record, model_bytes_for_delivery, save_record
 from coopml.roles.sealing import new_key, seal, wrap
 from coopml.roles.state import AgentState, Decision, Fact, Outcome
@@ -67,8 +68,8 @@ class Contributor(Agent):
     def build_model(self, view: TaskView) -> torch.nn.Module:
         return build_trainable(self.cfg.model, view.manifest.input)
 
-    def train(self, model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig) -> None:
-        train_model(model, train, val, cfg)
+    def train(self, model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, labels: list[int]) -> None:
+        train_model(model, train, val, cfg, labels)
 
     def scoring_model(self, record: ModelRecord) -> torch.nn.Module:
         """The model whose scores answer verifiers: the committed one."""
@@ -85,6 +86,9 @@ class Contributor(Agent):
     def should_deliver(self) -> bool:
         return True
 
+    def answer_delivery_dispute(self) -> bool:
+        return True
+
     # ------------------------------------------------------------------ task
 
     @property
@@ -99,7 +103,9 @@ class Contributor(Agent):
 
     def on_event(self, ev: ChainEvent) -> None:
         a = ev.args
-        if a.get("taskId") != self.task_id:
+        if a.get("taskId", self.task_id) != self.task_id:   # events without a task id are checked below
+            return
+        if "taskId" not in a:
             return
         if ev.name == "ModelAnnounced" and a["contributor"] == self.address:
             self.state.set("model_id", int(a["modelId"]))
@@ -132,7 +138,7 @@ class Contributor(Agent):
             self.log(LogEvent.REGISTERED, deposit_wei=info.terms.contributor_deposit)
             return True
         if self.model_id is None:
-            if me.left:
+            if me.contributor_left:
                 return self._finish("left the task")
             if not open_for_models:
                 return self._leave("announcements closed before this node's model was ready")
@@ -165,11 +171,11 @@ class Contributor(Agent):
         """Train, package, encrypt and store the model; everything the announcement needs is on disk
         (and K in a 0600 secret file) before the transaction that commits to it."""
         data = self.cfg.data.load(view.manifest.input)
-        train, val = data.split(self.cfg.val_fraction, seed=self.cfg.train.seed)
+        train, val = split(data, self.cfg.val_fraction, seed=self.cfg.train.seed)
         model = self.build_model(view)
-        self.train(model, train, val, self.cfg.train)
         labels = sorted(self.cfg.labels) if self.cfg.labels else sorted(int(c) for c in np.unique(data.labels))
-        record = ModelRecord(model=model, labels=labels, source=self.cfg.model, input_shape=tuple(view.manifest.input.shape))
+        self.train(model, train, val, self.cfg.train, labels)
+        record = ModelRecord(model=model, labels=labels, source=self.cfg.model, spec=view.manifest.input)
         save_record(record, self.workdir / "model")
         self._record = record
         if self.read_secret("model_key") is None:
@@ -185,7 +191,7 @@ class Contributor(Agent):
 
     def record(self) -> ModelRecord:
         if self._record is None:
-            self._record = load_record(self.workdir / "model", self.cfg.model, tuple(self.view.manifest.input.shape))
+            self._record = load_record(self.workdir / "model", self.cfg.model, self.view.manifest.input)
         return self._record
 
     # ------------------------------------------------------------------ after the announcement
@@ -200,10 +206,10 @@ class Contributor(Agent):
                 return True
             return False
         if m.status == ModelStatus.VERIFYING:
-            acted = self._answer_requests(view, mid, m)
             if view.manifest.verification.mode == "plaintext":
-                acted = self._send_keys(mid, m) or acted
-            return acted
+                return self._send_keys(mid, m)
+            acted = self._send_offers(view, mid, m)
+            return self._answer_requests(view, mid, m) or acted
         if m.status == ModelStatus.APPROVED:
             if not self.should_deliver():
                 return False
@@ -216,18 +222,39 @@ class Contributor(Agent):
         if m.status == ModelStatus.DELIVERED and now > m.dispute_deadline:
             self.client.finalize_delivery(mid)
             return True
-        if m.status == ModelStatus.DELIVERY_DISPUTED:
+        if m.status == ModelStatus.DELIVERY_DISPUTED and self.answer_delivery_dispute():
             key = self.read_secret("model_key")
             assert key is not None
             self.client.answer_dispute(mid, key)     # publishes K: the contract checks it against the commitment
             self.log(LogEvent.DISPUTED, model=mid, answered=True)
             return True
-        if m.status == ModelStatus.MODEL_DISPUTED and now > m.dispute_deadline:
+        if m.status == ModelStatus.MODEL_DISPUTED and now > m.response_deadline:
             self.client.resolve_model_dispute(mid)
             return True
         if m.status in TERMINAL:
             return self._settle(m)
         return False
+
+    def _send_offers(self, view: TaskView, mid: int, m: Any) -> bool:
+        """To each drawn verifier: the public CKKS parameters this model needs."""
+        acted = False
+        for verifier in self.client.selected_verifiers(mid):
+            item = f"offer:{mid}:{verifier}"
+            if self.state.decision(item) is not None:
+                continue
+
+            def send(v: str = verifier) -> Decision:
+                params = self.state.get("offer_params")
+                if params is None:
+                    params = evaluation.offer_params(self.scoring_model(self.record()),
+                                                     tuple(view.manifest.input.shape))
+                    self.state.set("offer_params", params)
+                cid = self.store.put(messages.encode(EvalOffer(task_id=self.task_id, model_id=mid, params=params)))
+                self.client.post_message(self.task_id, mid, v, int(MessageKind.EVAL_OFFER), cid)
+                return Decision(outcome=Outcome.DONE)
+            self.handle(item, send, model=mid, deadline=m.verify_deadline)
+            acted = True
+        return acted
 
     def _answer_requests(self, view: TaskView, mid: int, m: Any) -> bool:
         acted = False
@@ -301,7 +328,7 @@ class Contributor(Agent):
 
     def _leave(self, why: str) -> bool:
         me = self.client.member(self.task_id, self.address)
-        if me.contributor and not me.left and not me.announced:
+        if me.contributor and not me.contributor_left and not me.announced:
             self.client.leave_task(self.task_id)
         return self._finish(f"{why}; deposit refunded")
 

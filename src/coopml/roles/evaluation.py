@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,20 +64,57 @@ def build_queries(own_x: np.ndarray, own_y: np.ndarray, audit_x: np.ndarray | No
     return QuerySet(x, own_pos, np.asarray(own_y, dtype=np.int64), audit_pos, audit_index.astype(np.int64))
 
 
-# ---------------------------------------------------------------------------- CKKS (verifier side)
+# ---------------------------------------------------------------------------- CKKS
+
+MAX_POLY_DEGREE = 16384     # a contributor cannot make a verifier encrypt under absurd parameters
+
+
+class ScoresOnly(torch.nn.Module):
+    """The contributor's model with its class scores as the only output: the verifier needs (and so
+    learns) nothing but the scores — not the penultimate features (also ~40x less to send back)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        model = getattr(model, "module", model)          # a user model wrapped with its feature hook
+        body = [model.body, model.head] if hasattr(model, "body") and hasattr(model, "head") else [model]
+        self.body = torch.nn.Sequential(*body)
+        self.head = torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def offer_params(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Contributor: the smallest 128-bit-secure CKKS parameters that evaluate its model (public).
+    Raises UnsupportedLayerError naming the first layer CKKS cannot evaluate."""
+    from coopml.he import ckks
+    params = ckks.params_for(ckks.compile_model(ScoresOnly(model), input_shape))
+    return params.model_dump(mode="json")
+
+
+def check_evaluable(model: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Raise (naming the layer) if CKKS cannot evaluate this model; cheap, run before any payment."""
+    offer_params(model, input_shape)
+
 
 @dataclass
 class EncryptedQueries:
-    secret: bytes          # the verifier's serialized CKKS context WITH its secret key (stays home, 0600)
-    public_context: bytes  # what the contributor gets: no secret key
+    secret: bytes          # the verifier's serialized CKKS key WITH its secret (stays home, 0600)
+    public_context: bytes  # what the contributor gets: parameters and public key only
     batch: bytes           # the encrypted images
 
 
-def encrypt_queries(queries: QuerySet, poly_modulus_degree: int | None = None) -> EncryptedQueries:
+def encrypt_queries(queries: QuerySet, params: dict[str, Any]) -> EncryptedQueries:
+    """Verifier: a fresh key for this model (queries under different keys cannot be linked) and the
+    query images encrypted under it, with the parameters the contributor offered — checked first."""
     from coopml.he import ckks
-    key = ckks.QueryKey.generate(ckks.default_params(poly_modulus_degree))
-    batch = key.encrypt_images(queries.x)
-    return EncryptedQueries(key.to_bytes(), key.public_context(), batch.to_bytes())
+    p = ckks.CkksParams.create(**params)
+    if p.poly_modulus_degree > MAX_POLY_DEGREE:
+        raise EvaluationError(f"offered ring degree {p.poly_modulus_degree} exceeds {MAX_POLY_DEGREE}")
+    if len(queries.x) > p.capacity:
+        raise EvaluationError(f"{len(queries.x)} queries do not fit one ciphertext group of {p.capacity}")
+    key = ckks.QueryKey.generate(p)
+    return EncryptedQueries(key.to_bytes(), key.public_context(), key.encrypt_images(queries.x).to_bytes())
 
 
 def decrypt_scores(secret: bytes, outputs: bytes, n_queries: int, num_classes: int) -> np.ndarray:
@@ -91,23 +129,15 @@ def decrypt_scores(secret: bytes, outputs: bytes, n_queries: int, num_classes: i
     return logits
 
 
-# ---------------------------------------------------------------------------- CKKS (contributor side)
-
-def check_evaluable(model: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
-    """Raise (naming the layer) if CKKS cannot evaluate this model; cheap, run before any payment."""
-    from coopml.he import ckks
-    ckks.compile_model(model, input_shape)
-
-
 def evaluate_encrypted(model: torch.nn.Module, input_shape: tuple[int, ...], public_context: bytes,
                        batch: bytes, max_queries: int) -> tuple[bytes, int]:
-    """Evaluate the contributor's own model on a verifier's encrypted images; (outputs, n)."""
+    """Contributor: evaluate its own model on a verifier's encrypted images; (outputs, n)."""
     from coopml.he import ckks
-    plan = ckks.compile_model(model, input_shape)
     enc = ckks.EncryptedBatch.from_bytes(batch, public_context)
-    if enc.n > max_queries:
-        raise EvaluationError(f"request holds {enc.n} images, more than the task's max_queries={max_queries}")
-    return ckks.evaluate(plan, enc).to_bytes(), enc.n
+    if enc.count > max_queries:
+        raise EvaluationError(f"request holds {enc.count} images, more than the task's max_queries={max_queries}")
+    plan = ckks.compile_model(ScoresOnly(model), input_shape)
+    return ckks.evaluate(plan, enc).to_bytes(), enc.count
 
 
 # ---------------------------------------------------------------------------- plaintext

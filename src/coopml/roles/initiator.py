@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 from coopml.chain import ChainEvent, ModelStatus, TaskTerms, key_commitment
-from coopml.errors import ContractRevert, CoopmlError
+from coopml.errors import ContractRevert, CoopmlError, DataError, ModelFileError
 from coopml.roles import evaluation, messages, package
 from coopml.roles.agent import Agent, AgentStopped
 from coopml.roles.config import InitiatorConfig
 from coopml.roles.log import EventLog, LogEvent, Role
 from coopml.roles.messages import AuditReport, MessageKind
 from coopml.roles.models import load_delivered
-from coopml.roles.sealing import BoxKeyPair, open_sealed
+from coopml.roles.sealing import BoxKeyPair, SealError, open_sealed
 from coopml.roles.state import AgentState, Decision, Fact, Outcome
 from coopml.roles.task import TaskView, TermsRefused, load_task
 from coopml.roles.verifier import open_committed
@@ -172,7 +172,7 @@ class Initiator(Agent):
                 self.client.finalize_delivery(mid)
                 return True
             return d is None
-        if m.status in (ModelStatus.DELIVERY_DISPUTED, ModelStatus.MODEL_DISPUTED) and now > m.dispute_deadline:
+        if m.status in (ModelStatus.DELIVERY_DISPUTED, ModelStatus.MODEL_DISPUTED) and now > m.response_deadline:
             if m.status == ModelStatus.DELIVERY_DISPUTED:
                 self.client.resolve_dispute(mid)
             else:
@@ -194,8 +194,15 @@ class Initiator(Agent):
             self.client.dispute_delivery(mid)
             self.log(LogEvent.DISPUTED, model=mid, kind="delivery", reason=str(exc))
             return Decision(outcome=Outcome.REJECTED, reason=f"bad delivery, disputed: {exc}")
-        hdr, body = open_committed(self.fetch(m.cid), key, bytes(m.envelope_hash), self.client.address, self.task_id)
-        model = load_delivered(hdr, body, view.manifest.input)
+        envelope = self.fetch(m.cid)                    # transient if not there yet: retried
+        try:
+            hdr, body = open_committed(envelope, key, bytes(m.envelope_hash), self.client.address, self.task_id)
+            model = load_delivered(hdr, body, view.manifest.input)
+        except (package.PackageError, ModelFileError, SealError, DataError) as exc:
+            # the key is the committed one, so what it opens is what was committed: unusable -> dispute
+            self.client.dispute_model(mid, key)
+            self.log(LogEvent.DISPUTED, model=mid, kind="model", reason=str(exc)[:200])
+            return Decision(outcome=Outcome.REJECTED, reason=f"delivered model unusable, disputed: {exc}"[:400])
         reports = [r for r in self.state.facts("audit", AuditFact).values() if r.model_id == mid]
         expected = len(self.client.selected_verifiers(mid))
         margin = max(15, view.info.terms.dispute_window // 3)

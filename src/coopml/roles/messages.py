@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -37,6 +37,7 @@ class MessageError(CoopmlError):
 class MessageKind(enum.IntEnum):
     """What a `Message` event announces; the number is the on-chain `kind`."""
 
+    EVAL_OFFER = 9      # contributor -> drawn verifier: the public CKKS parameters its model needs
     EVAL_REQUEST = 10   # verifier -> contributor: encrypted verification queries (CKKS mode)
     EVAL_RESPONSE = 11  # contributor -> verifier: encrypted outputs of the committed model
     AUDIT_REPORT = 12   # verifier -> initiator (sealed): outputs on the task's public audit images
@@ -53,6 +54,17 @@ class _Header(BaseModel):
     model_id: int = Field(ge=1)
 
 
+class EvalOffer(_Header):
+    """The contributor's offer to be evaluated: the smallest 128-bit-secure CKKS parameters that
+    evaluate its model (public: ring degree, prime sizes, input scale). The verifier checks them
+    and encrypts its queries under a fresh key of its own with exactly these parameters."""
+
+    kind: ClassVar[MessageKind] = MessageKind.EVAL_OFFER
+
+    scheme: Literal["ckks"] = "ckks"
+    params: dict[str, Any] = Field(description="coopml.he.ckks.CkksParams, as JSON")
+
+
 class EvalRequest(_Header):
     """A drawn verifier's encrypted queries: `n_queries` images (its own verification images with the
     task's public audit images mixed in at secret positions) encrypted under the verifier's own CKKS
@@ -64,6 +76,7 @@ class EvalRequest(_Header):
     envelope_hash: str = Field(pattern="^[0-9a-f]{64}$")   # binds the request to the announced model
     scheme: Literal["ckks"] = "ckks"
     n_queries: int = Field(ge=1, le=100_000)
+    offer_cid: str = Field(min_length=1, max_length=128)
     context_cid: str = Field(min_length=1, max_length=128)
     batch_cid: str = Field(min_length=1, max_length=128)
 
@@ -107,8 +120,9 @@ class ModelKey(_Header):
     key: str = Field(pattern="^[0-9a-f]{64}$")
 
 
-HEADERS: dict[MessageKind, type[_Header]] = {h.kind: h for h in (EvalRequest, EvalResponse, AuditReport, ModelKey)}
-Header = EvalRequest | EvalResponse | AuditReport | ModelKey
+HEADERS: dict[MessageKind, type[_Header]] = {h.kind: h for h in (EvalOffer, EvalRequest, EvalResponse, AuditReport,
+                                                                  ModelKey)}
+Header = EvalOffer | EvalRequest | EvalResponse | AuditReport | ModelKey
 
 
 def encode(header: Header, parts: tuple[bytes, ...] = ()) -> bytes:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from coopml.chain import TaskClient, TaskInfo
-from coopml.errors import ChainError, CoopmlError
+from coopml.errors import CoopmlError
 from coopml.storage import Store
 from coopml.task import ManifestError, TaskManifest
 
@@ -41,26 +41,15 @@ class TaskView:
     delivery_key: bytes
 
 
-def manifest_cid(client: TaskClient, task_id: int, info: TaskInfo) -> tuple[str, bytes]:
-    """(manifest CID, delivery key) from the TaskPublished event of `task_id`."""
-    event = client.contract.events.TaskPublished()
-    logs = event.get_logs(from_block=info.published_block, to_block=info.published_block,
-                          argument_filters={"taskId": task_id})
-    if not logs:
-        raise ChainError(f"TaskPublished event of task {task_id} not found in block {info.published_block}")
-    args = logs[0]["args"]
-    return str(args["manifestCid"]), bytes(args["deliveryKey"])
-
-
 def load_task(client: TaskClient, store: Store, task_id: int) -> TaskView:
     info = client.task(task_id)
-    cid, delivery_key = manifest_cid(client, task_id, info)
+    cid = client.manifest_cid(task_id)
     data = store.get(cid)
     if hashlib.sha256(data).digest() != bytes(info.manifest_hash):
         raise ManifestError(f"task {task_id}: the manifest at {cid} does not match the hash committed on-chain")
     manifest = TaskManifest.from_bytes(data, where=f"task {task_id} manifest")
     check_terms(manifest, info)
-    return TaskView(info, manifest, cid, delivery_key)
+    return TaskView(info, manifest, cid, bytes(info.delivery_key))
 
 
 def check_terms(manifest: TaskManifest, info: TaskInfo) -> None:

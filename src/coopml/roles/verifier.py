@@ -33,7 +33,7 @@ from coopml.roles import evaluation, messages, package
 from coopml.roles.agent import Agent
 from coopml.roles.config import VerifierConfig
 from coopml.roles.log import EventLog, LogEvent, Role
-from coopml.roles.messages import AuditReport, EvalRequest, EvalResponse, MessageKind, ModelKey
+from coopml.roles.messages import AuditReport, EvalOffer, EvalRequest, EvalResponse, MessageKind, ModelKey
 from coopml.roles.models import load_delivered
 from coopml.roles.sealing import BoxKeyPair, open_sealed, seal, unwrap
 from coopml.roles.state import AgentState, Decision, Fact, Outcome
@@ -113,7 +113,7 @@ class Verifier(Agent):
 
     def on_event(self, ev: ChainEvent) -> None:
         a = ev.args
-        if a.get("taskId") != self.task_id:
+        if a.get("taskId", self.task_id) != self.task_id:   # events without a task id are checked below
             return
         if ev.name == "VerifierSelected" and a["verifier"] == self.address:
             contributor = self.client.model(int(a["modelId"])).contributor
@@ -123,7 +123,7 @@ class Verifier(Agent):
         elif ev.name == "Message" and a["to"] == self.address:
             self.state.add("inbox", f"{ev.block_number}:{ev.log_index}",
                            Inbox(model_id=int(a["modelId"]), sender=a["sender"], kind=int(a["kind"]), cid=a["cid"]))
-        elif ev.name == "KeyRevealed":
+        elif ev.name == "KeyRevealed" and self.state.fact("assignment", a["modelId"], Assignment) is not None:
             self.state.set(f"revealed_key:{a['modelId']}", bytes(a["key"]).hex())
 
     # ------------------------------------------------------------------ step
@@ -133,8 +133,8 @@ class Verifier(Agent):
         info = self.client.task(self.task_id)
         me = self.client.member(self.task_id, self.address)
         if not me.verifier:
-            if info.closed or self.now() > info.terms.announce_deadline or me.left:
-                return self._finish("the task closed before this node joined" if not me.left else "left the task")
+            if info.closed or self.now() > info.terms.announce_deadline or me.verifier_left:
+                return self._finish("the task closed before this node joined" if not me.verifier_left else "left the task")
             check_deposit("verifier", info.terms.verifier_deposit, info.terms.reward_per_model, self.cfg.limits)
             self.client.register_verifier(self.task_id, self.box.public)
             self.log(LogEvent.REGISTERED, deposit_wei=info.terms.verifier_deposit)
@@ -166,13 +166,9 @@ class Verifier(Agent):
         audit_x = None
         if ver.audit_cid and ver.audit_per_request:
             audit_x = load_audit(self.fetch(ver.audit_cid), view)
-        qs = evaluation.build_queries(data.x[pick], data.labels[pick], audit_x, ver.audit_per_request, rng)
+        own_x = view.manifest.input.apply(data.images[pick])
+        qs = evaluation.build_queries(own_x, data.labels[pick], audit_x, ver.audit_per_request, rng)
         self.write_secret("queries.npz", qs.to_bytes())
-        if ver.mode == "ckks":
-            enc = evaluation.encrypt_queries(qs, ver.poly_modulus_degree)
-            self.write_secret("ckks_key", enc.secret)
-            ctx_cid, batch_cid = self.store.put(enc.public_context), self.store.put(enc.batch)
-            self.state.set("query_cids", {"context": ctx_cid, "batch": batch_cid, "n": len(qs.x)})
         self.state.set("queries_ready", True)
         self.log(LogEvent.REQUESTED, queries=len(qs.x), audit=len(qs.audit))
 
@@ -214,16 +210,20 @@ class Verifier(Agent):
         if asg.stage == Stage.SETTLED:
             return self._dispute(view, asg, m)
         if m.status == ModelStatus.VERIFYING:
-            if asg.stage == Stage.SELECTED and self.state.get("queries_ready"):
-                return self._request(view, asg, m)
+            if asg.stage == Stage.SELECTED:
+                if self.state.get("queries_ready") and self._request(view, asg, m):
+                    return True
+                if not self._late(m):
+                    return False
+                if not self.state.get("queries_ready"):   # our own shortcoming: neither approve nor blame
+                    return self._commit(asg, Vote.ABSTAIN, ["this verifier could not prepare its queries in time"])
+                return self._commit(asg, Vote.REJECT, ["the contributor made no valid evaluation offer in time"])
             if asg.stage == Stage.REQUESTED:
                 if self._read_inbox(view, asg, m):
                     return True
                 if self._late(m):
                     return self._commit(asg, Vote.REJECT, ["no valid evaluation from the contributor in time"])
                 return False
-            if asg.stage == Stage.SELECTED and self._late(m):
-                return self._commit(asg, Vote.ABSTAIN, ["this verifier could not prepare its queries in time"])
             if asg.stage == Stage.EVALUATED:
                 return self._judge(view, asg, m)
             if asg.stage == Stage.COMMITTED:
@@ -250,17 +250,36 @@ class Verifier(Agent):
         return True
 
     def _request(self, view: TaskView, asg: Assignment, m: Any) -> bool:
+        """Plaintext mode: wait for the key. CKKS mode: on the contributor's offer, encrypt our queries
+        under a fresh key with the offered parameters and ask for an evaluation."""
         if view.manifest.verification.mode == "plaintext":
             self._save(asg, stage=Stage.REQUESTED)
             return True
-        cids = self.state.get("query_cids")
+        for ident, msg in self.state.facts("inbox", Inbox).items():
+            if msg.model_id != asg.model_id or msg.sender != asg.contributor or msg.kind != MessageKind.EVAL_OFFER:
+                continue
+            d = self.handle(f"inbox:{ident}", lambda x=msg: self._accept_offer(view, asg, m, x), model=asg.model_id,
+                            deadline=m.verify_deadline)
+            if d is not None and d.outcome == Outcome.DONE:
+                return True
+        return False
+
+    def _accept_offer(self, view: TaskView, asg: Assignment, m: Any, msg: Inbox) -> Decision:
+        header, _ = messages.decode(self.fetch(msg.cid), MessageKind.EVAL_OFFER)
+        assert isinstance(header, EvalOffer)
+        if (header.task_id, header.model_id) != (self.task_id, asg.model_id):
+            return Decision(outcome=Outcome.REJECTED, reason="offer names another task or model")
+        qs = self.queries()
+        enc = evaluation.encrypt_queries(qs, header.params)      # checks the parameters first
+        self.write_secret(f"ckks_key_{asg.model_id}", enc.secret)
         req = EvalRequest(task_id=self.task_id, model_id=asg.model_id, envelope_hash=bytes(m.envelope_hash).hex(),
-                          n_queries=cids["n"], context_cid=cids["context"], batch_cid=cids["batch"])
+                          n_queries=len(qs.x), offer_cid=msg.cid, context_cid=self.store.put(enc.public_context),
+                          batch_cid=self.store.put(enc.batch))
         cid = self.store.put(messages.encode(req))
         self._save(asg, stage=Stage.REQUESTED, request_cid=cid)   # before the message: a restart re-sends the same
         self.client.post_message(self.task_id, asg.model_id, asg.contributor, int(MessageKind.EVAL_REQUEST), cid)
-        self.log(LogEvent.REQUESTED, model=asg.model_id, contributor=asg.contributor)
-        return True
+        self.log(LogEvent.REQUESTED, model=asg.model_id, contributor=asg.contributor, queries=len(qs.x))
+        return Decision(outcome=Outcome.DONE)
 
     def _read_inbox(self, view: TaskView, asg: Assignment, m: Any) -> bool:
         for ident, msg in self.state.facts("inbox", Inbox).items():
@@ -286,7 +305,7 @@ class Verifier(Agent):
         classes = len(view.manifest.input.classes)
         if any(not 0 <= c < classes for c in header.labels):
             return Decision(outcome=Outcome.REJECTED, reason=f"declares classes outside 0..{classes - 1}")
-        secret = self.read_secret("ckks_key")
+        secret = self.read_secret(f"ckks_key_{asg.model_id}")
         assert secret is not None
         scores = evaluation.decrypt_scores(secret, outputs, len(self.queries().x), classes)
         return self._keep_scores(asg, scores, header.labels)
@@ -388,7 +407,7 @@ class Verifier(Agent):
             self.client.vote_dispute(asg.model_id, not same)
             self.log(LogEvent.DISPUTED, model=asg.model_id, mismatch=not same)
             return Decision(outcome=Outcome.DONE, reason="mismatch" if not same else "match")
-        d = self.handle(f"dispute:{asg.model_id}", check, model=asg.model_id, deadline=m.dispute_deadline)
+        d = self.handle(f"dispute:{asg.model_id}", check, model=asg.model_id, deadline=m.response_deadline)
         if d is not None:
             self._save(asg, dispute_voted=True)
         return d is not None
@@ -407,7 +426,7 @@ class Verifier(Agent):
         if not info.closed:
             self.client.close_task(self.task_id)
             return True
-        if me.verifier and not me.left and me.open_assignments == 0:
+        if me.verifier and not me.verifier_left and me.open_assignments == 0:
             self.client.leave_task(self.task_id)
         if self.client.owed(self.address):
             self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())

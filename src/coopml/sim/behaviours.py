@@ -1,0 +1,144 @@
+"""Scripted misbehaviours: subclasses of the production agents that override one hook each.
+
+The production roles contain no `if behaviour == ...`: a simulated attacker is a different agent
+class, loaded by import path like any user code (`coopml contributor --agent
+coopml.sim.behaviours:LyingContributor`). Each class says what it does and what the protocol must
+make of it (docs/threat-model.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from coopml.chain import Vote
+from coopml.data import Dataset
+from coopml.models import TrainConfig
+from coopml.roles.contributor import Contributor
+from coopml.roles.initiator import Initiator
+from coopml.roles.models import ModelRecord
+from coopml.roles.verifier import Assignment, Verifier
+
+
+class RandomWeightsContributor(Contributor):
+    """Announces an untrained model: verifiers must reject it (its deposit is burnt)."""
+
+    def train(self, model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, labels: list[int]) -> None:
+        return None
+
+
+class SilentContributor(Contributor):
+    """Announces, then never answers an evaluation: the verifiers vote reject (its own fault)."""
+
+    def step(self) -> bool:
+        if self.model_id is not None:
+            m = self.client.model(self.model_id)
+            if m.status.name in ("VERIFYING",):
+                return False
+        return super().step()
+
+
+class SelectiveContributor(Contributor):
+    """Answers every drawn verifier but the first: that verifier votes reject and must not be
+    punished for it (P3: nobody chooses whom to slash)."""
+
+    def _send_offers(self, view: Any, mid: int, m: Any) -> bool:
+        shunned = sorted(self.client.selected_verifiers(mid))[0]
+        real = self.client.selected_verifiers
+        self.client.selected_verifiers = lambda model_id: [v for v in real(model_id) if v != shunned]  # type: ignore
+        try:
+            return super()._send_offers(view, mid, m)
+        finally:
+            self.client.selected_verifiers = real  # type: ignore
+
+
+class LyingContributor(Contributor):
+    """Answers the verifiers with its trained model but sells an untrained one: the buyer's audit
+    finds the mismatch, disputes, the verifiers re-run the delivered model; it is slashed and the
+    buyer refunded."""
+
+    def package_model(self, record: ModelRecord) -> bytes:
+        decoy = self.build_model(self.view)
+        return super().package_model(ModelRecord(decoy, record.labels, record.source, record.spec))
+
+
+class KeySwapContributor(Contributor):
+    """Seals a key that opens nothing to the buyer and never answers the dispute: the buyer gets
+    its reward back and the contributor's deposit is burnt."""
+
+    def delivery_key(self, key: bytes) -> bytes:
+        return os.urandom(32)
+
+    def answer_delivery_dispute(self) -> bool:
+        return False
+
+
+class WithholdingContributor(Contributor):
+    """Never delivers the key of its approved model: forfeited, deposit burnt, reward back."""
+
+    def should_deliver(self) -> bool:
+        return False
+
+
+class CopyingContributor(Contributor):
+    """Re-sells another contributor's model with its hidden channels permuted (same outputs,
+    different hash and weights). The simulation gives it the same data and seed as the node it
+    copies, so it ends with that node's model; the value test must see that it adds nothing."""
+
+    def train(self, model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, labels: list[int]) -> None:
+        super().train(model, train, val, cfg, labels)
+        permute_hidden(model)
+
+
+def permute_hidden(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Permute the output channels of the first conv layer and the input channels of the next:
+    the function is unchanged, every weight tensor's bytes differ."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    if len(convs) < 2:
+        return model
+    a, b = convs[0], convs[1]
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(a.out_channels))
+    with torch.no_grad():
+        a.weight.copy_(a.weight[perm])
+        if a.bias is not None:
+            a.bias.copy_(a.bias[perm])
+        b.weight.copy_(b.weight[:, perm])
+    return model
+
+
+class FlippingVerifier(Verifier):
+    """Votes against its own finding: outvoted by an honest majority, and (P3) paid like anyone who
+    reveals — there is no 'against the majority' slashing anybody could steer."""
+
+    def decide(self, asg: Assignment, approve: bool) -> Vote:
+        return Vote.REJECT if approve else Vote.APPROVE
+
+
+class SilentVerifier(Verifier):
+    """Commits but never reveals: its deposit and fee are burnt (never paid to anyone)."""
+
+    def should_reveal(self) -> bool:
+        return False
+
+
+class SilentInitiator(Initiator):
+    """Publishes, then does nothing at all: verification, payment and settlement must still complete (P4)."""
+
+    def step(self) -> bool:
+        if self.task_id is None:
+            return super().step()
+        if self.client.task(self.task_id).closed:     # somebody else closed it after the deadline
+            self.done = True
+            self.summary = "silent initiator: the task went on without it"
+        return False
+
+
+class FalseDisputeInitiator(Initiator):
+    """Disputes every honest model as 'not what was evaluated': the verifiers re-run it, find it
+    matches, and the contributor is paid plus the initiator's bond."""
+
+    def _audit(self, view: Any, mid: int, model: torch.nn.Module, reports: list[Any]) -> int:
+        return len(self.client.selected_verifiers(mid))
