@@ -1,4 +1,4 @@
-"""coopml.chain: the CoopML Solidity contract, its compiled artifacts and a typed web3 client.
+"""coopml.chain: the CoopML Solidity contract (protocol v2), its compiled artifacts and a typed web3 client.
 
 Backends behind one `Chain` interface: `Chain.embedded()` (in-process py-evm, the default) and
 `Chain.rpc(url)` (anvil, `python -m coopml.chain.node`, any JSON-RPC node). See docs/chain.md.
@@ -7,14 +7,16 @@ Backends behind one `Chain` interface: `Chain.embedded()` (in-process py-evm, th
 from coopml.chain.artifacts import load_artifact
 from coopml.chain.backends import ETHER, Chain
 from coopml.chain.client import (
+    PROTOCOL_VERSION,
     BallotInfo,
+    BurnReason,
     MemberInfo,
     ModelInfo,
     ModelStatus,
     TaskClient,
     TaskInfo,
-    TaskSpec,
     TaskTerms,
+    Vote,
     deploy,
     key_commitment,
     vote_commitment,
@@ -23,7 +25,7 @@ from coopml.chain.events import ChainEvent, EventCursor
 from coopml.errors import ChainError, ContractRevert
 
 __all__ = [
-    "ETHER", "BallotInfo", "Chain", "ChainError", "ChainEvent", "ContractRevert", "EventCursor",
-    "MemberInfo", "ModelInfo", "ModelStatus", "TaskClient", "TaskInfo", "TaskSpec", "TaskTerms",
-    "deploy", "key_commitment", "load_artifact", "vote_commitment",
+    "ETHER", "PROTOCOL_VERSION", "BallotInfo", "BurnReason", "Chain", "ChainError", "ChainEvent",
+    "ContractRevert", "EventCursor", "MemberInfo", "ModelInfo", "ModelStatus", "TaskClient", "TaskInfo",
+    "TaskTerms", "Vote", "deploy", "key_commitment", "load_artifact", "vote_commitment",
 ]
