@@ -341,10 +341,9 @@ contract CoopML {
         if (boxKey == bytes32(0)) revert InvalidBoxKey();
         uint256 deposit = t.terms.verifierDeposit;
         if (msg.value != deposit) revert IncorrectDeposit(deposit, msg.value);
-        address[] storage pool = verifierPool[taskId];
         m.verifier = true;
-        m.poolIndex = uint32(pool.length);
-        pool.push(msg.sender);
+        m.poolIndex = uint32(verifierPool[taskId].length);
+        verifierPool[taskId].push(msg.sender);
         t.activeVerifiers += 1;
         t.locked += deposit;
         emit VerifierRegistered(taskId, msg.sender, deposit, boxKey, m.poolIndex);
@@ -357,7 +356,7 @@ contract CoopML {
     function leaveTask(uint256 taskId) external {
         Task storage t = _task(taskId);
         Member storage m = members[taskId][msg.sender];
-        uint256 amount;
+        uint256 amount = 0;
         if (m.contributor && !m.announced && !m.contributorLeft) {
             m.contributorLeft = true;
             amount += t.terms.contributorDeposit;
@@ -437,8 +436,9 @@ contract CoopML {
             _cancel(t, md);
             return;
         }
-        address[] memory chosen = _draw(taskId, md, keccak256(abi.encode(bh, modelId, md.envelopeHash)));
-        if (chosen.length == 0) {
+        (bool possible, address[] memory chosen) =
+            _draw(taskId, md, keccak256(abi.encode(bh, modelId, md.envelopeHash)));
+        if (!possible) {
             emit DrawImpossible(modelId);
             _cancel(t, md);
             return;
@@ -809,9 +809,13 @@ contract CoopML {
     }
 
     /// @dev Select V distinct eligible verifiers in memory (nothing is written, so an impossible
-    ///      draw leaves no trace); an empty array means fewer than V are eligible. Each pick probes
-    ///      at most poolSnapshot entries, so the loop always ends.
-    function _draw(uint256 taskId, Model storage md, bytes32 seed) internal view returns (address[] memory chosen) {
+    ///      draw leaves no trace); `possible` is false when fewer than V are eligible. Each pick
+    ///      probes at most poolSnapshot entries, so the loop always ends.
+    function _draw(uint256 taskId, Model storage md, bytes32 seed)
+        internal
+        view
+        returns (bool possible, address[] memory chosen)
+    {
         uint256 v = tasks[taskId].terms.verifiersPerModel;
         uint256 n = md.poolSnapshot;
         uint256 drawBlock = md.drawBlock;
@@ -822,11 +826,12 @@ contract CoopML {
             uint256 j = uint256(keccak256(abi.encode(seed, i))) % n;
             uint256 probes = 0;
             while (!_eligible(taskId, pool[j], contributor, drawBlock) || _contains(chosen, i, pool[j])) {
-                if (++probes == n) return new address[](0);
+                if (++probes == n) return (false, chosen);
                 j = j + 1 == n ? 0 : j + 1;
             }
             chosen[i] = pool[j];
         }
+        possible = true;
     }
 
     /// @dev Eligible as of the draw block: a verifier slashed after drawBlock still counts, so

@@ -16,6 +16,7 @@ contract CoopMLInvariantTest is TestBase {
         vm.roll(1_000);
         coop = new CoopML();
         handler = new CoopMLHandler(coop);
+        handler.bootstrap();
         _targets.push(address(handler));
         bytes4[] memory actions = new bytes4[](23);
         actions[0] = CoopMLHandler.publish.selector;
@@ -93,7 +94,7 @@ contract CoopMLInvariantTest is TestBase {
     function _honestVerifiersNeverSlashed() internal view {
         for (uint256 i = 0; i < handler.taskCount(); ++i) {
             uint256 id = handler.taskIds(i);
-            for (uint256 h = 0; h < 2; ++h) {
+            for (uint256 h = 0; h < handler.HONEST(); ++h) {
                 assertTrue(!coop.getMember(id, handler.verifiers(h)).slashed, "honest verifier slashed");
             }
         }

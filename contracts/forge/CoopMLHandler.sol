@@ -18,7 +18,8 @@ contract CoopMLHandler {
     CoopML public immutable coop;
     address public constant INITIATOR = address(0x1000);
     address[] public contributors;
-    address[] public verifiers; // verifiers[0..1] are honest
+    address[] public verifiers; // verifiers[0..HONEST-1] are honest
+    uint256 public constant HONEST = 4;
     address[] public actors; // initiator, contributors, verifiers, an outsider
 
     // ------------------------------------------------------------------ reference model
@@ -110,7 +111,10 @@ contract CoopMLHandler {
     }
 
     function isHonest(address a) public view returns (bool) {
-        return a == verifiers[0] || a == verifiers[1];
+        for (uint256 h = 0; h < HONEST; ++h) {
+            if (a == verifiers[h]) return true;
+        }
+        return false;
     }
 
     // ------------------------------------------------------------------ task
@@ -129,6 +133,59 @@ contract CoopMLHandler {
         t.revealWindow = uint32(_pick(seed, 8, 2 * TIME_STEP, 600));
         t.deliveryWindow = uint32(_pick(seed, 9, 1, 600));
         t.disputeWindow = uint32(_pick(seed, 10, 1, 600));
+        _publish(t, seed);
+    }
+
+    /// A rich starting state (called once from setUp, through the reference model like any
+    /// action): two tasks with every contributor and verifier registered; three approved models
+    /// in the first task (one under dispute A, one under dispute B, one awaiting delivery), two
+    /// models of the second task being verified, one free slot there; so that short call
+    /// sequences reach every later step. Everything before is exercised by the fuzzer anyway.
+    function bootstrap() external {
+        CoopML.TaskTerms memory t = CoopML.TaskTerms({
+            rewardPerModel: 1e17,
+            verifierFee: 1e15,
+            contributorDeposit: 1e16,
+            verifierDeposit: 5e15,
+            maxModels: 3,
+            verifiersPerModel: 3,
+            announceDeadline: uint64(block.timestamp + 3600),
+            verifyWindow: 120,
+            revealWindow: 120,
+            deliveryWindow: 300,
+            disputeWindow: 300
+        });
+        _publish(t, 1);
+        t.verifiersPerModel = 1;
+        _publish(t, 2);
+        for (uint256 k = 0; k < 2; ++k) {
+            for (uint256 i = 0; i < contributors.length; ++i) {
+                this.registerContributor(k, 1 + i, false);
+            }
+            for (uint256 i = 0; i < verifiers.length; ++i) {
+                this.registerVerifier(k, 1 + contributors.length + i, false);
+            }
+        }
+        for (uint256 i = 0; i < 3; ++i) {
+            this.announce(0, 1 + i, true);
+            this.draw(i, keccak256(abi.encode("bootstrap", i)), false, 0);
+        }
+        this.warp(2 * 120 + 1);
+        for (uint256 i = 0; i < 3; ++i) {
+            this.finalize(i, 0);
+        }
+        this.deliver(0, 0, true);
+        this.disputeDelivery(0, false, true); // dispute A open on the first model
+        this.deliver(1, 0, true);
+        this.disputeModel(1, true); // dispute B open on the second; the third stays Approved
+        for (uint256 i = 0; i < 2; ++i) {
+            this.announce(1, 1 + i, i == 0);
+            this.draw(3 + i, keccak256(abi.encode("bootstrap", 3 + i)), false, 0);
+        }
+        if (bytes(violation).length != 0 || modelIds.length != 5) revert("bootstrap failed");
+    }
+
+    function _publish(CoopML.TaskTerms memory t, uint256 seed) internal {
         uint256 escrow = coop.escrowFor(t);
         vm.deal(INITIATOR, INITIATOR.balance + escrow);
         vm.prank(INITIATOR);
@@ -298,7 +355,8 @@ contract CoopMLHandler {
         (bool ok, uint256 mid) = _model(mSeed);
         if (!ok) return;
         address v = _dishonest(vSeed);
-        vote = vote % 5; // 0 and 4 are invalid votes: they can be committed, never revealed
+        vote = vote % 8; // 1-3 mostly, and 0, 4-7: invalid votes can be committed, never revealed
+        if (vote > 4) vote -= 4;
         vm.prank(v);
         try coop.commitVote(mid, keccak256(abi.encode(mid, v, vote, salt))) {
             RBallot storage b = rBallot[mid][v];
@@ -507,6 +565,7 @@ contract CoopMLHandler {
     /// at every step: they commit and reveal in time whatever the fuzzer does with the clock.
     function warp(uint256 seconds_) external {
         seconds_ = 1 + (seconds_ % 3000);
+        successes["warp"] += 1;
         while (seconds_ > 0) {
             uint256 step = seconds_ < TIME_STEP ? seconds_ : TIME_STEP;
             _duties();
@@ -523,7 +582,7 @@ contract CoopMLHandler {
         for (uint256 i = 0; i < modelIds.length; ++i) {
             uint256 mid = modelIds[i];
             CoopML.Model memory m = coop.getModel(mid);
-            for (uint256 h = 0; h < 2; ++h) {
+            for (uint256 h = 0; h < HONEST; ++h) {
                 address v = verifiers[h];
                 RBallot storage b = rBallot[mid][v];
                 if (!b.selected) continue;
