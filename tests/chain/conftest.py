@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from coopml.chain import ETHER, Chain, ModelStatus, TaskClient, TaskTerms, Vote, deploy, key_commitment
+from coopml.chain import (
+    ETHER,
+    Chain,
+    ModelStatus,
+    TaskClient,
+    TaskTerms,
+    Vote,
+    deploy,
+    key_commitment,
+)
 from coopml.chain.processes import anvil_binary, start_anvil
 
 BACKENDS = ["embedded", pytest.param("anvil", marks=pytest.mark.anvil)]
@@ -80,10 +89,10 @@ class World:
     deploy_block: int = 0  # where event cursors start: scanning from 0 grows with the chain
 
     def terms(self, **overrides) -> TaskTerms:
-        base = dict(reward_per_model=ETHER, verifier_fee=ETHER // 100, contributor_deposit=ETHER // 10,
-                    verifier_deposit=ETHER // 20, max_models=3, verifiers_per_model=3,
-                    announce_deadline=self.chain.now() + 3_600, verify_window=600, reveal_window=600,
-                    delivery_window=600, dispute_window=600)
+        base = {"reward_per_model": ETHER, "verifier_fee": ETHER // 100, "contributor_deposit": ETHER // 10,
+                "verifier_deposit": ETHER // 20, "max_models": 3, "verifiers_per_model": 3,
+                "announce_deadline": self.chain.now() + 3_600, "verify_window": 600, "reveal_window": 600,
+                "delivery_window": 600, "dispute_window": 600}
         base.update(overrides)
         return TaskTerms(**base)
 

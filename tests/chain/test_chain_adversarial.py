@@ -7,12 +7,25 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import (
+    BOX_KEY,
+    DELIVERY_KEY,
+    MANIFEST_CID,
+    MANIFEST_HASH,
+    mine_blocks,
+    wait_for_draw,
+)
 from eth_utils import keccak
-
-from coopml.chain import ContractRevert, ModelStatus, Vote, key_commitment, load_artifact
-from coopml.chain.backends import ErrorDecoder
-from conftest import BOX_KEY, DELIVERY_KEY, MANIFEST_CID, MANIFEST_HASH, mine_blocks, wait_for_draw
 from v1driver import V1, V1_FORFEITED, V1_REJECTED
+
+from coopml.chain import (
+    ContractRevert,
+    ModelStatus,
+    Vote,
+    key_commitment,
+    load_artifact,
+)
+from coopml.chain.backends import ErrorDecoder
 
 DAY = 86_400
 

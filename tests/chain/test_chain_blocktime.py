@@ -7,10 +7,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import (
+    BOX_KEY,
+    DELIVERY_KEY,
+    MANIFEST_CID,
+    MANIFEST_HASH,
+    NO_ANVIL,
+    make_world,
+)
 
 from coopml.chain import Chain, EventCursor, ModelStatus, Vote
 from coopml.chain.processes import anvil_binary, start_anvil
-from conftest import BOX_KEY, DELIVERY_KEY, MANIFEST_CID, MANIFEST_HASH, NO_ANVIL, make_world
 
 pytestmark = pytest.mark.anvil
 

@@ -10,12 +10,27 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import (
+    BOX_KEY,
+    DELIVERY_KEY,
+    MANIFEST_CID,
+    MANIFEST_HASH,
+    make_world,
+    mine_blocks,
+    wait_for_draw,
+)
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from coopml.chain import Chain, ContractRevert, ModelStatus, key_commitment
-from conftest import BOX_KEY, DELIVERY_KEY, MANIFEST_CID, MANIFEST_HASH, make_world, mine_blocks, wait_for_draw
 
 EXAMPLES = {"embedded": 4, "anvil": 4, "slow": 60}
 STEPS = {"embedded": 14, "anvil": 14, "slow": 30}

@@ -6,10 +6,22 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import (
+    BOX_KEY,
+    DELIVERY_KEY,
+    MANIFEST_CID,
+    MANIFEST_HASH,
+    make_world,
+    mine_blocks,
+)
 from eth_utils import keccak
 
-from coopml.chain import PROTOCOL_VERSION, ContractRevert, ModelStatus, Vote, key_commitment
-from conftest import BOX_KEY, DELIVERY_KEY, MANIFEST_CID, MANIFEST_HASH, make_world, mine_blocks
+from coopml.chain import (
+    PROTOCOL_VERSION,
+    ContractRevert,
+    ModelStatus,
+    Vote,
+)
 
 
 def reverts(name: str):
@@ -191,5 +203,5 @@ def test_gas_per_action_does_not_grow_with_participants(chain):
     assert max(middle) - min(middle) < 200
     assert abs(ann_small[-1] - ann_large[-1]) < 200
     # the draw of V=3 probes past taken slots: it varies a little, not with the pool size
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)
     assert abs(mean(draw_large) - mean(draw_small)) < 0.05 * mean(draw_small), (draw_small, draw_large)

@@ -187,7 +187,7 @@ class BallotInfo:
 def _row(cls: type, value: Any, *prefix: Any) -> Any:
     """Build dataclass `cls` from an ABI tuple, converting each field to its annotated kind."""
     raw = (*prefix, *_values(value))
-    out = []
+    out: list[Any] = []
     for f, v in zip(fields(cls), raw, strict=True):
         kind = f.type
         if kind == "bool":
