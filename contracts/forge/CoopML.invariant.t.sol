@@ -23,7 +23,7 @@ contract CoopMLInvariantTest is TestBase {
         actions[1] = CoopMLHandler.close.selector;
         actions[2] = CoopMLHandler.registerContributor.selector;
         actions[3] = CoopMLHandler.registerVerifier.selector;
-        actions[4] = CoopMLHandler.leave.selector;
+        actions[4] = CoopMLHandler.leaveTask.selector;
         actions[5] = CoopMLHandler.postMessage.selector;
         actions[6] = CoopMLHandler.announce.selector;
         actions[7] = CoopMLHandler.draw.selector;

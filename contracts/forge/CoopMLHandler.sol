@@ -137,10 +137,11 @@ contract CoopMLHandler {
     }
 
     /// A rich starting state (called once from setUp, through the reference model like any
-    /// action): two tasks with every contributor and verifier registered; three approved models
-    /// in the first task (one under dispute A, one under dispute B, one awaiting delivery), two
-    /// models of the second task being verified, one free slot there; so that short call
-    /// sequences reach every later step. Everything before is exercised by the fuzzer anyway.
+    /// action): two tasks with every contributor and verifier registered; in the first task three
+    /// voted models (one under dispute A with a dissenting Reject vote, one under dispute B, one
+    /// finalized); in the second one model being verified, one awaiting its draw and a free
+    /// slot; so that short call sequences reach every later step. Everything before is exercised
+    /// by the fuzzer anyway.
     function bootstrap() external {
         CoopML.TaskTerms memory t = CoopML.TaskTerms({
             rewardPerModel: 1e17,
@@ -168,9 +169,19 @@ contract CoopMLHandler {
         }
         for (uint256 i = 0; i < 3; ++i) {
             this.announce(0, 1 + i, true);
-            this.draw(i, keccak256(abi.encode("bootstrap", i)), false, 0);
+            this.draw(i, keccak256(abi.encode("bootstrap", i)), false, 0, false);
         }
-        this.warp(2 * 120 + 1);
+        // drawn dishonest verifiers of the first model dissent: they reveal Reject (and must be
+        // paid whatever the outcome); the honest ones approve, driven by _duties
+        address[] memory drawn = coop.getSelectedVerifiers(modelIds[0]);
+        for (uint256 i = 0; i < drawn.length; ++i) {
+            if (!isHonest(drawn[i])) _commitAs(modelIds[0], drawn[i], 2, keccak256(abi.encode(i)));
+        }
+        this.warp(120 + 1);
+        for (uint256 i = 0; i < drawn.length; ++i) {
+            _reveal(modelIds[0], drawn[i]);
+        }
+        this.warp(120);
         for (uint256 i = 0; i < 3; ++i) {
             this.finalize(i, 0);
         }
@@ -180,8 +191,8 @@ contract CoopMLHandler {
         this.disputeModel(1, true); // dispute B open on the second; the third stays Approved
         for (uint256 i = 0; i < 2; ++i) {
             this.announce(1, 1 + i, i == 0);
-            this.draw(3 + i, keccak256(abi.encode("bootstrap", 3 + i)), false, 0);
         }
+        this.draw(3, keccak256(abi.encode("bootstrap", 3)), false, 0, false); // the fifth awaits its draw
         if (bytes(violation).length != 0 || modelIds.length != 5) revert("bootstrap failed");
     }
 
@@ -263,7 +274,7 @@ contract CoopMLHandler {
         }
     }
 
-    function leave(uint256 tSeed, uint256 aSeed) external {
+    function leaveTask(uint256 tSeed, uint256 aSeed) external {
         (bool ok, uint256 id) = _task(tSeed);
         if (!ok) return;
         address a = actors[aSeed % actors.length];
@@ -324,9 +335,16 @@ contract CoopMLHandler {
         } catch {}
     }
 
-    function draw(uint256 mSeed, bytes32 hash, bool expire, uint256 aSeed) external {
+    /// `lateJoin`: someone registers as a verifier after the announcement, before the draw, as
+    /// an attacker that saw the announcement would (it must never be drawn for this model).
+    function draw(uint256 mSeed, bytes32 hash, bool expire, uint256 aSeed, bool lateJoin) external {
         (bool ok, uint256 mid) = _model(mSeed);
         if (!ok) return;
+        if (lateJoin) {
+            for (uint256 k = 0; k < taskIds.length; ++k) {
+                if (taskIds[k] == rModel[mid].taskId) this.registerVerifier(k, aSeed >> 8, false);
+            }
+        }
         CoopML.Model memory m = coop.getModel(mid);
         if (m.status == CoopML.ModelStatus.AwaitingDraw) {
             if (block.number <= m.drawBlock) vm.roll(m.drawBlock + 1);
@@ -354,9 +372,12 @@ contract CoopMLHandler {
     function commit(uint256 mSeed, uint256 vSeed, uint8 vote, bytes32 salt) external {
         (bool ok, uint256 mid) = _model(mSeed);
         if (!ok) return;
-        address v = _dishonest(vSeed);
         vote = vote % 8; // 1-3 mostly, and 0, 4-7: invalid votes can be committed, never revealed
         if (vote > 4) vote -= 4;
+        _commitAs(mid, _dishonest(vSeed), vote, salt);
+    }
+
+    function _commitAs(uint256 mid, address v, uint8 vote, bytes32 salt) internal {
         vm.prank(v);
         try coop.commitVote(mid, keccak256(abi.encode(mid, v, vote, salt))) {
             RBallot storage b = rBallot[mid][v];
