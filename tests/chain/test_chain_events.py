@@ -26,8 +26,11 @@ def test_poll_returns_each_event_once_and_resumes_from_file(world, tmp_path):
     # the agent "restarts": a new cursor from the same file sees only what came after
     restarted = EventCursor(world.chain, coop.address, from_block=world.deploy_block, state_path=state)
     second = restarted.poll()
-    assert [e.name for e in second] == ["ModelAnnounced", "VerifierSelected", "VerifierSelected", "VerifierSelected"]
-    assert {e.args["verifier"] for e in second[1:]} == set(coop.selected_verifiers(model_id))
+    assert [e.name for e in second] == ["ModelAnnounced", "VerifierSelected", "VerifierSelected", "VerifierSelected",
+                                        "VerifiersDrawn"]
+    assert second[1].block_number > second[0].block_number  # the draw comes in a later block
+    assert {e.args["verifier"] for e in second[1:4]} == set(coop.selected_verifiers(model_id))
+    assert list(second[4].args["verifiers"]) == coop.selected_verifiers(model_id)
     assert not {e.position for e in first} & {e.position for e in second}
     saved = json.loads(state.read_text())
     assert saved["last"] == list(second[-1].position)
