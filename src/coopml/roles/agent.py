@@ -158,7 +158,7 @@ class Agent:
 
     def run_once(self) -> bool:
         try:
-            n = self.cursor.drain(self._record)
+            n = self.cursor.drain(self._on_chain_event)
             return self.step() or n > 0
         except ContractRevert as exc:
             if exc.name in PERMANENT_REVERTS:
@@ -186,7 +186,7 @@ class Agent:
             self.jobs.shutdown()
         return self.summary
 
-    def _record(self, ev: ChainEvent) -> None:
+    def _on_chain_event(self, ev: ChainEvent) -> None:
         try:
             self.on_event(ev)
         except self._transient:

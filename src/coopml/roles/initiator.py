@@ -91,7 +91,7 @@ class Initiator(Agent):
                                                                                               len(audit.labels)),
                                                                 replace=False)
             buf = io.BytesIO()
-            np.savez(buf, x=audit.raw[pick] if getattr(audit, "raw", None) is not None else audit.x[pick])
+            np.savez(buf, x=audit.images[pick])
             cid = self.store.put(buf.getvalue())
             self.store.pin(cid)
             base = base.replace(verification={**base.verification.model_dump(), "audit_cid": cid})
