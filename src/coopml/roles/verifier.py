@@ -436,6 +436,14 @@ class Verifier(Agent):
         self.log(LogEvent.DONE, human=self.summary)
         return True
 
+    def _finish(self, summary: str) -> bool:
+        if self.client.owed(self.address):
+            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
+        self.summary = summary
+        self.done = True
+        self.log(LogEvent.DONE, human=summary)
+        return True
+
     def _save(self, asg: Assignment, **changes: Any) -> None:
         current = self.state.fact("assignment", asg.model_id, Assignment) or asg
         self.state.put("assignment", asg.model_id, current.model_copy(update=changes))
