@@ -20,6 +20,9 @@ from coopml.models import TrainConfig
 from coopml.roles.contributor import Contributor
 from coopml.roles.initiator import Initiator
 from coopml.roles.models import ModelRecord
+from coopml.roles import messages
+from coopml.roles.messages import EvalOffer, MessageKind
+from coopml.roles.state import Fact
 from coopml.roles.verifier import Assignment, Verifier
 
 
@@ -42,8 +45,8 @@ class SilentContributor(Contributor):
 
 
 class SelectiveContributor(Contributor):
-    """Answers every drawn verifier but the first: that verifier votes reject and must not be
-    punished for it (P3: nobody chooses whom to slash)."""
+    """Makes its offer to every drawn verifier but the one with the lowest address: that verifier
+    votes reject and must not be punished for it (P3: nobody chooses whom to slash)."""
 
     def _send_offers(self, view: Any, mid: int, m: Any) -> bool:
         shunned = sorted(self.client.selected_verifiers(mid))[0]
@@ -142,3 +145,29 @@ class FalseDisputeInitiator(Initiator):
 
     def _audit(self, view: Any, mid: int, model: torch.nn.Module, reports: list[Any]) -> int:
         return len(self.client.selected_verifiers(mid))
+
+
+class SpammingVerifier(Verifier):
+    """An honest verifier that also posts malformed messages of every kind to every contributor and
+    to the initiator: random bytes, a truncated message, an unknown kind, a well-formed message about
+    another model. Every receiver must record a decision and carry on (P6)."""
+
+    def step(self) -> bool:
+        acted = super().step()
+        if not self.client.member(self.task_id, self.address).verifier:
+            return acted
+        announced = [int(m) for m in self.state.facts("announced", Fact)]
+        targets = {self.view.info.initiator} | {self.client.model(m).contributor for m in announced}
+        valid = messages.encode(EvalOffer(task_id=self.task_id, model_id=max(announced, default=1),
+                                          params={"poly_modulus_degree": 2048}))
+        garbage = [os.urandom(64), valid[:-3], b"CMLM" + bytes([1, 99]) + b"\xff" * 20, valid]
+        for to in sorted(targets):
+            if self.state.get(f"spammed:{to}"):
+                continue
+            for i, blob in enumerate(garbage):
+                for kind in MessageKind:
+                    self.client.post_message(self.task_id, max(announced, default=0), to, int(kind),
+                                             self.store.put(blob + bytes([i, int(kind)])))
+            self.state.set(f"spammed:{to}", True)
+            acted = True
+        return acted

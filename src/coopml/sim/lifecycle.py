@@ -101,6 +101,22 @@ def table3_plan(reduced: bool = False, **manifest: dict[str, Any]) -> LifecycleP
     return LifecyclePlan(contributors=contributors, verifiers=verifiers, initiator=initiator, overrides=overrides)
 
 
+def tiny_plan(contributors: list[ContributorPlan], verifiers: list[VerifierPlan] | None = None,
+              initiator: InitiatorPlan | None = None, **manifest: dict[str, Any]) -> LifecyclePlan:
+    """A small but real task for adversarial tests: few samples and epochs, the real contract, real
+    agents, real CKKS verification."""
+    overrides: dict[str, dict[str, Any]] = {"windows": dev_windows(), "criterion": {"min_accuracy": 0.6},
+                                            "verification": {"queries": 300, "max_queries": 400,
+                                                             "audit_per_request": 16}}
+    for k, v in manifest.items():
+        overrides[k] = {**overrides.get(k, {}), **v}
+    return LifecyclePlan(contributors=contributors,
+                         verifiers=verifiers or [VerifierPlan(n_verify=300) for _ in range(3)],
+                         initiator=initiator or InitiatorPlan(n_train=300, n_audit=32, fusion_epochs=3,
+                                                              fusion_augment=0, n_test=1000),
+                         overrides=overrides)
+
+
 def manifest_for(plan: LifecyclePlan) -> TaskManifest:
     m = builtin_manifest(plan.manifest)
     econ = {"max_models": len(plan.contributors), "verifiers_per_model": _odd(len(plan.verifiers))}

@@ -41,9 +41,9 @@ class Criterion(_Strict):
     min_accuracy: float = Field(0.85, ge=0, le=1, description="accuracy of the model's own predictions on the "
                                 "verifier's images of the classes the model declares")
     min_labels: int = Field(1, ge=1, description="a model must declare at least this many classes")
-    min_gain: float = Field(0.05, ge=0, le=1, description="the paper's value test: fusing the model with the "
+    min_gain: float = Field(0.05, ge=-1, le=1, description="the paper's value test: fusing the model with the "
                             "models already evaluated must raise the fused (Strategy II) accuracy on the "
-                            "verifier's held-out images by at least this much")
+                            "verifier's held-out images by at least this much (negative: no value test)")
 
 
 class Verification(_Strict):
