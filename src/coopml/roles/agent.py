@@ -34,7 +34,7 @@ from coopml.chain import ChainEvent, TaskClient
 from coopml.chain.events import EventCursor
 from coopml.errors import ChainError, ContentNotFound, ContractRevert, CoopmlError, StorageError, StorageUnavailable
 from coopml.roles.log import EventLog, LogEvent, Role
-from coopml.roles.state import AgentState, Decision, Outcome
+from coopml.roles.state import AgentState, Decision, Fact, Outcome
 from coopml.storage import Store
 
 # Reverts after which this node can never do what it set out to do: stop with a clear message.
@@ -124,6 +124,15 @@ class Jobs:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+class InboxMessage(Fact):
+    """A `Message` event addressed to this node (the payload is in the store at `cid`)."""
+
+    model_id: int
+    sender: str
+    kind: int
+    cid: str
+
+
 class Agent:
     role: ClassVar[Role]
 
@@ -188,6 +197,11 @@ class Agent:
 
     def _on_chain_event(self, ev: ChainEvent) -> None:
         try:
+            if ev.name == "Message" and ev.args.get("to") == self.address:
+                a = ev.args
+                self.state.add("inbox", f"{ev.block_number}:{ev.log_index}",
+                               InboxMessage(model_id=int(a["modelId"]), sender=a["sender"], kind=int(a["kind"]),
+                                            cid=a["cid"]))
             self.on_event(ev)
         except self._transient:
             raise
@@ -231,6 +245,22 @@ class Agent:
         self.log(LogEvent.DECISION, model=model, item=item, outcome=decision.outcome, reason=decision.reason)
         return decision
 
+    def inbox(self) -> dict[str, InboxMessage]:
+        """Messages to this node without a decision yet."""
+        return {i: m for i, m in self.state.facts("inbox", InboxMessage).items()
+                if self.state.decision(f"inbox:{i}") is None}
+
+    def sweep_inbox(self, relevant: Callable[[InboxMessage], bool]) -> None:
+        """Record IGNORED for every undecided message this node has no use for (a kind it does not
+        take, a model it has nothing to do with, a stage that is over): every message ends with a
+        recorded decision."""
+        for ident, msg in self.inbox().items():
+            if not relevant(msg):
+                self.state.decide(f"inbox:{ident}", Decision(outcome=Outcome.IGNORED, chain_time=self.now(),
+                                  reason=f"kind {msg.kind} about model {msg.model_id} from {msg.sender}: not expected"))
+                self.log(LogEvent.DECISION, model=msg.model_id, item=f"inbox:{ident}", outcome=Outcome.IGNORED,
+                         reason="not expected")
+
     # ------------------------------------------------------------------ secrets
 
     def secret_path(self, name: str) -> Path:
@@ -269,5 +299,5 @@ class Agent:
         self.state.close()
 
 
-__all__ = ["Agent", "AgentStopped", "Jobs", "Waiter", "WorkdirBusy", "WorkdirLock", "PERMANENT_REVERTS",
+__all__ = ["Agent", "AgentStopped", "InboxMessage", "Jobs", "Waiter", "WorkdirBusy", "WorkdirLock", "PERMANENT_REVERTS",
            "StorageError"]

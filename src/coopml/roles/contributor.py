@@ -25,7 +25,7 @@ from coopml.roles.datasets import split
 from coopml.errors import ContractRevert
 from coopml.models import TrainConfig, train_model
 from coopml.roles import evaluation, messages, package
-from coopml.roles.agent import Agent, AgentStopped
+from coopml.roles.agent import Agent, AgentStopped, InboxMessage
 from coopml.roles.config import ContributorConfig
 from coopml.roles.log import EventLog, LogEvent, Role
 from coopml.roles.messages import EvalOffer, EvalRequest, EvalResponse, MessageKind, ModelKey
@@ -37,13 +37,6 @@ from coopml.storage import Store
 
 TERMINAL = {ModelStatus.RELEASED, ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE, ModelStatus.CANCELLED,
             ModelStatus.FORFEITED, ModelStatus.REFUNDED}
-
-
-class RequestFact(Fact):
-    model_id: int
-    verifier: str
-    cid: str
-    kind: int
 
 
 class BoxFact(Fact):
@@ -111,9 +104,6 @@ class Contributor(Agent):
             self.state.set("model_id", int(a["modelId"]))
         elif ev.name == "VerifierRegistered":
             self.state.add("box", a["verifier"], BoxFact(box_key=bytes(a["boxKey"]).hex()))
-        elif ev.name == "Message" and a["to"] == self.address and a["kind"] == MessageKind.EVAL_REQUEST:
-            self.state.add("request", f"{ev.block_number}:{ev.log_index}",
-                           RequestFact(model_id=int(a["modelId"]), verifier=a["sender"], cid=a["cid"], kind=a["kind"]))
         elif ev.name == "VerifierSelected" and a["modelId"] == self.model_id:
             self.state.add("selected", a["verifier"], Fact())
 
@@ -172,6 +162,7 @@ class Contributor(Agent):
         (and K in a 0600 secret file) before the transaction that commits to it."""
         data = self.cfg.data.load(view.manifest.input)
         train, val = split(data, self.cfg.val_fraction, seed=self.cfg.train.seed)
+        torch.manual_seed(self.cfg.train.seed)          # reproducible initial weights
         model = self.build_model(view)
         labels = sorted(self.cfg.labels) if self.cfg.labels else sorted(int(c) for c in np.unique(data.labels))
         self.train(model, train, val, self.cfg.train, labels)
@@ -232,6 +223,7 @@ class Contributor(Agent):
             self.client.resolve_model_dispute(mid)
             return True
         if m.status in TERMINAL:
+            self.sweep_inbox(lambda msg: False)
             return self._settle(m)
         return False
 
@@ -258,18 +250,15 @@ class Contributor(Agent):
 
     def _answer_requests(self, view: TaskView, mid: int, m: Any) -> bool:
         acted = False
-        for ident, req in self.state.facts("request", RequestFact).items():
-            if req.model_id != mid or self.state.decision(f"request:{ident}") is not None:
-                continue
-            if self.jobs.running(f"request:{ident}"):
-                continue
-            self.handle(f"request:{ident}", lambda r=req: self._answer(view, mid, m, r), model=mid,
+        self.sweep_inbox(lambda msg: msg.kind == MessageKind.EVAL_REQUEST and msg.model_id == mid)
+        for ident, req in self.inbox().items():
+            self.handle(f"inbox:{ident}", lambda r=req: self._answer(view, mid, m, r), model=mid,
                         deadline=m.verify_deadline)
             acted = True
         return acted
 
-    def _answer(self, view: TaskView, mid: int, m: Any, req: RequestFact) -> Decision:
-        if req.verifier not in self.client.selected_verifiers(mid):
+    def _answer(self, view: TaskView, mid: int, m: Any, req: InboxMessage) -> Decision:
+        if req.sender not in self.client.selected_verifiers(mid):
             return Decision(outcome=Outcome.IGNORED, reason="sender was not drawn for this model")
         if self.now() > m.verify_deadline:
             return Decision(outcome=Outcome.EXPIRED, reason="verify window over")
@@ -287,8 +276,8 @@ class Contributor(Agent):
         reply = EvalResponse(task_id=self.task_id, model_id=mid, request_cid=req.cid, n_queries=n,
                              labels=self.record().labels)
         cid = self.store.put(messages.encode(reply, (outputs,)))
-        self.client.post_message(self.task_id, mid, req.verifier, int(MessageKind.EVAL_RESPONSE), cid)
-        self.log(LogEvent.ANSWERED, model=mid, verifier=req.verifier, queries=n, bytes=len(outputs))
+        self.client.post_message(self.task_id, mid, req.sender, int(MessageKind.EVAL_RESPONSE), cid)
+        self.log(LogEvent.ANSWERED, model=mid, verifier=req.sender, queries=n, bytes=len(outputs))
         return Decision(outcome=Outcome.DONE)
 
     def _send_keys(self, mid: int, m: Any) -> bool:

@@ -24,7 +24,7 @@ import torch
 from coopml.chain import ChainEvent, ModelStatus, TaskTerms, key_commitment
 from coopml.errors import ContractRevert, CoopmlError, DataError, ModelFileError
 from coopml.roles import evaluation, messages, package
-from coopml.roles.agent import Agent, AgentStopped
+from coopml.roles.agent import Agent, AgentStopped, InboxMessage
 from coopml.roles.config import InitiatorConfig
 from coopml.roles.log import EventLog, LogEvent, Role
 from coopml.roles.messages import AuditReport, MessageKind
@@ -45,12 +45,6 @@ class Bought(Fact):
     labels: list[int]
     path: str
     fused: bool = False
-
-
-class AuditFact(Fact):
-    model_id: int
-    verifier: str
-    cid: str
 
 
 class Initiator(Agent):
@@ -136,9 +130,6 @@ class Initiator(Agent):
             self.state.add("model", a["modelId"], Fact())
         elif ev.name == "KeyDelivered":
             self.state.set(f"sealed_key:{a['modelId']}", bytes(a["sealedKey"]).hex())
-        elif ev.name == "Message" and a["to"] == self.address and a["kind"] == MessageKind.AUDIT_REPORT:
-            self.state.add("audit", f"{ev.block_number}:{ev.log_index}",
-                           AuditFact(model_id=int(a["modelId"]), verifier=a["sender"], cid=a["cid"]))
 
     # ------------------------------------------------------------------ step
 
@@ -151,6 +142,7 @@ class Initiator(Agent):
         for mid in map(int, self.state.facts("model", Fact)):
             acted = self._advance(mid) or acted
         acted = self._collect_fusion() or acted
+        self.sweep_inbox(self._expects)
         return self._maybe_close(info) or acted
 
     def _advance(self, mid: int) -> bool:
@@ -180,6 +172,13 @@ class Initiator(Agent):
             return True
         return False
 
+    def _expects(self, msg: InboxMessage) -> bool:
+        """Audit reports, from a model's drawn verifiers, until the model's delivery is decided."""
+        if msg.kind != MessageKind.AUDIT_REPORT or self.state.fact("model", msg.model_id, Fact) is None:
+            return False
+        return self.state.decision(f"delivery:{msg.model_id}") is None and \
+            self.client.model(msg.model_id).status not in TERMINAL
+
     def _receive(self, mid: int, m: Any) -> Decision | None:
         """Open the delivered key, check it and the model; dispute what does not hold."""
         view = self.view
@@ -203,12 +202,19 @@ class Initiator(Agent):
             self.client.dispute_model(mid, key)
             self.log(LogEvent.DISPUTED, model=mid, kind="model", reason=str(exc)[:200])
             return Decision(outcome=Outcome.REJECTED, reason=f"delivered model unusable, disputed: {exc}"[:400])
-        reports = [r for r in self.state.facts("audit", AuditFact).values() if r.model_id == mid]
+        drawn = set(self.client.selected_verifiers(mid))
+        reports: dict[str, InboxMessage] = {}
+        for i, r in self.inbox().items():        # one report per drawn verifier: the first it sent
+            if r.model_id == mid and r.kind == MessageKind.AUDIT_REPORT and r.sender in drawn \
+                    and r.sender not in {x.sender for x in reports.values()}:
+                reports[i] = r
         expected = len(self.client.selected_verifiers(mid))
         margin = max(15, view.info.terms.dispute_window // 3)
         if len(reports) < expected and self.now() < m.dispute_deadline - margin:
             return None                                    # wait for the verifiers' audit reports
-        mismatches = self._audit(view, mid, model, reports)
+        mismatches = self._audit(view, mid, model, list(reports.values()))
+        for ident in reports:
+            self.state.decide(f"inbox:{ident}", Decision(outcome=Outcome.DONE, chain_time=self.now()))
         if mismatches * 2 > expected:
             self.client.dispute_model(mid, key)
             self.log(LogEvent.DISPUTED, model=mid, kind="model", mismatching_reports=mismatches)
@@ -222,7 +228,7 @@ class Initiator(Agent):
                  mismatching=mismatches)
         return Decision(outcome=Outcome.DONE)
 
-    def _audit(self, view: TaskView, mid: int, model: torch.nn.Module, reports: list[AuditFact]) -> int:
+    def _audit(self, view: TaskView, mid: int, model: torch.nn.Module, reports: list[InboxMessage]) -> int:
         """How many verifiers' audit outputs the delivered model does NOT reproduce."""
         if not reports or not view.manifest.verification.audit_cid:
             return 0

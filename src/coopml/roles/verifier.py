@@ -30,7 +30,7 @@ from pydantic import Field
 from coopml.chain import ChainEvent, ModelStatus, Vote
 from coopml.errors import ContractRevert
 from coopml.roles import evaluation, messages, package
-from coopml.roles.agent import Agent
+from coopml.roles.agent import Agent, InboxMessage
 from coopml.roles.config import VerifierConfig
 from coopml.roles.log import EventLog, LogEvent, Role
 from coopml.roles.messages import AuditReport, EvalOffer, EvalRequest, EvalResponse, MessageKind, ModelKey
@@ -68,13 +68,6 @@ class Assignment(Fact):
     gain: float | None = None
     audit_sent: bool = False
     dispute_voted: bool = False
-
-
-class Inbox(Fact):
-    model_id: int
-    sender: str
-    kind: int
-    cid: str
 
 
 class Verifier(Agent):
@@ -120,9 +113,6 @@ class Verifier(Agent):
             self.state.add("assignment", a["modelId"], Assignment(model_id=int(a["modelId"]), contributor=contributor))
         elif ev.name == "ModelAnnounced":
             self.state.add("announced", a["modelId"], Fact())
-        elif ev.name == "Message" and a["to"] == self.address:
-            self.state.add("inbox", f"{ev.block_number}:{ev.log_index}",
-                           Inbox(model_id=int(a["modelId"]), sender=a["sender"], kind=int(a["kind"]), cid=a["cid"]))
         elif ev.name == "KeyRevealed" and self.state.fact("assignment", a["modelId"], Assignment) is not None:
             self.state.set(f"revealed_key:{a['modelId']}", bytes(a["key"]).hex())
 
@@ -141,8 +131,10 @@ class Verifier(Agent):
             return True
         acted = self._prepare_queries(view)
         acted = self._help_draws() or acted
-        for mid, asg in self.state.facts("assignment", Assignment).items():
+        assignments = self.state.facts("assignment", Assignment)
+        for asg in assignments.values():
             acted = self._advance(view, asg) or acted
+        self.sweep_inbox(lambda msg: self._expects(msg, assignments))
         return self._maybe_finish(info, me) or acted
 
     def _prepare_queries(self, view: TaskView) -> bool:
@@ -249,13 +241,19 @@ class Verifier(Agent):
         self._send_audit(view, asg, m)
         return True
 
+    def _expects(self, msg: InboxMessage, assignments: dict[str, Assignment]) -> bool:
+        """Only the drawn model's contributor talks to us, and only while we wait for it."""
+        asg = assignments.get(str(msg.model_id))
+        return (asg is not None and msg.sender == asg.contributor and asg.stage in (Stage.SELECTED, Stage.REQUESTED)
+                and msg.kind in (MessageKind.EVAL_OFFER, MessageKind.EVAL_RESPONSE, MessageKind.MODEL_KEY))
+
     def _request(self, view: TaskView, asg: Assignment, m: Any) -> bool:
         """Plaintext mode: wait for the key. CKKS mode: on the contributor's offer, encrypt our queries
         under a fresh key with the offered parameters and ask for an evaluation."""
         if view.manifest.verification.mode == "plaintext":
             self._save(asg, stage=Stage.REQUESTED)
             return True
-        for ident, msg in self.state.facts("inbox", Inbox).items():
+        for ident, msg in self.inbox().items():
             if msg.model_id != asg.model_id or msg.sender != asg.contributor or msg.kind != MessageKind.EVAL_OFFER:
                 continue
             d = self.handle(f"inbox:{ident}", lambda x=msg: self._accept_offer(view, asg, m, x), model=asg.model_id,
@@ -264,7 +262,7 @@ class Verifier(Agent):
                 return True
         return False
 
-    def _accept_offer(self, view: TaskView, asg: Assignment, m: Any, msg: Inbox) -> Decision:
+    def _accept_offer(self, view: TaskView, asg: Assignment, m: Any, msg: InboxMessage) -> Decision:
         header, _ = messages.decode(self.fetch(msg.cid), MessageKind.EVAL_OFFER)
         assert isinstance(header, EvalOffer)
         if (header.task_id, header.model_id) != (self.task_id, asg.model_id):
@@ -282,7 +280,7 @@ class Verifier(Agent):
         return Decision(outcome=Outcome.DONE)
 
     def _read_inbox(self, view: TaskView, asg: Assignment, m: Any) -> bool:
-        for ident, msg in self.state.facts("inbox", Inbox).items():
+        for ident, msg in self.inbox().items():
             if msg.model_id != asg.model_id or msg.sender != asg.contributor:
                 continue
             if msg.kind == MessageKind.EVAL_RESPONSE:
@@ -297,7 +295,7 @@ class Verifier(Agent):
                 return True
         return False
 
-    def _evaluate_response(self, view: TaskView, asg: Assignment, m: Any, msg: Inbox) -> Decision:
+    def _evaluate_response(self, view: TaskView, asg: Assignment, m: Any, msg: InboxMessage) -> Decision:
         header, (outputs,) = messages.decode(self.fetch(msg.cid), MessageKind.EVAL_RESPONSE)
         assert isinstance(header, EvalResponse)
         if header.request_cid != asg.request_cid or header.model_id != asg.model_id:
@@ -310,7 +308,7 @@ class Verifier(Agent):
         scores = evaluation.decrypt_scores(secret, outputs, len(self.queries().x), classes)
         return self._keep_scores(asg, scores, header.labels)
 
-    def _evaluate_plaintext(self, view: TaskView, asg: Assignment, m: Any, msg: Inbox) -> Decision:
+    def _evaluate_plaintext(self, view: TaskView, asg: Assignment, m: Any, msg: InboxMessage) -> Decision:
         header, _ = messages.decode(open_sealed(self.box, self.fetch(msg.cid), f"model-key:{asg.model_id}".encode()),
                                     MessageKind.MODEL_KEY)
         assert isinstance(header, ModelKey)
@@ -426,12 +424,13 @@ class Verifier(Agent):
         if not info.closed:
             self.client.close_task(self.task_id)
             return True
-        if me.verifier and not me.verifier_left and me.open_assignments == 0:
+        if me.verifier and not me.verifier_left and not me.slashed and me.open_assignments == 0:
             self.client.leave_task(self.task_id)
         if self.client.owed(self.address):
             self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
         votes = ", ".join(f"model {a.model_id}: {Vote(a.vote).name if a.vote else '-'}" for a in asgs.values())
-        self.summary = f"verified {len(asgs)} model(s) ({votes or 'none drawn'}); deposit back"
+        deposit = "deposit BURNT (a vote was never revealed)" if me.slashed else "deposit back"
+        self.summary = f"verified {len(asgs)} model(s) ({votes or 'none drawn'}); {deposit}"
         self.done = True
         self.log(LogEvent.DONE, human=self.summary)
         return True

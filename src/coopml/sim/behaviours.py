@@ -9,6 +9,8 @@ make of it (docs/threat-model.md).
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,12 +90,18 @@ class WithholdingContributor(Contributor):
 
 class CopyingContributor(Contributor):
     """Re-sells another contributor's model with its hidden channels permuted (same outputs,
-    different hash and weights). The simulation gives it the same data and seed as the node it
-    copies, so it ends with that node's model; the value test must see that it adds nothing."""
+    different hash and weights). The simulation names the victim's working directory in the file
+    `copy_of` of this node's workdir; the copier waits for the victim's trained model, takes it and
+    permutes it. The value test must see that it adds nothing."""
 
     def train(self, model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, labels: list[int]) -> None:
-        super().train(model, train, val, cfg, labels)
-        permute_hidden(model)
+        from coopml.models import load_model
+        victim = Path((self.workdir / "copy_of").read_text().strip()) / "model" / "model.safetensors"
+        while not victim.is_file():
+            time.sleep(0.2)
+        time.sleep(0.5)
+        stolen, _ = load_model(victim, self.view.manifest.input)
+        model.load_state_dict(permute_hidden(stolen).state_dict())
 
 
 def permute_hidden(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -148,8 +156,8 @@ class FalseDisputeInitiator(Initiator):
 
 
 class SpammingVerifier(Verifier):
-    """An honest verifier that also posts malformed messages of every kind to every contributor and
-    to the initiator: random bytes, a truncated message, an unknown kind, a well-formed message about
+    """An honest verifier that also posts malformed messages of every kind to every other node of
+    the task: random bytes, a truncated message, an unknown kind, a well-formed message about
     another model. Every receiver must record a decision and carry on (P6)."""
 
     def step(self) -> bool:
@@ -157,17 +165,19 @@ class SpammingVerifier(Verifier):
         if not self.client.member(self.task_id, self.address).verifier:
             return acted
         announced = [int(m) for m in self.state.facts("announced", Fact)]
-        targets = {self.view.info.initiator} | {self.client.model(m).contributor for m in announced}
-        valid = messages.encode(EvalOffer(task_id=self.task_id, model_id=max(announced, default=1),
-                                          params={"poly_modulus_degree": 2048}))
-        garbage = [os.urandom(64), valid[:-3], b"CMLM" + bytes([1, 99]) + b"\xff" * 20, valid]
-        for to in sorted(targets):
-            if self.state.get(f"spammed:{to}"):
+        targets = {self.view.info.initiator: max(announced, default=0)}
+        targets.update({self.client.model(m).contributor: m for m in announced})
+        targets.update({v: max(announced, default=0) for v in self.client.verifier_pool(self.task_id)
+                        if v != self.address})
+        for to, mid in sorted(targets.items()):
+            key = f"spammed:{to}:{mid}"
+            if self.state.get(key):
                 continue
-            for i, blob in enumerate(garbage):
+            valid = messages.encode(EvalOffer(task_id=self.task_id, model_id=mid + 1000,
+                                              params={"poly_modulus_degree": 2048}))
+            for i, blob in enumerate([os.urandom(64), valid[:-3], b"CMLM" + bytes([1, 99]) + b"\xff" * 20, valid]):
                 for kind in MessageKind:
-                    self.client.post_message(self.task_id, max(announced, default=0), to, int(kind),
-                                             self.store.put(blob + bytes([i, int(kind)])))
-            self.state.set(f"spammed:{to}", True)
+                    self.client.post_message(self.task_id, mid, to, int(kind), self.store.put(blob + bytes([i, kind])))
+            self.state.set(key, True)
             acted = True
         return acted

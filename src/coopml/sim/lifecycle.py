@@ -52,7 +52,7 @@ class ContributorPlan(BaseModel):
     epochs: int = 30
     seed: int = 0
     same_data_as: int | None = Field(None, description="index of another contributor whose data (and seed) "
-                                     "this one gets: a re-seller of its model")
+                                     "this one gets; a CopyingContributor copies that contributor's model")
 
 
 class VerifierPlan(BaseModel):
@@ -203,6 +203,9 @@ def prepare(plan: LifecyclePlan, workdir: Path, chain: Chain, coop: TaskClient, 
         src = plan.contributors[c.same_data_as] if c.same_data_as is not None else c
         idx = c.same_data_as if c.same_data_as is not None else i
         data = slots.node_data(plan.dataset, 1 + idx, total, src.labels, 2 * src.n_train, plan.seed)
+        if c.same_data_as is not None:      # a re-seller: the sim tells it whose model to take
+            (workdir / f"contributor{i + 1}").mkdir(parents=True, exist_ok=True)
+            (workdir / f"contributor{i + 1}" / "copy_of").write_text(str(workdir / f"contributor{c.same_data_as + 1}"))
         node(f"contributor{i + 1}", c.agent, {
             "data": slots.write_npz(data, data_dir / f"contributor{i + 1}.npz").model_dump(mode="json"),
             "model": {"arch": c.arch}, "labels": sorted(src.labels),
