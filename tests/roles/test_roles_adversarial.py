@@ -44,9 +44,10 @@ def test_cheating_sellers_gain_nothing(tmp_path):
     for cheat in ("contributor2", "contributor3", "contributor4", "contributor5"):
         assert r.withdrawn_eth.get(cheat, 0.0) == 0.0
         assert r.burnt.get(cheat), cheat
-    # the buyer paid for exactly one model and the fees; it never received slashed money
+    # the buyer paid for exactly one model and the fees, and got back the bonds of the two disputes it
+    # won (its own money): never a wei of anybody's slashed deposit
     fees = sum(m.approve + m.reject + m.abstain for m in r.models) * 0.1
-    assert r.withdrawn_eth["initiator"] == pytest.approx(_escrow(r) - 1.0 - fees)
+    assert r.withdrawn_eth["initiator"] == pytest.approx(_escrow(r) - 1.0 - fees + 2 * 0.1)
     assert r.total_burnt_eth == pytest.approx(4 * 0.1)
     # the flipping verifier revealed every vote: paid like the others, never slashed
     assert r.withdrawn_eth["verifier3"] == pytest.approx(r.withdrawn_eth["verifier1"])
