@@ -3,7 +3,7 @@
 # inputs and a reference model; the invariants check solvency, credits, burns, honest
 # verifiers and refunds after every call. Offline, against the pinned npm solc
 # (tools/solc-native), without forge-std.
-#   scripts/forge.sh            # = ci: 128 runs x depth 100 (a couple of minutes)
+#   scripts/forge.sh            # = ci: 256 runs x depth 100 (about a minute)
 #   scripts/forge.sh deep       # 10,000 runs x depth 100 (long: run it with nice -n 10)
 #   scripts/forge.sh ci --fuzz-seed 7 -vvv    # extra args go to `forge test`
 #   FORGE=/path/to/forge scripts/forge.sh

@@ -110,6 +110,17 @@ contract CoopMLHandler {
         return rTask[taskId].locked;
     }
 
+    /// The first actor whose owed + withdrawn differs from the reference's credits (0: none),
+    /// and the sum of what the actors are owed.
+    function creditMismatch() external view returns (address mismatch, uint256 owedSum) {
+        for (uint256 i = 0; i < actors.length; ++i) {
+            address a = actors[i];
+            uint256 owed = coop.owed(a);
+            owedSum += owed;
+            if (mismatch == address(0) && owed + withdrawn[a] != credited[a]) mismatch = a;
+        }
+    }
+
     function isHonest(address a) public view returns (bool) {
         for (uint256 h = 0; h < HONEST; ++h) {
             if (a == verifiers[h]) return true;
