@@ -242,10 +242,15 @@ class TaskClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _tx(self, fn_name: str, *args: Any, value: int = 0, extra_gas: int = 0) -> TxReceipt:
+    def _tx(self, fn_name: str, *args: Any, value: int = 0, extra_gas: int = 0, intent: str | None = None) -> TxReceipt:
+        """`intent` names a payment once and for all: the transaction manager journals the signed
+        transaction under it, so a retry after a timeout or a crash re-sends that same transaction
+        (same nonce) instead of paying twice. Every call that carries value has one."""
         fn = getattr(self.contract.functions, fn_name)(*args)
+        if value and intent is None:
+            intent = f"{self.address}:{self.account}:{fn_name}:{':'.join(str(a.hex() if isinstance(a, bytes) else a) for a in args)}"
         self.last_receipt = self.chain.transact(fn, self.account, value=value, decoder=self._decoder,
-                                                extra_gas=extra_gas)
+                                                extra_gas=extra_gas, intent=intent)
         return self.last_receipt
 
     def _view(self, fn_name: str, *args: Any) -> Any:
@@ -278,7 +283,8 @@ class TaskClient:
         `manifest_hash` = sha256 of the manifest bytes at `manifest_cid`; `delivery_key` = the
         initiator's X25519 public key that approved models' keys are sealed to."""
         receipt = self._tx("publishTask", manifest_hash, manifest_cid, delivery_key, terms.as_abi(),
-                           value=terms.escrow if value is None else value)
+                           value=terms.escrow if value is None else value,
+                           intent=f"{self.address}:publish:{self.account}:{manifest_hash.hex()}")
         return int(self._event_arg(receipt, "TaskPublished", "taskId"))
 
     def close_task(self, task_id: int) -> int:

@@ -190,7 +190,13 @@ class Agent:
                 progressed = self.run_once()
                 if self.done:
                     break
-                self.waiter.wait(progressed or self.jobs.busy())
+                if progressed or self.jobs.busy():
+                    self.waiter.wait(True)
+                else:                                   # idle: sleep until the chain moves (cheap back-off)
+                    try:
+                        self.cursor.wait_for_activity(self.waiter.slowest)
+                    except self._transient:
+                        self.waiter.wait(False)
         finally:
             self.jobs.shutdown()
         return self.summary

@@ -9,7 +9,7 @@ import torch
 
 from coopml.fusion import FusionConfig, fuse
 from coopml.models import evaluate
-from coopml.roles import package
+from coopml.storage import Store
 from coopml.roles.datasets import split
 from coopml.roles.models import load_delivered
 
@@ -19,13 +19,17 @@ if TYPE_CHECKING:
     from coopml.roles.task import TaskView
 
 
-def fuse_members(cfg: InitiatorConfig, view: TaskView, members: list[Bought], workdir: Path) -> dict[str, Any]:
+def fuse_members(cfg: InitiatorConfig, view: TaskView, members: list[Bought], keys: dict[int, bytes], store: Store,
+                 contract: str, workdir: Path) -> dict[str, Any]:
+    """Open each bought model from the store (checked against its on-chain envelope hash) and fuse."""
+    from coopml.roles.verifier import open_committed
     spec = view.manifest.input
     data = cfg.data.load(spec)
     train, val = split(data, cfg.val_fraction, seed=cfg.seed)
     models, labels = [], []
     for b in members:
-        hdr, body = package.unpack(Path(b.path).read_bytes())
+        hdr, body = open_committed(store.get(b.cid), keys[b.model_id], bytes.fromhex(b.envelope_hash), contract,
+                                   view.info.task_id)
         models.append(load_delivered(hdr, body, spec))
         labels.append(list(b.labels))
     torch.manual_seed(cfg.seed)

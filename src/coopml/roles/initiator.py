@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,8 @@ TERMINAL = {ModelStatus.RELEASED, ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE
 class Bought(Fact):
     model_id: int
     labels: list[int]
-    path: str
+    cid: str
+    envelope_hash: str
     fused: bool = False
 
 
@@ -104,9 +106,12 @@ class Initiator(Agent):
         data = manifest.to_bytes()
         cid = self.store.put(data)
         self.store.pin(cid)
+        # the deadline is fixed once: a retry after a crash must send the very same transaction
+        deadline = self.state.get("announce_deadline") or self.now() + win.announce_s
+        self.state.set("announce_deadline", deadline)
         terms = TaskTerms(econ.reward_wei, econ.verifier_fee_wei, econ.contributor_deposit_wei,
                           econ.verifier_deposit_wei, econ.max_models, econ.verifiers_per_model,
-                          self.now() + win.announce_s, win.verify_s, win.reveal_s, win.delivery_s, win.dispute_s)
+                          deadline, win.verify_s, win.reveal_s, win.delivery_s, win.dispute_s)
         # remember what is being published: after a crash right after the transaction, the
         # TaskPublished event with this manifest hash tells which task is ours (no double escrow)
         self.state.set("publishing", hashlib.sha256(data).hexdigest())
@@ -219,11 +224,11 @@ class Initiator(Agent):
             self.client.dispute_model(mid, key)
             self.log(LogEvent.DISPUTED, model=mid, kind="model", mismatching_reports=mismatches)
             return Decision(outcome=Outcome.REJECTED, reason=f"{mismatches} audit reports not reproduced: disputed")
-        path = self.workdir / "models" / f"model{mid}.pkg"
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_bytes(package.pack(body, hdr.format, hdr.labels, hdr.arch, hdr.feature_layer))
-        path.chmod(0o600)
-        self.state.put("bought", mid, Bought(model_id=mid, labels=hdr.labels, path=str(path)))
+        # keep only the key (0600): the envelope stays in the content store, verified by its CID on
+        # every read, so a corrupted local copy can never poison the MetaModel
+        self.write_secret(f"model_key_{mid}", key)
+        self.state.put("bought", mid, Bought(model_id=mid, labels=hdr.labels, cid=m.cid,
+                                             envelope_hash=bytes(m.envelope_hash).hex()))
         self.log(LogEvent.MODEL_RECEIVED, model=mid, labels=hdr.labels, audit_reports=len(reports),
                  mismatching=mismatches)
         return Decision(outcome=Outcome.DONE)
@@ -256,7 +261,15 @@ class Initiator(Agent):
         done = self.jobs.pop("fuse")
         if done is not None:
             history = self.state.get("fusion_history", [])
-            result = done.result()
+            try:
+                result = done.result()
+            except self._transient as exc:          # the store was briefly unreachable: try again later
+                self.log(LogEvent.RETRY, item="fusion", error=f"{type(exc).__name__}: {exc}"[:300])
+                return False
+            except Exception as exc:  # noqa: BLE001 - a fusion failure must not take the node down
+                self.log(LogEvent.DECISION, item="fusion", outcome=Outcome.REJECTED,
+                         reason=f"fusion failed ({type(exc).__name__}: {exc}); retrying"[:400])
+                return False
             history.append(result)
             self.state.set("fusion_history", history)
             for mid in result["members"]:
@@ -267,14 +280,17 @@ class Initiator(Agent):
                      human=f"MetaModel of {len(result['members'])} model(s) at {self.workdir / 'metamodel.safetensors'}")
             return True
         pending = [b for b in self.state.facts("bought", Bought).values() if not b.fused]
-        if pending and not self.jobs.running("fuse"):
+        retry = self.state.attempts("fusion")
+        if pending and not self.jobs.running("fuse") and time.monotonic() >= retry.next_at:
+            retry.next_at = time.monotonic() + 5.0
             members = sorted(self.state.facts("bought", Bought).values(), key=lambda b: b.model_id)
             self.jobs.submit("fuse", lambda: self._fuse(members))
         return False
 
     def _fuse(self, members: list[Bought]) -> dict[str, Any]:
         from coopml.roles.fusing import fuse_members
-        return fuse_members(self.cfg, self.view, members, self.workdir)
+        keys = {b.model_id: self.read_secret(f"model_key_{b.model_id}") or b"" for b in members}
+        return fuse_members(self.cfg, self.view, members, keys, self.store, self.client.address, self.workdir)
 
     # ------------------------------------------------------------------ closing
 
