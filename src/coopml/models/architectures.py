@@ -10,8 +10,9 @@ IVHE layer evaluate it in cipherspace.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from fractions import Fraction
 
 import torch
 from torch import nn
@@ -40,6 +41,19 @@ class FeatureModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class TaylorSigmoid(nn.Module):
+    """The paper's cubic Taylor polynomial of the sigmoid (section IV-C2): 1/2 + x/4 - x^3/48.
+
+    The paper prints x^3/348; the Taylor coefficient is the sigmoid's third derivative at 0
+    (-1/8) over 3!, i.e. -1/48: a typo. `polynomial` (exact coefficients a_0..a_3) is what
+    coopml.he scales to integers."""
+
+    polynomial = (Fraction(1, 2), Fraction(1, 4), Fraction(0), Fraction(-1, 48))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 + x / 4 - x ** 3 / 48
 
 
 def _same_conv(cin: int, cout: int, k: int) -> nn.Sequential:
