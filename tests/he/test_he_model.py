@@ -193,3 +193,26 @@ def test_single_word_modulus_end_to_end(seed, strategy):
     x = np.random.default_rng(seed).integers(0, 17, size=(5, 1, 6, 6))
     assert np.array_equal(decrypt_outputs(sk, enc, encrypted_infer(enc, x)),
                           integer_forward(quantize(model, 8, 16), x))
+
+
+def test_relu_is_not_a_ciphertext_operation():
+    """Why the nonlinearity stays out of cipherspace: ReLU applied to the components does not decrypt
+    to ReLU of the plaintexts, with a negative or a non-negative secret (the paper's suggestion),
+    while a random 0/1 mask ('ReLU via random dropout') is linear and decrypts to the masked values."""
+    from coopml.he import decrypt, encrypt, matmul_plain, ring
+    params = Params(w=1 << 20, k=1, plain_bound=1 << 10, words=1)
+    keys = [keygen(params, n=1, rng=seed) for seed in range(8)]
+    signs = set()
+    x = np.random.default_rng(0).integers(-1000, 1001, size=(200, 1))
+    for sk, pk in keys:
+        signs.add(bool(sk.t[0, 0] >= 0))
+        ct = encrypt(pk, x)
+        comps = ring.signed(ring.to_ring(ct.words), 1)                      # centred representatives
+        relu_ct = type(ct)(params, 1, ring.to_words(np.maximum(comps, 0), 1), ct.noise_bound, ct.value_bound,
+                           ct.key_id)
+        assert (decrypt(sk, relu_ct) != np.maximum(x, 0)).mean() > 0.3     # garbage, not ReLU
+    assert signs == {True, False}
+    sk, pk = keys[0]
+    mask = np.diag(np.random.default_rng(1).integers(0, 2, size=6))
+    x6 = np.arange(-3, 3).reshape(6, 1)
+    assert np.array_equal(decrypt(sk, matmul_plain(mask, encrypt(pk, x6))), mask @ x6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -67,7 +68,7 @@ def sha256_file(path: Path) -> str:
 def verified_path(name: str, key: str) -> Path:
     """The cached file, after checking its sha256 against the pin."""
     if name not in REGISTRY:
-        raise DataError(f"unknown dataset {name!r}; known: {sorted(REGISTRY)}")
+        raise DataError(f"unknown dataset {name!r}; known: {sorted(REGISTRY) + sorted(LOADERS)}")
     spec = REGISTRY[name][key]
     path = data_dir(name) / spec.name
     if not path.is_file():
@@ -101,10 +102,24 @@ class Dataset:
         return x, torch.from_numpy(self.labels)
 
 
+# datasets that are not pinned files (e.g. generated ones): name -> loader(split)
+LOADERS: dict[str, Callable[[str], "Dataset"]] = {}
+
+
+def register_dataset(name: str, loader: Callable[[str], "Dataset"]) -> None:
+    """Make `load_dataset(name, split)` return `loader(split)` (cached like the file datasets)."""
+    if name in REGISTRY:
+        raise DataError(f"dataset {name!r} is already registered as pinned files")
+    LOADERS[name] = loader
+    load_dataset.cache_clear()
+
+
 @lru_cache(maxsize=8)
 def load_dataset(name: str = "mnist", split: str = "train") -> Dataset:
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', not {split!r}")
+    if name in LOADERS:
+        return LOADERS[name](split)
     images = read_idx(verified_path(name, f"{split}-images"))
     labels = read_idx(verified_path(name, f"{split}-labels")).astype(np.int64)
     if images.ndim != 3 or images.shape[1:] != (28, 28):

@@ -164,6 +164,11 @@ def rebase(x: Limbs, bits: int) -> Limbs:
 
 def to_words(x: Limbs) -> np.ndarray:
     """Limbs (L, ...) -> uint64 words (..., W), exact (|limbs| < 2^53 always converts to int64 exactly)."""
+    if x.total == 64:                          # Q = 2^64: int64 wrap-around is the ring itself
+        acc = x.data[0].astype(np.int64)
+        for i in range(1, x.count):
+            acc += x.data[i].astype(np.int64) << (x.bits * i)
+        return acc.view(np.uint64)[..., None]
     return ring.combine_limbs(x.data, x.bits, x.total // 64)
 
 

@@ -214,9 +214,32 @@ def integer_forward(net: IntegerNet, x_int: np.ndarray) -> np.ndarray:
     return forward_layers(net.layers, x_int)
 
 
+def static_bound(layers: list[IntLayer], x_max: float) -> float:
+    """A cheap upper bound on every |value| (and partial sum) of the layers for inputs |x| <= x_max:
+    one scalar through the max row L1 norms. When it is below 2^53, the absolute-value pass of
+    `forward_layers` is not needed."""
+    m, worst = float(x_max), float(x_max)
+    for layer in layers:
+        if layer.kind in ("conv", "linear") and layer.weight is not None and layer.bias is not None:
+            w = np.abs(layer.weight).reshape(layer.weight.shape[0], -1).sum(axis=1)
+            m = float((m * w + np.abs(layer.bias)).max(initial=0.0))
+        elif layer.kind == "sumpool":
+            kh, kw = pair(layer.size)
+            m *= kh * kw
+        elif layer.kind == "poly":
+            m = float(sum(abs(a) * m ** i for i, a in enumerate(layer.poly)))
+        worst = max(worst, m)
+    return worst
+
+
 def forward_layers(layers: list[IntLayer], x_int: np.ndarray) -> np.ndarray:
     """`integer_forward` over a list of layers (e.g. what follows an encrypted prefix)."""
     x = np.asarray(x_int)
+    if x.dtype != object and x.size and static_bound(layers, float(np.abs(x).max())) < FLOAT_EXACT:
+        h = torch.from_numpy(x.astype(np.int64)).double()          # proved exact: no abs pass needed
+        for layer in layers:
+            h = apply_layer(layer, h)
+        return h.round().long().numpy()
     if x.dtype == object:
         h_obj: np.ndarray | None = x
         h = ha = None
