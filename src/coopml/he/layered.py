@@ -28,17 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from coopml.errors import HEError
 from coopml.he import limbs as lb
 from coopml.he import ring
+from coopml.he.im2col import conv_nhwc as _conv
 from coopml.he.scaling import IntLayer, pair
 
 # images per chunk: the activations after the first layer (per limb and component) near 64 MB
 TARGET_BYTES = 64 << 20
-# unfolded (im2col) rows per GEMM: a cache-sized buffer
-UNFOLD_BYTES = 4 << 20
 # first-layer GEMM outputs per block (then bias, pooling and carries while the block is in cache)
 FIRST_BYTES = 16 << 20
 
@@ -52,28 +50,6 @@ class LayeredOutput:
     ident: np.ndarray
     resid: np.ndarray | None
     flat: bool
-
-
-def _conv(x: np.ndarray, g: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-          padding: tuple[int, int]) -> np.ndarray:
-    """Convolution as im2col + GEMM, x (B, H, W, C) @ g (kh*kw*C, Cout) -> (B, Ho, Wo, Cout), in
-    sub-batches whose unfolded rows stay cache-sized (reused buffers: no page faults, and the
-    zero padding is written once)."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    b, h, w, c = x.shape
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    k = g.shape[0]
-    step = max(1, min(b, UNFOLD_BYTES // max(1, ho * wo * k * 8)))
-    padded = np.zeros((step, h + 2 * ph, w + 2 * pw, c), dtype=np.float64)
-    buf = np.empty((step, ho, wo, kh, kw, c), dtype=np.float64)
-    out = np.empty((b, ho, wo, g.shape[1]), dtype=np.float64)
-    for lo in range(0, b, step):
-        m = min(step, b - lo)
-        padded[:m, ph:ph + h, pw:pw + w] = x[lo:lo + m]
-        win = sliding_window_view(padded[:m], (kh, kw), axis=(1, 2))[:, ::sh, ::sw].transpose(0, 1, 2, 4, 5, 3)
-        np.copyto(buf[:m], win[:, :ho, :wo])
-        np.matmul(buf[:m].reshape(m * ho * wo, k), g, out=out[lo:lo + m].reshape(m * ho * wo, -1))
-    return out
 
 
 def _weights(layer: IntLayer) -> tuple[np.ndarray, np.ndarray]:

@@ -121,6 +121,7 @@ class Architecture:
     name: str
     description: str
     build: Callable[[], FeatureModel]
+    input_shape: tuple[int, ...] = (1, 28, 28)     # per example, as Dataset.tensors() gives it
 
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
@@ -133,8 +134,9 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     Architecture("table4", "Table IV: conv32@5 avgpool conv16@5 avgpool, linear output (HE-friendly)",
                  _table4),
     Architecture("fading-cnn", "Case Study IV: 1-D conv16@9 ReLU avgpool conv16@9 ReLU avgpool, 2 classes",
-                 _fading_cnn),
-    Architecture("fading-fc", "Case Study IV / Fig. 5(b): fc32 + cubic Taylor sigmoid, 2 classes", _fading_fc),
+                 _fading_cnn, (1, 1, 64)),
+    Architecture("fading-fc", "Case Study IV / Fig. 5(b): fc32 + cubic Taylor sigmoid, 2 classes", _fading_fc,
+                 (1, 1, 64)),
 )}
 
 
