@@ -23,7 +23,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from coopml.sim.case_study4 import CaseStudy4Config, CaseStudy4Result, run_case_study_4  # noqa: E402
+from coopml.sim.case_study4 import CaseStudy4Config, CaseStudy4Result, run_case_study_4
+
+
+def f(v: tuple[float, float]) -> str:
+    return f"{v[0]:.3f} [{v[1]:.3f}]"
 
 
 def _pct(v: float | None) -> str:
@@ -61,7 +65,6 @@ def print_tables(r: CaseStudy4Result) -> None:
     print(f"{'arch':<11}{'strategy':<18}{'encrypt':>9}{'plain f32':>18}{'exact-int plain':>18}{'encrypted':>18}"
           f"{'(cipherspace':>18}{'+ decrypt, finish)':>20}{'ratio':>14}{'vs exact-int':>15}")
     for t8 in r.table8:
-        f = lambda v: f"{v[0]:.3f} [{v[1]:.3f}]"  # noqa: E731
         ratio, exact = t8.ratio, t8.ratio_exact
         print(f"{t8.arch:<11}{t8.strategy:<18}{1e3 * t8.encrypt_seconds:>7.1f}ms{f(t8.plain):>18}{f(t8.plain_exact):>18}"
               f"{f(t8.encrypted):>18}{f(t8.cipherspace):>18}{f(t8.finish):>20}"

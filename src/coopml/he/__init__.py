@@ -12,6 +12,7 @@ from coopml.he.model import (STRATEGIES, EncryptedModel, PairOutputs, decrypt_mo
                              encrypt_model, encrypted_infer, encrypted_infer_layered, prepare)
 from coopml.he.serialize import HEFormatError, check_model, from_bytes, to_bytes
 from coopml.he.attack import dictionary_attack, recover_secret_1d
+from coopml.he.limbs import ExactnessError
 
 # Parameters that fit the paper's Table IV CNN with p <= 2^7, q = 1000 (Case Study II):
 # the worst-case output noise (~2^47) stays below w/2 and w * |y| (~2^115) below Q/2 = 2^127.
@@ -25,4 +26,5 @@ __all__ = [
     "STRATEGIES", "EncryptedModel", "PairOutputs", "encrypt_model", "encrypted_infer",
     "encrypted_infer_layered", "prepare", "decrypt_outputs", "decrypt_model",
     "to_bytes", "from_bytes", "check_model", "recover_secret_1d", "dictionary_attack", "MODEL_PARAMS",
+    "ExactnessError",
 ]

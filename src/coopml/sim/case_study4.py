@@ -40,8 +40,20 @@ from torch import nn
 
 from coopml.data import Dataset, FadingSet, fading_sets
 from coopml.fusion import FusionConfig, MetaModel
-from coopml.he import (EncryptedModel, Params, decrypt_model, decrypt_outputs, encrypt_model, encrypted_infer, from_bytes,
-                       integer_forward, keygen, quantize, scale_inputs, to_bytes)
+from coopml.he import (
+    EncryptedModel,
+    Params,
+    decrypt_model,
+    decrypt_outputs,
+    encrypt_model,
+    encrypted_infer,
+    from_bytes,
+    integer_forward,
+    keygen,
+    quantize,
+    scale_inputs,
+    to_bytes,
+)
 from coopml.models import FeatureModel, TrainConfig, build_model, evaluate, train_model
 
 ARCHS = ("fading-cnn", "fading-fc")
@@ -69,14 +81,14 @@ class CaseStudy4Config(BaseModel):
     threads: int = 1
 
     @classmethod
-    def reduced(cls) -> "CaseStudy4Config":
+    def reduced(cls) -> CaseStudy4Config:
         """CI preset: 10 % of the windows, a few epochs; about a minute on one loaded core."""
         return cls(preset="reduced", scale=0.1, epochs=25, patience=25,
                    fusion=FusionConfig.tuned(augment_copies=0, max_epochs=15, patience=5),
                    timing_samples=200, timing_repeats=3)
 
     @classmethod
-    def full(cls) -> "CaseStudy4Config":
+    def full(cls) -> CaseStudy4Config:
         return cls(preset="full")
 
 
@@ -133,7 +145,7 @@ class CaseStudy4Result(BaseModel):
 
 def _split(data: Dataset, frac: float, seed: int) -> tuple[Dataset, Dataset]:
     order = np.random.default_rng(seed).permutation(len(data))
-    n_val = max(2, int(round(len(data) * frac)))
+    n_val = max(2, round(len(data) * frac))
     return data.subset(order[n_val:]), data.subset(order[:n_val])
 
 
