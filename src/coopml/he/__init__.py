@@ -13,6 +13,7 @@ from coopml.he.model import (STRATEGIES, EncryptedModel, PairOutputs, decrypt_mo
                              encrypt_model, encrypted_infer, encrypted_infer_layered, prepare)
 from coopml.he.serialize import HEFormatError, check_model, from_bytes, to_bytes
 from coopml.he.attack import dictionary_attack, recover_secret_1d
+from coopml.he.limbs import ExactnessError
 from coopml.he.ckks import (CkksFormatError, CkksKeyMismatchError, CkksParams, EncryptedBatch, EncryptedOutputs,
                             HePlan, InputRangeError, InsecureParametersError, PlanError, PublicContext, QueryKey,
                             UnsupportedLayerError, compile_model, evaluate, params_for)
@@ -29,6 +30,7 @@ __all__ = [
     "STRATEGIES", "EncryptedModel", "PairOutputs", "encrypt_model", "encrypted_infer",
     "encrypted_infer_layered", "prepare", "decrypt_outputs", "decrypt_model",
     "to_bytes", "from_bytes", "check_model", "recover_secret_1d", "dictionary_attack", "MODEL_PARAMS",
+    "ExactnessError",
     # CKKS (real confidentiality; docs/ckks.md)
     "CkksParams", "HePlan", "compile_model", "params_for", "QueryKey", "PublicContext", "EncryptedBatch",
     "EncryptedOutputs", "evaluate", "CkksFormatError", "CkksKeyMismatchError", "InputRangeError",

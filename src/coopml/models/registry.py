@@ -5,9 +5,11 @@ everywhere), so a model of it crosses nodes as safetensors weights + the archite
 is rebuilt by the receiver from its own code -- never from code sent along. (A model whose code
 only its owner has travels as ONNX instead: see coopml.models.onnx_model.)
 
-The paper's CNNs (Tables I and IV) are registered through the same `register_architecture`;
-they are defined for 1x28x28 inputs and 10 classes and refuse other specs. `mlp` and `cnn-small`
-adapt to any tabular / image spec.
+The paper's models are registered through the same `register_architecture`, each with the one
+task it is defined for (its `default_spec`), and refuse other specs: the CNNs of Tables I and IV
+and the CKKS variants take 1x28x28 inputs and 10 classes, Case Study IV's `fading-cnn` and
+`fading-fc` 1x1x64 link-power windows and 2 classes. `mlp` and `cnn-small` adapt to any tabular /
+image spec.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from coopml.data.spec import MNIST_INPUT, InputSpec
 from coopml.errors import ModelDefinitionError, ModelFileError
-from coopml.models.architectures import ARCHITECTURES, FeatureModel
+from coopml.models.architectures import ARCHITECTURES, Architecture, FeatureModel
 
 ArchitectureFactory = Callable[[InputSpec], FeatureModel]
 """factory(spec) -> a FeatureModel taking [N, *spec.shape] inputs, giving spec.num_classes logits."""
@@ -35,14 +37,16 @@ class ArchitectureInfo:
     name: str
     description: str
     factory: ArchitectureFactory
+    default_spec: InputSpec | None = None   # what build_architecture uses when given none (None: MNIST's)
 
 
 _ARCHITECTURES: dict[str, ArchitectureInfo] = {}
 
 
 def register_architecture(name: str, description: str, factory: ArchitectureFactory, *,
-                          allow_overwrite: bool = False) -> None:
-    """Make `build_architecture(name, spec)` return `factory(spec)`."""
+                          default_spec: InputSpec | None = None, allow_overwrite: bool = False) -> None:
+    """Make `build_architecture(name, spec)` return `factory(spec)`; `default_spec` is the spec
+    used when none is given (an architecture defined for one task: that task's; else MNIST's)."""
     if not _NAME.match(name):
         raise ModelDefinitionError(f"architecture name {name!r} must be 1-64 of a-z 0-9 . _ - (starting alphanumeric)")
     if not callable(factory):
@@ -50,7 +54,7 @@ def register_architecture(name: str, description: str, factory: ArchitectureFact
     if name in _ARCHITECTURES and not allow_overwrite:
         raise ModelDefinitionError(f"architecture {name!r} is already registered ({_ARCHITECTURES[name].description}); "
                                    f"pass allow_overwrite=True to replace it")
-    _ARCHITECTURES[name] = ArchitectureInfo(name, description, factory)
+    _ARCHITECTURES[name] = ArchitectureInfo(name, description, factory, default_spec)
 
 
 def unregister_architecture(name: str) -> None:
@@ -70,9 +74,10 @@ def architecture_info(name: str) -> ArchitectureInfo:
 
 
 def build_architecture(name: str, spec: InputSpec | None = None, seed: int | None = None) -> FeatureModel:
-    """A freshly initialised model of architecture `name` for `spec` (default: MNIST's)."""
+    """A freshly initialised model of architecture `name` for `spec` (default: the architecture's
+    `default_spec`, else MNIST's)."""
     info = architecture_info(name)
-    spec = spec if spec is not None else MNIST_INPUT
+    spec = spec if spec is not None else info.default_spec or MNIST_INPUT
     if seed is not None:
         torch.manual_seed(seed)
     try:
@@ -91,12 +96,15 @@ def build_architecture(name: str, spec: InputSpec | None = None, seed: int | Non
 
 # -- built-ins -----------------------------------------------------------------------------------
 
-def _mnist_only(name: str, build: Callable[[], FeatureModel]) -> ArchitectureFactory:
+def _own_task_only(arch: Architecture) -> ArchitectureFactory:
+    """The paper's models are defined for one task's input shape and class count."""
     def factory(spec: InputSpec) -> FeatureModel:
-        if spec.shape != (1, 28, 28) or spec.num_classes != 10:
-            raise ModelDefinitionError(f"architecture {name!r} is the paper's, defined for 1x28x28 inputs and "
-                                       f"10 classes; this task's inputs are {spec.describe()} (try cnn-small or mlp)")
-        return build()
+        own = arch.spec
+        if spec.shape != own.shape or spec.num_classes != own.num_classes:
+            raise ModelDefinitionError(f"architecture {arch.name!r} is the paper's, defined for "
+                                       f"{'x'.join(map(str, own.shape))} inputs and {own.num_classes} classes; "
+                                       f"this task's inputs are {spec.describe()} (try cnn-small or mlp)")
+        return arch.build()
     return factory
 
 
@@ -123,7 +131,7 @@ def _cnn_small(spec: InputSpec) -> FeatureModel:
 
 
 for _arch in ARCHITECTURES.values():
-    register_architecture(_arch.name, _arch.description, _mnist_only(_arch.name, _arch.build))
+    register_architecture(_arch.name, _arch.description, _own_task_only(_arch), default_spec=_arch.spec)
 register_architecture("mlp", "MLP for any input: flatten, fc128, fc64 (features), linear head", _mlp)
 register_architecture("cnn-small", "small CNN for any image size: conv32@3 pool conv64@3 pool conv64@3 "
                       "global-avgpool fc128 (features), linear head", _cnn_small)
