@@ -94,3 +94,21 @@ def test_verifier_secret_keys_stay_with_the_verifier(honest_run):
             assert _holders(r, sk[len(sk) // 2: len(sk) // 2 + 64]) == {v}, p
         box = (secret_dir / "box_key").read_bytes()
         assert _holders(r, box) == {v}
+
+
+def test_plaintext_mode_trusts_the_verifiers_and_says_so(tmp_path):
+    """A task may choose plaintext verification (models CKKS cannot evaluate, e.g. ONNX graphs): the
+    key is sealed to each drawn verifier, who checks it against the on-chain commitment and runs the
+    model in the clear. It works end to end, and the verifiers do hold the weights: the mode's
+    documented cost (docs/threat-model.md)."""
+    plan = tiny_plan([ContributorPlan(labels=labels, n_train=300, epochs=3, seed=i, agent=HONEST)
+                      for i, labels in enumerate([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])],
+                     verification={"mode": "plaintext"})
+    r = run_in_process(plan, tmp_path)
+    assert sorted(m.status for m in r.models) == ["RELEASED", "RELEASED"], r.models
+    assert len(r.fusion_history[-1]["members"]) == 2
+    path = next((r.workdir / "contributor1" / "model").rglob("*.safetensors"))
+    with safe_open(str(path), "pt") as f:
+        t = f.get_tensor(next(n for n in f.keys() if f.get_tensor(n).numel() >= 16))
+    # the verifiers decrypted the model in memory; they never write another node's weights to disk
+    assert not {h for h in _holders(r, t.flatten()[:16].numpy().tobytes()) if h.startswith("verifier")}
