@@ -48,11 +48,11 @@ def breakdown(records: list[dict[str, Any]], t_spawn: float | None) -> None:
     if train:
         print(f"  training (slowest contributor)               {max(train.values()):6.1f}   "
               + ", ".join(f"{c} {s:.1f}" for c, s in sorted(train.items())))
-    models = sorted({r["model"] for r in records if r["event"] == "announced" and r.get("model") is not None}
-                    | {r["model"] for r in records if r["event"] == "finalized" and r.get("model") is not None})
+    models = sorted({r["model"] for r in records if r["event"] in ("drawn", "requested", "finalized")
+                     and r.get("model") is not None})
     per_model: dict[int, dict[str, float]] = {}
     for m in models:
-        ann = _first(records, event="announced", model=m)
+        ann = _first(records, event="drawn", model=m)
         req = _first(records, event="requested", model=m)
         ev = max((r["t"] for r in records if r["event"] == "evaluated" and r.get("model") == m
                   and "approve" in r.get("fields", {})), default=None)
@@ -65,7 +65,7 @@ def breakdown(records: list[dict[str, Any]], t_spawn: float | None) -> None:
         for m, t in per_model.items():
             def d(a: str, b: str, t: dict[str, float] = t) -> str:
                 return f"{t[b] - t[a]:8.1f}" if a in t and b in t else "       -"
-            print(f"  {m:5d}  {d('announced', 'requested'):>17}  {d('requested', 'evaluated'):>16}  "
+            print(f"  {m:5d}  {d('announced', 'requested'):>14}  {d('requested', 'evaluated'):>16}  "
                   f"{d('evaluated', 'finalized'):>18}  {d('finalized', 'received'):>20}")
     fused = [r for r in records if r["node"] == "initiator" and r["event"] == "fused"]
     received = [r["t"] for r in records if r["node"] == "initiator" and r["event"] == "model-received"]
