@@ -88,6 +88,7 @@ def test_teardown_kills_only_the_processes_it_started(state_dir, tmp_path):
 
 
 def test_plan_for_any_number_of_nodes():
+    from coopml.sim.lifecycle import manifest_for
     from coopml.testbed.workload import (
         fedavg_job,
         make_plan,
@@ -95,26 +96,63 @@ def test_plan_for_any_number_of_nodes():
         testbed_hosts,
     )
     plan = make_plan(5, 4, "tiny", block_time=15)
-    assert [c.slot for c in plan.contributors] == [1, 2, 3, 4, 5]
+    assert [c.seed for c in plan.contributors] == [0, 1, 2, 3, 4]
     assert plan.contributors[3].labels == plan.contributors[0].labels         # Table III sets, cycled
-    assert plan.initiator["verifiers_per_model"] == 3                           # odd, <= verifiers
-    assert plan.initiator["commit_window"] >= 16 * 15                           # sized for 15 s blocks
-    assert plan.contributors[0].n_train == 200 and plan.verifiers == ["honest"] * 4
+    assert plan.contributors[1].labels != plan.contributors[0].labels
+    assert plan.contributors[0].n_train == 200 and len(plan.verifiers) == 4
+    m = manifest_for(plan)
+    assert m.economics.verifiers_per_model == 3 and m.economics.max_models == 5   # odd, <= verifiers
+    assert m.windows.verify_s >= 40 * 15 and m.windows.reveal_s >= 8 * 15         # sized for 15 s blocks
+    assert manifest_for(make_plan(2, 1, "tiny", block_time=1)).windows.verify_s == 300
     hosts = testbed_hosts(2, 1)
     assert [h for h, _ in hosts] == ["chain", "operator", "initiator", "contributor1", "contributor2", "verifier1"]
     assert storage_hosts(hosts) == ["initiator", "contributor1", "contributor2", "verifier1"]
-    job = fedavg_job(make_plan(2, 1, "reduced", 1), rounds=2, local_epochs=3, n_test=100)
-    assert list(job["clients"]) == ["contributor1", "contributor2"] and job["clients"]["contributor2"]["slot"] == 2
+    reduced = make_plan(2, 1, "reduced", 1)
+    job = fedavg_job(reduced, rounds=2, local_epochs=3, n_test=100)
+    assert list(job["clients"]) == ["contributor1", "contributor2"] and job["arch"] == "table4"
+    assert job["clients"]["contributor2"]["index"] == 2 and job["clients"]["contributor2"]["total"] == 4
     with pytest.raises(Exception, match="contributors must be 1..7"):
         testbed_hosts(8, 1)
 
 
+def test_fedavg_clients_hold_exactly_the_contributors_training_data(tmp_path):
+    """What a FedAvg client trains on is what `prepare` gave the same contributor, minus the part
+    the contributor holds out (its own split)."""
+    import numpy as np
+
+    from coopml.data import DatasetRef
+    from coopml.roles.datasets import split
+    from coopml.sim.lifecycle import prepare
+    from coopml.task import builtin_manifest
+    from coopml.testbed.workload import fedavg_client_data, fedavg_job, make_plan
+
+    class _Coop:       # prepare only reads the contract's address and deployment block
+        address, deploy_block = "0x" + "11" * 20, 0
+
+    class _Chain:      # ... and funds accounts
+        def fund(self, address, amount):
+            pass
+
+    plan = make_plan(2, 1, "tiny", block_time=1)
+    setup = prepare(plan, tmp_path, _Chain(), _Coop(), "http://127.0.0.1:8545", "http://127.0.0.1:5001")
+    job = fedavg_job(plan, rounds=1, local_epochs=1, n_test=10)
+    for i in (1, 2):
+        ref = setup.configs[f"contributor{i}"]["data"]
+        data = DatasetRef.model_validate(ref).load(builtin_manifest(plan.manifest).input)
+        train, _ = split(data, 0.5, seed=setup.configs[f"contributor{i}"]["train"]["seed"])
+        mine = fedavg_client_data(job, f"contributor{i}")
+        assert len(mine) == len(train) and abs(len(train) - plan.contributors[i - 1].n_train) <= 10
+        assert np.array_equal(np.asarray(mine.labels), np.asarray(train.labels))
+        assert np.array_equal(np.asarray(mine.images).reshape(len(mine), -1),
+                              np.asarray(train.images).reshape(len(train), -1))
+
+
 def test_phases_from_events():
     from coopml.testbed.workload import node_phases
-    events = [{"t": 10.0, "event": "registered"}, {"t": 12.0, "event": "epoch"}, {"t": 20.0, "event": "trained"},
-              {"t": 21.0, "event": "announced"}, {"t": 40.0, "event": "key-released"}, {"t": 45.0, "event": "done"}]
+    events = [{"t": 10.0, "event": "registered"}, {"t": 12.0, "event": "retry"}, {"t": 20.0, "event": "trained"},
+              {"t": 21.0, "event": "announced"}, {"t": 40.0, "event": "delivered"}, {"t": 45.0, "event": "done"}]
     phases = node_phases("contributor", events, started=5.0)
-    assert [(p, b - a) for p, a, b in phases] == [("join", 5.0), ("train", 10.0), ("encrypt+announce", 1.0),
+    assert [(p, b - a) for p, a, b in phases] == [("join", 5.0), ("train+encrypt", 10.0), ("announce", 1.0),
                                                   ("verification", 19.0), ("settle", 5.0)]
     assert node_phases("chain", events, 0.0) == []
 
@@ -127,7 +165,10 @@ def test_report_renders_side_by_side():
               "links": None, "timings": {},
               "task": {"elapsed_s": 100.0, "cuts": [], "nodes": {"contributor1": node,
                                                                   "chain": {**node, "role": "chain", "phases": []}},
-                       "outcome": {"task_id": 1, "models": [], "fusion_history": [{"models": 1, "test_accuracy": 0.9}]}},
+                       "outcome": {"task_id": 1, "models": [{"model_id": 1, "contributor": "contributor1",
+                                                               "status": "RELEASED", "approve": 1, "reject": 0,
+                                                               "abstain": 0}],
+                                   "fusion_history": [{"members": [1], "test_accuracy": 0.9}]}},
               "fedavg": {"elapsed_s": 50.0, "job": {"clients": {"contributor1": {}}, "rounds": 2, "local_epochs": 1},
                          "server": {"accuracy": 0.8, "model_bytes": 1000, "rounds": []},
                          "nodes": {"contributor1": {"role": "contributor", "sent_bytes": 3000, "recv_bytes": 2000}}}}
@@ -136,4 +177,5 @@ def test_report_renders_side_by_side():
     md = render_markdown(report)
     assert "Linux bridge fallback" in md and "Open vSwitch tools not installed" in md
     assert "| bytes sent by the participants | 2.00 MB | 3.00 kB |" in md
+    assert "| 1 | contributor1 | RELEASED | 1 | 0 | 0 |" in md and "MetaModel with 1 model(s): 90.00%" in md
     assert human(999) == "999 B" and human(1500) == "1.50 kB"

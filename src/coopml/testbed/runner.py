@@ -172,10 +172,10 @@ def run_task(tb: Testbed, preset: Preset, opts: RunOptions, plan: Any, log: Log)
     workdir.mkdir(parents=True, exist_ok=True)
     agents = [n for n, _ in workload.testbed_hosts(opts.contributors, opts.verifiers)
               if tb.host(n).role not in ("chain", "operator")]
-    spec = workload.WorkloadSpec(plan=plan.model_dump(), chain_url=tb.state.services["chain_url"], workdir=str(workdir),
-                                 netns={n: tb.host(n).netns for n in agents}, poll_interval=preset.poll_interval,
-                                 agent_timeout=preset.agent_timeout, shortcuts=opts.shortcuts,
-                                 timeout=opts.task_timeout, python=sys.executable, pythonpath=SRC_DIR)
+    spec = workload.WorkloadSpec(plan=plan.model_dump(mode="json"), chain_url=tb.state.services["chain_url"],
+                                 workdir=str(workdir), netns={n: tb.host(n).netns for n in agents},
+                                 shortcuts=opts.shortcuts, timeout=opts.task_timeout, python=sys.executable,
+                                 pythonpath=SRC_DIR)
     spec_path = workdir / "workload.json"
     spec_path.write_text(spec.model_dump_json(indent=1))
     journal = workdir / "events.jsonl"
@@ -212,16 +212,17 @@ def run_task(tb: Testbed, preset: Preset, opts: RunOptions, plan: Any, log: Log)
                         if ev.get("node") == cut.host and ev.get("event") == cut.after_event:
                             pending.remove(cut)
                             tb.set_link(cut.host, False)
-                            active.append((cut, time.time()))
+                            active.append((cut, time.time()))   # the link is surely down from this instant
                             log(f"link cut: {cut.host} down for {cut.seconds:g} s (after its {cut.after_event!r})")
                     if ev.get("event") in workload.PROGRESS_EVENTS:
                         log(f"  {ev.get('node')}: {ev.get('event')}")
             for cut, since in list(active):
                 if time.time() - since >= cut.seconds:
+                    restoring = time.time()          # the link is surely down until this instant
                     tb.set_link(cut.host, True)
                     active.remove((cut, since))
-                    cuts_done.append({**cut.model_dump(), "down_at": round(since - t0, 2),
-                                      "up_at": round(time.time() - t0, 2)})
+                    cuts_done.append({**cut.model_dump(), "down_at": round(since - t0, 2), "up_at": round(restoring - t0, 2),
+                                      "down_t": round(since, 3), "up_t": round(restoring, 3)})   # unix, as the journal
                     log(f"link restored: {cut.host}")
             if done and not active:
                 break
@@ -268,7 +269,7 @@ def _peer_group(role: str) -> str:
 def run_fedavg(tb: Testbed, preset: Preset, plan: Any, data: str, log: Log) -> dict[str, Any]:
     """FedAvg on the same task: server on the initiator's host, one client per contributor host."""
     job = workload.fedavg_job(plan, preset.fedavg_rounds, preset.fedavg_local_epochs,
-                              n_test=10_000 if data == "full" else 2000)
+                              n_test=plan.initiator.n_test or 10_000)     # the images the MetaModel is tested on
     folder = tb.run_dir / "fedavg"
     folder.mkdir(parents=True, exist_ok=True)
     job_path = folder / "job.json"
