@@ -179,3 +179,39 @@ def test_report_renders_side_by_side():
     assert "| bytes sent by the participants | 2.00 MB | 3.00 kB |" in md
     assert "| 1 | contributor1 | RELEASED | 1 | 0 | 0 |" in md and "MetaModel with 1 model(s): 90.00%" in md
     assert human(999) == "999 B" and human(1500) == "1.50 kB"
+
+
+def test_reveal_shortcut_never_jumps_over_another_models_deadline():
+    """The dev-chain shortcut skips a fully revealed model's reveal window only when nobody else
+    has a deadline before its end (here: a second model still being voted on)."""
+    from types import SimpleNamespace as NS
+
+    from coopml.chain import ModelStatus
+    from coopml.testbed.workload import skip_revealed_ballots
+
+    class FakeChain:
+        def __init__(self):
+            self.t, self.moved = 1000, []
+
+        def now(self):
+            return self.t
+
+        def increase_time(self, s):
+            self.moved.append(s)
+            self.t += s
+
+    def model(status, reveals, reveal_deadline):
+        return NS(task_id=1, status=status, reveals=reveals, verify_deadline=reveal_deadline - 60,
+                  reveal_deadline=reveal_deadline, delivery_deadline=0, dispute_deadline=0, response_deadline=0)
+
+    terms = NS(verify_window=300, verifiers_per_model=1, announce_deadline=5000)
+    models = [model(ModelStatus.VERIFYING, 1, 1300), model(ModelStatus.VERIFYING, 0, 1302)]
+    coop = NS(task=lambda _: NS(terms=terms, closed=False), model_count=lambda: len(models),
+              model=lambda mid: models[mid - 1])
+    chain = FakeChain()
+    assert not skip_revealed_ballots(chain, coop, 1) and chain.moved == []     # model 2 still votes
+    models[1] = model(ModelStatus.VERIFYING, 1, 1302)
+    assert skip_revealed_ballots(chain, coop, 1) and chain.t == 1301            # both revealed: skip
+    terms.announce_deadline = 1100                                               # announcements still open
+    chain.t = 1000
+    assert not skip_revealed_ballots(chain, coop, 1)

@@ -284,17 +284,33 @@ class Driver:
 def skip_revealed_ballots(chain: Chain, coop: TaskClient, task_id: int) -> bool:
     """Dev-chain shortcut: once every drawn verifier of a model has revealed its vote, nobody has
     anything left to do in that model's reveal window (the contract would already accept its
-    finalization; the agents wait for the window's end): move the clock past it. True if moved."""
+    finalization; the agents wait for the window's end): move the clock past it — but only if
+    no other deadline of the task falls before that (another model's vote, delivery or dispute,
+    the announcement window), so that nobody else loses time it needs. True if moved."""
     from coopml.chain import ModelStatus
+    from coopml.sim.lifecycle import TERMINAL
     now = chain.now()
-    per_model = coop.task(task_id).terms.verifiers_per_model
+    task = coop.task(task_id)
+    window = task.terms.verify_window
+    revealed: list[int] = []
+    others: list[int] = [] if task.closed else [task.terms.announce_deadline]
     for mid in range(1, coop.model_count() + 1):
         m = coop.model(mid)
-        if (m.task_id == task_id and m.status == ModelStatus.VERIFYING and m.reveals >= per_model
-                and m.reveal_deadline >= now):
-            chain.increase_time(m.reveal_deadline - now + 1)
-            return True
-    return False
+        if m.task_id != task_id or m.status in TERMINAL:
+            continue
+        if m.status == ModelStatus.VERIFYING and m.reveals >= task.terms.verifiers_per_model:
+            revealed.append(m.reveal_deadline)
+            continue
+        late = m.verify_deadline - max(15, window // 5)     # when verifiers stop waiting (roles.verifier._late)
+        others += [late, m.verify_deadline, m.reveal_deadline, m.delivery_deadline, m.dispute_deadline,
+                   m.response_deadline]
+    if not revealed or min(revealed) < now:
+        return False
+    target = min(revealed) + 1
+    if any(now <= t <= target for t in others):
+        return False
+    chain.increase_time(target - now)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
