@@ -84,7 +84,8 @@ def test_reduced_run_completes_and_reports_traffic(ci_run):
     sent = sum(n["sent_bytes"] for n in nodes.values())
     recv = sum(n["recv_bytes"] for n in nodes.values())
     assert abs(sent - recv) <= 0.01 * sent, (sent, recv)
-    # each verifier fetched every encrypted model over its link: it received more than the models
+    # the verifier fetched each contributor's CKKS-encrypted outputs on its queries over its link:
+    # it received more than two models' worth
     assert nodes["verifier1"]["recv_bytes"] > 2 * report["fedavg"]["server"]["model_bytes"]
     # FedAvg's weights really crossed the links: each client sent at least rounds x model size
     fed = report["fedavg"]
@@ -157,7 +158,7 @@ def test_controller_flow_table_has_the_expected_flows(ci_run):
     for name in ("initiator", "contributor1", "contributor2", "verifier1"):
         to_chain = pair[(ports[name], hosts["chain"].mac)]
         assert to_chain["actions"] == [f"output:{ports['chain']}"] and to_chain["packets"] > 100, (name, to_chain)
-    for name in ("contributor1", "contributor2"):       # verifier1 fetched each encrypted model over IPFS
+    for name in ("contributor1", "contributor2"):       # verifier1 fetched its encrypted evaluation over IPFS
         assert pair[(ports[name], hosts["verifier1"].mac)]["bytes"] > report["fedavg"]["server"]["model_bytes"]
     assert all(f["packets"] == 0 for f in flows["flows"] if f["priority"] == 90)   # the pair flows caught all
 

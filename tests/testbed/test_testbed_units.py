@@ -50,6 +50,12 @@ def test_link_cut_syntax():
     for bad in ("contributor1", "c1@trained", "c1@trained:x", "@e:1"):
         with pytest.raises(TestbedError, match="HOST@EVENT:SECONDS"):
             LinkCut.parse(bad)
+    from coopml.testbed.runner import RunOptions, check_cuts
+    check_cuts(RunOptions(contributors=2, verifiers=1, cuts=[c, LinkCut.parse("verifier1@registered:5")]))
+    with pytest.raises(TestbedError, match="no agent host 'contributor3'"):
+        check_cuts(RunOptions(contributors=2, verifiers=1, cuts=[LinkCut.parse("contributor3@trained:5")]))
+    with pytest.raises(TestbedError, match="agents never log 'key-released'"):
+        check_cuts(RunOptions(contributors=2, verifiers=1, cuts=[LinkCut.parse("contributor1@key-released:5")]))
 
 
 def test_state_file_roundtrip_and_errors(state_dir, tmp_path):

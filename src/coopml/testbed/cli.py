@@ -46,7 +46,7 @@ _SWITCH = typer.Option("auto", "--switch", help="auto (OVS + controller, else Li
 _UP_OUT = typer.Option(Path("out/testbed"), help="run folder (logs, repos)")
 _RUN_OUT = typer.Option(Path("out/testbed"), help="report and run folder")
 _DATA = typer.Option(None, help="override the preset's data size: tiny, reduced or full")
-_CUT = typer.Option([], "--cut", help="HOST@EVENT:SECONDS, e.g. contributor1@trained:5 (repeatable): "
+_CUT = typer.Option([], "--cut", help="HOST@EVENT:SECONDS, e.g. verifier1@registered:5 (repeatable): "
                                      "cut that host's link after that event")
 
 

@@ -47,7 +47,7 @@ class LinkCut(BaseModel):
     def parse(cls, text: str) -> LinkCut:
         m = re.fullmatch(r"([\w-]+)@([\w-]+):([\d.]+)", text.strip())
         if not m:
-            raise TestbedError(f"bad --cut {text!r}: expected HOST@EVENT:SECONDS, e.g. contributor1@trained:5")
+            raise TestbedError(f"bad --cut {text!r}: expected HOST@EVENT:SECONDS, e.g. verifier1@registered:5")
         return cls(host=m.group(1), after_event=m.group(2), seconds=float(m.group(3)))
 
 
@@ -100,12 +100,26 @@ def bring_up(opts: RunOptions, run_dir: Path, log: Log = print) -> tuple[Testbed
         raise
 
 
+def check_cuts(opts: RunOptions) -> None:
+    """A cut naming a host the run does not have, or an event no agent logs, would never fire."""
+    hosts = {name for name, role in workload.testbed_hosts(opts.contributors, opts.verifiers)
+             if role not in ("chain", "operator")}
+    for cut in opts.cuts:
+        if cut.host not in hosts:
+            raise TestbedError(f"--cut {cut.host}@{cut.after_event}: no agent host {cut.host!r} in this run "
+                               f"(hosts: {', '.join(sorted(hosts))})")
+        if cut.after_event not in workload.AGENT_EVENTS:
+            raise TestbedError(f"--cut {cut.host}@{cut.after_event}: agents never log {cut.after_event!r} "
+                               f"(events: {', '.join(sorted(workload.AGENT_EVENTS))})")
+
+
 def run(opts: RunOptions, out: Path, log: Log = print) -> dict[str, Any]:
     """A whole run; returns the report dict (also written to out/report.json and report.md)."""
     from coopml.testbed.report import write_report
     from coopml.testbed.services import PeeringKeeper
 
     preset = get_preset(opts.preset)
+    check_cuts(opts)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()

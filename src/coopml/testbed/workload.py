@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from coopml.chain import Chain
 from coopml.errors import CoopmlError
+from coopml.roles.log import LogEvent
 
 if TYPE_CHECKING:
     from coopml.chain import TaskClient
@@ -52,6 +53,9 @@ PHASES: dict[str, list[tuple[str, str, Literal["first", "last"]]]] = {
 # Events that need the chain: the agent logs them only after its transaction was mined.
 CHAIN_EVENTS = frozenset({"registered", "published", "announced", "drawn", "delivered", "revealed", "committed",
                           "settled", "withdrawn", "closed", "finalized"})
+
+# Every event an agent logs (coopml.roles.log.LogEvent), e.g. to trigger a link cut on.
+AGENT_EVENTS = frozenset(e.value for e in LogEvent)
 
 # Events worth a line in the orchestrator's progress log.
 PROGRESS_EVENTS = frozenset({event for phases in PHASES.values() for _, event, _ in phases} | {"failed"})
@@ -204,7 +208,6 @@ class Driver:
 
     def run(self) -> dict[str, Any]:
         from coopml.chain import deploy
-        from coopml.roles.log import LogEvent
         from coopml.sim.lifecycle import (
             LifecyclePlan,
             prepare,
