@@ -187,13 +187,13 @@ def test_report_renders_side_by_side():
     assert human(999) == "999 B" and human(1500) == "1.50 kB"
 
 
-def test_reveal_shortcut_never_jumps_over_another_models_deadline():
-    """The dev-chain shortcut skips a fully revealed model's reveal window only when nobody else
-    has a deadline before its end (here: a second model still being voted on)."""
+def test_window_shortcut_never_jumps_over_another_models_deadline():
+    """The dev-chain shortcut skips a fully revealed model's reveal window, or a checked model's
+    dispute window, only when nobody else has a deadline before its end."""
     from types import SimpleNamespace as NS
 
     from coopml.chain import ModelStatus
-    from coopml.testbed.workload import skip_revealed_ballots
+    from coopml.testbed.workload import skip_used_windows
 
     class FakeChain:
         def __init__(self):
@@ -206,18 +206,26 @@ def test_reveal_shortcut_never_jumps_over_another_models_deadline():
             self.moved.append(s)
             self.t += s
 
-    def model(status, reveals, reveal_deadline):
+    def model(status, reveals, reveal_deadline, dispute_deadline=0):
         return NS(task_id=1, status=status, reveals=reveals, verify_deadline=reveal_deadline - 60,
-                  reveal_deadline=reveal_deadline, delivery_deadline=0, dispute_deadline=0, response_deadline=0)
+                  reveal_deadline=reveal_deadline, delivery_deadline=0, dispute_deadline=dispute_deadline,
+                  response_deadline=0)
 
-    terms = NS(verify_window=300, verifiers_per_model=1, announce_deadline=5000)
+    terms = NS(verify_window=300, verifiers_per_model=1, announce_deadline=5000, max_models=2)
     models = [model(ModelStatus.VERIFYING, 1, 1300), model(ModelStatus.VERIFYING, 0, 1302)]
     coop = NS(task=lambda _: NS(terms=terms, closed=False), model_count=lambda: len(models),
               model=lambda mid: models[mid - 1])
     chain = FakeChain()
-    assert not skip_revealed_ballots(chain, coop, 1) and chain.moved == []     # model 2 still votes
+    assert not skip_used_windows(chain, coop, 1, set()) and chain.moved == []    # model 2 still votes
     models[1] = model(ModelStatus.VERIFYING, 1, 1302)
-    assert skip_revealed_ballots(chain, coop, 1) and chain.t == 1301            # both revealed: skip
-    terms.announce_deadline = 1100                                               # announcements still open
+    assert skip_used_windows(chain, coop, 1, set()) and chain.t == 1301          # both revealed: skip
+    terms.max_models = 3                                                          # announcements still open
     chain.t = 1000
-    assert not skip_revealed_ballots(chain, coop, 1)
+    assert not skip_used_windows(chain, coop, 1, set())
+    terms.max_models = 2
+    # two models delivered together: the buyer checked model 1 only, so model 2's window stays
+    chain.t = 1000
+    models[:] = [model(ModelStatus.DELIVERED, 1, 900, dispute_deadline=1060),
+                 model(ModelStatus.DELIVERED, 1, 902, dispute_deadline=1062)]
+    assert not skip_used_windows(chain, coop, 1, {1}) and chain.t == 1000
+    assert skip_used_windows(chain, coop, 1, {1, 2}) and chain.t == 1061

@@ -212,7 +212,6 @@ class Driver:
             LifecyclePlan,
             prepare,
             read_outcome,
-            skip_checked_disputes,
         )
 
         spec = self.spec
@@ -251,8 +250,10 @@ class Driver:
                 raise CoopmlError(f"the task did not finish within {spec.timeout:.0f} s")
             if spec.shortcuts:
                 try:
-                    skip_revealed_ballots(chain, coop, task_id)
-                    skip_checked_disputes(chain, coop, task_id, self.records, self.lock)
+                    with self.lock:
+                        checked = {r.model for n, r in self.records if n == "initiator" and r.model is not None
+                                   and r.event in (LogEvent.MODEL_RECEIVED, LogEvent.DISPUTED)}
+                    skip_used_windows(chain, coop, task_id, checked)
                 except (CoopmlError, OSError) as exc:   # the operator's own link may be busy: try again
                     self.note("driver", {"event": "retry", "error": str(exc)[:200]})
             time.sleep(spec.poll_interval)
@@ -284,35 +285,38 @@ class Driver:
                 p.wait()
 
 
-def skip_revealed_ballots(chain: Chain, coop: TaskClient, task_id: int) -> bool:
-    """Dev-chain shortcut: once every drawn verifier of a model has revealed its vote, nobody has
-    anything left to do in that model's reveal window (the contract would already accept its
-    finalization; the agents wait for the window's end): move the clock past it — but only if
-    no other deadline of the task falls before that (another model's vote, delivery or dispute,
-    the announcement window), so that nobody else loses time it needs. True if moved."""
+def skip_used_windows(chain: Chain, coop: TaskClient, task_id: int, checked: set[int]) -> bool:
+    """Dev-chain shortcut: move the clock past windows nobody has anything left to do in — a
+    model's reveal window once every drawn verifier has revealed (the contract would already
+    accept its finalization; the agents wait for the window's end), a delivered model's dispute
+    window once the buyer has checked it (`checked`: model ids) — but only when every unsettled
+    model of the task is in such a window and no more models can be announced, so the jump takes
+    no time from anybody (another model's vote, delivery or check). True if the clock moved.
+    (`coopml.sim.lifecycle.skip_checked_disputes` does not check the other models: with two
+    models delivered together it skips the second one's dispute window before the buyer checked it.)"""
     from coopml.chain import ModelStatus
     from coopml.sim.lifecycle import TERMINAL
     now = chain.now()
     task = coop.task(task_id)
-    window = task.terms.verify_window
-    revealed: list[int] = []
-    others: list[int] = [] if task.closed else [task.terms.announce_deadline]
+    ends: list[int] = []
+    n_models = 0
     for mid in range(1, coop.model_count() + 1):
         m = coop.model(mid)
-        if m.task_id != task_id or m.status in TERMINAL:
+        if m.task_id != task_id:
+            continue
+        n_models += 1
+        if m.status in TERMINAL:
             continue
         if m.status == ModelStatus.VERIFYING and m.reveals >= task.terms.verifiers_per_model:
-            revealed.append(m.reveal_deadline)
-            continue
-        late = m.verify_deadline - max(15, window // 5)     # when verifiers stop waiting (roles.verifier._late)
-        others += [late, m.verify_deadline, m.reveal_deadline, m.delivery_deadline, m.dispute_deadline,
-                   m.response_deadline]
-    if not revealed or min(revealed) < now:
+            ends.append(m.reveal_deadline)
+        elif m.status == ModelStatus.DELIVERED and mid in checked:
+            ends.append(m.dispute_deadline)
+        else:
+            return False                         # somebody still needs this model's time
+    announcing = not task.closed and n_models < task.terms.max_models and now <= task.terms.announce_deadline
+    if announcing or not ends or min(ends) < now:
         return False
-    target = min(revealed) + 1
-    if any(now <= t <= target for t in others):
-        return False
-    chain.increase_time(target - now)
+    chain.increase_time(min(ends) + 1 - now)
     return True
 
 
