@@ -193,7 +193,7 @@ def test_window_shortcut_never_jumps_over_another_models_deadline():
     from types import SimpleNamespace as NS
 
     from coopml.chain import ModelStatus
-    from coopml.testbed.workload import skip_used_windows
+    from coopml.sim.lifecycle import skip_used_windows
 
     class FakeChain:
         def __init__(self):

@@ -32,7 +32,6 @@ from coopml.errors import CoopmlError
 from coopml.roles.log import LogEvent
 
 if TYPE_CHECKING:
-    from coopml.chain import TaskClient
     from coopml.sim.lifecycle import LifecyclePlan
 
 PUBLISHED_TIMEOUT = 300.0
@@ -212,6 +211,7 @@ class Driver:
             LifecyclePlan,
             prepare,
             read_outcome,
+            skip_used_windows,
         )
 
         spec = self.spec
@@ -283,41 +283,6 @@ class Driver:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-
-
-def skip_used_windows(chain: Chain, coop: TaskClient, task_id: int, checked: set[int]) -> bool:
-    """Dev-chain shortcut: move the clock past windows nobody has anything left to do in — a
-    model's reveal window once every drawn verifier has revealed (the contract would already
-    accept its finalization; the agents wait for the window's end), a delivered model's dispute
-    window once the buyer has checked it (`checked`: model ids) — but only when every unsettled
-    model of the task is in such a window and no more models can be announced, so the jump takes
-    no time from anybody (another model's vote, delivery or check). True if the clock moved.
-    (`coopml.sim.lifecycle.skip_checked_disputes` does not check the other models: with two
-    models delivered together it skips the second one's dispute window before the buyer checked it.)"""
-    from coopml.chain import ModelStatus
-    from coopml.sim.lifecycle import TERMINAL
-    now = chain.now()
-    task = coop.task(task_id)
-    ends: list[int] = []
-    n_models = 0
-    for mid in range(1, coop.model_count() + 1):
-        m = coop.model(mid)
-        if m.task_id != task_id:
-            continue
-        n_models += 1
-        if m.status in TERMINAL:
-            continue
-        if m.status == ModelStatus.VERIFYING and m.reveals >= task.terms.verifiers_per_model:
-            ends.append(m.reveal_deadline)
-        elif m.status == ModelStatus.DELIVERED and mid in checked:
-            ends.append(m.dispute_deadline)
-        else:
-            return False                         # somebody still needs this model's time
-    announcing = not task.closed and n_models < task.terms.max_models and now <= task.terms.announce_deadline
-    if announcing or not ends or min(ends) < now:
-        return False
-    chain.increase_time(min(ends) + 1 - now)
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
