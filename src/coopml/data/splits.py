@@ -63,7 +63,7 @@ def make_shards(pool: Dataset, specs: tuple[ShardSpec, ...] | list[ShardSpec], s
             raise DataError(f"shard {spec.name}: bad label set {spec.labels}")
         parts = []
         for n in (spec.n_train, spec.n_verify):
-            n = max(len(spec.labels), int(round(n * scale)))
+            n = max(len(spec.labels), round(n * scale))
             idx = []
             for c, k in _per_label(n, spec.labels).items():
                 if len(queues[c]) < k:

@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load as st_load, save as st_save
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from coopml.errors import HEError
 from coopml.he.model import EncryptedModel
 from coopml.he.scaling import IntegerNet, IntLayer, pair, quantize
-from coopml.he.scheme import Ciphertext, Params, PublicKey, SecretKey, _key_id
+from coopml.he.scheme import Ciphertext, Params, PublicKey, SecretKey
 
 FORMAT = "coopml-he/1"
 

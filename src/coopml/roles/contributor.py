@@ -21,12 +21,12 @@ from pydantic import Field
 
 from coopml.chain import ChainEvent, ModelStatus, key_commitment
 from coopml.data import Dataset
-from coopml.roles.datasets import split
 from coopml.errors import ContractRevert
 from coopml.models import TrainConfig, train_model
 from coopml.roles import evaluation, messages, package
 from coopml.roles.agent import Agent, AgentStopped, InboxMessage
 from coopml.roles.config import ContributorConfig
+from coopml.roles.datasets import split
 from coopml.roles.log import EventLog, LogEvent, Role
 from coopml.roles.messages import EvalOffer, EvalRequest, EvalResponse, MessageKind, ModelKey
 from coopml.roles.models import ModelRecord, build_trainable, load_record, model_bytes_for_delivery, save_record

@@ -17,8 +17,15 @@ from safetensors.torch import load_file, save_file
 
 from coopml.data import InputSpec
 from coopml.errors import ModelFileError
-from coopml.models import (OnnxFeatureModel, build_model, build_user_model, export_onnx, load_model,
-                           load_onnx_model, save_model)
+from coopml.models import (
+    OnnxFeatureModel,
+    build_model,
+    build_user_model,
+    export_onnx,
+    load_model,
+    load_onnx_model,
+    save_model,
+)
 from coopml.models.io import model_from_bytes, model_to_bytes
 from coopml.roles.config import ModelSource
 from coopml.roles.package import PackageHeader

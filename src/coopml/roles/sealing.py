@@ -64,11 +64,11 @@ class BoxKeyPair:
     private: ECC.EccKey
 
     @classmethod
-    def generate(cls) -> "BoxKeyPair":
+    def generate(cls) -> BoxKeyPair:
         return cls(ECC.generate(curve="Curve25519"))
 
     @classmethod
-    def from_bytes(cls, seed: bytes) -> "BoxKeyPair":
+    def from_bytes(cls, seed: bytes) -> BoxKeyPair:
         if len(seed) != 32:
             raise SealError("box private key must be 32 bytes")
         return cls(import_x25519_private_key(seed))

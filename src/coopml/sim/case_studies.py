@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class CaseStudyConfig(BaseModel):
     case_study_4: CaseStudy4Config | None = CaseStudy4Config.full()   # None: skip Case Study IV
 
     @classmethod
-    def reduced(cls) -> "CaseStudyConfig":
+    def reduced(cls) -> CaseStudyConfig:
         """CI preset: real training on ~30 % shards, a few epochs; minutes on one core."""
         return cls(preset="reduced", threads=1, scale=0.3, test_samples=2000, contributor_epochs=8, contributor_patience=3,
                    verify_threshold=0.8,
@@ -59,7 +59,7 @@ class CaseStudyConfig(BaseModel):
                    fedavg_rounds=2, fedavg_local_epochs=3, case_study_4=CaseStudy4Config.reduced())
 
     @classmethod
-    def full(cls) -> "CaseStudyConfig":
+    def full(cls) -> CaseStudyConfig:
         return cls(preset="full")
 
 

@@ -411,10 +411,9 @@ class _Proc:
 def _spawn(name: str, cmd: list[str], workdir: Path, on_record: Callable[[str, LogRecord], None]) -> _Proc:
     log_path = workdir / name / "stderr.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    err = open(log_path, "ab")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True)
-    err.close()
+    with open(log_path, "ab") as err:  # the child keeps its own descriptor
+        popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True)
 
     def pump(p: subprocess.Popen[str] = popen) -> None:
         assert p.stdout is not None
@@ -441,7 +440,7 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
     kill_at = dict(kill_at or {})
     records: list[tuple[str, LogRecord]] = []
     lock = threading.Lock()
-    journal = open(workdir / "events.jsonl", "a")
+    journal = open(workdir / "events.jsonl", "a")  # noqa: SIM115 -- closed in the `finally` below
 
     def record(name: str, rec: LogRecord) -> None:
         with lock:

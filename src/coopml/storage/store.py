@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 from multiformats import CID
 
@@ -93,7 +94,7 @@ class Store(ABC):
     def close(self) -> None:
         """Release connections and threads (nothing to do for a local store)."""
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -223,8 +224,7 @@ def open_store(spec: str | os.PathLike[str], **options: object) -> Store:
         from coopml.storage.kubo import KuboStore
 
         return KuboStore(text, **options)  # type: ignore[arg-type]
-    if text.startswith("local:"):
-        text = text[len("local:"):]
+    text = text.removeprefix("local:")
     if not text:
         raise StorageError("empty store spec: give a directory, local:/dir or http://host:port")
     return LocalStore(text, **options)  # type: ignore[arg-type]
