@@ -260,7 +260,7 @@ class Chain:
             receipt = self._wait(tx_hash)
         if receipt["status"] != 1:
             raise self._replay_failure(fn, params, receipt, decoder)
-        return receipt  # type: ignore[return-value]
+        return receipt
 
     EMBEDDED_TX_GAS = 10_000_000
 

@@ -227,7 +227,7 @@ def _chain_class(chain_id: int) -> Any:
     from eth.chains.base import MiningChain
     from eth.vm.forks import PragueVM
 
-    class DevMiningChain(MiningChain):  # type: ignore[misc]
+    class DevMiningChain(MiningChain):
         vm_configuration = ((BlockNumber(0), PragueVM),)
 
         def create_header_from_parent(self, parent_header: Any, **header_params: Any) -> Any:

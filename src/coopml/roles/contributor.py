@@ -13,6 +13,7 @@ without a single `if behaviour == ...` here.
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -252,7 +253,7 @@ class Contributor(Agent):
         acted = False
         self.sweep_inbox(lambda msg: msg.kind == MessageKind.EVAL_REQUEST and msg.model_id == mid)
         for ident, req in self.inbox().items():
-            self.handle(f"inbox:{ident}", lambda r=req: self._answer(view, mid, m, r), model=mid,
+            self.handle(f"inbox:{ident}", partial(self._answer, view, mid, m, req), model=mid,
                         deadline=m.verify_deadline)
             acted = True
         return acted

@@ -53,8 +53,10 @@ def unwrap(key: bytes, blob: bytes, context: bytes = b"") -> bytes:
         raise SealError("envelope authentication failed: wrong key, wrong context or tampered data") from None
 
 
-def _kdf(shared: bytes) -> bytes:
-    return HKDF(shared, 32, b"coopml-seal-v1", SHA256)
+def _kdf(shared: bytes | bytearray | memoryview) -> bytes:
+    key = HKDF(bytes(shared), 32, b"coopml-seal-v1", SHA256)
+    assert isinstance(key, bytes)  # num_keys=1 gives one key; the stub's return type also allows a tuple
+    return key
 
 
 @dataclass(frozen=True)

@@ -53,11 +53,12 @@ class SelectiveContributor(Contributor):
     def _send_offers(self, view: Any, mid: int, m: Any) -> bool:
         shunned = min(self.client.selected_verifiers(mid))
         real = self.client.selected_verifiers
-        self.client.selected_verifiers = lambda model_id: [v for v in real(model_id) if v != shunned]  # type: ignore
+        # the misbehaviour patches the client's view for one call (an instance attribute, not the class)
+        self.client.selected_verifiers = lambda model_id: [v for v in real(model_id) if v != shunned]  # type: ignore[method-assign]
         try:
             return super()._send_offers(view, mid, m)
         finally:
-            self.client.selected_verifiers = real  # type: ignore
+            self.client.selected_verifiers = real  # type: ignore[method-assign]
 
 
 class LyingContributor(Contributor):

@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from coopml.data import TABLE_II, TABLE_III, Dataset, LabelShard, ShardSpec, load_dataset, make_shards
-from coopml.fusion import FusionConfig, LateFusion, fuse
+from coopml.fusion import FusionConfig, LateFusion, Strategy, fuse
 from coopml.models import FeatureModel, TrainConfig, build_model, evaluate, train_model
 from coopml.sim.case_study4 import CaseStudy4Config, CaseStudy4Result, run_case_study_4
 from coopml.sim.fedavg import run_fedavg, state_bytes
@@ -151,7 +151,7 @@ def _initiator_only(arch: str, shard: LabelShard, cfg: CaseStudyConfig, test: Da
 
 
 def _fusion_curve(models: Sequence[FeatureModel], labels: Sequence[Sequence[int]], init: LabelShard,
-                  cfg: CaseStudyConfig, test: Dataset, strategies: Sequence[str] = ("I", "II")) -> dict[str, list[float]]:
+                  cfg: CaseStudyConfig, test: Dataset, strategies: Sequence[Strategy] = ("I", "II")) -> dict[str, list[float]]:
     """Accuracy as the models arrive one at a time ({1}, {1,2}, ...), per method."""
     out: dict[str, list[float]] = {f"strategy {s}": [] for s in strategies}
     out["late fusion"] = []
@@ -216,11 +216,11 @@ def skewed_shards(pool: Dataset, n_train: int, n_verify: int, alpha: float, seed
         parts = []
         for n in (n_train, n_verify):
             counts = rng.multinomial(n, p)
-            idx = []
+            picked = []
             for c, k in enumerate(counts):
-                idx.extend(queues[c][:k])
+                picked.extend(queues[c][:k])
                 del queues[c][:k]
-            idx = np.array(idx)
+            idx = np.array(picked)
             parts.append(pool.subset(idx[rng.permutation(len(idx))]))
         out[name] = LabelShard(ShardSpec(name, tuple(range(10)), n_train, n_verify), parts[0], parts[1])
     return out

@@ -340,7 +340,7 @@ def skip_checked_disputes(chain: Chain, coop: TaskClient, task_id: int, records:
 
 def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable[[LogRecord], None] | None = None,
                    max_rounds: int = 20_000) -> LifecycleResult:
-    from coopml.roles.config import ContributorConfig, InitiatorConfig, VerifierConfig, load_config
+    from coopml.roles.config import ContributorConfig, InitiatorConfig, NodeConfig, VerifierConfig, load_config
     from coopml.roles.log import EventLog, Role
     from coopml.roles.runner import load_agent_class
     from coopml.roles.state import AgentState
@@ -352,7 +352,8 @@ def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable[[LogRecord]
     coop = deploy(chain, chain.dev_accounts()[0])
     store_spec = str(workdir / "store")
     setup = prepare(plan, workdir, chain, coop, "embedded", store_spec, keep_keys=True)
-    cfg_types = {Role.INITIATOR: InitiatorConfig, Role.CONTRIBUTOR: ContributorConfig, Role.VERIFIER: VerifierConfig}
+    cfg_types: dict[Role, type[NodeConfig]] = {Role.INITIATOR: InitiatorConfig, Role.CONTRIBUTOR: ContributorConfig,
+                                               Role.VERIFIER: VerifierConfig}
     sink = log or (lambda rec: None)
     agents: dict[str, Any] = {}
 

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from multiformats import CID
 
@@ -217,14 +217,14 @@ class LocalStore(Store):
             return removed
 
 
-def open_store(spec: str | os.PathLike[str], **options: object) -> Store:
+def open_store(spec: str | os.PathLike[str], **options: Any) -> Store:
     """A store from a spec: "http://127.0.0.1:5001" (Kubo RPC API), "local:/path" or a plain path."""
     text = os.fspath(spec)
     if text.startswith(("http://", "https://")):
         from coopml.storage.kubo import KuboStore
 
-        return KuboStore(text, **options)  # type: ignore[arg-type]
+        return KuboStore(text, **options)
     text = text.removeprefix("local:")
     if not text:
         raise StorageError("empty store spec: give a directory, local:/dir or http://host:port")
-    return LocalStore(text, **options)  # type: ignore[arg-type]
+    return LocalStore(text, **options)
