@@ -125,7 +125,7 @@ class Chain:
         w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout}))
         try:
             actual = int(w3.eth.chain_id)
-        except Exception as exc:
+        except Exception as exc:  # any transport failure means "unreachable"
             raise ChainUnavailable(f"no JSON-RPC node answers at {url}: {exc}") from exc
         if chain_id is not None and actual != chain_id:
             raise WrongChain(f"wrong chain: configured chain id {chain_id}, the node at {url} serves {actual}",
@@ -217,7 +217,7 @@ class Chain:
                 tx_hash = self.w3.eth.send_transaction(cast(TxParams, tx))
         except ChainError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # transport failures are named
             if is_unavailable(exc):
                 raise ChainUnavailable(f"node unreachable: {exc}") from exc
             raise
@@ -254,7 +254,7 @@ class Chain:
                 receipt = None
         except ChainError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # translate reverts, re-raise the rest
             raise self._translate(exc, decoder) from exc
         if receipt is None:
             receipt = self._wait(tx_hash)

@@ -602,7 +602,7 @@ class DevChain:
 
         try:
             tx = self._tx_builder.decode(raw)
-        except Exception as exc:
+        except Exception as exc:  # rlp / type errors of a malformed payload
             raise _server(f"invalid transaction: cannot decode: {exc}") from exc
         if tx.chain_id is not None and int(tx.chain_id) != self.chain_id:
             raise _server(f"invalid chain id {tx.chain_id}: this node serves chain id {self.chain_id}")

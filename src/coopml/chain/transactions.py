@@ -223,7 +223,7 @@ class TxManager:
     def _rpc(self, fn: Callable[[], Any], what: str) -> Any:
         try:
             return fn()
-        except Exception as exc:
+        except Exception as exc:  # classify transport failures
             if is_unavailable(exc):
                 raise ChainUnavailable(f"node unreachable while {what}: {exc}") from exc
             raise
