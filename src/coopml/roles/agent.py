@@ -310,5 +310,14 @@ class Agent:
         self.state.close()
 
 
-__all__ = ["Agent", "AgentStopped", "InboxMessage", "Jobs", "Waiter", "WorkdirBusy", "WorkdirLock", "PERMANENT_REVERTS",
-           "StorageError"]
+__all__ = [
+    "PERMANENT_REVERTS",
+    "Agent",
+    "AgentStopped",
+    "InboxMessage",
+    "Jobs",
+    "StorageError",
+    "Waiter",
+    "WorkdirBusy",
+    "WorkdirLock",
+]

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
 from coopml.data import TABLE_II, TABLE_III, Dataset, LabelShard, ShardSpec, load_dataset, make_shards
-from coopml.fusion import FusionConfig, LateFusion, fuse
+from coopml.fusion import FusionConfig, LateFusion, Strategy, fuse
 from coopml.models import FeatureModel, TrainConfig, build_model, evaluate, train_model
 from coopml.sim.case_study4 import CaseStudy4Config, CaseStudy4Result, run_case_study_4
 from coopml.sim.fedavg import run_fedavg, state_bytes
@@ -51,7 +51,7 @@ class CaseStudyConfig(BaseModel):
     case_study_4: CaseStudy4Config | None = CaseStudy4Config.full()   # None: skip Case Study IV
 
     @classmethod
-    def reduced(cls) -> "CaseStudyConfig":
+    def reduced(cls) -> CaseStudyConfig:
         """CI preset: real training on ~30 % shards, a few epochs; minutes on one core."""
         return cls(preset="reduced", threads=1, scale=0.3, test_samples=2000, contributor_epochs=8, contributor_patience=3,
                    verify_threshold=0.8,
@@ -59,7 +59,7 @@ class CaseStudyConfig(BaseModel):
                    fedavg_rounds=2, fedavg_local_epochs=3, case_study_4=CaseStudy4Config.reduced())
 
     @classmethod
-    def full(cls) -> "CaseStudyConfig":
+    def full(cls) -> CaseStudyConfig:
         return cls(preset="full")
 
 
@@ -151,7 +151,7 @@ def _initiator_only(arch: str, shard: LabelShard, cfg: CaseStudyConfig, test: Da
 
 
 def _fusion_curve(models: Sequence[FeatureModel], labels: Sequence[Sequence[int]], init: LabelShard,
-                  cfg: CaseStudyConfig, test: Dataset, strategies: Sequence[str] = ("I", "II")) -> dict[str, list[float]]:
+                  cfg: CaseStudyConfig, test: Dataset, strategies: Sequence[Strategy] = ("I", "II")) -> dict[str, list[float]]:
     """Accuracy as the models arrive one at a time ({1}, {1,2}, ...), per method."""
     out: dict[str, list[float]] = {f"strategy {s}": [] for s in strategies}
     out["late fusion"] = []
@@ -216,11 +216,11 @@ def skewed_shards(pool: Dataset, n_train: int, n_verify: int, alpha: float, seed
         parts = []
         for n in (n_train, n_verify):
             counts = rng.multinomial(n, p)
-            idx = []
+            picked = []
             for c, k in enumerate(counts):
-                idx.extend(queues[c][:k])
+                picked.extend(queues[c][:k])
                 del queues[c][:k]
-            idx = np.array(idx)
+            idx = np.array(picked)
             parts.append(pool.subset(idx[rng.permutation(len(idx))]))
         out[name] = LabelShard(ShardSpec(name, tuple(range(10)), n_train, n_verify), parts[0], parts[1])
     return out

@@ -353,7 +353,7 @@ def skip_used_windows(chain: Chain, coop: TaskClient, task_id: int, checked: set
 
 def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable[[LogRecord], None] | None = None,
                    max_rounds: int = 20_000) -> LifecycleResult:
-    from coopml.roles.config import ContributorConfig, InitiatorConfig, VerifierConfig, load_config
+    from coopml.roles.config import ContributorConfig, InitiatorConfig, NodeConfig, VerifierConfig, load_config
     from coopml.roles.log import EventLog, Role
     from coopml.roles.runner import load_agent_class
     from coopml.roles.state import AgentState
@@ -365,7 +365,8 @@ def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable[[LogRecord]
     coop = deploy(chain, chain.dev_accounts()[0])
     store_spec = str(workdir / "store")
     setup = prepare(plan, workdir, chain, coop, "embedded", store_spec, keep_keys=True)
-    cfg_types = {Role.INITIATOR: InitiatorConfig, Role.CONTRIBUTOR: ContributorConfig, Role.VERIFIER: VerifierConfig}
+    cfg_types: dict[Role, type[NodeConfig]] = {Role.INITIATOR: InitiatorConfig, Role.CONTRIBUTOR: ContributorConfig,
+                                               Role.VERIFIER: VerifierConfig}
     sink = log or (lambda rec: None)
     agents: dict[str, Any] = {}
 
@@ -424,10 +425,9 @@ class _Proc:
 def _spawn(name: str, cmd: list[str], workdir: Path, on_record: Callable[[str, LogRecord], None]) -> _Proc:
     log_path = workdir / name / "stderr.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    err = open(log_path, "ab")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True)
-    err.close()
+    with open(log_path, "ab") as err:  # the child keeps its own descriptor
+        popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True)
 
     def pump(p: subprocess.Popen[str] = popen) -> None:
         assert p.stdout is not None
@@ -454,7 +454,7 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
     kill_at = dict(kill_at or {})
     records: list[tuple[str, LogRecord]] = []
     lock = threading.Lock()
-    journal = open(workdir / "events.jsonl", "a")
+    journal = open(workdir / "events.jsonl", "a")  # noqa: SIM115 -- closed in the `finally` below
 
     def record(name: str, rec: LogRecord) -> None:
         with lock:
