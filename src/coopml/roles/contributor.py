@@ -198,6 +198,10 @@ class Contributor(Agent):
                 return True
             return False
         if m.status == ModelStatus.VERIFYING:
+            if now > m.reveal_deadline:
+                # nobody else may be left to move the model on (verifiers and buyer gone): we do
+                self.client.finalize_model(mid)
+                return True
             if view.manifest.verification.mode == "plaintext":
                 return self._send_keys(mid, m)
             acted = self._send_offers(view, mid, m)

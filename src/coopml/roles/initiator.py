@@ -315,6 +315,7 @@ class Initiator(Agent):
         return False
 
     def _finish(self, info: Any) -> bool:
+        self._settle_abandoned_ballots()
         if self.client.owed(self.address):
             self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
         bought = self.state.facts("bought", Bought)
@@ -326,6 +327,22 @@ class Initiator(Agent):
         self.done = True
         self.log(LogEvent.DONE, human=self.summary, fusion_history=history)
         return True
+
+    def _settle_abandoned_ballots(self) -> None:
+        """A drawn verifier that vanished never settles its ballot: its fee and deposit would stay
+        locked for ever. Anyone may settle once the vote is over; the contract pays a revealed vote
+        and burns an unrevealed one, so settling for others gains the initiator nothing."""
+        for mid in self.state.facts("model", Fact):
+            if self.state.get(f"ballots_settled:{mid}"):
+                continue
+            for v in self.client.selected_verifiers(int(mid)):
+                if not self.client.ballot(int(mid), v).settled:
+                    try:
+                        self.client.settle_vote(int(mid), v)
+                    except ContractRevert as exc:
+                        if exc.name != "AlreadySettled":      # the verifier settled it meanwhile
+                            raise
+            self.state.set(f"ballots_settled:{mid}", True)
 
 
 def refuse_stale_workdir(state: AgentState, client: Any) -> None:

@@ -212,6 +212,9 @@ class Verifier(Agent):
                     return self._commit(asg, Vote.ABSTAIN, ["this verifier could not prepare its queries in time"])
                 return self._commit(asg, Vote.REJECT, ["the contributor made no valid evaluation offer in time"])
             if asg.stage == Stage.REQUESTED:
+                if asg.request_cid is not None and self.state.get(f"request_posted:{mid}") is None:
+                    self._post_request(mid, asg.contributor, asg.request_cid)
+                    return True
                 if self._read_inbox(view, asg, m):
                     return True
                 if self._late(m):
@@ -219,6 +222,14 @@ class Verifier(Agent):
                 return False
             if asg.stage == Stage.EVALUATED:
                 return self._judge(view, asg, m)
+            if asg.stage == Stage.COMMITTED and not self.client.ballot(mid, self.address).committed:
+                # vote and salt were stored, the transaction never made it (a crash or a lost node)
+                if self.now() <= m.verify_deadline:
+                    assert asg.vote is not None and asg.salt is not None
+                    self.client.commit_vote(mid, Vote(asg.vote), bytes.fromhex(asg.salt))
+                    self.log(LogEvent.COMMITTED, model=mid, resent=True)
+                    return True
+                return False
             if asg.stage == Stage.COMMITTED:
                 ballot_open = m.commits == len(self.client.selected_verifiers(mid)) or self.now() > m.verify_deadline
                 if ballot_open and self.now() <= m.reveal_deadline and self.should_reveal():
@@ -276,9 +287,15 @@ class Verifier(Agent):
                           batch_cid=self.store.put(enc.batch))
         cid = self.store.put(messages.encode(req))
         self._save(asg, stage=Stage.REQUESTED, request_cid=cid)   # before the message: a restart re-sends the same
-        self.client.post_message(self.task_id, asg.model_id, asg.contributor, int(MessageKind.EVAL_REQUEST), cid)
+        self._post_request(asg.model_id, asg.contributor, cid)
         self.log(LogEvent.REQUESTED, model=asg.model_id, contributor=asg.contributor, queries=len(qs.x))
         return Decision(outcome=Outcome.DONE)
+
+    def _post_request(self, mid: int, contributor: str, cid: str) -> None:
+        """Post the request, then remember it was posted: a crash in between re-posts the same CID on
+        restart (the contributor answers each request message; a duplicate costs it one evaluation)."""
+        self.client.post_message(self.task_id, mid, contributor, int(MessageKind.EVAL_REQUEST), cid)
+        self.state.set(f"request_posted:{mid}", cid)
 
     def _read_inbox(self, view: TaskView, asg: Assignment, m: Any) -> bool:
         for ident, msg in self.inbox().items():
