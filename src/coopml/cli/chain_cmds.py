@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,7 +22,7 @@ from rich.table import Table
 from coopml.cli.common import CliUsageError, friendly
 from coopml.errors import CoopmlError
 
-console = Console()
+console = Console(soft_wrap=True)
 # coopml.chain.accounts' defaults, repeated so that `coopml --help` need not import web3
 # (tests/cli/test_cli_errors.py checks they agree)
 PASSWORD_ENV = "COOPML_KEYSTORE_PASSWORD"
@@ -34,10 +34,10 @@ ZERO_ADDRESS = "0x" + "00" * 20
 account_app = typer.Typer(no_args_is_help=True, add_completion=False,
                           help="Encrypted accounts (eth-account keystore files, scrypt, written 0600).")
 
-_KEYSTORE_DIR = typer.Option(DEFAULT_KEYSTORE, "--keystore", help="keystore directory")
-_PW_FILE = typer.Option(None, "--password-file", help="file whose first line is the password (else "
-                        f"${PASSWORD_ENV}, else a prompt)")
-_SCRYPT = typer.Option(SCRYPT_N, "--scrypt-n", hidden=True, help="scrypt cost (tests use a cheap one)")
+KeystoreDir = Annotated[Path, typer.Option("--keystore", help="keystore directory")]
+PasswordFile = Annotated[Path | None, typer.Option("--password-file", help="file whose first line is the "
+                                                   f"password (else ${PASSWORD_ENV}, else a prompt)")]
+ScryptCost = Annotated[int, typer.Option("--scrypt-n", hidden=True, help="scrypt cost (tests use a cheap one)")]
 
 
 def _password(password_file: Path | None, confirm: bool = False) -> str:
@@ -58,12 +58,12 @@ def _chain(rpc: str) -> Any:
 # ------------------------------------------------------------------------------ node
 
 def node(
-    port: int = typer.Option(8545, min=0, max=65535, help="port on 127.0.0.1 (0: a free one)"),
-    anvil: bool = typer.Option(False, "--anvil", help="run anvil (npm, pinned) instead of the embedded py-evm node"),
-    block_time: float = typer.Option(1.0, min=0.0, help="seconds between blocks (0: one block per transaction)"),
-    state: Optional[Path] = typer.Option(None, help="keep the chain in this file across restarts "
-                                         "(embedded: SQLite; anvil: its --state JSON)"),
-    accounts: int = typer.Option(10, min=1, max=100, help="unlocked, funded dev accounts (dev chains only)"),
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port on 127.0.0.1 (0: a free one)")] = 8545,
+    anvil: Annotated[bool, typer.Option("--anvil", help="run anvil (npm, pinned) instead of the embedded py-evm node")] = False,
+    block_time: Annotated[float, typer.Option(min=0.0, help="seconds between blocks (0: one block per transaction)")] = 1.0,
+    state: Annotated[Path | None, typer.Option(help="keep the chain in this file across restarts "
+                                         "(embedded: SQLite; anvil: its --state JSON)")] = None,
+    accounts: Annotated[int, typer.Option(min=1, max=100, help="unlocked, funded dev accounts (dev chains only)")] = 10,
 ) -> None:
     """Start a local chain node on 127.0.0.1 and print its RPC URL; Ctrl-C stops it."""
     from coopml.chain.processes import free_port
@@ -93,10 +93,10 @@ def node(
 # ------------------------------------------------------------------------------ deploy
 
 def deploy(
-    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain node"),
-    account: Path = typer.Option(..., "--account", help="keystore file of the (funded) deploying account"),
-    password_file: Optional[Path] = _PW_FILE,
-    out: Path = typer.Option(Path("deployment.json"), "--out", help="where to write the deployment record"),
+    rpc: Annotated[str, typer.Option("--rpc", help="JSON-RPC URL of the chain node")],
+    account: Annotated[Path, typer.Option("--account", help="keystore file of the (funded) deploying account")],
+    password_file: PasswordFile = None,
+    out: Annotated[Path, typer.Option("--out", help="where to write the deployment record")] = Path("deployment.json"),
 ) -> None:
     """Deploy the CoopML contract; prints its address and deployment block and writes them as JSON."""
     from coopml.chain import deploy as deploy_contract
@@ -115,8 +115,8 @@ def deploy(
 
 @account_app.command("new")
 @friendly
-def account_new(keystore: Path = _KEYSTORE_DIR, password_file: Optional[Path] = _PW_FILE,
-                scrypt_n: int = _SCRYPT) -> None:
+def account_new(keystore: KeystoreDir = DEFAULT_KEYSTORE, password_file: PasswordFile = None,
+                scrypt_n: ScryptCost = SCRYPT_N) -> None:
     """Create a random account, encrypted with a password."""
     from coopml.chain import Keystore
     entry = Keystore(keystore, scrypt_n=scrypt_n).create(_password(password_file, confirm=True))
@@ -125,10 +125,10 @@ def account_new(keystore: Path = _KEYSTORE_DIR, password_file: Optional[Path] = 
 
 @account_app.command("import")
 @friendly
-def account_import(key_file: str = typer.Option(..., "--key-file", help="file holding the hex private key, "
-                                                "or - for standard input (never pass a key as an argument)"),
-                   keystore: Path = _KEYSTORE_DIR, password_file: Optional[Path] = _PW_FILE,
-                   scrypt_n: int = _SCRYPT) -> None:
+def account_import(key_file: Annotated[str, typer.Option("--key-file", help="file holding the hex private key, "
+                                                "or - for standard input (never pass a key as an argument)")],
+                   keystore: KeystoreDir = DEFAULT_KEYSTORE, password_file: PasswordFile = None,
+                   scrypt_n: ScryptCost = SCRYPT_N) -> None:
     """Encrypt an existing private key into the keystore."""
     from coopml.chain import Keystore, read_private_key
     key = read_private_key(key_file)
@@ -138,28 +138,29 @@ def account_import(key_file: str = typer.Option(..., "--key-file", help="file ho
 
 @account_app.command("list")
 @friendly
-def account_list(keystore: Path = _KEYSTORE_DIR,
-                 rpc: Optional[str] = typer.Option(None, "--rpc", help="also show balances from this node")) -> None:
+def account_list(keystore: KeystoreDir = DEFAULT_KEYSTORE,
+                 rpc: Annotated[str | None, typer.Option("--rpc", help="also show balances from this node")] = None) -> None:
     """Accounts in the keystore (addresses are read without decrypting anything)."""
     from coopml.chain import Keystore
     entries = Keystore(keystore).list()
     chain = _chain(rpc) if rpc else None
-    table = Table("address", "file", *(["balance (ETH)"] if chain else []))
-    for e in entries:
-        table.add_row(e.address, str(e.path), *([f"{chain.balance(e.address) / ETHER:.4f}"] if chain else []))
-    console.print(table if entries else f"no accounts in {keystore}")
+    if not entries:
+        console.print(f"no accounts in {keystore}", highlight=False)
+    for e in entries:      # one line per account, `cast wallet list` style: easy to grep and script
+        balance = f"  {chain.balance(e.address) / ETHER:.4f} ETH" if chain else ""
+        console.print(f"{e.address}  {e.path}{balance}", highlight=False)
 
 
 @account_app.command("fund")
 @friendly
 def account_fund(
-    to: list[str] = typer.Option(..., "--to", help="recipient address or keystore file (repeat for several)"),
-    eth: float = typer.Option(..., "--eth", min=0.0, help="amount in ETH"),
-    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain node"),
-    sender: Optional[Path] = typer.Option(None, "--from", help="keystore file of the paying account"),
-    from_dev: bool = typer.Option(False, "--from-dev", help="pay from the node's first unlocked dev account "
-                                  "(anvil / `coopml node` only)"),
-    password_file: Optional[Path] = _PW_FILE,
+    to: Annotated[list[str], typer.Option("--to", help="recipient address or keystore file (repeat for several)")],
+    eth: Annotated[float, typer.Option("--eth", min=0.0, help="amount in ETH")],
+    rpc: Annotated[str, typer.Option("--rpc", help="JSON-RPC URL of the chain node")],
+    sender: Annotated[Path | None, typer.Option("--from", help="keystore file of the paying account")] = None,
+    from_dev: Annotated[bool, typer.Option("--from-dev", help="pay from the node's first unlocked dev account "
+                                  "(anvil / `coopml node` only)")] = False,
+    password_file: PasswordFile = None,
 ) -> None:
     """Send ETH to accounts (dev chains: from the node's dev account)."""
     from eth_utils import is_hex_address, to_checksum_address
@@ -176,7 +177,7 @@ def account_fund(
         assert sender is not None
         payer = chain.add_key(_unlock(sender, password_file).key)
     for address in addresses:
-        chain.fund(address, int(round(eth * ETHER)), sender=payer)
+        chain.fund(address, round(eth * ETHER), sender=payer)
         console.print(f"sent {eth:g} ETH from {payer} to {address}; balance {chain.balance(address) / ETHER:.4f} ETH",
                       highlight=False)
 
@@ -192,8 +193,8 @@ def _keystore_address(path: Path) -> str:
 # ------------------------------------------------------------------------------ publish
 
 def publish(
-    config: Path = typer.Option(..., "--config", help="the initiator's JSON config (InitiatorConfig)"),
-    manifest: Optional[str] = typer.Option(None, "--manifest", help="task manifest file (overrides the config's)"),
+    config: Annotated[Path, typer.Option("--config", help="the initiator's JSON config (InitiatorConfig)")],
+    manifest: Annotated[str | None, typer.Option("--manifest", help="task manifest file (overrides the config's)")] = None,
 ) -> None:
     """Publish the task of an initiator config (escrowing the reward) and print its id.
 
@@ -202,14 +203,15 @@ def publish(
     from coopml.roles.initiator import Initiator
     from coopml.roles.log import EventLog, Role
     from coopml.roles.runner import open_node
+    from coopml.task import TaskManifest, builtin_names
 
     cfg = load_config(InitiatorConfig, config, manifest=manifest)
     assert isinstance(cfg, InitiatorConfig)
-    if manifest is None and not Path(cfg.manifest).is_file():
-        from coopml.task import builtin_names
-        if cfg.manifest not in builtin_names():
+    if cfg.manifest not in builtin_names():      # a bad manifest fails here, before any key is unlocked
+        if not Path(cfg.manifest).is_file():
             raise CliUsageError(f"{config}: manifest {cfg.manifest!r} is neither a file nor a built-in manifest "
                                 f"({', '.join(builtin_names())})")
+        TaskManifest.from_file(cfg.manifest)
     node_ = open_node(cfg)
     agent = Initiator(cfg, client=node_.client, store=node_.store, state=node_.state,
                       log=EventLog(Role.INITIATOR, "initiator", lambda rec: None))
@@ -224,6 +226,16 @@ def publish(
     finally:
         agent.jobs.shutdown()
         node_.close()
+
+
+def manifests() -> None:
+    """The task manifests shipped with coopml (the paper's tasks), usable by name in an initiator config."""
+    from coopml.task import builtin_manifest, builtin_names
+    table = Table("name", "task", "input", "verification")
+    for name in builtin_names():
+        m = builtin_manifest(name)
+        table.add_row(name, m.name, m.input.describe(), m.verification.mode)
+    console.print(table)
 
 
 # ------------------------------------------------------------------------------ status
@@ -250,13 +262,13 @@ def _target(rpc: str | None, contract: str | None, from_block: int | None, deplo
 
 
 def status(
-    task: int = typer.Option(..., "--task", min=1, help="task id"),
-    rpc: Optional[str] = typer.Option(None, "--rpc", help="JSON-RPC URL"),
-    contract: Optional[str] = typer.Option(None, "--contract", help="CoopML contract address"),
-    from_block: Optional[int] = typer.Option(None, "--from-block", min=0, help="first block to read events from"),
-    deployment: Optional[Path] = typer.Option(None, "--deployment", help="deployment JSON (`coopml deploy`)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="any node config (chain and contract taken from it)"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    task: Annotated[int, typer.Option("--task", min=1, help="task id")],
+    rpc: Annotated[str | None, typer.Option("--rpc", help="JSON-RPC URL")] = None,
+    contract: Annotated[str | None, typer.Option("--contract", help="CoopML contract address")] = None,
+    from_block: Annotated[int | None, typer.Option("--from-block", min=0, help="first block to read events from")] = None,
+    deployment: Annotated[Path | None, typer.Option("--deployment", help="deployment JSON (`coopml deploy`)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="any node config (chain and contract taken from it)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """A task's models, votes, payments and deadlines, read from the chain (no account needed)."""
     from coopml.chain import TaskClient, verify_deployment
@@ -290,11 +302,12 @@ def status(
 
 def _time(ts: int) -> str:
     import datetime as dt
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
 def mount(app: typer.Typer) -> None:
-    for fn, name in ((node, "node"), (deploy, "deploy"), (publish, "publish"), (status, "status")):
+    for fn, name in ((node, "node"), (deploy, "deploy"), (publish, "publish"), (status, "status"),
+                     (manifests, "manifests")):
         app.command(name)(friendly(fn))
     app.add_typer(account_app, name="account")
 

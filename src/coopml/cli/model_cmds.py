@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,19 +13,24 @@ from rich.table import Table
 
 from coopml.cli.common import CliUsageError, friendly
 
-console = Console()
+console = Console(soft_wrap=True)
 store_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="Content-addressed storage (IPFS-identical CIDs) on a local store or an IPFS RPC API.")
-_STORE = typer.Option(..., "--store", help="a directory, local:/dir, or http://127.0.0.1:5001 (IPFS RPC API)")
+StoreSpec = Annotated[str, typer.Option("--store", help="a directory, local:/dir, or http://127.0.0.1:5001 "
+                                                       "(IPFS RPC API)")]
 
 
 def export(
-    config: Path = typer.Option(..., "--config", help="the initiator's JSON config"),
-    out: Path = typer.Option(Path("metamodel"), "--out", help="output folder"),
+    config: Annotated[Path, typer.Option("--config", help="the initiator's JSON config")],
+    out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("metamodel"),
 ) -> None:
     """Write the initiator's MetaModel as metamodel.safetensors and one self-contained metamodel.onnx."""
     from coopml.roles.config import InitiatorConfig, load_config
-    from coopml.roles.export import metamodel_onnx, rebuild_metamodel, save_metamodel_file
+    from coopml.roles.export import (
+        metamodel_onnx,
+        rebuild_metamodel,
+        save_metamodel_file,
+    )
 
     cfg = load_config(InitiatorConfig, config)
     assert isinstance(cfg, InitiatorConfig)
@@ -41,10 +46,10 @@ def export(
 
 
 def predict(
-    model: Path = typer.Option(..., "--model", help="metamodel.onnx written by `coopml export`"),
-    inputs: Path = typer.Argument(..., help="an image folder, an .npz (array x) or a .csv/.parquet file"),
-    label_column: Optional[str] = typer.Option(None, "--label-column", help="csv/parquet: a column to leave out"),
-    as_json: bool = typer.Option(False, "--json", help="one JSON object per sample"),
+    model: Annotated[Path, typer.Option("--model", help="metamodel.onnx written by `coopml export`")],
+    inputs: Annotated[Path, typer.Argument(help="an image folder, an .npz (array x) or a .csv/.parquet file")],
+    label_column: Annotated[str | None, typer.Option("--label-column", help="csv/parquet: a column to leave out")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per sample")] = False,
 ) -> None:
     """Classify samples with an exported MetaModel; prints each sample's class name."""
     import numpy as np
@@ -70,8 +75,8 @@ def predict(
 
 @store_app.command("put")
 @friendly
-def store_put(path: Path = typer.Argument(..., help="file to store"), store: str = _STORE,
-              pin: bool = typer.Option(True, help="pin it (kept by garbage collection)")) -> None:
+def store_put(path: Annotated[Path, typer.Argument(help="file to store")], store: StoreSpec,
+              pin: Annotated[bool, typer.Option(help="pin it (kept by garbage collection)")] = True) -> None:
     """Store a file; prints its CID."""
     from coopml.storage import open_store
     if not path.is_file():
@@ -88,8 +93,8 @@ def store_put(path: Path = typer.Argument(..., help="file to store"), store: str
 
 @store_app.command("get")
 @friendly
-def store_get(cid: str = typer.Argument(...), store: str = _STORE,
-              out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: standard output)")) -> None:
+def store_get(cid: Annotated[str, typer.Argument()], store: StoreSpec,
+              out: Annotated[Path | None, typer.Option("--out", help="file to write (default: standard output)")] = None) -> None:
     """Fetch content by CID (its hash is checked against the CID)."""
     from coopml.storage import open_store
     s = open_store(store)

@@ -10,7 +10,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
@@ -75,8 +75,7 @@ def _default(field: Any) -> str:
         value = value.value
     elif isinstance(value, Path):
         value = str(value)
-    text = json.dumps(value, default=str)
-    return f"`{text}`" if len(text) <= 60 else f"`{text[:57]}...`"
+    return f"`{json.dumps(value, default=str)}`"
 
 
 def _cell(text: str) -> str:
@@ -120,8 +119,8 @@ def render() -> str:
 
 
 def config_reference(
-    out: Path = typer.Option(REFERENCE_PATH, "--out", help="file to write"),
-    check: bool = typer.Option(False, "--check", help="only check that the file is up to date (exit 1 if not)"),
+    out: Annotated[Path, typer.Option("--out", help="file to write")] = REFERENCE_PATH,
+    check: Annotated[bool, typer.Option("--check", help="only check that the file is up to date (exit 1 if not)")] = False,
 ) -> None:
     """Generate docs/config-reference.md from the pydantic models (every field, type, default, description)."""
     text = render()

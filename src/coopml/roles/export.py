@@ -85,7 +85,7 @@ def rebuild_metamodel(cfg: InitiatorConfig) -> ExportedMetaModel:
     finally:
         store.close()
     fcfg = FusionConfig.tuned(max_epochs=cfg.fusion_epochs, patience=8, seed=cfg.seed)
-    meta = MetaModel(models, labels, view.manifest.fusion.strategy, fcfg)
+    meta = MetaModel(models, labels, view.manifest.fusion.strategy, fcfg)  # type: ignore[arg-type]
     try:
         meta.load_state_dict(load_file(path))
     except RuntimeError as exc:
@@ -120,12 +120,14 @@ def metamodel_onnx(exported: ExportedMetaModel, opset: int = 17) -> bytes:
     meta, spec = exported.meta, exported.spec
     graphs = []
     for i, m in enumerate(meta.members):
-        data = m.onnx_bytes if hasattr(m, "onnx_bytes") else export_onnx(m, spec, labels=meta.label_sets[i])
+        delivered = getattr(m, "onnx_bytes", None)       # a member delivered as ONNX: exactly those bytes
+        data = delivered if isinstance(delivered, bytes) else export_onnx(m, spec, labels=meta.label_sets[i])
         g = compose.add_prefix(onnx.load_from_string(data), f"m{i}_")
         graphs.append(g)
     head_io = io.BytesIO()
-    feats = [torch.zeros(2, int(m.feature_dim)) for m in meta.members]
-    torch.onnx.export(_Head(meta, spec.num_classes).eval(), tuple(feats), head_io, dynamo=False,
+    feats = [torch.zeros(2, int(getattr(m, "feature_dim"))) for m in meta.members]  # noqa: B009
+    head_model = _Head(meta, spec.num_classes).eval()
+    torch.onnx.export(head_model, tuple(feats), head_io, dynamo=False,  # type: ignore[arg-type]
                       input_names=[f"m{i}_features" for i in range(len(feats))], output_names=[SCORES],
                       dynamic_axes={n: {0: "batch"} for n in [*(f"m{i}_features" for i in range(len(feats))), SCORES]},
                       opset_version=opset)
@@ -154,7 +156,7 @@ def metamodel_onnx(exported: ExportedMetaModel, opset: int = 17) -> bytes:
 
 
 def _check_same(exported: ExportedMetaModel, data: bytes) -> None:
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
     spec = exported.spec
     x = torch.randn(8, *spec.shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -170,14 +172,15 @@ def save_metamodel_file(exported: ExportedMetaModel, path: Path) -> Path:
     weights), with the InputSpec and member list as metadata."""
     from coopml.fusion import __all__ as fusion_api
     if "save_metamodel" in fusion_api:         # the self-describing MetaModel file, where it exists
-        import coopml.fusion as fusion
+        from coopml import fusion
         return fusion.save_metamodel(exported.meta, path)  # type: ignore[attr-defined,no-any-return]
     from safetensors.torch import save_file
     tensors = {f"head.{k}": v.contiguous() for k, v in exported.meta.state_dict().items()
                if not k.startswith("members.")}
     for i, m in enumerate(exported.meta.members):
-        if hasattr(m, "onnx_bytes"):
-            tensors[f"member.{i}.onnx"] = torch.frombuffer(bytearray(m.onnx_bytes), dtype=torch.uint8)
+        delivered = getattr(m, "onnx_bytes", None)
+        if isinstance(delivered, bytes):
+            tensors[f"member.{i}.onnx"] = torch.frombuffer(bytearray(delivered), dtype=torch.uint8)
         else:
             tensors.update({f"member.{i}.{k}": v.contiguous() for k, v in m.state_dict().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +193,7 @@ def save_metamodel_file(exported: ExportedMetaModel, path: Path) -> Path:
 def load_onnx_metamodel(path: Path) -> tuple[Any, InputSpec]:
     """An exported MetaModel graph (onnxruntime session) and the InputSpec from its metadata."""
     import onnx
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
     try:
         proto = onnx.load(str(path))
     except FileNotFoundError:
