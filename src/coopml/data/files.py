@@ -411,7 +411,8 @@ def _is_number(v: Any) -> bool:
 def load_samples(path: str | Path, spec: InputSpec, label_column: str | None = None) -> tuple[np.ndarray, list[str]]:
     """Raw samples [N, *spec.shape] to predict on, and a name per sample, from an image folder (any
     image files below it, classes unknown), an .npz (array 'x'; 'y' ignored) or a CSV / Parquet file
-    (feature columns as the InputSpec names them, or every column but `label_column`)."""
+    (the feature columns the InputSpec names, other columns such as an id ignored; without names,
+    every column but `label_column`)."""
     path = Path(path)
     if path.is_dir():
         if not spec.is_image:
