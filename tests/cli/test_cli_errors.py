@@ -170,3 +170,11 @@ def test_predict_refuses_what_is_not_an_export(tmp_path):
     junk = tmp_path / "j.onnx"
     junk.write_bytes(b"\x00garbage")
     fail("predict", "--model", str(junk), str(tmp_path), expect="not an ONNX file")
+
+
+def test_node_on_a_taken_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        fail("node", "--port", str(s.getsockname()[1]), expect="cannot listen on 127.0.0.1:")

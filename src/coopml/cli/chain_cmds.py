@@ -70,7 +70,14 @@ def node(
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     if not anvil:
+        import socket
+
         from coopml.chain.node import serve
+        with socket.socket() as probe:      # a taken port is a clear error, not a traceback
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise CliUsageError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
         console.print(f"rpc: {url}", highlight=False)
         sys.stdout.flush()
         serve(port, block_time=block_time, state=state, accounts=accounts)
