@@ -178,3 +178,25 @@ def test_node_on_a_taken_port():
         s.bind(("127.0.0.1", 0))
         s.listen()
         fail("node", "--port", str(s.getsockname()[1]), expect="cannot listen on 127.0.0.1:")
+
+
+def test_status_table_keeps_statuses_whole_at_80_columns(capsys):
+    from rich.console import Console
+
+    from coopml.roles.status import ModelSummary, Payment, TaskStatus, TaskSummary
+    a = "0x" + "ab" * 20
+    st = TaskStatus(chain_time=1_800_000_000, task=TaskSummary(
+        task_id=3, initiator=a, closed=False, models_bought=1, max_models=2, verifiers_per_model=1, reward_eth=1.0,
+        announce_deadline=1_800_000_900), models=[ModelSummary(
+            model_id=7, contributor=a, status="AWAITING_DRAW", approve=0, reject=1, abstain=0, votes={a: "REJECT"},
+            cid="Qm", verify_deadline=1_800_000_100, reveal_deadline=1_800_000_110, delivery_deadline=0,
+            dispute_deadline=0)], payments=[Payment(account=a, kind="burnt: model_rejected", wei=10**17)])
+    old = chain_cmds.console
+    chain_cmds.console = Console(width=80, soft_wrap=True)
+    try:
+        chain_cmds.print_status(st)
+    finally:
+        chain_cmds.console = old
+    out = capsys.readouterr().out
+    assert "AWAITING_DRAW" in out and "0/1/0" in out and "burnt: model_rejected" in out and "0.1000" in out
+    assert max(len(line) for line in out.splitlines() if line.startswith(("┃", "│", "┏"))) <= 80

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from coopml.cli.common import CliUsageError, friendly
 from coopml.errors import CoopmlError
@@ -288,28 +288,41 @@ def status(
     if as_json:
         print(json.dumps(st.model_dump(mode="json"), indent=1))
         return
+    print_status(st)
+
+
+def print_status(st: Any) -> None:
+    """The rich view of a roles.status.TaskStatus (fits 80 columns: addresses fold, statuses never do)."""
     t = st.task
     console.print(f"[bold]task {t.task_id}[/] by {t.initiator}: {'closed' if t.closed else 'open'}, "
                   f"{t.models_bought}/{t.max_models} model(s) bought, reward {t.reward_eth:g} ETH/model, "
                   f"{t.verifiers_per_model} verifier(s)/model; announce until {_time(t.announce_deadline)} "
                   f"(chain time now {_time(st.chain_time)})", highlight=False)
-    models = Table("model", "contributor", "status", "approve/reject/abstain", "votes", "verify by", "reveal by",
-                   "dispute until", title="models")
+    models = Table(Column("model", no_wrap=True), Column("contributor", overflow="fold"),
+                   Column("status", no_wrap=True, min_width=13), Column("a/r/x", no_wrap=True),
+                   Column("votes", overflow="fold"), "verify by", "reveal by", "dispute until",
+                   title="models (a/r/x: approve/reject/abstain; times UTC)")
     for m in st.models:
-        votes = ", ".join(f"{v[:8]}…:{vote.lower()}" for v, vote in m.votes.items()) or "-"
-        models.add_row(str(m.model_id), m.contributor, m.status, f"{m.approve}/{m.reject}/{m.abstain}", votes,
-                       _time(m.verify_deadline), _time(m.reveal_deadline), _time(m.dispute_deadline))
+        votes = ", ".join(f"{_short(v)} {vote.lower()}" for v, vote in m.votes.items()) or "-"
+        models.add_row(str(m.model_id), _short(m.contributor), m.status, f"{m.approve}/{m.reject}/{m.abstain}", votes,
+                       _time(m.verify_deadline, True), _time(m.reveal_deadline, True), _time(m.dispute_deadline, True))
     console.print(models if st.models else "no models announced yet")
     if st.payments:
-        pay = Table("account", "what", "ETH", title="payments and burns")
+        pay = Table(Column("account", overflow="fold"), "what", Column("ETH", no_wrap=True, justify="right"),
+                    title="payments and burns")
         for p in st.payments:
             pay.add_row(p.account, p.kind, f"{p.wei / ETHER:.4f}")
         console.print(pay)
 
 
-def _time(ts: int) -> str:
+def _short(address: str) -> str:
+    return f"{address[:6]}…{address[-4:]}"
+
+
+def _time(ts: int, clock_only: bool = False) -> str:
     import datetime as dt
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+    fmt = "%H:%M:%S" if clock_only else "%Y-%m-%d %H:%M:%S UTC"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime(fmt) if ts else "-"
 
 
 def mount(app: typer.Typer) -> None:

@@ -62,7 +62,7 @@ def task_status(client: TaskClient, task_id: int, from_block: int = 0) -> TaskSt
         elif ev.name == "VoteRevealed" and a["modelId"] in ours:
             votes.setdefault(int(a["modelId"]), {})[a["verifier"]] = Vote(a["vote"]).name
         elif ev.name == "VoteSettled" and a["modelId"] in ours and a["paid"]:
-            payments.append(Payment(account=a["verifier"], kind=f"verifier fee + deposit (model {a['modelId']})",
+            payments.append(Payment(account=a["verifier"], kind=f"verifier payout (model {a['modelId']})",
                                     wei=int(a["paid"])))
         elif ev.name == "ModelReleased" and a.get("taskId") == task_id:
             payments.append(Payment(account=a["contributor"], kind=f"reward (model {a['modelId']})",
