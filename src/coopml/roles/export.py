@@ -84,12 +84,16 @@ def rebuild_metamodel(cfg: InitiatorConfig) -> ExportedMetaModel:
             members.append({"model_id": mid, "labels": list(b.labels), "cid": b.cid, "format": hdr.format})
     finally:
         store.close()
-    fcfg = FusionConfig.tuned(max_epochs=cfg.fusion_epochs, patience=8, seed=cfg.seed)
-    meta = MetaModel(models, labels, view.manifest.fusion.strategy, fcfg)  # type: ignore[arg-type]
-    try:
-        meta.load_state_dict(load_file(path))
-    except RuntimeError as exc:
-        raise ExportError(f"{path} does not fit the bought models: {str(exc)[:300]}") from None
+    from coopml import fusion
+    if hasattr(fusion, "load_metamodel"):       # the self-describing MetaModel file, where it exists
+        meta = fusion.load_metamodel(path)
+    else:
+        fcfg = FusionConfig.tuned(max_epochs=cfg.fusion_epochs, patience=8, seed=cfg.seed)
+        meta = MetaModel(models, labels, view.manifest.fusion.strategy, fcfg)  # type: ignore[arg-type]
+        try:
+            meta.load_state_dict(load_file(path))
+        except RuntimeError as exc:
+            raise ExportError(f"{path} does not fit the bought models: {str(exc)[:300]}") from None
     meta.eval()
     return ExportedMetaModel(meta, spec, members)
 
