@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from coopml.errors import CoopmlError
+from coopml.cli.common import err_console, friendly
 from coopml.testbed.cli import app as testbed_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="coopml: decentralized, privacy-preserving cooperative machine learning.")
 app.add_typer(testbed_app, name="testbed")
 console = Console()
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable)
-
-
-def friendly(fn: F) -> F:
-    """Turn expected errors into a clear message and exit code 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CoopmlError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-    return wrapper  # type: ignore[return-value]
 
 
 def parse_labels(text: str) -> tuple[int, ...]:
@@ -210,6 +195,14 @@ def demo(
             console.print(f"MetaModel with {len(h['members'])} model(s): {h['test_accuracy']:.2%} on the test set")
     report = write_report(result, out)
     console.print(f"finished in {result.elapsed:.0f} s; report in {report}/report.md")
+
+
+from coopml.cli import chain_cmds, model_cmds  # noqa: E402 - mounted after the role commands
+from coopml.cli.reference import config_reference  # noqa: E402
+
+chain_cmds.mount(app)
+model_cmds.mount(app)
+app.command("config-reference")(config_reference)
 
 
 def main() -> None:  # pragma: no cover - console entry point

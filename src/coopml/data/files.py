@@ -404,3 +404,52 @@ def _is_number(v: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+# -- unlabelled samples (prediction) -------------------------------------------------------------
+
+def load_samples(path: str | Path, spec: InputSpec, label_column: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """Raw samples [N, *spec.shape] to predict on, and a name per sample, from an image folder (any
+    image files below it, classes unknown), an .npz (array 'x'; 'y' ignored) or a CSV / Parquet file
+    (the feature columns the InputSpec names, other columns such as an id ignored; without names,
+    every column but `label_column`)."""
+    path = Path(path)
+    if path.is_dir():
+        if not spec.is_image:
+            raise DataError(f"{path}: a folder of images, but the task's InputSpec is tabular {list(spec.shape)}")
+        files = [(rel, p) for rel, p in _folder_files(path) if p.name.lower().endswith(IMAGE_EXTENSIONS)]
+        if not files:
+            raise DataError(f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        return np.stack([_decode_image(_read_file(p), str(p), spec, False) for _, p in files]), [r for r, _ in files]
+    suffix = path.suffix.lower()
+    data = _read_file(path)
+    if suffix == ".npz":
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                if "x" not in archive.files:
+                    raise DataError(f"{path}: no array 'x'; it holds {archive.files}")
+                x = archive["x"]
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
+        x = spec.cast_raw(spec.batch_shape(x, f"{path}: array 'x'"), f"{path}: array 'x'")
+        return x, [f"x[{i}]" for i in range(len(x))]
+    if suffix in (".csv", ".parquet"):
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+        fmt: Literal["csv", "parquet"] = "csv" if suffix == ".csv" else "parquet"
+        try:
+            table = pacsv.read_csv(pa.BufferReader(data)) if fmt == "csv" else pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowException, ValueError, OSError) as exc:
+            raise DataError(f"{path}: not a readable {fmt} file ({exc})") from None
+        names = [c for c in table.column_names if c != label_column]
+        label = "__coopml_row__"
+        table = table.append_column(label, pa.array(["0"] * table.num_rows)).select([*names, label])
+        ignore = [c for c in names if spec.feature_names is not None and c not in spec.feature_names]
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        ds = _load_table(buf.getvalue(), str(path), "parquet", spec, label, "id", ignore)
+        return ds.images, [f"row {i + 1}" for i in range(len(ds.images))]
+    raise DataError(f"{path}: cannot tell the format; give an image folder, .npz, .csv or .parquet")

@@ -156,7 +156,9 @@ class Initiator(Agent):
         if m.status == ModelStatus.AWAITING_DRAW and self.chain.block_number() > m.draw_block:
             self.client.draw_verifiers(mid)
             return True
-        if m.status == ModelStatus.VERIFYING and now > m.reveal_deadline:
+        # the contract finalizes as soon as every drawn verifier revealed: no need to wait out the window
+        if m.status == ModelStatus.VERIFYING and (now > m.reveal_deadline
+                                                  or m.reveals >= self.view.info.terms.verifiers_per_model):
             self.client.finalize_model(mid)
             self.log(LogEvent.FINALIZED, model=mid)
             return True

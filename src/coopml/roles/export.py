@@ -1,0 +1,212 @@
+"""The initiator's MetaModel as files other programs can use: safetensors and one ONNX graph.
+
+`rebuild_metamodel` reopens what the initiator bought (each model from the content store, checked
+against its on-chain envelope hash with the key kept in the workdir) and loads the fused head the
+initiator saved. `metamodel_onnx` writes ONE self-contained ONNX graph: every member's graph (the
+members that were delivered as ONNX stay exactly those bytes; registered architectures are
+exported) feeding the fusion head, output `scores` [N, classes], with the task's InputSpec in the
+metadata so `coopml predict` needs nothing else. The graph is checked against the torch MetaModel
+on random inputs before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from coopml.data import InputSpec
+from coopml.errors import CoopmlError
+from coopml.fusion import FusionConfig, MetaModel
+from coopml.roles.config import InitiatorConfig
+
+META_INPUT_SPEC = "coopml.input_spec"
+SCORES = "scores"
+
+
+class ExportError(CoopmlError):
+    """The MetaModel cannot be rebuilt or exported (nothing bought yet, a missing key, a mismatch)."""
+
+
+@dataclass
+class ExportedMetaModel:
+    meta: MetaModel
+    spec: InputSpec
+    members: list[dict[str, Any]]       # model id, labels, cid
+
+
+def rebuild_metamodel(cfg: InitiatorConfig) -> ExportedMetaModel:
+    from safetensors.torch import load_file
+
+    from coopml.chain import Chain, TaskClient, verify_deployment
+    from coopml.roles.initiator import Bought
+    from coopml.roles.models import load_delivered
+    from coopml.roles.state import AgentState
+    from coopml.roles.task import load_task
+    from coopml.roles.verifier import open_committed
+    from coopml.storage import open_store
+
+    path = cfg.workdir / "metamodel.safetensors"
+    state_path = cfg.workdir / "state.sqlite"
+    if not path.is_file() or not state_path.is_file():
+        raise ExportError(f"{cfg.workdir}: no MetaModel yet (run `coopml initiator` until it has fused a bought model)")
+    state = AgentState(state_path)
+    try:
+        task_id = state.get("task_id")
+        history = state.get("fusion_history", []) or []
+        bought = {b.model_id: b for b in state.facts("bought", Bought).values()}
+    finally:
+        state.close()
+    if task_id is None or not history:
+        raise ExportError(f"{cfg.workdir}: the initiator has not fused any model yet")
+    chain = Chain.rpc(cfg.chain)
+    verify_deployment(chain, cfg.contract)
+    client = TaskClient(chain, cfg.contract, "0x" + "00" * 20, deploy_block=cfg.from_block)
+    store = open_store(cfg.store)
+    try:
+        view = load_task(client, store, task_id)
+        spec = view.manifest.input
+        models, labels, members = [], [], []
+        for mid in history[-1]["members"]:
+            b = bought.get(mid)
+            key_path = cfg.workdir / "secret" / f"model_key_{mid}"
+            if b is None or not key_path.is_file():
+                raise ExportError(f"{cfg.workdir}: model {mid} was fused but its record or key is missing")
+            hdr, body = open_committed(store.get(b.cid), key_path.read_bytes(), bytes.fromhex(b.envelope_hash),
+                                       client.address, task_id)
+            models.append(load_delivered(hdr, body, spec))
+            labels.append(list(b.labels))
+            members.append({"model_id": mid, "labels": list(b.labels), "cid": b.cid, "format": hdr.format})
+    finally:
+        store.close()
+    from coopml import fusion
+    if hasattr(fusion, "load_metamodel"):       # the self-describing MetaModel file, where it exists
+        meta = fusion.load_metamodel(path)
+    else:
+        fcfg = FusionConfig.tuned(max_epochs=cfg.fusion_epochs, patience=8, seed=cfg.seed)
+        meta = MetaModel(models, labels, view.manifest.fusion.strategy, fcfg)  # type: ignore[arg-type]
+        try:
+            meta.load_state_dict(load_file(path))
+        except RuntimeError as exc:
+            raise ExportError(f"{path} does not fit the bought models: {str(exc)[:300]}") from None
+    meta.eval()
+    return ExportedMetaModel(meta, spec, members)
+
+
+class _Head(nn.Module):
+    """The MetaModel after its members: raw member features in, class scores out."""
+
+    def __init__(self, meta: MetaModel, num_classes: int) -> None:
+        super().__init__()
+        self.meta, self.k = meta, num_classes
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        fc = torch.cat([f.flatten(1) for f in features], dim=1)
+        if self.meta.cfg.feature_activation == "relu":
+            fc = torch.relu(fc)
+        fc = (fc - self.meta.feat_mean) / self.meta.feat_std
+        return self.meta.head(fc)[:, :self.k]
+
+
+def metamodel_onnx(exported: ExportedMetaModel, opset: int = 17) -> bytes:
+    import io
+
+    import onnx
+    from onnx import compose, helper
+
+    from coopml.models import export_onnx
+
+    meta, spec = exported.meta, exported.spec
+    graphs = []
+    for i, m in enumerate(meta.members):
+        delivered = getattr(m, "onnx_bytes", None)       # a member delivered as ONNX: exactly those bytes
+        data = delivered if isinstance(delivered, bytes) else export_onnx(m, spec, labels=meta.label_sets[i])
+        g = compose.add_prefix(onnx.load_from_string(data), f"m{i}_")
+        graphs.append(g)
+    head_io = io.BytesIO()
+    feats = [torch.zeros(2, int(getattr(m, "feature_dim"))) for m in meta.members]  # noqa: B009
+    head_model = _Head(meta, spec.num_classes).eval()
+    torch.onnx.export(head_model, tuple(feats), head_io, dynamo=False,  # type: ignore[arg-type]
+                      input_names=[f"m{i}_features" for i in range(len(feats))], output_names=[SCORES],
+                      dynamic_axes={n: {0: "batch"} for n in [*(f"m{i}_features" for i in range(len(feats))), SCORES]},
+                      opset_version=opset)
+    head = compose.add_prefix(onnx.load_from_string(head_io.getvalue()), "head_", rename_inputs=False,
+                              rename_outputs=False)
+    nodes, inits = [], []
+    for i, g in enumerate(graphs):
+        for node in g.graph.node:
+            node.input[:] = ["input" if x == f"m{i}_input" else x for x in node.input]
+        nodes += list(g.graph.node)
+        inits += list(g.graph.initializer)
+    nodes += list(head.graph.node)
+    inits += list(head.graph.initializer)
+    graph = helper.make_graph(nodes, "coopml_metamodel", [helper.make_tensor_value_info(
+        "input", onnx.TensorProto.FLOAT, ["batch", *spec.shape])], list(head.graph.output), initializer=inits)
+    opsets = {o.domain: o.version for g in [*graphs, head] for o in g.opset_import}
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                              producer_name="coopml")
+    model.ir_version = max(g.ir_version for g in [*graphs, head])
+    helper.set_model_props(model, {META_INPUT_SPEC: spec.model_dump_json(),
+                                   "coopml.members": json.dumps(exported.members)})
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    _check_same(exported, data)
+    return data
+
+
+def _check_same(exported: ExportedMetaModel, data: bytes) -> None:
+    import onnxruntime as ort  # type: ignore[import-untyped]
+    spec = exported.spec
+    x = torch.randn(8, *spec.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = exported.meta(x)[:, :spec.num_classes].numpy()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = sess.run([SCORES], {"input": x.numpy()})[0]
+    if not np.allclose(got, want, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(want).max()))):
+        raise ExportError(f"the ONNX MetaModel disagrees with the torch one (max diff {np.abs(got - want).max():.3g})")
+
+
+def save_metamodel_file(exported: ExportedMetaModel, path: Path) -> Path:
+    """safetensors: the fused head's tensors and every member (delivered ONNX bytes as uint8, or its
+    weights), with the InputSpec and member list as metadata."""
+    from coopml.fusion import __all__ as fusion_api
+    if "save_metamodel" in fusion_api:         # the self-describing MetaModel file, where it exists
+        from coopml import fusion
+        return fusion.save_metamodel(exported.meta, path)  # type: ignore[attr-defined,no-any-return]
+    from safetensors.torch import save_file
+    tensors = {f"head.{k}": v.contiguous() for k, v in exported.meta.state_dict().items()
+               if not k.startswith("members.")}
+    for i, m in enumerate(exported.meta.members):
+        delivered = getattr(m, "onnx_bytes", None)
+        if isinstance(delivered, bytes):
+            tensors[f"member.{i}.onnx"] = torch.frombuffer(bytearray(delivered), dtype=torch.uint8)
+        else:
+            tensors.update({f"member.{i}.{k}": v.contiguous() for k, v in m.state_dict().items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, path, metadata={META_INPUT_SPEC: exported.spec.model_dump_json(),
+                                       "coopml.members": json.dumps(exported.members),
+                                       "coopml.strategy": exported.meta.strategy})
+    return path
+
+
+def load_onnx_metamodel(path: Path) -> tuple[Any, InputSpec]:
+    """An exported MetaModel graph (onnxruntime session) and the InputSpec from its metadata."""
+    import onnx
+    import onnxruntime as ort  # type: ignore[import-untyped]
+    try:
+        proto = onnx.load(str(path))
+    except FileNotFoundError:
+        raise ExportError(f"{path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for garbage
+        raise ExportError(f"{path}: not an ONNX file ({type(exc).__name__})") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if META_INPUT_SPEC not in props:
+        raise ExportError(f"{path}: not a coopml MetaModel export (no {META_INPUT_SPEC} metadata); "
+                          "use `coopml export` to make one")
+    spec = InputSpec.model_validate_json(props[META_INPUT_SPEC])
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]), spec
