@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from coopml.chain.accounts import PASSWORD_ENV
 from coopml.data import DatasetRef
 from coopml.errors import CoopmlError
 from coopml.models import TrainConfig
@@ -29,7 +30,7 @@ class AccountRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keystore: Path = Field(description="eth-account keystore JSON file (`coopml account new`)")
-    password_env: str | None = Field("COOPML_PASSWORD", description="environment variable holding the password")
+    password_env: str | None = Field(PASSWORD_ENV, description="environment variable holding the password")
     password_file: Path | None = Field(None, description="file holding the password (mode 0600); "
                                        "takes precedence over password_env")
 
