@@ -25,7 +25,7 @@ from coopml.errors import CoopmlError
 console = Console(soft_wrap=True)
 # coopml.chain.accounts' defaults, repeated so that `coopml --help` need not import web3
 # (tests/cli/test_cli_errors.py checks they agree)
-from coopml.chain.accounts import PASSWORD_ENV  # one name for the whole tool
+PASSWORD_ENV = "COOPML_KEYSTORE_PASSWORD"
 
 SCRYPT_N = 2**18
 ETHER = 10**18
