@@ -230,6 +230,10 @@ class TaskClient:
     last_receipt: TxReceipt | None = field(default=None, repr=False)
     # where event scans of this contract can start; known when `deploy` made it, else 0 (genesis)
     deploy_block: int = 0
+    # agents: every value-carrying call is journaled under an intent named by its arguments, so a
+    # retry after a crash or timeout re-sends the same signed transaction instead of paying twice.
+    # Off for library use, where the same call may legitimately be made twice (two equal tasks).
+    payment_intents: bool = False
 
     def __post_init__(self) -> None:
         self.address = to_checksum_address(self.address)
@@ -238,16 +242,19 @@ class TaskClient:
         self._decoder = coopml_errors()
 
     def as_(self, account: str) -> TaskClient:
-        return TaskClient(self.chain, self.address, account, deploy_block=self.deploy_block)
+        return TaskClient(self.chain, self.address, account, deploy_block=self.deploy_block,
+                          payment_intents=self.payment_intents)
 
     # ------------------------------------------------------------------ plumbing
 
     def _tx(self, fn_name: str, *args: Any, value: int = 0, extra_gas: int = 0, intent: str | None = None) -> TxReceipt:
         """`intent` names a payment once and for all: the transaction manager journals the signed
         transaction under it, so a retry after a timeout or a crash re-sends that same transaction
-        (same nonce) instead of paying twice. Every call that carries value has one."""
+        (same nonce) instead of paying twice. With `payment_intents`, every call that carries value has one."""
         fn = getattr(self.contract.functions, fn_name)(*args)
-        if value and intent is None:
+        if not self.payment_intents:
+            intent = None
+        elif value and intent is None:
             intent = f"{self.address}:{self.account}:{fn_name}:{':'.join(str(a.hex() if isinstance(a, bytes) else a) for a in args)}"
         self.last_receipt = self.chain.transact(fn, self.account, value=value, decoder=self._decoder,
                                                 extra_gas=extra_gas, intent=intent)

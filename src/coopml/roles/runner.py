@@ -65,7 +65,7 @@ def open_node(cfg: NodeConfig, chain: Chain | None = None, password: str | None 
             chain = Chain.rpc(cfg.chain, journal=cfg.workdir / "tx-journal.sqlite")
         address = chain.add_key(account.key)
         verify_deployment(chain, cfg.contract)           # P6: never pay into an address that is not CoopML
-        client = TaskClient(chain, cfg.contract, address)
+        client = TaskClient(chain, cfg.contract, address, payment_intents=True)
         return Node(chain, client, open_store(cfg.store), AgentState(cfg.workdir / "state.sqlite"), lock)
     except BaseException:
         lock.release()

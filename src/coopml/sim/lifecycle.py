@@ -374,7 +374,8 @@ def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable[[LogRecord]
         cls = load_agent_class(setup.agents[name])
         overrides = {"task_id": task_id} if task_id is not None else {}
         cfg = load_config(cfg_types[cls.role], setup.paths[name], **overrides)
-        client = TaskClient(chain, coop.address, chain.add_key(setup.keys[name]), deploy_block=coop.deploy_block)
+        client = TaskClient(chain, coop.address, chain.add_key(setup.keys[name]), deploy_block=coop.deploy_block,
+                            payment_intents=True)
         return cls(cfg, client=client, store=open_store(store_spec), state=AgentState(Path(cfg.workdir) / "state.sqlite"),
                    log=EventLog(cls.role, name, sink))
 
