@@ -84,6 +84,15 @@ class FusionConfig(BaseModel):
                                    "refit_on_all": True}
         return cls(**{**base, **overrides})
 
+    @classmethod
+    def live(cls, **overrides: object) -> FusionConfig:
+        """The initiator's preset for refits inside the task lifecycle (benchmarks/bench_fusion.py):
+        fewer augmented copies, larger batches, short warm-started refits."""
+        base: dict[str, object] = {"feature_activation": "relu", "augment_copies": 4, "feature_dropout": 0.3,
+                                   "refit_on_all": True, "batch_size": 200, "max_epochs": 40, "patience": 6,
+                                   "warm_max_epochs": 20}
+        return cls(**{**base, **overrides})
+
 
 @dataclass
 class FitReport:
