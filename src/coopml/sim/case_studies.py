@@ -65,7 +65,7 @@ class CaseStudyConfig(BaseModel):
         return cls(preset="reduced", threads=1, scale=0.3, test_samples=2000, contributor_epochs=8, contributor_patience=3,
                    verify_threshold=0.8,
                    fusion=FusionConfig.tuned(augment_copies=2, max_epochs=80, patience=10),
-                   fedavg_rounds=2, fedavg_local_epochs=3)
+                   fedavg_rounds=2, fedavg_local_epochs=3, cs3_precisions=["fp32", "int8"])
 
     @classmethod
     def full(cls) -> CaseStudyConfig:
