@@ -29,7 +29,15 @@ from coopml.data import (
     load_dataset,
     make_shards,
 )
-from coopml.fusion import FusionConfig, LateFusion, fuse
+from coopml.fusion import (
+    FeatureCache,
+    FusionConfig,
+    LateFusion,
+    MetaModel,
+    Strategy,
+    TorchMember,
+    fuse,
+)
 from coopml.models import FeatureModel, TrainConfig, build_model, evaluate, train_model
 from coopml.sim.fedavg import run_fedavg
 from coopml.sim.transport import Precision, ship, state_bytes
@@ -176,13 +184,19 @@ def _initiator_only(arch: str, shard: LabelShard, cfg: CaseStudyConfig, test: Da
 
 
 def _fusion_curve(models: Sequence[FeatureModel], labels: Sequence[Sequence[int]], init: LabelShard,
-                  cfg: CaseStudyConfig, test: Dataset, strategies: Sequence[str] = ("I", "II")) -> dict[str, list[float]]:
-    """Accuracy as the models arrive one at a time ({1}, {1,2}, ...), per method."""
+                  cfg: CaseStudyConfig, test: Dataset, strategies: Sequence[Strategy] = ("I", "II"),
+                  ) -> dict[str, list[float]]:
+    """Accuracy as the models arrive one at a time ({1}, {1,2}, ...), per method. Each MetaModel
+    is fitted from scratch; the members' features on the initiator's data are computed once."""
     out: dict[str, list[float]] = {f"strategy {s}": [] for s in strategies}
     out["late fusion"] = []
+    members = [TorchMember(m, labs) for m, labs in zip(models, labels)]
+    cache = FeatureCache(init.train, init.verify, cfg.fusion)
     for k in range(1, len(models) + 1):
+        cache.add(members[k - 1])
         for s in strategies:
-            meta = fuse(models[:k], init.train, init.verify, s, cfg.fusion, labels=labels[:k])
+            meta = MetaModel(members[:k], None, s, cfg.fusion)
+            meta.fit_cached(cache)
             out[f"strategy {s}"].append(evaluate(meta, test))
         out["late fusion"].append(evaluate(LateFusion(models[:k], labels[:k]), test))
     return out
@@ -241,11 +255,11 @@ def skewed_shards(pool: Dataset, n_train: int, n_verify: int, alpha: float, seed
         parts = []
         for n in (n_train, n_verify):
             counts = rng.multinomial(n, p)
-            idx = []
+            taken: list[int] = []
             for c, k in enumerate(counts):
-                idx.extend(queues[c][:k])
+                taken.extend(queues[c][:k])
                 del queues[c][:k]
-            idx = np.array(idx)
+            idx = np.array(taken)
             parts.append(pool.subset(idx[rng.permutation(len(idx))]))
         out[name] = LabelShard(ShardSpec(name, tuple(range(10)), n_train, n_verify), parts[0], parts[1])
     return out
