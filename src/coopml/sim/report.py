@@ -159,9 +159,9 @@ def write_report(out_dir: str | Path, results: CaseStudiesResult) -> Path:
         md.append(f"| {s.name} | {_pct(s.ours_accuracy)} | {_mib(s.ours_bytes)} | {', '.join(s.ours_verified) or '-'} | "
                   f"{_pct(s.fedavg_accuracy)} | {_mib(s.fedavg_bytes)} | "
                   f"{' / '.join(_pct(a) for a in s.fedavg_round_accuracy)} |")
-    md += ["", f"'Ours' above ships members as {cfg.transport_precision}. Every shipping precision measured "
-           "(each time the verifier judges and the initiator fuses exactly the weights received; a model travels "
-           "as two objects, body and head, and the initiator fetches only the bodies):", "",
+    md += ["", (f"'Ours' above ships members as {cfg.transport_precision}. Every shipping precision measured "
+                "(each time the verifier judges and the initiator fuses exactly the weights received; a model "
+                "travels as two objects, body and head, and the initiator fetches only the bodies):"), "",
            "| scenario | shipped as | accuracy | MiB | ours / FedAvg bytes | verified |", "|---|---|---|---|---|---|"]
     for s in results.cs3.scenarios:
         for v in s.ours:
