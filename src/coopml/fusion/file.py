@@ -4,6 +4,8 @@ Layout (tensors only, so loading never runs code):
 
 - `head.<j>.<name>`: fusion head j's tensors (A, B, biases, the eqs. 11-12 masks, branches);
 - `norm.mean`, `norm.std`: the feature normalisation of the last fit;
+- `select.<j>.<name>` (optional): head j before its final refit on train + validation, the
+  honest warm start for the next refit when the initiator resumes after a restart;
 - `member.<key>.<name>`: every member's own tensors (torch: its state dict; other kinds: what
   their registered `MemberKind` writes, e.g. an ONNX graph as a uint8 blob).
 
@@ -89,6 +91,9 @@ def metamodel_manifest(meta: MetaModel, member_keys: Sequence[str] | None = None
     for j, head in enumerate(meta.fusion_heads):
         for name, t in head.state_dict().items():
             tensors[f"head.{j}.{name}"] = t.detach().contiguous().clone()
+        if head.selection_state is not None:   # the warm start of the next refit (fuser.py)
+            for name, t in head.selection_state.items():
+                tensors[f"select.{j}.{name}"] = t.detach().contiguous().clone()
     tensors["norm.mean"] = meta.feat_mean.detach().contiguous().clone()
     tensors["norm.std"] = meta.feat_std.detach().contiguous().clone()
     entries = []
@@ -229,6 +234,13 @@ def _rebuild(manifest: MetaModelManifest, tensors: dict[str, torch.Tensor], wher
                 raise ModelFileError(f"{where}: head.{j}.{k} contains NaN or infinity")
         head.load_state_dict({k: v for k, v in state.items() if v is not None})
         used.update(f"head.{j}.{k}" for k in state)
+        select = {k: tensors[f"select.{j}.{k}"] for k in state if f"select.{j}.{k}" in tensors}
+        if select:
+            bad = [k for k in state if k not in select or select[k].shape != head.state_dict()[k].shape]
+            if bad:
+                raise ModelFileError(f"{where}: warm-start tensors select.{j}.* do not match head {j} ({bad[:3]})")
+            head.selection_state = {k: v.clone() for k, v in select.items()}
+            used.update(f"select.{j}.{k}" for k in select)
     for name, attr in (("norm.mean", "feat_mean"), ("norm.std", "feat_std")):
         t = tensors.get(name)
         if t is None or tuple(t.shape) != (meta.feature_dim,):

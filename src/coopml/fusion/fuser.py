@@ -229,8 +229,7 @@ class IncrementalFuser:
             why = f" ({len(self.rejected)} rejected: {self.rejected[-1][1]})" if self.rejected else ""
             raise FusionError("fusion needs at least one verified model" + why)
         t1 = time.perf_counter()
-        meta = self._next_model(new)
-        warm = self.current is not None and self.strategy == "II"
+        meta, warm = self._next_model(new)
         report = meta.fit_cached(self.cache, warm=warm, should_stop=should_stop)
         fit_seconds = time.perf_counter() - t1
         with self._lock:
@@ -240,12 +239,27 @@ class IncrementalFuser:
                                         report.val_accuracy, report.stages))
         return meta
 
-    def _next_model(self, new: list[FeatureExtractor]) -> MetaModel:
+    def _next_model(self, new: list[FeatureExtractor]) -> tuple[MetaModel, bool]:
+        """The MetaModel to fit next and whether it is a warm start.
+
+        Strategy II grows a copy of `current`: its heads as they were before their final refit
+        on train + val (so early stopping on val stays honest), one fresh block per new member.
+        A head without that state (loaded from a file) or strategy I starts cold."""
+        warm = False
         if self.current is None:
             num_classes = self.num_classes or max(infer_num_classes(new), self.cache.max_label + 1)
             meta = MetaModel(new, None, self.strategy, self.cfg, num_classes)
         else:
             meta = _copy_meta(self.current, self.cfg)
+            heads = meta.fusion_heads
+            warm = self.strategy == "II" and (not self.cfg.refit_on_all
+                                              or all(h.selection_state is not None for h in heads))
+            if warm and self.cfg.refit_on_all:
+                for h in heads:
+                    assert h.selection_state is not None
+                    h.restore(h.selection_state)
+            elif not warm:   # same members, fresh heads
+                meta = MetaModel(meta.members, None, self.strategy, self.cfg, meta.num_classes)
             for m in new:
                 meta._append(m)
         if self.class_names is not None:
@@ -253,17 +267,17 @@ class IncrementalFuser:
                 raise FusionError(f"{len(self.class_names)} class names for {meta.num_classes} classes")
             meta.class_names = list(self.class_names)
         meta.task_manifest = self.task_manifest if self.task_manifest is not None else meta.task_manifest
-        return meta
+        return meta, warm
 
 
 def _copy_meta(meta: MetaModel, cfg: FusionConfig) -> MetaModel:
     """A new MetaModel sharing `meta`'s (frozen) members with copies of its trained heads."""
-    members = meta.members
-    meta.members = []
+    members, last = meta.members, meta._last_data
+    meta.members, meta._last_data = [], None
     try:
         out = copy.deepcopy(meta)
     finally:
-        meta.members = members
+        meta.members, meta._last_data = members, last
     out.members = list(members)
     out.cfg = cfg
     for h in out.fusion_heads:

@@ -148,6 +148,7 @@ class FusionHead(nn.Module):
         self.label_sets: list[tuple[int, ...]] = []
         self.feature_dims: list[int] = []
         self.feature_shapes: list[tuple[int, ...] | None] = []
+        self.selection_state: dict[str, torch.Tensor] | None = None   # see train_head
 
     @property
     def hidden_dim(self) -> int:
@@ -285,6 +286,9 @@ def train_head(head: FusionHead, data: FeatureSet, cfg: FusionConfig, seed: int,
         reports.append(_train_stage(head, params, data.train, data.train_y, data.val, data.val_y, cfg, seed,
                                     max_epochs, should_stop=should_stop))
     if cfg.refit_on_all:
+        # kept for the next warm start: weights that never trained on val, so early stopping on
+        # val stays honest when this head is grown by a new member
+        head.selection_state = head.snapshot()
         ftr, ytr = torch.cat([data.train, data.val_all]), torch.cat([data.train_y, data.val_all_y])
         head.restore(start)
         for (gamma, params), stage in zip(head.stages(), reports):
@@ -547,7 +551,9 @@ class MetaModel(nn.Module):
             stages = train_head(h, data, cfg, cfg.seed + 7919 * j, max_epochs, should_stop)
             if j == 0:
                 report.stages = stages
-        report.val_accuracy = _accuracy_meta(self, data.val, data.val_y)
+        # after a refit on train + val, val is no longer held out: report the selection pass's
+        report.val_accuracy = (report.stages[-1]["best_val_accuracy"] if cfg.refit_on_all
+                               else _accuracy_meta(self, data.val, data.val_y))
         report.seconds = time.perf_counter() - t0
         self.fit_report = report
         self.eval()
