@@ -72,9 +72,10 @@ def test_incremental_fuser_caches_features_warm_starts_and_survives_cancellation
     path = save_metamodel(meta2, tmp_path / "meta.safetensors")
     again = IncrementalFuser(init.train, init.verify, "II", FAST)
     again.resume(load_metamodel(path))
-    again.add(mixed)
+    again.add(mixed, key="model9")
     meta3 = again.fit()
     assert len(meta3.members) == 3 and again.history[-1].warm_start and meta3.hidden_dim == 16
+    assert load_metamodel(save_metamodel(meta3, path)).member_keys == ["m0", "m1", "model9"]
 
 
 def test_worker_refits_once_per_batch_and_rejects_a_broken_member(fusion_members):

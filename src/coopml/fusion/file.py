@@ -84,6 +84,8 @@ def metamodel_manifest(meta: MetaModel, member_keys: Sequence[str] | None = None
     """The manifest and the tensors of a fitted MetaModel (what `save_metamodel` writes)."""
     if meta.input_shape is None:
         raise ModelFileError("MetaModel was never fitted: nothing to save")
+    if member_keys is None:
+        member_keys = meta.member_keys
     keys = list(member_keys) if member_keys is not None else [f"m{i}" for i in range(len(meta.members))]
     if len(keys) != len(meta.members) or len(set(keys)) != len(keys) or not all(_KEY.match(k) for k in keys):
         raise ModelFileError(f"member keys must be {len(meta.members)} distinct names of [A-Za-z0-9_-], got {keys}")
@@ -120,7 +122,8 @@ def metamodel_to_bytes(meta: MetaModel, member_keys: Sequence[str] | None = None
 
 
 def save_metamodel(meta: MetaModel, path: str | Path, member_keys: Sequence[str] | None = None) -> Path:
-    """Write the MetaModel file atomically (a crash leaves the previous file or the new one)."""
+    """Write the MetaModel file atomically (a crash leaves the previous file or the new one).
+    Members are stored under `member_keys`, else `meta.member_keys`, else m0, m1, ..."""
     path = Path(path)
     data = metamodel_to_bytes(meta, member_keys)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +257,7 @@ def _rebuild(manifest: MetaModelManifest, tensors: dict[str, torch.Tensor], wher
     meta.input_shape = tuple(manifest.input_shape)
     meta.class_names = list(manifest.class_names)
     meta.task_manifest = manifest.task_manifest
+    meta.member_keys = [e.key for e in manifest.members]
     meta.eval()
     try:
         with torch.no_grad():

@@ -12,6 +12,7 @@ covers the whole batch.
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import time
 import traceback
@@ -34,6 +35,7 @@ from coopml.fusion.metamodel import (
 )
 
 StopCheck = Callable[[], bool]
+_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def is_image_batch(x: torch.Tensor) -> bool:
@@ -176,6 +178,7 @@ class IncrementalFuser:
         self.history: list[RefitTiming] = []
         self.rejected: list[tuple[FeatureExtractor, str]] = []   # members whose features failed
         self._pending: list[FeatureExtractor] = []
+        self._keys: dict[int, str] = {}
         self._lock = threading.Lock()
 
     @property
@@ -187,11 +190,17 @@ class IncrementalFuser:
         with self._lock:
             return list(self._pending)
 
-    def add(self, model: object, labels: Sequence[int] | None = None) -> FeatureExtractor:
-        """Queue a newly verified member for the next fit (thread-safe; no computation here)."""
+    def add(self, model: object, labels: Sequence[int] | None = None, key: str | None = None) -> FeatureExtractor:
+        """Queue a newly verified member for the next fit (thread-safe; no computation here).
+        `key` names it in the MetaModel file (e.g. the on-chain model id); default m<index>."""
         member = as_member(model, labels)
+        if key is not None and (not _KEY.match(key) or key in self._keys.values()
+                                or key in (self.current.member_keys or [] if self.current else [])):
+            raise FusionError(f"member key {key!r} must be a new name of 1-64 characters [A-Za-z0-9_-]")
         with self._lock:
             self._pending.append(member)
+            if key is not None:
+                self._keys[id(member)] = key
         return member
 
     def resume(self, meta: MetaModel) -> None:
@@ -267,6 +276,10 @@ class IncrementalFuser:
                 raise FusionError(f"{len(self.class_names)} class names for {meta.num_classes} classes")
             meta.class_names = list(self.class_names)
         meta.task_manifest = self.task_manifest if self.task_manifest is not None else meta.task_manifest
+        old_keys = list(self.current.member_keys or []) if self.current is not None else []
+        keys = old_keys + [f"m{i}" for i in range(len(old_keys), len(meta.members) - len(new))]
+        keys += [self._keys.get(id(m), f"m{len(keys) + i}") for i, m in enumerate(new)]
+        meta.member_keys = keys
         return meta, warm
 
 
@@ -310,8 +323,8 @@ class FusionWorker:
         self._thread = threading.Thread(target=self._run, name="coopml-fusion", daemon=True)
         self._thread.start()
 
-    def submit(self, model: object, labels: Sequence[int] | None = None) -> FeatureExtractor:
-        member = self.fuser.add(model, labels)
+    def submit(self, model: object, labels: Sequence[int] | None = None, key: str | None = None) -> FeatureExtractor:
+        member = self.fuser.add(model, labels, key)
         with self._wake:
             self._arrived = True
             if self._busy and self.restart_on_arrival:

@@ -390,6 +390,7 @@ class MetaModel(nn.Module):
         self.input_shape: tuple[int, ...] | None = None
         self.class_names: list[str] = [str(c) for c in range(self.num_classes)]
         self.task_manifest: str | None = None
+        self.member_keys: list[str] | None = None   # names of the members in the MetaModel file
         self.fit_report: FitReport | None = None   # of the last fit
         self._last_data: tuple[Data, Data] | None = None
         for m in members:
