@@ -149,6 +149,7 @@ class RefitTiming:
     warm_start: bool
     val_accuracy: float
     stages: list[dict] = field(default_factory=list)
+    cpu_seconds: float = 0.0     # CPU time of the fitting thread (wall time depends on the load)
 
     @property
     def seconds(self) -> float:
@@ -231,6 +232,7 @@ class IncrementalFuser:
 
         Raises FusionCancelled when `should_stop()` turns true (checked every epoch); the pending
         members then stay pending and `current` is unchanged."""
+        c0 = time.thread_time()
         feature_seconds = self.prepare(should_stop)
         with self._lock:
             new = list(self._pending)
@@ -245,7 +247,7 @@ class IncrementalFuser:
             self._pending = [m for m in self._pending if all(m is not n for n in new)]
             self.current = meta
         self.history.append(RefitTiming(len(meta.members), len(new), feature_seconds, fit_seconds, warm,
-                                        report.val_accuracy, report.stages))
+                                        report.val_accuracy, report.stages, time.thread_time() - c0))
         return meta
 
     def _next_model(self, new: list[FeatureExtractor]) -> tuple[MetaModel, bool]:
