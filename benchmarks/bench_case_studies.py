@@ -1,4 +1,4 @@
-"""Full-size Case Studies I-III (the documented benchmark; CI runs the reduced preset as a test).
+"""Full-size Case Studies I-IV (the documented benchmark; CI runs the reduced preset as a test).
 
     .venv/bin/python benchmarks/bench_case_studies.py [--out bench-out/case-studies] [--seed 0]
     .venv/bin/python benchmarks/bench_case_studies.py --cs2-seeds 0 1 2
@@ -47,6 +47,10 @@ def main() -> None:
         print(f"CS III {s.name}: ours {100 * s.ours_accuracy:.1f} % / {s.ours_bytes / 2**20:.1f} MiB, "
               f"FedAvg {100 * s.fedavg_accuracy:.1f} % / {s.fedavg_bytes / 2**20:.1f} MiB, "
               f"bytes ratio FedAvg/ours {s.fedavg_bytes / s.ours_bytes:.1f}x")
+    if res.cs4 is not None:      # details: benchmarks/bench_case_study4.py
+        for r8 in res.cs4.table8:
+            print(f"CS IV Table VIII {r8.arch} {r8.strategy}: encrypted/plaintext {r8.ratio[1]:.1f}x CPU "
+                  f"(vs exact-integer plaintext {r8.ratio_exact[1]:.1f}x)")
 
 
 def cs2_over_seeds(seeds: list[int]) -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Compile every contracts/**/*.sol with the pinned npm solc (standard JSON) and write one
 // artifact per contract (ABI + bytecode) to OUT_DIR. Deterministic: same sources -> same bytes.
+// contracts/forge/ (the Foundry invariant suite, run by scripts/forge.sh) is not packaged.
 // Usage: node contracts/compile.cjs OUT_DIR
 'use strict';
 const fs = require('fs');
@@ -16,7 +17,8 @@ if (!outDir) { console.error('usage: node contracts/compile.cjs OUT_DIR'); proce
 function walk(dir) {
   return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
     const p = path.join(dir, e.name);
-    return e.isDirectory() ? walk(p) : e.name.endsWith('.sol') ? [p] : [];
+    if (e.isDirectory()) return e.name === 'forge' ? [] : walk(p);
+    return e.name.endsWith('.sol') ? [p] : [];
   }).sort();
 }
 

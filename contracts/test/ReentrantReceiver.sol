@@ -4,7 +4,7 @@ pragma solidity 0.8.37;
 interface ICoopML {
     function registerVerifier(uint256 taskId, bytes32 boxKey) external payable;
     function registerContributor(uint256 taskId) external payable;
-    function claimDeposits(uint256 taskId) external;
+    function leaveTask(uint256 taskId) external;
     function withdraw() external;
 }
 
@@ -20,7 +20,7 @@ contract ReentrantReceiver {
     }
 
     function joinAsVerifier(uint256 taskId) external payable {
-        target.registerVerifier{value: msg.value}(taskId, bytes32(0));
+        target.registerVerifier{value: msg.value}(taskId, bytes32(uint256(1)));
     }
 
     function joinAsContributor(uint256 taskId) external payable {
@@ -28,7 +28,7 @@ contract ReentrantReceiver {
     }
 
     function claim(uint256 taskId) external {
-        target.claimDeposits(taskId);
+        target.leaveTask(taskId);
     }
 
     function attack() external {

@@ -26,8 +26,15 @@ def test_artifact_settings_and_surface():
     size = (len(art["deployedBytecode"]) - 2) // 2
     assert 0 < size <= 24_576  # EIP-170 contract size limit
     names = {i["name"] for i in art["abi"] if i["type"] == "function"}
-    assert {"publishTask", "registerContributor", "registerVerifier", "announceModel", "commitVote",
-            "revealVote", "finalizeModel", "settleVote", "releaseKey", "expireRelease", "closeTask",
-            "claimDeposits", "withdraw"} <= names
+    assert {"publishTask", "registerContributor", "registerVerifier", "leaveTask", "announceModel",
+            "drawVerifiers", "commitVote", "revealVote", "finalizeModel", "settleVote", "deliverKey",
+            "expireDelivery", "finalizeDelivery", "disputeDelivery", "answerDispute", "resolveDispute",
+            "disputeModel", "voteDispute", "resolveModelDispute", "postMessage", "closeTask", "withdraw",
+            "totalBurnt", "protocolVersion"} <= names
+    assert not {"releaseKey", "claimDeposits"} & names  # v1 only
     errors = {i["name"] for i in art["abi"] if i["type"] == "error"}
-    assert {"NotSelectedVerifier", "RevealMismatch", "Reentrancy", "IncorrectEscrow"} <= errors
+    assert {"NotSelectedVerifier", "RevealMismatch", "Reentrancy", "IncorrectEscrow", "DrawNotReady",
+            "InvalidVote", "NothingToRefund", "IncorrectBond", "KeyMismatch"} <= errors
+    # the test fixtures are compiled too: the v1 contract and the attackers
+    for fixture in ("CoopMLv1", "Grinder", "ReentrantReceiver"):
+        assert load_artifact(fixture)["bytecode"].startswith("0x6")

@@ -26,8 +26,11 @@ def test_poll_returns_each_event_once_and_resumes_from_file(world, tmp_path):
     # the agent "restarts": a new cursor from the same file sees only what came after
     restarted = EventCursor(world.chain, coop.address, from_block=world.deploy_block, state_path=state)
     second = restarted.poll()
-    assert [e.name for e in second] == ["ModelAnnounced", "VerifierSelected", "VerifierSelected", "VerifierSelected"]
-    assert {e.args["verifier"] for e in second[1:]} == set(coop.selected_verifiers(model_id))
+    assert [e.name for e in second] == ["ModelAnnounced", "VerifierSelected", "VerifierSelected", "VerifierSelected",
+                                        "VerifiersDrawn"]
+    assert second[1].block_number > second[0].block_number  # the draw comes in a later block
+    assert {e.args["verifier"] for e in second[1:4]} == set(coop.selected_verifiers(model_id))
+    assert list(second[4].args["verifiers"]) == coop.selected_verifiers(model_id)
     assert not {e.position for e in first} & {e.position for e in second}
     saved = json.loads(state.read_text())
     assert saved["last"] == list(second[-1].position)
@@ -59,3 +62,36 @@ def test_cursor_file_of_another_contract_is_refused(world, tmp_path):
     EventCursor(world.chain, world.coop.address, from_block=world.deploy_block, state_path=state).poll()
     with pytest.raises(ChainError, match="belongs to contract"):
         EventCursor(world.chain, world.outsider, state_path=state)
+
+
+def test_wait_for_activity_sleeps_until_there_are_events(world):
+    import threading
+    import time as _time
+
+    cursor = EventCursor(world.chain, world.coop.address, from_block=world.deploy_block)
+    cursor.poll()
+    world.chain.mine()  # a block with nothing for the cursor is skipped, not reported
+    t0 = _time.monotonic()
+    assert cursor.wait_for_activity(0.4, min_interval=0.05) is False
+    assert _time.monotonic() - t0 >= 0.4
+    assert cursor.next_block == world.chain.block_number() + 1
+    only_models = EventCursor(world.chain, world.coop.address, from_block=cursor.next_block, names={"ModelAnnounced"})
+    timer = threading.Timer(0.3, lambda: world.publish(n_verifiers=1, n_contributors=0))
+    timer.start()
+    try:
+        assert cursor.wait_for_activity(30, min_interval=0.05) is True
+    finally:
+        timer.join()
+    assert "TaskPublished" in [e.name for e in cursor.poll()]
+    assert only_models.wait_for_activity(0.2, min_interval=0.05) is False  # events, but not its names
+
+
+def test_confirmations_hold_events_back_until_deep_enough(world):
+    cursor = EventCursor(world.chain, world.coop.address, from_block=world.deploy_block, confirmations=2)
+    world.publish(n_verifiers=0, n_contributors=0)
+    assert cursor.poll() == []
+    assert cursor.wait_for_activity(0.1, min_interval=0.05) is False
+    world.chain.mine()
+    assert cursor.poll() == []
+    world.chain.mine()
+    assert [e.name for e in cursor.poll()] == ["TaskPublished"]

@@ -11,10 +11,10 @@ import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import BOX_KEY, make_world
 
-from coopml.chain import ETHER, Chain, ContractRevert, EventCursor, TaskClient
+from coopml.chain import ETHER, Chain, ContractRevert, EventCursor, TaskClient, Vote
 from coopml.chain.processes import start_embedded_node
-from conftest import make_world
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def node():
     proc = start_embedded_node()
     yield proc
     proc.stop()
-    assert subprocess.run(["kill", "-0", str(proc.pid)], capture_output=True).returncode != 0  # gone
+    assert subprocess.run(["kill", "-0", str(proc.pid)], check=False, capture_output=True).returncode != 0  # gone
 
 
 def test_lifecycle_and_reverts_over_the_embedded_node(node):
@@ -37,7 +37,7 @@ def test_lifecycle_and_reverts_over_the_embedded_node(node):
         own = Chain.rpc(node.url)
         me = own.new_account(10 * ETHER, seed=seeds[i])
         client = TaskClient(own, world.coop.address, me)
-        (client.register_verifier if as_verifier else client.register_contributor)(task_id)
+        client.register_verifier(task_id, BOX_KEY) if as_verifier else client.register_contributor(task_id)
         return me
     with ThreadPoolExecutor(max_workers=5) as pool:
         verifiers = [f.result() for f in [pool.submit(join, i, True) for i in range(3)]]
@@ -48,11 +48,11 @@ def test_lifecycle_and_reverts_over_the_embedded_node(node):
         chain.new_account(seed=seed)
     model_id = world.announce(task_id, world.contributors[0])
     with pytest.raises(ContractRevert) as exc:
-        world.as_(world.outsider).commit_vote(model_id, True, os.urandom(32))
+        world.as_(world.outsider).commit_vote(model_id, Vote.APPROVE, os.urandom(32))
     assert exc.value.name == "NotSelectedVerifier"
-    world.vote(model_id, True)
-    assert world.coop.finalize_model(model_id)
-    world.as_(world.contributors[0]).release_key(model_id, world.keys[model_id])
+    world.vote(model_id, Vote.APPROVE)
+    world.coop.finalize_model(model_id)
+    world.as_(world.contributors[0]).deliver_key(model_id, b"sealed")
     world.settle_all(model_id)
     before = chain.now()
     chain.increase_time(3_601)  # evm_increaseTime + evm_mine over HTTP
@@ -71,10 +71,10 @@ def test_a_second_process_shares_the_chain(node):
         from coopml.chain import Chain, TaskClient
         chain = Chain.rpc({node.url!r})
         me = chain.new_account({10 * ETHER}, seed="second-process-verifier")
-        TaskClient(chain, {world.coop.address!r}, me).register_verifier({task_id})
+        TaskClient(chain, {world.coop.address!r}, me).register_verifier({task_id}, bytes(range(1, 33)))
         print(me)
     """)
-    out = subprocess.run([sys.executable, "-c", agent], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", agent], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     address = out.stdout.strip().splitlines()[-1]
     events = cursor.poll()

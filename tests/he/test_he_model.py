@@ -3,14 +3,27 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from coopml.errors import CoopmlError
-from coopml.he import (MODEL_PARAMS, KeyMismatchError, NoiseOverflowError, Params, decrypt_model,
-                       decrypt_outputs, encrypt_model, encrypted_infer, encrypted_infer_layered,
-                       integer_forward, keygen, quantize, scale_inputs)
-from coopml.models import build_model
+from coopml.he import (
+    MODEL_PARAMS,
+    KeyMismatchError,
+    NoiseOverflowError,
+    Params,
+    decrypt_model,
+    decrypt_outputs,
+    encrypt_model,
+    encrypted_infer,
+    encrypted_infer_layered,
+    integer_forward,
+    keygen,
+    quantize,
+    scale_inputs,
+)
+from coopml.models import TaylorSigmoid, build_model
 
 KEYS = {n: keygen(MODEL_PARAMS, n=n, rng=11) for n in (1, 3, 4, 32)}
 
@@ -38,7 +51,53 @@ def test_cnn_encrypted_inference_is_bit_identical(seed, c1, c2, k, logp, q, stra
     enc = encrypt_model(pk, model, p, q, strategy, input_shape=(1, 12, 12))
     x = np.random.default_rng(seed).integers(0, q + 1, size=(batch, 1, 12, 12))
     want = integer_forward(quantize(model, p, q), x)
-    assert np.array_equal(decrypt_outputs(sk, enc, encrypted_infer(enc, x, q)), want)
+    collapsed = encrypted_infer(enc, x, q)
+    assert np.array_equal(decrypt_outputs(sk, enc, collapsed), want)
+    layered = encrypted_infer_layered(enc, x, q, chunk=2)          # layer by layer, in chunks
+    assert np.array_equal(layered.words, collapsed.words)          # the same words mod Q
+
+
+def shaped_cnn(seed: int, c1: int, kernel: tuple[int, int], stride: int, pool: tuple[int, int],
+               act: str) -> nn.Sequential:
+    """1-D style (rectangular) kernels, strides, rectangular pools, optional nonlinearity."""
+    torch.manual_seed(seed)
+    mid = {"none": [], "relu": [nn.ReLU()], "taylor": [TaylorSigmoid()]}[act]
+    pad = (kernel[0] // 2, kernel[1] // 2)
+    return nn.Sequential(nn.Conv2d(1, c1, kernel, stride=stride, padding=pad), *mid, nn.AvgPool2d(pool),
+                         nn.Conv2d(c1, 2, (1, 3), padding=(0, 1)), nn.Flatten(), nn.LazyLinear(3))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), c1=st.sampled_from([2, 3]), kernel=st.sampled_from([(1, 5), (3, 3), (1, 9)]),
+       stride=st.sampled_from([1, 2]), pool=st.sampled_from([(1, 2), (2, 2)]),
+       act=st.sampled_from(["none", "relu", "taylor"]),
+       strategy=st.sampled_from(["element-wise", "matrix-pair-wise"]), words=st.sampled_from([1, 2]))
+def test_layered_and_prefix_inference_are_bit_identical(seed, c1, kernel, stride, pool, act, strategy, words):
+    """Layer-by-layer encrypted inference on rectangular/strided convolutions, with and without a
+    nonlinearity (then only the linear prefix runs in cipherspace and the key holder finishes):
+    decrypted outputs equal the integer network bit for bit."""
+    model = shaped_cnn(seed, c1, kernel, stride, pool, act)
+    shape = (1, 4, 16)
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))                               # materialise the lazy layer
+    if act == "none":
+        words = 2                       # the whole network in cipherspace needs Q = 2^128
+    # Q = 2^64 suffices when only the first layer runs in cipherspace (Case Study IV's setting)
+    params = MODEL_PARAMS if words == 2 else Params(w=1 << 26, k=1, plain_bound=1 << 12, words=1)
+    p, q = (16, 63) if act == "taylor" else (32, 255)
+    n = 1 if strategy == "element-wise" else c1
+    sk, pk = KEYS[n] if words == 2 and n in KEYS else keygen(params, n=n, rng=seed)
+    enc = encrypt_model(pk, model, p, q, strategy, input_shape=shape)
+    x = np.random.default_rng(seed).integers(0, q + 1, size=(3, *shape))
+    want = integer_forward(quantize(model, p, q), x)
+    out = encrypted_infer_layered(enc, x, q, chunk=2)
+    assert np.array_equal(decrypt_outputs(sk, enc, out), want)
+    if act == "none":
+        assert np.array_equal(out.words, encrypted_infer(enc, x, q, method="collapsed").words)
+    else:
+        assert enc.split < len(enc.tail.layers)
+        with pytest.raises(CoopmlError, match="linear networks"):
+            encrypted_infer(enc, x, q, method="collapsed")
 
 
 @settings(max_examples=10, deadline=None)
@@ -108,7 +167,7 @@ def test_model_misuse_gives_clear_errors(table4):
         encrypt_model(pk, table4, 128, strategy="matrix-pair-wise")
     with pytest.raises(CoopmlError, match="strategy"):
         encrypt_model(pk, table4, 128, strategy="row-wise")
-    with pytest.raises(CoopmlError, match="not linear"):
+    with pytest.raises(CoopmlError, match="cannot be scaled to integers"):
         encrypt_model(pk, build_model("table1-c1"), 128)
     enc = encrypt_model(pk, table4, 128)
     with pytest.raises(CoopmlError, match="integer inputs"):
@@ -134,3 +193,26 @@ def test_single_word_modulus_end_to_end(seed, strategy):
     x = np.random.default_rng(seed).integers(0, 17, size=(5, 1, 6, 6))
     assert np.array_equal(decrypt_outputs(sk, enc, encrypted_infer(enc, x)),
                           integer_forward(quantize(model, 8, 16), x))
+
+
+def test_relu_is_not_a_ciphertext_operation():
+    """Why the nonlinearity stays out of cipherspace: ReLU applied to the components does not decrypt
+    to ReLU of the plaintexts, with a negative or a non-negative secret (the paper's suggestion),
+    while a random 0/1 mask ('ReLU via random dropout') is linear and decrypts to the masked values."""
+    from coopml.he import decrypt, encrypt, matmul_plain, ring
+    params = Params(w=1 << 20, k=1, plain_bound=1 << 10, words=1)
+    keys = [keygen(params, n=1, rng=seed) for seed in range(8)]
+    signs = set()
+    x = np.random.default_rng(0).integers(-1000, 1001, size=(200, 1))
+    for sk, pk in keys:
+        signs.add(bool(sk.t[0, 0] >= 0))
+        ct = encrypt(pk, x)
+        comps = ring.signed(ring.to_ring(ct.words), 1)                      # centred representatives
+        relu_ct = type(ct)(params, 1, ring.to_words(np.maximum(comps, 0), 1), ct.noise_bound, ct.value_bound,
+                           ct.key_id)
+        assert (decrypt(sk, relu_ct) != np.maximum(x, 0)).mean() > 0.3     # garbage, not ReLU
+    assert signs == {True, False}
+    sk, pk = keys[0]
+    mask = np.diag(np.random.default_rng(1).integers(0, 2, size=6))
+    x6 = np.arange(-3, 3).reshape(6, 1)
+    assert np.array_equal(decrypt(sk, matmul_plain(mask, encrypt(pk, x6))), mask @ x6)

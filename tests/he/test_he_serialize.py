@@ -95,3 +95,29 @@ def test_matrix_pair_wise_model_roundtrip():
     x = np.random.default_rng(1).integers(0, 1001, size=(2, 1, 28, 28))
     assert np.array_equal(decrypt_outputs(sk, enc2, encrypted_infer(enc2, x)),
                           decrypt_outputs(sk, enc, encrypted_infer(enc, x)))
+
+
+@pytest.mark.parametrize("arch", ["fading-cnn", "fading-fc"])
+def test_case_study_4_models_roundtrip(arch):
+    """Rectangular (1-D) kernels and pools, ReLU and the Taylor-sigmoid polynomial survive the wire;
+    a tampered polynomial is refused (it must follow from p and q)."""
+    from coopml.sim.case_study4 import CS4_PARAMS
+    model = build_model(arch, seed=2)
+    out_ch = 16 if arch == "fading-cnn" else 32
+    x = np.random.default_rng(1).integers(0, 256, size=(4, 1, 1, 64))
+    for strategy, n in (("element-wise", 1), ("matrix-pair-wise", out_ch)):
+        sk, pk = keygen(CS4_PARAMS, n, rng=3)
+        enc = encrypt_model(pk, model, 1 << 7, 255, strategy, input_shape=(1, 1, 64))
+        blob = to_bytes(enc)
+        enc2 = from_bytes(blob, "encrypted-model")
+        assert np.array_equal(decrypt_outputs(sk, enc2, encrypted_infer(enc2, x)),
+                              decrypt_outputs(sk, enc, encrypted_infer(enc, x)))
+    header, meta = _meta(blob)
+    polys = [i for i, layer in enumerate(meta["tail"]) if layer["poly"]]
+    if arch == "fading-fc":
+        assert len(polys) == 1
+        meta["tail"][polys[0]]["poly"][1] = str(int(meta["tail"][polys[0]]["poly"][1]) + 1)
+        with pytest.raises(HEFormatError, match="do not match"):
+            from_bytes(_resave(blob, meta), "encrypted-model")
+    else:
+        assert not polys and meta["first_layer"]["padding"] == [0, 4]

@@ -9,7 +9,7 @@ from coopml.errors import ModelFileError
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_shapes_and_features(arch):
     m = build_model(arch, seed=0)
-    x = torch.rand(3, 1, 28, 28)
+    x = torch.rand(3, *ARCHITECTURES[arch].input_shape)
     f = m.features(x)
     assert f.shape == (3, m.feature_dim)
     assert torch.allclose(m(x), m.head(f))

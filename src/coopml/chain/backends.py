@@ -4,6 +4,8 @@ any JSON-RPC endpoint (anvil, the `coopml.chain.node` server, a real node).
 A Chain sends transactions from two kinds of accounts: the node's unlocked dev accounts
 (`dev_accounts()`, signed by the node) and local keys added with `add_key` / `new_account`
 (signed here, sent raw), so several processes can each hold their own key on one shared chain.
+Local-key transactions go through a `TxManager` (coopml.chain.transactions): EIP-1559 fees with
+caps, nonces, and a journal keyed by intent ids, so a retried payment is never paid twice.
 """
 
 from __future__ import annotations
@@ -11,20 +13,29 @@ from __future__ import annotations
 import ast
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
+from hexbytes import HexBytes
 from web3 import HTTPProvider, Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TransactionNotFound
-from web3.types import TxReceipt
+from web3.types import RPCEndpoint, TxParams, TxReceipt
 
 from coopml.chain.artifacts import load_artifact
-from coopml.errors import ChainError, ContractRevert
+from coopml.chain.transactions import FeePolicy, TxJournal, TxManager, is_unavailable
+from coopml.errors import (
+    ChainError,
+    ChainUnavailable,
+    ContractRevert,
+    TransactionTimeout,
+    WrongChain,
+)
 
 ETHER = 10**18
 _ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
@@ -79,16 +90,18 @@ class ErrorDecoder:
 class Chain:
     """A connection to one chain. Create with `Chain.embedded()` or `Chain.rpc(url)`."""
 
-    def __init__(self, w3: Web3, kind: str, tester: Any = None, receipt_timeout: float = 60.0):
+    def __init__(self, w3: Web3, kind: str, tester: Any = None, receipt_timeout: float = 60.0,
+                 journal: TxJournal | str | Path | None = None, fee_policy: FeePolicy | None = None,
+                 chain_id: int | None = None):
         self.w3 = w3
         self.kind = kind  # "embedded" or "rpc"
         self._tester = tester  # eth_tester.EthereumTester for the embedded backend
         self._keys: dict[str, LocalAccount] = {}
-        self._nonces: dict[str, int] = {}
-        self._chain_id: int | None = None
         self._lock = threading.RLock()
         self.receipt_timeout = receipt_timeout
         self.max_poll_interval = 0.1  # receipt polling backs off from 1 ms to this
+        policy = fee_policy or FeePolicy(receipt_timeout_s=receipt_timeout)
+        self.txm = TxManager(w3, journal, policy, expected_chain_id=chain_id, lock=self._lock)
 
     # ------------------------------------------------------------------ construction
 
@@ -102,14 +115,22 @@ class Chain:
         return cls(Web3(EthereumTesterProvider(tester)), "embedded", tester=tester)
 
     @classmethod
-    def rpc(cls, url: str, timeout: float = 30.0) -> Chain:
-        """Any JSON-RPC node: anvil, `python -m coopml.chain.node`, geth --dev, ..."""
+    def rpc(cls, url: str, timeout: float = 30.0, journal: TxJournal | str | Path | None = None,
+            fee_policy: FeePolicy | None = None, chain_id: int | None = None) -> Chain:
+        """Any JSON-RPC node: anvil, `python -m coopml.chain.node`, geth --dev, ...
+
+        `journal`: SQLite file of the transaction manager (None: in memory, lost at exit); agents
+        that move money pass one in their workdir. `chain_id`: refuse a node serving another
+        chain (WrongChain). Raises ChainUnavailable when nothing answers at `url`."""
         w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout}))
         try:
-            w3.eth.chain_id
+            actual = int(w3.eth.chain_id)
         except Exception as exc:  # noqa: BLE001 - any transport failure means "unreachable"
-            raise ChainError(f"no JSON-RPC node answers at {url}: {exc}") from exc
-        return cls(w3, "rpc")
+            raise ChainUnavailable(f"no JSON-RPC node answers at {url}: {exc}") from exc
+        if chain_id is not None and actual != chain_id:
+            raise WrongChain(f"wrong chain: configured chain id {chain_id}, the node at {url} serves {actual}",
+                             chain_id, actual)
+        return cls(w3, "rpc", journal=journal, fee_policy=fee_policy, chain_id=chain_id)
 
     # ------------------------------------------------------------------ accounts
 
@@ -155,7 +176,7 @@ class Chain:
                 # eth-tester mines the travelling block one second before the target
                 self._tester.time_travel(self.now() + int(seconds) + 1)
         else:
-            self.w3.provider.make_request("evm_increaseTime", [int(seconds)])
+            self.w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [int(seconds)])
             self.mine()
 
     def mine(self) -> None:
@@ -163,7 +184,7 @@ class Chain:
             with self._lock:
                 self._tester.mine_blocks(1)
         else:
-            self.w3.provider.make_request("evm_mine", [])
+            self.w3.provider.make_request(RPCEndpoint("evm_mine"), [])
 
     # ------------------------------------------------------------------ contracts
 
@@ -174,44 +195,72 @@ class Chain:
         art = load_artifact(name)
         factory = self.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
         receipt = self.transact(factory.constructor(*args), sender, decoder=ErrorDecoder(art["abi"]))
-        return self.contract(receipt["contractAddress"], name), receipt
+        address = receipt["contractAddress"]
+        if address is None:
+            raise ChainError(f"deploying {name} produced no contract address")
+        return self.contract(address, name), receipt
 
     # ------------------------------------------------------------------ transactions
 
-    def send(self, tx: dict[str, Any], sender: str) -> TxReceipt:
-        """Send a plain transaction dict and wait for its receipt."""
+    def send(self, tx: dict[str, Any], sender: str, intent: str | None = None) -> TxReceipt:
+        """Send a plain transaction dict and wait for its receipt. For a local key, `intent`
+        makes it idempotent: asking again with the same id returns the first one's receipt."""
         tx = {**tx, "from": to_checksum_address(sender)}
-        with self._lock:
+        if tx.get("to"):
+            tx["to"] = to_checksum_address(tx["to"])
+        try:
             if tx["from"] in self._keys:
-                if "gas" not in tx:
-                    tx["gas"] = self.w3.eth.estimate_gas(tx)
-                tx_hash = self._send_signed(tx)
-            else:
-                tx_hash = self.w3.eth.send_transaction(tx)
+                if "gas" not in tx and not (intent is not None and self.txm.knows(intent)):
+                    tx["gas"] = self.w3.eth.estimate_gas(cast(TxParams, tx))
+                return self.txm.send(self._keys[tx["from"]], tx, intent)
+            with self._lock:
+                tx_hash = self.w3.eth.send_transaction(cast(TxParams, tx))
+        except ChainError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - transport failures are named
+            if is_unavailable(exc):
+                raise ChainUnavailable(f"node unreachable: {exc}") from exc
+            raise
         return self._wait(tx_hash)
 
     def transact(self, fn: ContractFunction | Any, sender: str, value: int = 0,
-                 decoder: ErrorDecoder | None = None, extra_gas: int = 0) -> TxReceipt:
+                 decoder: ErrorDecoder | None = None, extra_gas: int = 0, intent: str | None = None) -> TxReceipt:
         """Run a contract function as a transaction; reverts raise ContractRevert(name).
 
         Gas is the node's estimate + 20% + `extra_gas`: the estimate runs on the latest block, and
         code whose path depends on the block (verifier selection hashes prevrandao) can need more
-        in the block that includes it."""
+        in the block that includes it.
+
+        `intent` (local keys): an id naming this action once and for all (e.g. "withdraw:3"). The
+        signed transaction is journaled before it is broadcast; calling again with the same id
+        (after a timeout, a node restart, a crash) re-broadcasts that same transaction or
+        returns its receipt — it never sends a second one."""
         decoder = decoder or ErrorDecoder(load_artifact("CoopML")["abi"])
-        params = {"from": to_checksum_address(sender), "value": value}
+        params: dict[str, Any] = {"from": to_checksum_address(sender), "value": value}
+        local = params["from"] in self._keys
         try:
-            with self._lock:
-                params["gas"] = self._gas_for(fn, params, extra_gas)
-                if params["from"] in self._keys:
-                    tx_hash = self._send_signed(fn.build_transaction(params))
-                else:
-                    tx_hash = fn.transact(params)
+            known = local and intent is not None and self.txm.knows(intent)
+            if not known:  # a journaled intent is resumed as it was signed: no new estimate
+                with self._lock:
+                    params["gas"] = self._gas_for(fn, params, extra_gas)
+            if local:
+                built = fn.build_transaction(cast(TxParams, {
+                    **params, "gas": params.get("gas", 1), "chainId": self.txm.chain_id(), "nonce": 0,
+                    "maxFeePerGas": 1, "maxPriorityFeePerGas": 1}))
+                receipt = self.txm.send(self._keys[params["from"]], built, intent)
+            else:
+                with self._lock:
+                    tx_hash = fn.transact(cast(TxParams, params))
+                receipt = None
+        except ChainError:
+            raise
         except Exception as exc:  # noqa: BLE001 - translate reverts, re-raise the rest
             raise self._translate(exc, decoder) from exc
-        receipt = self._wait(tx_hash)
+        if receipt is None:
+            receipt = self._wait(tx_hash)
         if receipt["status"] != 1:
             raise self._replay_failure(fn, params, receipt, decoder)
-        return receipt
+        return receipt  # type: ignore[return-value]
 
     EMBEDDED_TX_GAS = 10_000_000
 
@@ -230,28 +279,6 @@ class Chain:
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, decoder or ErrorDecoder(load_artifact("CoopML")["abi"])) from exc
 
-    def _send_signed(self, tx: dict[str, Any]) -> bytes:
-        sender = tx["from"]
-        if sender not in self._nonces:
-            block = "latest" if self._tester is not None else "pending"
-            self._nonces[sender] = self.w3.eth.get_transaction_count(sender, block)
-        tx["nonce"] = self._nonces[sender]
-        if self._chain_id is None:
-            self._chain_id = int(self.w3.eth.chain_id)
-        tx.setdefault("chainId", self._chain_id)
-        if "gasPrice" not in tx and "maxFeePerGas" not in tx:
-            base = self.w3.eth.get_block("latest").get("baseFeePerGas", 10**9)
-            tx["maxPriorityFeePerGas"] = 10**9
-            tx["maxFeePerGas"] = 2 * int(base) + 10**9
-        signed = self._keys[sender].sign_transaction(tx)
-        try:
-            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        except Exception:
-            self._nonces.pop(sender, None)  # resynchronise from the node next time
-            raise
-        self._nonces[sender] += 1
-        return tx_hash
-
     def _wait(self, tx_hash: bytes) -> TxReceipt:
         """Poll for the receipt with exponential back-off: an auto-mining node answers within a
         few ms (a fixed 50 ms poll would cap a client at ~20 tx/s), a 1 s block time in <= 1.1 s."""
@@ -259,11 +286,14 @@ class Chain:
         interval = 0.001
         while True:
             try:
-                return self.w3.eth.get_transaction_receipt(tx_hash)
+                return self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
             except TransactionNotFound:
                 pass
+            except Exception as exc:  # noqa: BLE001
+                if not is_unavailable(exc):
+                    raise
             if time.monotonic() > deadline:
-                raise ChainError(f"transaction {tx_hash.hex()} not mined within {self.receipt_timeout}s")
+                raise TransactionTimeout(f"transaction {tx_hash.hex()} not mined within {self.receipt_timeout}s")
             time.sleep(interval)
             interval = min(interval * 2, self.max_poll_interval)
 
@@ -275,6 +305,8 @@ class Chain:
             return ContractRevert("Unknown", (), f"contract reverted without data: {exc}")
         if isinstance(exc, ChainError):
             return exc
+        if is_unavailable(exc):
+            return ChainUnavailable(f"node unreachable: {exc}")
         return ChainError(f"chain request failed: {exc}")
 
     def _replay_failure(self, fn: Any, params: dict[str, Any], receipt: TxReceipt,

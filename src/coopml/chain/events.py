@@ -1,12 +1,17 @@
 """Restart-safe event polling for agents: the cursor remembers the last block scanned and the last
 (block, logIndex) handled, optionally in a JSON file, so a restarted agent resumes exactly after
 what it processed. Dev chains (eth-tester, anvil, the embedded node) do not reorg; on a real
-chain pass `confirmations` so only blocks that deep are read."""
+chain pass `confirmations` so only blocks that deep are read.
+
+Idle agents should not spin: `wait_for_activity(timeout)` sleeps with exponential back-off
+(0.2 s -> 2 s) and costs one `eth_blockNumber` per wake-up plus one `eth_getLogs` per new block,
+returning as soon as there are events for this cursor."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +22,8 @@ from hexbytes import HexBytes
 
 from coopml.chain.artifacts import load_artifact
 from coopml.chain.backends import Chain
-from coopml.errors import ChainError
+from coopml.chain.transactions import is_unavailable
+from coopml.errors import ChainError, ChainUnavailable
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class EventCursor:
                 "last": list(self.last) if self.last else None}
 
     def load(self) -> None:
+        assert self.state_path is not None
         state = json.loads(self.state_path.read_text())
         if state.get("address") not in (None, self.address):
             raise ChainError(f"cursor file {self.state_path} belongs to contract {state['address']}")
@@ -86,14 +93,34 @@ class EventCursor:
 
     # ------------------------------------------------------------------ polling
 
+    def _head(self) -> int:
+        """The newest block this cursor may read: `confirmations` blocks below the chain head."""
+        try:
+            return self.chain.block_number() - self.confirmations
+        except Exception as exc:  # noqa: BLE001
+            if is_unavailable(exc):
+                raise ChainUnavailable(f"node unreachable while reading the head: {exc}") from exc
+            raise
+
+    def _logs(self, start: int, end: int, topics: list[Any] | None = None) -> list[Any]:
+        params: dict[str, Any] = {"address": self.address, "fromBlock": start, "toBlock": end}
+        if topics:
+            params["topics"] = topics
+        try:
+            return list(self.chain.w3.eth.get_logs(params))  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001
+            if is_unavailable(exc):
+                raise ChainUnavailable(f"node unreachable while reading logs: {exc}") from exc
+            raise
+
     def fetch(self) -> tuple[list[ChainEvent], int]:
         """New events after the position (not yet marked) and the last block they cover."""
-        head = self.chain.block_number() - self.confirmations
+        head = self._head()
         events: list[ChainEvent] = []
         start = self.next_block
         while start <= head:
             end = min(head, start + self.max_span - 1)
-            logs = self.chain.w3.eth.get_logs({"address": self.address, "fromBlock": start, "toBlock": end})
+            logs = self._logs(start, end)
             for log in logs:
                 ev = self._decode(log)
                 if ev is None or (self.last is not None and ev.position <= self.last):
@@ -122,6 +149,36 @@ class EventCursor:
         self.next_block = max(self.next_block, head + 1)
         self.save()
         return len(events)
+
+    def wait_for_activity(self, timeout: float, min_interval: float = 0.2, max_interval: float = 2.0) -> bool:
+        """Sleep until this cursor has new (confirmed) events to poll/drain — True — or until
+        `timeout` seconds passed — False. Cheap when idle: the poll interval doubles from
+        `min_interval` up to `max_interval` while nothing for this cursor happens; blocks with
+        nothing for it are skipped for good (as a poll would). A node that is briefly
+        unreachable is waited for, not raised, until the timeout."""
+        deadline = time.monotonic() + timeout
+        interval = min_interval
+        topics = [[HexBytes(t).to_0x_hex() for t, ev in self._events.items() if ev.event_name in self.names]] \
+            if self.names else None
+        while True:
+            try:
+                head = self._head()
+                while head >= self.next_block:
+                    end = min(head, self.next_block + self.max_span - 1)
+                    if any(self._is_new(log) for log in self._logs(self.next_block, end, topics)):
+                        return True
+                    self.next_block = end + 1
+                    self.save()
+            except ChainUnavailable:
+                pass  # the node restarts: keep waiting until the timeout
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(interval, remaining))
+            interval = min(interval * 2, max_interval)
+
+    def _is_new(self, log: Any) -> bool:
+        return self.last is None or (int(log["blockNumber"]), int(log["logIndex"])) > self.last
 
     def _decode(self, log: Any) -> ChainEvent | None:
         if not log["topics"]:

@@ -1,11 +1,14 @@
-"""Serve the embedded py-evm chain over JSON-RPC on 127.0.0.1, so several agent processes share
-one "embedded default" chain:
+"""Serve the embedded development chain (`coopml.chain.devchain`: py-evm) over JSON-RPC on
+127.0.0.1, so agent processes, ethers.js, viem, cast or curl share one chain:
 
-    python -m coopml.chain.node --port 8545
+    python -m coopml.chain.node --port 8545                      # a block every second
+    python -m coopml.chain.node --block-time 0                   # mine on transaction (tests)
+    python -m coopml.chain.node --state ~/.coopml/chain.sqlite   # keep the chain across restarts
 
-Each request goes through web3's EthereumTesterProvider pipeline (the same code the in-process
-backend uses), one at a time under a lock; reverts come back as JSON-RPC errors with the revert
-bytes in `data` (like geth/anvil), and `evm_increaseTime` / `evm_mine` move the clock.
+HTTP/1.1 with keep-alive and JSON-RPC batches. Reverts come back as `{code: 3, message:
+"execution reverted", data: 0x<revert bytes>}` (the shape geth and anvil use, which ethers and
+viem decode into custom errors). Stopping the node (SIGTERM / SIGINT) mines what is pooled and
+writes the state file; with `--state` every mined block is also committed as it is mined.
 """
 
 from __future__ import annotations
@@ -13,97 +16,99 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import threading
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
-from hexbytes import HexBytes
-from web3 import EthereumTesterProvider, Web3
-from web3.datastructures import AttributeDict
+from coopml.chain.devchain import DEV_BALANCE_WEI, DevChain, RPCError
 
-from coopml.chain.backends import revert_data_from_exception
-
-
-ESTIMATE_GAS = 8_000_000  # what eth_estimateGas answers; eth-tester's block gas limit is 30M
+MAX_BODY = 64 * 1024 * 1024
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray, HexBytes)):
-        return "0x" + bytes(value).hex()
-    if isinstance(value, (dict, AttributeDict)):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return hex(value)
-    return value
+def _reply(rid: Any, result: Any = None, error: RPCError | None = None) -> dict[str, Any]:
+    if error is not None:
+        return {"jsonrpc": "2.0", "id": rid, "error": error.as_json()}
+    return {"jsonrpc": "2.0", "id": rid, "result": result}
 
 
-class EmbeddedRPC:
-    """JSON-RPC request handler over one in-process eth-tester chain (thread-safe)."""
-
-    def __init__(self) -> None:
-        from eth_tester import EthereumTester, PyEVMBackend
-
-        self.tester = EthereumTester(PyEVMBackend())
-        self.w3 = Web3(EthereumTesterProvider(self.tester))
-        self.lock = threading.Lock()
-
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        rid = request.get("id")
-        method = request.get("method", "")
-        params = request.get("params") or []
-        try:
-            with self.lock:
-                result = self._dispatch(method, params)
-            return {"jsonrpc": "2.0", "id": rid, "result": _jsonable(result)}
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON-RPC error
-            data = revert_data_from_exception(exc)
-            if data is not None or "revert" in str(exc).lower():
-                error = {"code": 3, "message": "execution reverted",
-                         "data": "0x" + (data or b"").hex()}
-            else:
-                error = {"code": -32000, "message": f"{type(exc).__name__}: {exc}"}
-            return {"jsonrpc": "2.0", "id": rid, "error": error}
-
-    def _dispatch(self, method: str, params: list[Any]) -> Any:
-        if method == "evm_increaseTime":
-            seconds = int(params[0], 16) if isinstance(params[0], str) else int(params[0])
-            now = self.tester.get_block_by_number("latest")["timestamp"]
-            self.tester.time_travel(now + seconds + 1)  # eth-tester mines it at target - 1
-            return seconds
-        if method == "evm_mine":
-            self.tester.mine_blocks(1)
-            return "0x0"
-        if method == "web3_clientVersion":
-            return "coopml-embedded-node/py-evm"
-        if method == "eth_estimateGas":
-            # py-evm estimates by binary search (~14 executions per transaction); a dev chain can
-            # answer with one execution (which surfaces reverts) and a safe fixed limit instead
-            self.w3.manager.request_blocking("eth_call", [params[0], params[1] if len(params) > 1 else "latest"])
-            return ESTIMATE_GAS
-        if method == "eth_chainId":
-            return self.w3.eth.chain_id
-        # request_blocking runs the provider's middleware, which maps the standard JSON-RPC
-        # shapes to eth-tester's (snake_case, ints) and back
-        return self.w3.manager.request_blocking(method, params)
+def handle_payload(chain: DevChain, request: Any) -> Any:
+    """One decoded JSON-RPC payload (a call or a batch) -> the reply object."""
+    if isinstance(request, list):
+        if not request:
+            return _reply(None, error=RPCError(-32600, "empty batch"))
+        calls, ids, bad = [], [], {}
+        for i, r in enumerate(request):
+            if not isinstance(r, dict) or not isinstance(r.get("method"), str):
+                bad[i] = _reply(r.get("id") if isinstance(r, dict) else None,
+                                error=RPCError(-32600, "invalid request"))
+                continue
+            calls.append((r["method"], r.get("params")))
+            ids.append((i, r.get("id")))
+        results = _safe(lambda: chain.request_batch(calls), len(calls))
+        replies: list[Any] = [None] * len(request)
+        for (i, rid), res in zip(ids, results):
+            replies[i] = _reply(rid, error=res) if isinstance(res, RPCError) else _reply(rid, res)
+        for i, rep in bad.items():
+            replies[i] = rep
+        return replies
+    if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+        return _reply(None, error=RPCError(-32600, "invalid request"))
+    rid = request.get("id")
+    try:
+        return _reply(rid, chain.request(request["method"], request.get("params")))
+    except RPCError as exc:
+        return _reply(rid, error=exc)
+    except Exception as exc:  # noqa: BLE001 - a bug must not kill the server; the caller sees it
+        traceback.print_exc(file=sys.stderr)
+        return _reply(rid, error=RPCError(-32603, f"internal error: {type(exc).__name__}: {exc}"))
 
 
-def _make_handler(rpc: EmbeddedRPC) -> type[BaseHTTPRequestHandler]:
+def _safe(fn: Any, n: int) -> list[Any]:
+    try:
+        return list(fn())
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc(file=sys.stderr)
+        return [RPCError(-32603, f"internal error: {type(exc).__name__}: {exc}")] * n
+
+
+def make_handler(chain: DevChain) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: no TCP handshake per request
+        disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+
+        def setup(self) -> None:
+            super().setup()
+            getattr(self.server, "open_connections", set()).add(self.connection)
+
+        def finish(self) -> None:
+            super().finish()
+            getattr(self.server, "open_connections", set()).discard(self.connection)
+
         def do_POST(self) -> None:  # noqa: N802 - http.server naming
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self._send(413, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "request too large"}})
+                return
+            body = self.rfile.read(length)
             try:
                 request = json.loads(body)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 reply: Any = {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}}
             else:
-                reply = [rpc.handle(r) for r in request] if isinstance(request, list) else rpc.handle(request)
+                reply = handle_payload(chain, request)
+            self._send(200, reply)
+
+        def do_GET(self) -> None:  # noqa: N802 - a health check for humans and scripts
+            self._send(200, {"client": "coopml-devchain", "blockTime": chain.block_time,
+                             "blockNumber": int(chain.head.block_number)})
+
+        def _send(self, status: int, reply: Any) -> None:
             payload = json.dumps(reply).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -115,23 +120,81 @@ def _make_handler(rpc: EmbeddedRPC) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(port: int, host: str = "127.0.0.1") -> None:
-    server = ThreadingHTTPServer((host, port), _make_handler(EmbeddedRPC()))
+class ThreadedNode:
+    """A DevChain served over HTTP from threads of this process (tests, notebooks): `url`,
+    `stop()`. The same server as `python -m coopml.chain.node`, without a process to start."""
+
+    def __init__(self, chain: DevChain, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.chain = chain
+        self.server = ThreadingHTTPServer((host, port), make_handler(chain))
+        self.server.daemon_threads = True
+        self.server.open_connections = set()  # type: ignore[attr-defined]
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+        chain.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop as a killed node would look to clients: kept-alive connections are cut too."""
+        self.server.shutdown()
+        self.server.server_close()
+        for conn in list(self.server.open_connections):  # type: ignore[attr-defined]
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.chain.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(port: int, host: str = "127.0.0.1", block_time: float = 1.0, state: Path | None = None,
+          accounts: int = 10, balance_wei: int = DEV_BALANCE_WEI, chain_id: int | None = None) -> None:
+    chain = DevChain(block_time=block_time, state_path=state, accounts=accounts, balance_wei=balance_wei,
+                     chain_id=chain_id)
+    server = ThreadingHTTPServer((host, port), make_handler(chain))
     server.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    print(f"coopml embedded chain listening on http://{host}:{server.server_address[1]}", flush=True)
+
+    def shutdown(*_: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    chain.start()
+    mode = f"a block every {block_time:g} s" if block_time > 0 else "a block per transaction batch"
+    restored = f", state {state} (block {int(chain.head.block_number)})" if state else ""
+    print(f"coopml embedded chain listening on http://{host}:{server.server_address[1]} "
+          f"(chain id {chain.chain_id}, {mode}{restored})", flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()
+        chain.stop()
+        print("coopml embedded chain stopped" + (f"; state written to {state}" if state else ""), flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(prog="python -m coopml.chain.node", description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(doc.splitlines()[2:8]))
     parser.add_argument("--port", type=int, default=8545)
     parser.add_argument("--host", default="127.0.0.1", help="only loopback addresses are sensible")
+    parser.add_argument("--block-time", type=float, default=1.0,
+                        help="seconds between blocks (default 1: the clock moves even when idle); "
+                             "0 = mine each submission at once (tests)")
+    parser.add_argument("--state", type=Path, default=None,
+                        help="SQLite file to load the chain from and commit every block to")
+    parser.add_argument("--accounts", type=int, default=10, help="dev accounts (keys 1..N, dev only)")
+    parser.add_argument("--balance", type=int, default=DEV_BALANCE_WEI // 10**18, help="ETH per dev account")
+    parser.add_argument("--chain-id", type=int, default=None)
     args = parser.parse_args(argv)
-    serve(args.port, args.host)
+    serve(args.port, args.host, args.block_time, args.state, args.accounts, args.balance * 10**18, args.chain_id)
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from coopml.errors import ChainError
+from coopml.errors import ChainError, ChainUnavailable
 from coopml.paths import node_modules
 
 
@@ -50,6 +50,16 @@ class NodeProcess:
             os.kill(self.pid, signal.SIGKILL)
             self._proc.wait(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL: the node dies without flushing anything (crash tests)."""
+        if self._proc.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self._proc.wait(10)
+
+    def output(self) -> str:
+        """What the node printed so far (stdout + stderr)."""
+        return _output(self._proc)
+
     def __enter__(self) -> NodeProcess:
         return self
 
@@ -78,7 +88,7 @@ def _wait_ready(proc: subprocess.Popen, url: str, kind: str, timeout: float) -> 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             out = _output(proc)
-            raise ChainError(f"{kind} exited with code {proc.returncode}: {out[-2000:]}")
+            raise ChainUnavailable(f"{kind} exited with code {proc.returncode}: {out[-2000:]}")
         try:
             r = requests.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []},
                               timeout=1)
@@ -89,12 +99,14 @@ def _wait_ready(proc: subprocess.Popen, url: str, kind: str, timeout: float) -> 
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    raise ChainError(f"{kind} did not answer at {url} within {timeout}s")
+    raise ChainUnavailable(f"{kind} did not answer at {url} within {timeout}s")
 
 
 def start_anvil(port: int | None = None, block_time: float | None = None, accounts: int = 10,
-                balance_eth: int = 10_000, timeout: float = 30.0) -> NodeProcess:
-    """anvil on 127.0.0.1; `block_time=None` auto-mines each transaction, else seals every N s."""
+                balance_eth: int = 10_000, timeout: float = 30.0, state: str | Path | None = None,
+                extra_args: list[str] | None = None) -> NodeProcess:
+    """anvil on 127.0.0.1; `block_time=None` auto-mines each transaction, else seals every N s.
+    `state`: anvil's `--state FILE` (load at start, dump at exit)."""
     binary = anvil_binary()
     if binary is None:
         raise ChainError(f"anvil not found under {node_modules()}; run scripts/setup.sh (npm ci)")
@@ -103,16 +115,32 @@ def start_anvil(port: int | None = None, block_time: float | None = None, accoun
            "--balance", str(balance_eth), "--silent"]
     if block_time is not None:
         cmd += ["--block-time", str(block_time)]
+    if state is not None:
+        cmd += ["--state", str(state)]
+    cmd += list(extra_args or [])
     proc = _spawn(cmd)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(proc, url, "anvil", timeout)
     return NodeProcess(proc.pid, url, "anvil", proc)
 
 
-def start_embedded_node(port: int | None = None, timeout: float = 60.0) -> NodeProcess:
-    """`python -m coopml.chain.node` (the embedded py-evm chain over JSON-RPC) on 127.0.0.1."""
+def start_embedded_node(port: int | None = None, timeout: float = 60.0, block_time: float = 0.0,
+                        state: str | Path | None = None, accounts: int | None = None,
+                        chain_id: int | None = None) -> NodeProcess:
+    """`python -m coopml.chain.node` (the embedded py-evm chain over JSON-RPC) on 127.0.0.1.
+
+    `block_time=0` (the default here, for tests and the in-process demo) mines each submission at
+    once, like anvil without `--block-time`; `block_time=1` is what the node does when run by hand
+    (the clock moves when idle). `state` keeps the chain in an SQLite file across restarts."""
     port = port or free_port()
-    proc = _spawn([sys.executable, "-m", "coopml.chain.node", "--port", str(port)])
+    cmd = [sys.executable, "-m", "coopml.chain.node", "--port", str(port), "--block-time", str(block_time)]
+    if state is not None:
+        cmd += ["--state", str(state)]
+    if accounts is not None:
+        cmd += ["--accounts", str(accounts)]
+    if chain_id is not None:
+        cmd += ["--chain-id", str(chain_id)]
+    proc = _spawn(cmd)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(proc, url, "coopml.chain.node", timeout)
     return NodeProcess(proc.pid, url, "embedded-node", proc)

@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from coopml.errors import CoopmlError
+from coopml.testbed.cli import app as testbed_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="coopml: decentralized, privacy-preserving cooperative machine learning.")
+app.add_typer(testbed_app, name="testbed")
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable)
@@ -80,7 +82,8 @@ def train(
 def case_studies(out: Path = typer.Option(Path("out/case-studies"), help="report folder"),
                  full: bool = typer.Option(False, help="paper-size runs (long) instead of the reduced preset"),
                  seed: int = typer.Option(0)) -> None:
-    """Case Studies I-III (fusion strategies, encrypted MetaModel, FedAvg comparison) with a report."""
+    """Case Studies I-IV (fusion strategies, encrypted MetaModel, FedAvg comparison, fading-channel detection
+    with the encryption interface on synthetic link-power data) with a report."""
     from coopml.sim.case_studies import main as run
     code = run(["--out", str(out), "--seed", str(seed)] + (["--full"] if full else []))
     raise typer.Exit(code or 0)
@@ -118,80 +121,66 @@ def contributors(
 
 # ------------------------------------------------------------------------------ roles
 
-def _run_role(kind: str, config: Optional[Path], overrides: dict) -> None:
+def _run_role(kind: str, config: Path, agent: str | None, name: str, overrides: dict) -> None:
     from coopml.roles.config import ContributorConfig, InitiatorConfig, VerifierConfig, load_config
-    if kind == "initiator":
-        from coopml.roles.initiator import Initiator as agent_cls
-        cfg = load_config(InitiatorConfig, config, **overrides)
-    elif kind == "contributor":
-        from coopml.roles.contributor import Contributor as agent_cls
-        cfg = load_config(ContributorConfig, config, **overrides)
-    else:
-        from coopml.roles.verifier import Verifier as agent_cls
-        cfg = load_config(VerifierConfig, config, **overrides)
-    agent = agent_cls(cfg)
-    try:
-        agent.run()
-    finally:
-        agent.close()
+    from coopml.roles.runner import load_agent_class, run_node
+    defaults = {"initiator": ("coopml.roles.initiator:Initiator", InitiatorConfig),
+                "contributor": ("coopml.roles.contributor:Contributor", ContributorConfig),
+                "verifier": ("coopml.roles.verifier:Verifier", VerifierConfig)}
+    default_agent, cfg_type = defaults[kind]
+    cls = load_agent_class(agent or default_agent)
+    if cls.role.value != kind:
+        raise typer.BadParameter(f"{agent} is a {cls.role.value} agent, not a {kind}")
+    cfg = load_config(cfg_type, config, **overrides)
+    summary = run_node(cls, cfg, node_name=name or kind)
+    if summary and cfg.log_format == "json":
+        err_console.print(summary, highlight=False)
 
 
-_CONFIG = typer.Option(None, "--config", help="JSON config file (fields of the role's config)")
-_CHAIN = typer.Option(None, help="JSON-RPC URL of the chain node")
-_CONTRACT = typer.Option(None, help="CoopML contract address")
-_FROM_BLOCK = typer.Option(None, "--from-block", min=0, help="contract's deployment block (events before it are skipped)")
-_STORE = typer.Option(None, help="storage: a directory or http://127.0.0.1:PORT (Kubo RPC)")
-_WORKDIR = typer.Option(None, help="this node's local state directory")
-
-
-@app.command()
-@friendly
-def initiator(config: Optional[Path] = _CONFIG, chain: Optional[str] = _CHAIN, contract: Optional[str] = _CONTRACT,
-              store: Optional[str] = _STORE, workdir: Optional[Path] = _WORKDIR,
-              from_block: Optional[int] = _FROM_BLOCK) -> None:
-    """Run an application initiator: publish a task, answer blinded decryptions, decrypt and fuse bought models."""
-    _run_role("initiator", config, dict(chain=chain, contract=contract, store=store, workdir=workdir,
-                                        from_block=from_block))
+_CONFIG = typer.Option(..., "--config", help="JSON config file (`coopml config-reference` lists every field)")
+_AGENT = typer.Option(None, "--agent", help="agent class by import path (default: the production role); e.g. "
+                      "coopml.sim.behaviours:LyingContributor to script a misbehaviour")
+_NAME = typer.Option("", "--name", help="node name in log lines")
+_LOG = typer.Option(None, "--log-format", help="text (default) or json (one LogRecord per line)")
+_TASK = typer.Option(None, "--task-id", min=1, help="the task to join (printed by the initiator / `coopml status`)")
 
 
 @app.command()
 @friendly
-def contributor(config: Optional[Path] = _CONFIG, task_id: Optional[int] = typer.Option(None, min=1),
-                chain: Optional[str] = _CHAIN, contract: Optional[str] = _CONTRACT, store: Optional[str] = _STORE,
-                workdir: Optional[Path] = _WORKDIR, from_block: Optional[int] = _FROM_BLOCK,
-                labels: Optional[str] = typer.Option(None, help="classes this node holds, e.g. 0,1,2")) -> None:
-    """Run a computing contributor: join, train, encrypt, announce, release the key once approved."""
-    _run_role("contributor", config, dict(task_id=task_id, chain=chain, contract=contract, store=store,
-                                          workdir=workdir, from_block=from_block,
-                                          labels=list(parse_labels(labels)) if labels else None))
+def initiator(config: Path = _CONFIG, agent: Optional[str] = _AGENT, name: str = _NAME,
+              log_format: Optional[str] = _LOG) -> None:
+    """Run an application initiator: publish the task from its manifest, buy, check and fuse approved models."""
+    _run_role("initiator", config, agent, name, dict(log_format=log_format))
 
 
 @app.command()
 @friendly
-def verifier(config: Optional[Path] = _CONFIG, task_id: Optional[int] = typer.Option(None, min=1),
-             chain: Optional[str] = _CHAIN, contract: Optional[str] = _CONTRACT, store: Optional[str] = _STORE,
-             workdir: Optional[Path] = _WORKDIR, from_block: Optional[int] = _FROM_BLOCK) -> None:
-    """Run a verification contributor: register, evaluate selected models through the blinded oracle, vote."""
-    _run_role("verifier", config, dict(task_id=task_id, chain=chain, contract=contract, store=store, workdir=workdir,
-                                       from_block=from_block))
+def contributor(config: Path = _CONFIG, task_id: Optional[int] = _TASK, agent: Optional[str] = _AGENT,
+                name: str = _NAME, log_format: Optional[str] = _LOG) -> None:
+    """Run a computing contributor: join, train on its own data, announce, answer encrypted queries, deliver."""
+    _run_role("contributor", config, agent, name, dict(task_id=task_id, log_format=log_format))
 
 
-_SHOWN = {"published", "registered", "trained", "announced", "key-sent", "queried", "oracle-answered", "evaluated",
-          "committed", "revealed", "finalized", "key-released", "model-decrypted", "fused", "closed", "withdrawn",
-          "done", "killed", "restarted", "revert", "bad-message", "bad-model", "copying"}
+@app.command()
+@friendly
+def verifier(config: Path = _CONFIG, task_id: Optional[int] = _TASK, agent: Optional[str] = _AGENT,
+             name: str = _NAME, log_format: Optional[str] = _LOG) -> None:
+    """Run a verification contributor: join, evaluate drawn models on its own encrypted images, vote."""
+    _run_role("verifier", config, agent, name, dict(task_id=task_id, log_format=log_format))
 
 
 @app.command()
 @friendly
 def demo(
-    anvil: bool = typer.Option(False, "--anvil", help="use anvil + a js-ipfs daemon instead of the embedded defaults"),
+    embedded: bool = typer.Option(False, "--embedded", help="the embedded JSON-RPC node instead of anvil"),
+    ipfs: bool = typer.Option(False, "--ipfs", help="a js-ipfs daemon instead of the local blockstore"),
     reduced: bool = typer.Option(False, help="smaller data and fewer epochs (quick check)"),
     out: Path = typer.Option(Path("out/demo"), help="report folder"),
     seed: int = typer.Option(0),
 ) -> None:
     """The main job: 1 initiator, 3 contributors, 3 verifiers as separate processes, real MNIST, full lifecycle."""
     import shutil
-    from rich.live import Live
+    from coopml.roles.log import LogRecord
     from coopml.sim.lifecycle import run_processes, table3_plan, write_report
 
     plan = table3_plan(reduced=reduced)
@@ -199,36 +188,26 @@ def demo(
     work = out / "nodes"
     if work.exists():
         shutil.rmtree(work)
-    status: dict[str, str] = {}
+    tty = sys.stdout.isatty()
 
-    def render() -> Table:
-        t = Table("node", "latest", title="coopml demo: task lifecycle (Ctrl-C to stop)")
-        for name in sorted(status, key=lambda n: (n[0] != "i", n)):
-            t.add_row(name, status[name])
-        return t
+    def on_record(name: str, rec: LogRecord) -> None:
+        if rec.event.value in ("retry",) and not tty:
+            return
+        console.print(rec.text().replace(f" {rec.role.value}:", f" {name}:", 1), highlight=False)
 
-    with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
-        def on_line(name: str, msg: dict) -> None:
-            event = msg.get("event", "")
-            if event == "epoch":
-                status[name] = f"training: epoch {msg['epoch']}, val {msg['val_accuracy']:.1%}"
-            elif event in _SHOWN:
-                detail = {k: v for k, v in msg.items() if k not in ("t", "role", "event", "assignments", "models",
-                                                                      "fusion_history", "cid", "he_public_key")}
-                status[name] = f"{event} {detail if detail else ''}"
-            live.update(render())
-        result = run_processes(plan, work, backend="anvil" if anvil else "embedded",
-                               storage="ipfs" if anvil else "local", on_line=on_line)
-    table = Table("model", "contributor", "outcome", "votes (yes/no)", title=f"task {result.task_id}")
+    result = run_processes(plan, work, backend="embedded" if embedded else "anvil",
+                           storage="ipfs" if ipfs else "local", on_record=on_record)
+    table = Table("model", "contributor", "outcome", "votes (approve/reject/abstain)", title=f"task {result.task_id}")
     for m in result.models:
-        table.add_row(str(m.model_id), m.contributor, m.status, f"{m.yes}/{m.no}")
+        table.add_row(str(m.model_id), m.contributor, m.status, f"{m.approve}/{m.reject}/{m.abstain}")
     console.print(table)
-    pay = Table("node", "withdrawn ETH", title="payments")
-    for n, v in sorted(result.withdrawn_eth.items()):
-        pay.add_row(n, f"{v:.3f}")
+    pay = Table("node", "withdrawn ETH", "last word", title="payments")
+    for n in sorted(set(result.withdrawn_eth) | set(result.summaries)):
+        pay.add_row(n, f"{result.withdrawn_eth.get(n, 0.0):.3f}", result.summaries.get(n, ""))
     console.print(pay)
     for h in result.fusion_history:
-        console.print(f"MetaModel with {h['models']} model(s): {h['test_accuracy']:.2%} on the MNIST test set")
+        if h.get("test_accuracy") is not None:
+            console.print(f"MetaModel with {len(h['members'])} model(s): {h['test_accuracy']:.2%} on the test set")
     report = write_report(result, out)
     console.print(f"finished in {result.elapsed:.0f} s; report in {report}/report.md")
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from coopml.data.idx import read_idx
+from coopml.data.spec import FASHION_MNIST_INPUT, MNIST_INPUT, InputSpec
 from coopml.errors import DataError
 from coopml.paths import home, node_modules
 
@@ -46,6 +47,7 @@ FASHION_FILES = {
 }
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 REGISTRY = {"mnist": MNIST_FILES, "fashion-mnist": FASHION_FILES}
+BUILTIN_INPUTS = {"mnist": MNIST_INPUT, "fashion-mnist": FASHION_MNIST_INPUT}
 
 
 def data_dir(name: str) -> Path:
@@ -81,28 +83,56 @@ def verified_path(name: str, key: str) -> Path:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images as uint8 [N, 28, 28] and labels as int64 [N]; `tensors()` gives the float form models eat."""
+    """Raw samples and int64 labels [N]; `tensors()` gives the float form models eat.
+
+    With an InputSpec, `images` are the spec's raw samples ([N, *spec.shape], or [N, H, W] for one
+    channel; feature rows for tabular specs), labels are ids into `spec.classes`, and `tensors()`
+    applies the spec's preprocessing. Without one (legacy), images are MNIST-like [N, 28, 28] and
+    `tensors()` divides by 255 and adds the channel axis.
+    """
 
     images: np.ndarray
     labels: np.ndarray
+    spec: InputSpec | None = None
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 3 or self.labels.ndim != 1 or len(self.images) != len(self.labels):
-            raise DataError(f"images {self.images.shape} and labels {self.labels.shape} do not pair up")
+        if self.spec is None:
+            if self.images.ndim != 3 or self.labels.ndim != 1 or len(self.images) != len(self.labels):
+                raise DataError(f"images {self.images.shape} and labels {self.labels.shape} do not pair up")
+            return
+        self.spec.check_raw(self.images, "dataset samples")
+        if self.labels.ndim != 1 or len(self.images) != len(self.labels):
+            raise DataError(f"samples {self.images.shape} and labels {self.labels.shape} do not pair up")
+        if self.labels.dtype != np.int64:
+            raise DataError(f"labels must be int64 class ids, got {self.labels.dtype}")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.spec.num_classes):
+            raise DataError(f"labels outside 0..{self.spec.num_classes - 1} (the InputSpec's classes)")
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes if self.spec is not None else 10
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The spec (MNIST's for a legacy dataset without one)."""
+        return self.spec if self.spec is not None else MNIST_INPUT
+
     def subset(self, idx: np.ndarray) -> "Dataset":
-        return Dataset(self.images[idx], self.labels[idx])
+        return Dataset(self.images[idx], self.labels[idx], self.spec)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.spec is not None:
+            return torch.from_numpy(self.spec.apply(self.images)), torch.from_numpy(self.labels)
         x = torch.from_numpy(self.images).float().div_(255.0).unsqueeze(1)
         return x, torch.from_numpy(self.labels)
 
 
 @lru_cache(maxsize=8)
 def load_dataset(name: str = "mnist", split: str = "train") -> Dataset:
+    """One of the pinned IDX datasets (the built-ins behind coopml.data.load_dataset's registry)."""
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', not {split!r}")
     images = read_idx(verified_path(name, f"{split}-images"))
@@ -111,4 +141,4 @@ def load_dataset(name: str = "mnist", split: str = "train") -> Dataset:
         raise DataError(f"{name}/{split}: expected 28x28 images, got {images.shape}")
     if labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{name}/{split}: labels outside 0..9")
-    return Dataset(images, labels)
+    return Dataset(images, labels, BUILTIN_INPUTS[name])

@@ -55,10 +55,11 @@ def make_shards(pool: Dataset, specs: tuple[ShardSpec, ...] | list[ShardSpec], s
         raise DataError(f"duplicate shard names in {names}")
     rng = np.random.default_rng(seed)
     # One shuffled queue of indices per class; shards take from the front, so they never overlap.
-    queues = {c: list(rng.permutation(np.flatnonzero(pool.labels == c))) for c in range(10)}
+    num_classes = pool.num_classes
+    queues = {c: list(rng.permutation(np.flatnonzero(pool.labels == c))) for c in range(num_classes)}
     out: dict[str, LabelShard] = {}
     for spec in specs:
-        if not spec.labels or any(not 0 <= c <= 9 for c in spec.labels) or len(set(spec.labels)) != len(spec.labels):
+        if not spec.labels or any(not 0 <= c < num_classes for c in spec.labels) or len(set(spec.labels)) != len(spec.labels):
             raise DataError(f"shard {spec.name}: bad label set {spec.labels}")
         parts = []
         for n in (spec.n_train, spec.n_verify):

@@ -1,7 +1,8 @@
-"""coopml.he: integer-vector homomorphic encryption (paper section IV-C), pure numpy/torch.
+"""coopml.he: integer-vector homomorphic encryption (paper section IV-C), pure numpy/torch,
+and a CKKS engine (SEAL inside TenSEAL) for confidential batch inference (`coopml.he.ckks`).
 
-Obfuscation-grade with the paper's parameters (k = 1, deterministic encryption): see
-docs/security.md before relying on it for confidentiality.
+IVHE is obfuscation-grade with the paper's parameters (k = 1, deterministic encryption): see
+docs/security.md before relying on it for confidentiality; docs/ckks.md for the CKKS engine.
 """
 
 from coopml.he.scheme import (Ciphertext, KeyMismatchError, LinearTransformKey, NoiseOverflowError, Params,
@@ -12,6 +13,10 @@ from coopml.he.model import (STRATEGIES, EncryptedModel, PairOutputs, decrypt_mo
                              encrypt_model, encrypted_infer, encrypted_infer_layered, prepare)
 from coopml.he.serialize import HEFormatError, check_model, from_bytes, to_bytes
 from coopml.he.attack import dictionary_attack, recover_secret_1d
+from coopml.he.limbs import ExactnessError
+from coopml.he.ckks import (CkksFormatError, CkksKeyMismatchError, CkksParams, EncryptedBatch, EncryptedOutputs,
+                            HePlan, InputRangeError, InsecureParametersError, PlanError, PublicContext, QueryKey,
+                            UnsupportedLayerError, compile_model, evaluate, params_for)
 
 # Parameters that fit the paper's Table IV CNN with p <= 2^7, q = 1000 (Case Study II):
 # the worst-case output noise (~2^47) stays below w/2 and w * |y| (~2^115) below Q/2 = 2^127.
@@ -25,4 +30,9 @@ __all__ = [
     "STRATEGIES", "EncryptedModel", "PairOutputs", "encrypt_model", "encrypted_infer",
     "encrypted_infer_layered", "prepare", "decrypt_outputs", "decrypt_model",
     "to_bytes", "from_bytes", "check_model", "recover_secret_1d", "dictionary_attack", "MODEL_PARAMS",
+    "ExactnessError",
+    # CKKS (real confidentiality; docs/ckks.md)
+    "CkksParams", "HePlan", "compile_model", "params_for", "QueryKey", "PublicContext", "EncryptedBatch",
+    "EncryptedOutputs", "evaluate", "CkksFormatError", "CkksKeyMismatchError", "InputRangeError",
+    "InsecureParametersError", "PlanError", "UnsupportedLayerError",
 ]

@@ -8,12 +8,19 @@ Strategies:
   plaintext weights while the k extra channels ride along, so the second layer's key becomes
   W2 T, which only the initiator (holding T, and the model once bought) can form.
 
-Encrypted inference (verifier side, plaintext scaled inputs). Every layer is linear, so for
-one encrypted model the whole map input -> output ciphertext components is a fixed matrix
-over Z_Q. `prepare` builds it once: the integer tail's transpose G (exact float64 backward),
-pushed through the encrypted first layer limb by limb. Inference is then one exact limb
-matmul. This is the same linear algebra as running every layer per component, reassociated;
-decrypted outputs equal `integer_forward` bit for bit (tests/he).
+Encrypted inference (verifier side, plaintext scaled inputs), two exact ways:
+- layer by layer (`encrypted_infer_layered`, `coopml.he.layered`): the paper's flow, every layer
+  one exact float64-limb GEMM over all ciphertext components;
+- collapsed (`prepare`): when every layer is linear, the whole map input -> output ciphertext
+  components is a fixed matrix over Z_Q, built once (the integer tail's transpose G by exact
+  float64 backward, pushed through the encrypted first layer limb by limb); inference is then
+  one exact limb matmul. Same linear algebra, reassociated.
+Both give the same words mod Q; decrypted outputs equal `integer_forward` bit for bit (tests/he).
+
+Networks with a nonlinearity (ReLU, polynomial activation): IVHE evaluates only linear maps with
+plaintext weights on ciphertexts, so encrypted inference stops at the first nonlinearity and
+returns the ciphertext of that linear prefix; `decrypt_outputs` (the key holder's side)
+decrypts it and finishes the network on plaintext integers (docs/he.md, Case Study IV).
 """
 
 from __future__ import annotations
@@ -27,11 +34,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from coopml.errors import HEError
-from coopml.he import ring
+from coopml.he import layered, ring
 from coopml.he.ring import FLOAT_EXACT
-from coopml.he.scaling import IntegerNet, IntLayer, apply_layer, dequantize, integer_forward, quantize
-from coopml.he.scheme import (Ciphertext, KeyMismatchError, NoiseOverflowError, PublicKey, SecretKey,
-                              decrypt, encrypt)
+from coopml.he.scaling import (
+    IntegerNet,
+    IntLayer,
+    apply_layer,
+    dequantize,
+    forward_layers,
+    integer_forward,
+    pair,
+    quantize,
+)
+from coopml.he.scheme import (
+    Ciphertext,
+    KeyMismatchError,
+    NoiseOverflowError,
+    PublicKey,
+    SecretKey,
+    decrypt,
+    encrypt,
+)
 
 STRATEGIES = ("element-wise", "matrix-pair-wise")
 
@@ -78,6 +101,15 @@ class EncryptedModel:
     @property
     def output_scale(self) -> int:
         return self.tail.output_scale
+
+    @property
+    def split(self) -> int:
+        """Index in tail.layers of the first nonlinear layer (len(tail.layers) if none)."""
+        return next((i for i, layer in enumerate(self.tail.layers) if not layer.is_linear), len(self.tail.layers))
+
+    @property
+    def is_linear(self) -> bool:
+        return self.split == len(self.tail.layers)
 
 
 def _check_pk(pk: PublicKey, strategy: str, out_channels: int) -> None:
@@ -149,10 +181,12 @@ def _first_transpose(enc: EncryptedModel, g: torch.Tensor, weight: torch.Tensor)
     if layer.kind == "linear":
         return g @ weight
     h_in = enc.input_shape[1:]
-    out = F.conv_transpose2d(g, weight, stride=layer.stride, padding=layer.padding)
-    pad = [0, h_in[1] - out.shape[-1], 0, h_in[0] - out.shape[-2]]
-    if any(pad):
-        out = F.pad(out, pad)
+    (sh, sw), (ph, pw) = pair(layer.stride), pair(layer.padding)
+    kh, kw = weight.shape[-2:]
+    # input rows/columns a strided convolution never reached (output_padding, not zero padding:
+    # they sit before the crop of `padding`)
+    extra = ((h_in[0] + 2 * ph - kh) % sh, (h_in[1] + 2 * pw - kw) % sw)
+    out = F.conv_transpose2d(g, weight, stride=(sh, sw), padding=(ph, pw), output_padding=extra)
     return out.flatten(1)
 
 
@@ -173,6 +207,9 @@ def prepare(enc: EncryptedModel) -> Prepared:
     """Build (once) the Z_Q operator of the whole encrypted model; cached on the object."""
     if enc._prepared is not None:
         return enc._prepared
+    if not enc.is_linear:
+        raise HEError("the collapsed operator exists only for linear networks; this one has a "
+                      f"{enc.tail.layers[enc.split].kind} layer (use encrypted_infer_layered)")
     params = enc.params
     g = _tail_transpose(enc, absolute=False)
     g_abs = _tail_transpose(enc, absolute=True)
@@ -235,8 +272,12 @@ def _bounds(prep: Prepared, x_abs: np.ndarray, fresh: int) -> tuple[int, int]:
     o = prep.noise_op.shape[1]
     noise = float((both[:, :o] + prep.noise_const).max(initial=0.0))
     value = float((both[:, o:] + prep.value_const).max(initial=0.0))
-    up = lambda v: int(math.ceil(v * (1 + 2.0 ** -40))) + 1  # noqa: E731
-    return up(noise) * fresh, up(value)
+    return _round_up(noise) * fresh, _round_up(value)
+
+
+def _round_up(v: float) -> int:
+    """A float64 bound as an int, rounded up with a relative margin far above float64 rounding error."""
+    return math.ceil(v * (1 + 2.0 ** -40)) + 1
 
 
 @dataclass
@@ -250,11 +291,19 @@ class PairOutputs:
     key_id: str
 
 
-def encrypted_infer(enc: EncryptedModel, x: np.ndarray, q: int | None = None) -> Ciphertext | PairOutputs:
+def encrypted_infer(enc: EncryptedModel, x: np.ndarray, q: int | None = None,
+                    method: str = "auto") -> Ciphertext | PairOutputs:
     """Verifier path: encrypted model on plaintext integer inputs x (N, *input_shape) = round(q*images).
 
     Element-wise returns a Ciphertext batch (N, outputs) with n=1; matrix-pair-wise a PairOutputs.
-    Raises NoiseOverflowError if the worst-case noise of *this* computation could break decryption."""
+    For a network with a nonlinearity, the ciphertext of the linear prefix (see the module doc).
+    method: "collapsed" (one Z_Q operator, linear networks only), "layered" (layer by layer), or
+    "auto" (collapsed when the network is linear). Raises NoiseOverflowError if the worst-case
+    noise of *this* computation could break decryption."""
+    if method not in ("auto", "collapsed", "layered"):
+        raise HEError(f"unknown inference method {method!r}; use auto, collapsed or layered")
+    if method == "layered" or (method == "auto" and not enc.is_linear):
+        return encrypted_infer_layered(enc, x, q)
     xf, noise, value = _admit(enc, x, q)
     prep = prepare(enc)
     params = enc.params
@@ -266,8 +315,7 @@ def encrypted_infer(enc: EncryptedModel, x: np.ndarray, q: int | None = None) ->
     return PairOutputs(y, o, noise, value, enc.key_id)
 
 
-def _admit(enc: EncryptedModel, x: np.ndarray, q: int | None) -> tuple[np.ndarray, int, int]:
-    """Validate inputs; return them flat as float64 with this computation's worst-case bounds."""
+def _check_inputs(enc: EncryptedModel, x: np.ndarray, q: int | None) -> np.ndarray:
     if q is not None and q != enc.q:
         raise HEError(f"inputs scaled with q={q}, but the model's biases were scaled for q={enc.q}")
     x = np.asarray(x)
@@ -275,49 +323,107 @@ def _admit(enc: EncryptedModel, x: np.ndarray, q: int | None) -> tuple[np.ndarra
         raise HEError("encrypted_infer takes integer inputs: use scale_inputs(images, q)")
     if tuple(x.shape[1:]) != enc.input_shape:
         raise HEError(f"inputs have shape {x.shape[1:]}, the model expects {enc.input_shape}")
-    prep = prepare(enc)
+    return x
+
+
+def _admit(enc: EncryptedModel, x: np.ndarray, q: int | None) -> tuple[np.ndarray, int, int]:
+    """Validate inputs; return them flat as float64 with this computation's worst-case bounds."""
+    x = _check_inputs(enc, x, q)
     params = enc.params
     xf = x.reshape(len(x), -1).astype(np.float64)
     x_abs = xf if x.min(initial=0) >= 0 else np.abs(xf)
-    noise, value = _bounds(prep, x_abs, params.fresh_noise)
+    if enc.is_linear:
+        noise, value = _bounds(prepare(enc), x_abs, params.fresh_noise)
+    else:
+        noise, value = _prefix_bounds(enc, x_abs, params.fresh_noise)
     probe = Ciphertext(params, 1, np.zeros((1, 1 + params.k, params.words), np.uint64), noise, value,
                        enc.key_id)
     probe.check_budget()
     return xf, noise, value
 
 
-def encrypted_infer_layered(enc: EncryptedModel, x: np.ndarray) -> Ciphertext:
-    """Element-wise inference layer by layer, per ciphertext component (the paper's Fig. 5 flow).
+def _prefix_bounds(enc: EncryptedModel, x_abs: np.ndarray, fresh: int) -> tuple[int, int]:
+    """Worst-case (noise, value) of the linear prefix's outputs, by an absolute-value pass:
+    every first-layer weight ciphertext has noise <= fresh and plaintext <= weight_bound."""
+    prefix = enc.tail.layers[:enc.split]
+    layer = enc.first_layer
+    mixes = any(lay.kind in ("conv", "linear") for lay in prefix)
+    shape = (enc.first_shape[0] if mixes else 1, *enc.first_shape[1:])   # all channels equal otherwise
+    h = torch.from_numpy(x_abs).reshape(len(x_abs), *enc.input_shape)
+    if layer.kind == "linear":
+        h = h.flatten(1)
+    h = apply_layer(IntLayer(layer.kind, None, None, layer.stride, layer.padding), h,
+                    torch.ones(shape, dtype=torch.float64), bias=False) + 1.0      # + the bias ciphertext
+    hn, hv = h, h * enc.weight_bound
+    for lay in prefix:
+        hn = apply_layer(lay, hn, bias=False, absolute=True)   # tail biases are trivial encryptions: no noise
+        hv = apply_layer(lay, hv, absolute=True)
+    return _round_up(float(hn.max())) * fresh, _round_up(float(hv.max()))
 
-    Each Z_Q component of the first layer is cut into limbs narrow enough that the whole
-    integer network stays exact in float64 for every limb; limbs are recombined mod Q at the
-    end. Same result as `encrypted_infer`, kept as the reference and for the benchmark."""
-    if enc.strategy != "element-wise":
-        raise HEError("layered inference is implemented for the element-wise strategy")
-    _, noise, value = _admit(enc, x, None)
-    prep = prepare(enc)
+
+def _first_operands(enc: EncryptedModel) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """The first layer's Z_Q weights as (K, Cout', W) columns, component-major, its bias (Cout', W),
+    and (comps, identity channels, extra key channels)."""
     params = enc.params
-    xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
-    spread = float((np.abs(xt.reshape(len(x), -1).numpy()) @ prep.noise_op).max(initial=1.0))
-    bits = ring._limb_bits(spread)
-    comps = []
-    for j in range(params.k + 1):
-        parts = []
-        for limb in ring.limbs(enc.first_weight.words[..., j, :], bits):
-            h = apply_layer(enc.first_layer, xt.flatten(1) if enc.lead else xt, torch.from_numpy(limb),
-                            bias=False)
-            for layer in enc.tail.layers:
-                h = apply_layer(layer, h, bias=False)
-            parts.append(h.numpy())
-        comps.append(ring.combine_limbs(np.stack(parts), bits, params.words))   # (N, O, W)
-    y = np.stack(comps, axis=2)                                                   # (N, O, comps, W)
-    o = y.shape[1]
-    y = ring.add_words(y, prep.bias_words.reshape(o, params.k + 1, params.words)[None])
-    return Ciphertext(params, 1, y, noise, value, enc.key_id)
+    w = enc.first_weight.words
+    b = enc.first_bias.words
+    out_ch = enc.first_shape[0]
+    if enc.strategy == "element-wise":
+        comps = params.k + 1
+        k_words = np.moveaxis(w, 0, -2).reshape(-1, comps * out_ch, params.words)
+        bias = b.transpose(1, 0, 2).reshape(comps * out_ch, params.words)
+        return k_words, bias, comps, out_ch, 0
+    return w.reshape(-1, out_ch + params.k, params.words), b, 1, out_ch, params.k
+
+
+def _prefix_shape(enc: EncryptedModel) -> tuple[int, ...]:
+    """Torch shape (per example) of the linear prefix's output."""
+    h = torch.zeros(1, *_first_out_shape(enc), dtype=torch.float64)
+    for layer in enc.tail.layers[:enc.split]:
+        h = apply_layer(layer, h, bias=False)
+    return tuple(h.shape[1:])
+
+
+def encrypted_infer_layered(enc: EncryptedModel, x: np.ndarray, q: int | None = None,
+                            chunk: int | None = None) -> Ciphertext | PairOutputs:
+    """Layer-by-layer inference (the paper's Fig. 5/6 flow), every layer one exact float64 GEMM over
+    all ciphertext components (coopml.he.layered). Same words as `encrypted_infer`."""
+    x = _check_inputs(enc, x, q)
+    _, noise, value = _admit(enc, x, q)
+    params = enc.params
+    k_words, bias, comps, channels, extra = _first_operands(enc)
+    kernel = (enc.first_shape[2], enc.first_shape[3]) if enc.first_layer.kind == "conv" else (1, 1)
+    out = layered.run(k_words, bias, enc.first_layer, kernel, enc.input_shape, enc.tail.layers[:enc.split],
+                      x, params.w, comps, channels, extra, chunk)
+    n = len(x)
+    ident = out.ident                                     # (comps, N, ..., W)
+    if not out.flat:                                      # NHWC -> torch's (C, H, W) order
+        ident = np.moveaxis(ident, -2, 2)
+    if enc.is_linear and enc.strategy == "matrix-pair-wise" and out.resid is not None:
+        words = np.concatenate([ident[0].reshape(n, -1, params.words),
+                                out.resid.reshape(n, -1, params.words)], axis=1)
+        return PairOutputs(words, ident.shape[2], noise, value, enc.key_id)
+    if enc.strategy == "element-wise":
+        flat = ident.reshape(comps, n, -1, params.words)
+        return Ciphertext(params, 1, np.moveaxis(flat, 0, 2), noise, value, enc.key_id)
+    # matrix-pair-wise prefix: one ciphertext of the channel vector per position (key [I, T])
+    per_pos = ident[0].reshape(n, channels + extra, -1, params.words)      # (N, C+k, positions, W)
+    return Ciphertext(params, channels, np.moveaxis(per_pos, 2, 1), noise, value, enc.key_id)
 
 
 def decrypt_outputs(sk: SecretKey, enc: EncryptedModel, out: Ciphertext | PairOutputs) -> np.ndarray:
-    """Initiator side: integer outputs (N, O); divide by enc.output_scale for logits."""
+    """Initiator side: integer outputs (N, O); divide by enc.output_scale for logits. For networks
+    with a nonlinearity: decrypt the prefix and finish the network on plaintext integers."""
+    if not enc.is_linear:
+        if not isinstance(out, Ciphertext):
+            raise HEError("expected the ciphertext of the encrypted prefix")
+        h = decrypt(sk, out)
+        shape = _prefix_shape(enc)
+        if enc.strategy == "element-wise":
+            h = h[..., 0].reshape(len(h), *shape)
+        else:                                             # (N, positions, C) -> (N, C, ...)
+            h = np.moveaxis(h.reshape(len(h), -1, shape[0]), 2, 1).reshape(len(h), *shape)
+        return forward_layers(enc.tail.layers[enc.split:], h)
     if isinstance(out, Ciphertext):
         return decrypt(sk, out)[..., 0]
     if out.key_id != sk.key_id:
@@ -362,5 +468,16 @@ def plain_integer_net(model: nn.Module, p: int, q: int) -> IntegerNet:
     return quantize(model, p, q)
 
 
-__all__ = ["STRATEGIES", "EncryptedModel", "PairOutputs", "encrypt_model", "encrypted_infer",
-           "encrypted_infer_layered", "decrypt_outputs", "decrypt_model", "prepare", "plain_integer_net", "NoiseOverflowError"]
+__all__ = [
+    "STRATEGIES",
+    "EncryptedModel",
+    "NoiseOverflowError",
+    "PairOutputs",
+    "decrypt_model",
+    "decrypt_outputs",
+    "encrypt_model",
+    "encrypted_infer",
+    "encrypted_infer_layered",
+    "plain_integer_net",
+    "prepare",
+]

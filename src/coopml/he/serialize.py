@@ -16,7 +16,7 @@ from safetensors.numpy import load as st_load, save as st_save
 
 from coopml.errors import HEError
 from coopml.he.model import EncryptedModel
-from coopml.he.scaling import IntegerNet, IntLayer, quantize
+from coopml.he.scaling import IntegerNet, IntLayer, pair, quantize
 from coopml.he.scheme import Ciphertext, Params, PublicKey, SecretKey, _key_id
 
 FORMAT = "coopml-he/1"
@@ -44,7 +44,7 @@ def to_bytes(obj: PublicKey | SecretKey | Ciphertext | EncryptedModel) -> bytes:
         layers = []
         for i, layer in enumerate(obj.tail.layers):
             layers.append({"kind": layer.kind, "stride": layer.stride, "padding": layer.padding,
-                           "size": layer.size})
+                           "size": layer.size, "poly": [str(a) for a in layer.poly]})
             if layer.weight is not None:
                 tensors[f"tail.{i}.weight"] = layer.weight.astype(np.int64)
                 tensors[f"tail.{i}.bias"] = layer.bias.astype(np.int64)
@@ -140,16 +140,26 @@ def _model(meta: dict[str, Any], tensors: dict[str, np.ndarray], params: Params,
         b = tensors.get(f"tail.{i}.bias")
         if spec["kind"] in ("conv", "linear") and (w is None or b is None):
             raise HEFormatError(f"{where}: tail layer {i} ({spec['kind']}) has no weights")
-        layers.append(IntLayer(spec["kind"], w, b, int(spec["stride"]), int(spec["padding"]), int(spec["size"])))
+        layers.append(IntLayer(spec["kind"], w, b, _pair(spec["stride"]), _pair(spec["padding"]), _pair(spec["size"]),
+                               tuple(int(a) for a in spec.get("poly", []))))
     fl = meta["first_layer"]
     enc = EncryptedModel(str(meta["arch"]), str(meta["strategy"]), int(meta["p"]), int(meta["q"]),
                          tuple(int(v) for v in meta["input_shape"]), fw, fb,
-                         IntLayer(fl["kind"], None, None, int(fl["stride"]), int(fl["padding"])),
+                         IntLayer(fl["kind"], None, None, _pair(fl["stride"]), _pair(fl["padding"])),
                          tuple(int(v) for v in meta["first_shape"]),
                          IntegerNet(layers, int(meta["p"]), int(meta["q"]), [int(s) for s in meta["scales"]]),
                          int(meta["weight_bound"]), int(meta.get("lead", 0)))
     check_model(enc, where)
     return enc
+
+
+def _pair(v: Any) -> int | tuple[int, int]:
+    """A stride/padding/pool size as written: an int, or [h, w] for rectangular ones."""
+    if isinstance(v, list):
+        if len(v) != 2:
+            raise HEFormatError(f"expected an int or a pair, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v)
 
 
 def check_model(enc: EncryptedModel, where: str = "<model>") -> None:
@@ -169,8 +179,10 @@ def check_model(enc: EncryptedModel, where: str = "<model>") -> None:
         raise HEFormatError(f"{where}: encrypted first-layer bias has batch {enc.first_bias.shape}, expected {want_b}")
     if enc.arch in ARCHITECTURES:
         ref = quantize(build_model(enc.arch), enc.p, enc.q)
-        kinds = [(l.kind, None if l.weight is None else l.weight.shape, l.size) for l in ref.layers]
-        got = [(l.kind, None if l.weight is None else l.weight.shape, l.size) for l in enc.tail.layers]
+        kinds = [(l.kind, None if l.weight is None else l.weight.shape, pair(l.size), pair(l.stride),
+                  pair(l.padding), l.poly) for l in ref.layers]
+        got = [(l.kind, None if l.weight is None else l.weight.shape, pair(l.size), pair(l.stride),
+                pair(l.padding), l.poly) for l in enc.tail.layers]
         first = ref.layers[enc.lead] if enc.lead < len(ref.layers) else None
         if kinds[enc.lead + 1:] != got or first is None or first.weight is None \
                 or tuple(first.weight.shape) != enc.first_shape:

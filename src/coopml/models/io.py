@@ -16,8 +16,10 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load, save as st_save
 
+from coopml.data.spec import MNIST_INPUT, InputSpec
 from coopml.errors import ModelFileError
-from coopml.models.architectures import ARCHITECTURES, FeatureModel, build_model
+from coopml.models.architectures import FeatureModel
+from coopml.models.registry import architecture_names, build_architecture
 
 FORMAT = "coopml-model/1"
 
@@ -25,21 +27,21 @@ FORMAT = "coopml-model/1"
 class ModelManifest(BaseModel):
     format: str = FORMAT
     arch: str
-    labels: list[int] = Field(min_length=1, max_length=10)
+    labels: list[int] = Field(min_length=1)   # class ids of the task's InputSpec (checked on load)
     sha256: str | None = None  # of the safetensors bytes; absent inside the embedded copy
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        if v not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {v!r}; known: {', '.join(ARCHITECTURES)}")
+        if v not in architecture_names():
+            raise ValueError(f"unknown architecture {v!r}; known: {', '.join(architecture_names())}")
         return v
 
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: list[int]) -> list[int]:
-        if any(not 0 <= c <= 9 for c in v) or len(set(v)) != len(v):
-            raise ValueError(f"labels must be distinct classes 0..9, got {v}")
+        if any(c < 0 for c in v) or len(set(v)) != len(v):
+            raise ValueError(f"labels must be distinct class ids >= 0, got {v}")
         return sorted(v)
 
 
@@ -75,17 +77,21 @@ def _header_metadata(data: bytes, where: str) -> dict[str, str]:
     return meta if isinstance(meta, dict) else {}
 
 
-def model_from_bytes(data: bytes, where: str = "<bytes>") -> tuple[FeatureModel, ModelManifest]:
-    """Rebuild a model from a safetensors blob; rejects unknown architectures and shape mismatches."""
+def model_from_bytes(data: bytes, where: str = "<bytes>", spec: InputSpec | None = None) -> tuple[FeatureModel, ModelManifest]:
+    """Rebuild a model from a safetensors blob for the task's `spec` (default MNIST's); rejects
+    unknown architectures, labels outside the spec's classes and shape mismatches."""
     meta = _header_metadata(data, where)
     if "coopml" not in meta:
         raise ModelFileError(f"{where}: safetensors file has no coopml manifest in its metadata")
     manifest = _parse_manifest(meta["coopml"], where)
+    classes = (spec or MNIST_INPUT).num_classes
+    if manifest.labels[-1] >= classes:
+        raise ModelFileError(f"{where}: labels {manifest.labels} outside the task's {classes} classes")
     try:
         state = st_load(data)
     except SafetensorError as exc:
         raise ModelFileError(f"{where}: corrupt safetensors data ({exc})") from None
-    model = build_model(manifest.arch)
+    model = build_architecture(manifest.arch, spec)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -101,6 +107,7 @@ def model_from_bytes(data: bytes, where: str = "<bytes>") -> tuple[FeatureModel,
         if not torch.isfinite(tensor).all():
             raise ModelFileError(f"{where}: tensor {name} contains NaN or infinity")
     model.load_state_dict(state)
+    model.labels = tuple(manifest.labels)
     model.eval()
     return model, manifest
 
@@ -122,7 +129,7 @@ def manifest_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def load_model(path: str | Path) -> tuple[FeatureModel, ModelManifest]:
+def load_model(path: str | Path, spec: InputSpec | None = None) -> tuple[FeatureModel, ModelManifest]:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
@@ -133,7 +140,7 @@ def load_model(path: str | Path) -> tuple[FeatureModel, ModelManifest]:
         digest = hashlib.sha256(data).hexdigest()
         if sidecar.sha256 and sidecar.sha256 != digest:
             raise ModelFileError(f"{path}: sha256 {digest} does not match manifest {sidecar.sha256}; file was modified")
-    model, manifest = model_from_bytes(data, str(path))
+    model, manifest = model_from_bytes(data, str(path), spec)
     if mpath.is_file() and (sidecar.arch, sidecar.labels) != (manifest.arch, manifest.labels):
         raise ModelFileError(f"{path}: sidecar manifest disagrees with the embedded one")
     return model, manifest

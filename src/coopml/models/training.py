@@ -2,6 +2,9 @@
 
 Early stopping and the criterion are judged on held-out *local* data (a contributor never sees
 the test set); the best weights seen are restored at the end.
+
+Any nn.Module mapping the data's preprocessed inputs [N, *spec.shape] to [N, num_classes] logits
+can be trained: shapes and the class count come from the datasets' InputSpec, not constants.
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ import copy
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from coopml.data.augment import random_affine
 from coopml.data.datasets import Dataset
-from coopml.models.architectures import FeatureModel
+from coopml.errors import DataError, ModelDefinitionError
 
 
 class TrainConfig(BaseModel):
@@ -71,11 +75,39 @@ def evaluate(model: torch.nn.Module, data: Dataset, labels: Sequence[int] | None
     return (predict(model, x, labels) == y).float().mean().item()
 
 
-def train_model(model: FeatureModel, train: Dataset, val: Dataset, cfg: TrainConfig | None = None,
+def check_fits(model: torch.nn.Module, data: Dataset) -> None:
+    """The model takes the data's inputs and gives one logit per class of its InputSpec."""
+    spec = data.input_spec
+    x = data.subset(np.arange(min(2, len(data)))).tensors()[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        raise ModelDefinitionError(f"model fails on inputs of the data's shape {tuple(x.shape)}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), spec.num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelDefinitionError(f"model returns {got} for {len(x)} inputs; the data has {spec.num_classes} "
+                                   f"classes, so logits must be ({len(x)}, {spec.num_classes})")
+
+
+def train_model(model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig | None = None,
                 labels: Sequence[int] | None = None,
                 on_epoch: Callable[[int, float, float], None] | None = None) -> TrainResult:
     """Train in place and restore the best weights. `labels` restricts validation predictions."""
     cfg = cfg or TrainConfig()
+    if train.input_spec != val.input_spec:
+        raise DataError(f"train ({train.input_spec.describe()}) and validation ({val.input_spec.describe()}) "
+                        f"data have different InputSpecs")
+    if len(train) == 0:
+        raise DataError("no training samples")
+    if cfg.augment and not train.input_spec.is_image:
+        raise DataError(f"augment distorts images; this data is {train.input_spec.describe()}")
+    check_fits(model, train)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     start = copy.deepcopy(model.state_dict()) if cfg.refit_on_all else None
@@ -108,7 +140,7 @@ def train_model(model: FeatureModel, train: Dataset, val: Dataset, cfg: TrainCon
     return TrainResult(len(history), best_epoch, best_acc, met, history)
 
 
-def _epoch(model: FeatureModel, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def _epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
            cfg: TrainConfig, gen: torch.Generator) -> float:
     """One pass over (x, y) in shuffled batches; returns the mean training loss."""
     model.train()

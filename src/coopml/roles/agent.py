@@ -1,123 +1,309 @@
-"""The shape every role shares: a reconciler driven by chain events.
+"""The shape every role shares: a reconciler driven by chain events, robust to anything it receives.
 
-Each loop: record what new events say (idempotently) in the local database, then `step()`:
-look at chain state plus local facts and do the next action that is due. Because every
-action is re-derived from chain state, a node killed at any point and restarted simply carries
-on; the contract rejects anything done twice (AlreadyCommitted, NothingToWithdraw, ...).
+Each round: record what new (confirmed) events say, idempotently, as typed facts; then `step()`:
+look at chain state plus local facts and do whatever is due. Every action is re-derived from chain
+state, so a node killed at any point and restarted carries on; the contract refuses repeats.
+
+Robustness rules (docs/threat-model.md, P6):
+- every item another party controls (a message, a model, a request) is handled through `handle()`:
+  any error while handling it becomes a recorded `Decision` (rejected, with the reason), a transient
+  one (store or node unreachable, content not there yet) is retried with back-off until the chain
+  deadline that makes the item relevant has passed — never a crash, never a crash loop;
+- an item counts as handled only once its decision is stored;
+- deadlines come from the chain: an agent never gives up on a wall clock;
+- a contract revert caused by a race (another node finalized first, a window just closed) is logged
+  and the state re-read; a revert that means this node can never proceed (unknown task, terms it
+  cannot accept) stops the node at once with a message for a person.
+
+Agents receive their dependencies (the task client, the store, the state, the log), so one agent
+can be unit-tested against fakes.
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import fcntl
+import os
 import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
-from coopml.chain import Chain, ChainEvent, EventCursor, ModelStatus, TaskClient
-from coopml.errors import ChainError, ContractRevert, CoopmlError, StorageError
-from coopml.roles.config import NodeConfig
-from coopml.roles.state import AgentState
-from coopml.storage import Store, open_store
+from coopml.chain import ChainEvent, TaskClient
+from coopml.chain.events import EventCursor
+from coopml.errors import ChainError, ContentNotFound, ContractRevert, CoopmlError, StorageError, StorageUnavailable
+from coopml.roles.log import EventLog, LogEvent, Role
+from coopml.roles.state import AgentState, Decision, Fact, Outcome
+from coopml.storage import Store
 
-# Kinds of off-chain protocol messages announced with postMessage (payload in storage).
-MSG_VERIFICATION_DATA = 1   # initiator -> verifier: sealed {key, cid} of the verification set
-MSG_MODEL_KEY = 2           # contributor -> selected verifier: sealed access key of the model
-MSG_DECRYPT_REQUEST = 3     # verifier -> initiator: blinded encrypted outputs
-MSG_DECRYPT_ANSWER = 4      # initiator -> verifier: sealed arg-max positions
-
-Logger = Callable[[str, dict[str, Any]], None]
-
-# A model in one of these states needs nothing more from anyone.
-FINAL = (ModelStatus.REJECTED, ModelStatus.RELEASED, ModelStatus.FORFEITED)
+# Reverts after which this node can never do what it set out to do: stop with a clear message.
+PERMANENT_REVERTS = frozenset({"UnknownTask", "InitiatorCannotParticipate", "IncorrectDeposit", "IncorrectEscrow",
+                               "InvalidTerms", "TaskClosed", "AnnounceWindowOver"})
 
 
-def json_logger(role: str, stream=None) -> Logger:
-    """One JSON object per line on stdout: what the demo's live view reads. Never log secrets."""
-    out = stream or sys.stdout
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    from coopml import errors
+    names = ("ChainUnavailable", "TransactionDropped")
+    extra = tuple(getattr(errors, n) for n in names if hasattr(errors, n))
+    return (StorageUnavailable, ContentNotFound, ConnectionError, TimeoutError) + extra
 
-    def log(event: str, fields: dict[str, Any]) -> None:
-        out.write(json.dumps({"t": round(time.time(), 3), "role": role, "event": event, **fields}) + "\n")
-        out.flush()
-    return log
+
+class AgentStopped(CoopmlError):
+    """The node cannot go on (a permanent condition, explained in the message)."""
+
+
+class WorkdirBusy(CoopmlError):
+    """Another agent process holds this working directory."""
+
+
+class WorkdirLock:
+    """One agent per working directory (an advisory lock released by the OS when the process dies)."""
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.path = workdir / ".lock"
+        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(self._fd, 32).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            raise WorkdirBusy(f"working directory {workdir} is in use by another agent (pid {other}); "
+                              "one workdir per node and task") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Waiter:
+    """Sleeps between rounds: short right after progress, backing off to `slowest` while idle, so an
+    idle agent costs almost nothing (a block number read every couple of seconds)."""
+
+    def __init__(self, fastest: float = 0.1, slowest: float = 2.0) -> None:
+        self.fastest, self.slowest = fastest, slowest
+        self.interval = fastest
+
+    def wait(self, progressed: bool, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = self.fastest if progressed else min(self.slowest, self.interval * 1.6)
+        sleep(self.interval)
+
+
+class Jobs:
+    """Long computations (training, fusion, encrypted evaluation) off the event loop, one at a time,
+    so the node keeps answering events and deadlines while it computes."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coopml-job")
+        self._futures: dict[str, Future[Any]] = {}
+
+    def submit(self, key: str, fn: Callable[[], Any]) -> None:
+        if key not in self._futures:
+            self._futures[key] = self._pool.submit(fn)
+
+    def running(self, key: str) -> bool:
+        f = self._futures.get(key)
+        return f is not None and not f.done()
+
+    def busy(self) -> bool:
+        return any(not f.done() for f in self._futures.values())
+
+    def pop(self, key: str) -> Future[Any] | None:
+        """The finished future for `key` (removed), or None while it runs / was never submitted."""
+        f = self._futures.get(key)
+        if f is None or not f.done():
+            return None
+        return self._futures.pop(key)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class InboxMessage(Fact):
+    """A `Message` event addressed to this node (the payload is in the store at `cid`)."""
+
+    model_id: int
+    sender: str
+    kind: int
+    cid: str
 
 
 class Agent:
-    role = "agent"
+    role: ClassVar[Role]
 
-    def __init__(self, cfg: NodeConfig, chain: Chain | None = None, log: Logger | None = None) -> None:
-        self.cfg = cfg
-        self.workdir = Path(cfg.workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.chain = chain if chain is not None else Chain.rpc(cfg.chain)
-        self.address = self.chain.add_key(cfg.key)
-        self.client = TaskClient(self.chain, cfg.contract, self.address)
-        self.store: Store = open_store(cfg.store)
-        self.state = AgentState(self.workdir / "state.sqlite")
-        self.cursor = EventCursor(self.chain, cfg.contract, state_path=self.workdir / "cursor.json",
-                                  from_block=cfg.from_block)
-        self.log = log or json_logger(self.role)
+    def __init__(self, *, client: TaskClient, store: Store, state: AgentState, workdir: Path,
+                 log: EventLog | None = None, confirmations: int = 0, from_block: int = 0,
+                 waiter: Waiter | None = None) -> None:
+        self.client = client
+        self.chain = client.chain
+        self.address = client.account
+        self.store = store
+        self.state = state
+        self.workdir = Path(workdir)
+        self.log = log or EventLog(self.role)
+        self.cursor = EventCursor(self.chain, client.address, state_path=self.workdir / "cursor.json",
+                                  from_block=from_block, confirmations=confirmations)
+        self.waiter = waiter or Waiter()
+        self.jobs = Jobs()
         self.done = False
+        self.summary = ""   # the one human line a node ends with
+        self._transient = _transient_errors()
+
+    # ------------------------------------------------------------------ to implement
+
+    def on_event(self, ev: ChainEvent) -> None:
+        """Record what an event tells this node (idempotent: events can be re-delivered)."""
+
+    def step(self) -> bool:
+        """Do whatever is due now, judged from chain state and local facts; True if anything happened."""
+        return False
 
     # ------------------------------------------------------------------ loop
 
-    def on_event(self, ev: ChainEvent) -> None:
-        """Record what an event tells this node. Must be idempotent (events can be re-delivered)."""
-
-    def step(self) -> None:
-        """Do whatever is due now, judged from chain state and local facts."""
-
-    def run_once(self) -> None:
+    def run_once(self) -> bool:
         try:
-            self.cursor.drain(self.on_event)
-            self.step()
+            n = self.cursor.drain(self._on_chain_event)
+            return self.step() or n > 0
         except ContractRevert as exc:
-            # A race with another node or a window that just closed: state is re-read next round.
-            self.log("revert", {"error": getattr(exc, "name", "?"), "detail": str(exc)[:300]})
-        except (ChainError, StorageError) as exc:
-            # The node or the store is briefly unreachable (or content is not there yet): retry.
-            self.log("retry", {"error": type(exc).__name__, "detail": str(exc)[:300]})
+            if exc.name in PERMANENT_REVERTS:
+                self.log(LogEvent.FAILED, error=exc.name, human=str(exc))
+                raise AgentStopped(f"{self.role}: {exc}") from None
+            self.log(LogEvent.REVERT, error=exc.name, detail=str(exc)[:200])
+            return True
+        except self._transient as exc:
+            self.log(LogEvent.RETRY, error=type(exc).__name__, detail=str(exc)[:200])
+            return False
+        except ChainError as exc:   # a node that answers but fails a call: retry, it is not ours to judge
+            self.log(LogEvent.RETRY, error=type(exc).__name__, detail=str(exc)[:200])
+            return False
 
-    def run(self) -> None:
-        deadline = time.monotonic() + self.cfg.timeout
-        while not self.done:
-            self.run_once()
-            if self.done:
-                break
-            if time.monotonic() > deadline:
-                raise CoopmlError(f"{self.role} gave up after {self.cfg.timeout:.0f} s without finishing")
-            time.sleep(self.cfg.poll_interval)
+    def run(self, stop: Callable[[], bool] = lambda: False) -> str:
+        """Run until the node's part of the task is over (or `stop()`); returns the human summary."""
+        self.log(LogEvent.STARTED, address=self.address)
+        try:
+            while not self.done and not stop():
+                progressed = self.run_once()
+                if self.done:
+                    break
+                if progressed or self.jobs.busy():
+                    self.waiter.wait(True)
+                else:                                   # idle: sleep until the chain moves (cheap back-off)
+                    try:
+                        self.cursor.wait_for_activity(self.waiter.slowest)
+                    except self._transient:
+                        self.waiter.wait(False)
+        finally:
+            self.jobs.shutdown()
+        return self.summary
 
-    # ------------------------------------------------------------------ helpers
+    def _on_chain_event(self, ev: ChainEvent) -> None:
+        try:
+            if ev.name == "Message" and ev.args.get("to") == self.address:
+                a = ev.args
+                self.state.add("inbox", f"{ev.block_number}:{ev.log_index}",
+                               InboxMessage(model_id=int(a["modelId"]), sender=a["sender"], kind=int(a["kind"]),
+                                            cid=a["cid"]))
+            self.on_event(ev)
+        except self._transient:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a poison event must not stop the node
+            self.log(LogEvent.DECISION, outcome=Outcome.IGNORED, item=f"event:{ev.name}@{ev.block_number}",
+                     reason=f"{type(exc).__name__}: {exc}"[:300])
 
-    def now(self) -> int:
-        """Chain time: the latest block's timestamp (deadlines are judged against it)."""
-        return self.chain.now()
+    # ------------------------------------------------------------------ items others control
 
-    def send_message(self, task_id: int, model_id: int, to: str, kind: int, payload: bytes) -> str:
-        cid = self.store.put(payload)
-        self.client.post_message(task_id, model_id, to, kind, cid)
-        return cid
+    def handle(self, item: str, fn: Callable[[], Decision | None], *, model: int | None = None,
+               deadline: int | None = None) -> Decision | None:
+        """Handle one item at most once: `fn` returns the Decision (None = not ready yet, try later).
+        Transient failures retry with back-off until `deadline` (chain time) has passed."""
+        known = self.state.decision(item)
+        if known is not None:
+            return known
+        att = self.state.attempts(item)
+        if time.monotonic() < att.next_at:
+            return None
+        try:
+            decision = fn()
+        except self._transient as exc:
+            if deadline is not None and self.chain.now() > deadline:
+                decision = Decision(outcome=Outcome.EXPIRED, reason=f"still failing at the deadline: {exc}"[:300])
+            else:
+                att.count += 1
+                att.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                att.next_at = time.monotonic() + min(30.0, 0.5 * 2 ** min(att.count, 6))
+                self.log(LogEvent.RETRY, model=model, item=item, error=att.last_error)
+                return None
+        except ContractRevert:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever another party sent, we decide and move on
+            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, CoopmlError) else \
+                f"internal error {type(exc).__name__}: {exc} @ {traceback.extract_tb(exc.__traceback__)[-1].name}"
+            decision = Decision(outcome=Outcome.REJECTED, reason=reason[:400])
+        if decision is None:
+            return None
+        decision = decision.model_copy(update={"chain_time": self.chain.now()})
+        self.state.decide(item, decision)
+        self.log(LogEvent.DECISION, model=model, item=item, outcome=decision.outcome, reason=decision.reason)
+        return decision
 
-    def messages_to_me(self, ev: ChainEvent) -> bool:
-        return ev.name == "Message" and ev.args["to"] == self.address
+    def inbox(self) -> dict[str, InboxMessage]:
+        """Messages to this node without a decision yet."""
+        return {i: m for i, m in self.state.facts("inbox", InboxMessage).items()
+                if self.state.decision(f"inbox:{i}") is None}
+
+    def sweep_inbox(self, relevant: Callable[[InboxMessage], bool]) -> None:
+        """Record IGNORED for every undecided message this node has no use for (a kind it does not
+        take, a model it has nothing to do with, a stage that is over): every message ends with a
+        recorded decision."""
+        for ident, msg in self.inbox().items():
+            if not relevant(msg):
+                self.state.decide(f"inbox:{ident}", Decision(outcome=Outcome.IGNORED, chain_time=self.now(),
+                                  reason=f"kind {msg.kind} about model {msg.model_id} from {msg.sender}: not expected"))
+                self.log(LogEvent.DECISION, model=msg.model_id, item=f"inbox:{ident}", outcome=Outcome.IGNORED,
+                         reason="not expected")
+
+    # ------------------------------------------------------------------ secrets
 
     def secret_path(self, name: str) -> Path:
-        """Where this node keeps a secret: owner-only file mode, never uploaded or logged."""
+        """Where this node keeps a secret: owner-only directory and file modes, never uploaded or logged."""
         d = self.workdir / "secret"
         d.mkdir(mode=0o700, exist_ok=True)
         return d / name
 
-    def write_secret(self, name: str, data: bytes) -> None:
+    def write_secret(self, name: str, data: bytes) -> Path:
         path = self.secret_path(name)
         tmp = path.with_name(path.name + ".part")
-        tmp.touch(mode=0o600)
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
 
     def read_secret(self, name: str) -> bytes | None:
         path = self.secret_path(name)
         return path.read_bytes() if path.is_file() else None
 
+    # ------------------------------------------------------------------ helpers
+
+    def now(self) -> int:
+        """Chain time: the latest block's timestamp (every deadline is judged against it)."""
+        return self.chain.now()
+
+    def fetch(self, cid: str) -> bytes:
+        """Content from the store (verified against its CID by the store); transient if absent."""
+        return self.store.get(cid)
+
     def close(self) -> None:
+        self.jobs.shutdown()
         self.state.close()
+
+
+__all__ = ["Agent", "AgentStopped", "InboxMessage", "Jobs", "Waiter", "WorkdirBusy", "WorkdirLock", "PERMANENT_REVERTS",
+           "StorageError"]

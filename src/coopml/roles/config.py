@@ -1,4 +1,9 @@
-"""Role configuration (pydantic): validated from CLI flags or a JSON file, with clear errors."""
+"""Role configuration (pydantic): validated from a JSON file plus command-line overrides, with clear errors.
+
+No private key ever appears in a config: a node names an encrypted keystore file (eth-account,
+scrypt) and where its password comes from (an environment variable or a 0600 file).
+Generated reference: docs/config-reference.md (`coopml config-reference`).
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,43 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from coopml.data import DatasetRef
 from coopml.errors import CoopmlError
+from coopml.models import TrainConfig
+from coopml.roles.task import SpendingLimits
 
 
 class ConfigError(CoopmlError):
     """A role configuration is missing, unreadable or invalid."""
 
 
+class AccountRef(BaseModel):
+    """Which Ethereum account signs for the node: an encrypted keystore file and its password source."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keystore: Path = Field(description="eth-account keystore JSON file (`coopml account new`)")
+    password_env: str | None = Field("COOPML_PASSWORD", description="environment variable holding the password")
+    password_file: Path | None = Field(None, description="file holding the password (mode 0600); "
+                                       "takes precedence over password_env")
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    chain: str = Field(description="JSON-RPC URL of the chain node (127.0.0.1)")
-    contract: str = Field(description="address of the deployed CoopML contract")
-    from_block: int = Field(0, ge=0, description="first block to read events from: the contract's "
-                            "deployment block (0 reads from genesis, slow on a long chain)")
-    store: str = Field(description="storage spec: a directory, local:/dir or http://127.0.0.1:5001")
-    key: str = Field(repr=False, description="hex private key of this node's Ethereum account")
-    workdir: Path
-    poll_interval: float = Field(0.3, gt=0, le=60)
-    timeout: float = Field(600, gt=0, description="give up after this many seconds")
-    dataset: str = "mnist"
-    seed: int = 0
+    chain: str = Field(description="JSON-RPC URL of the chain node, e.g. http://127.0.0.1:8545")
+    contract: str = Field(description="address of the deployed CoopML contract (checked before any payment)")
+    from_block: int = Field(0, ge=0, description="first block to read events from: the contract's deployment "
+                            "block (`coopml deploy` prints it)")
+    confirmations: int = Field(0, ge=0, le=1000, description="act on an event only once it is this many blocks "
+                               "deep (0 on dev chains; a few on a public chain)")
+    store: str = Field(description="content store: a directory, local:/dir, or http://127.0.0.1:5001 (IPFS RPC)")
+    workdir: Path = Field(description="this node's private working directory for ONE task (state, secrets, models)")
+    account: AccountRef
+    limits: SpendingLimits = SpendingLimits()
+    log_format: Literal["json", "text"] = Field("text", description="json: one LogRecord per line (for programs)")
 
     @field_validator("contract")
     @classmethod
@@ -38,72 +57,59 @@ class NodeConfig(BaseModel):
         int(v, 16)
         return v
 
-    @field_validator("key")
-    @classmethod
-    def _key(cls, v: str) -> str:
-        body = v[2:] if v.startswith("0x") else v
-        if len(body) != 64:
-            raise ValueError("private key must be 32 bytes of hex")
-        int(body, 16)
-        return "0x" + body
+
+class ModelSource(BaseModel):
+    """The contributor's model, without editing coopml: exactly one of arch / factory / onnx."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: str | None = Field(None, description="a registered architecture name (`coopml archs`)")
+    factory: str | None = Field(None, description="import path `package.module:function` returning a torch "
+                                "nn.Module (your own code, run only on your node)")
+    python_path: Path | None = Field(None, description="directory added to sys.path to import `factory`")
+    onnx: Path | None = Field(None, description="a trained ONNX model (plaintext verification mode only)")
+    feature_layer: str | None = Field(None, description="module name whose output are the penultimate features "
+                                      "(factory models); registered archs know theirs")
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelSource:
+        given = [n for n in ("arch", "factory", "onnx") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of arch, factory, onnx (got {given or 'none'})")
+        return self
 
 
 class InitiatorConfig(NodeConfig):
-    labels: list[int] = Field(default_factory=lambda: list(range(10)))
-    n_train: int = Field(1000, ge=10)          # initiator's own data, used to train the MetaModel
-    n_verify: int = Field(1000, ge=10)         # verification data sealed to the verifiers
-    arch: str = "table4"
-    reward_wei: int = Field(10**18, ge=0)
-    verifier_fee_wei: int = Field(10**17, ge=0)
-    contributor_deposit_wei: int = Field(10**17, ge=0)
-    verifier_deposit_wei: int = Field(10**17, ge=0)
-    max_models: int = Field(3, ge=1, le=1000)
-    verifiers_per_model: int = Field(3, ge=1, le=99)
-    announce_window: int = Field(600, ge=1)    # seconds from publication
-    commit_window: int = Field(180, ge=1)      # per model: verification must fit in it
-    reveal_window: int = Field(30, ge=1)
-    release_window: int = Field(120, ge=1)
-    min_accuracy: float = Field(0.9, ge=0, le=1)
-    strategy: Literal["I", "II"] = "II"
+    manifest: str = Field(description="task manifest: a JSON file path or a built-in name (`coopml manifests`)")
+    data: DatasetRef = Field(description="the initiator's own labelled data: trains the MetaModel's fusion head")
+    test_data: DatasetRef | None = Field(None, description="optional held-out data to report MetaModel accuracy")
+    audit_data: DatasetRef | None = Field(None, description="public audit images published with the task (their "
+                                          "outputs bind what verifiers evaluated to what is delivered)")
+    n_audit: int = Field(64, ge=0, le=4096)
+    val_fraction: float = Field(0.5, gt=0, lt=1)
     fusion_epochs: int = Field(30, ge=1)
-    fusion_augment: int = Field(8, ge=0)        # distorted copies of the initiator's images (docs/fusion.md)
-    he_p: int = Field(2**7, ge=2)
-    close_when_models: int | None = Field(None, ge=1)  # close early once this many models are settled
-    report_dir: Path | None = None
-
-    @field_validator("verifiers_per_model")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError("verifiers_per_model must be odd so a majority always exists")
-        return v
-
-
-# All but "honest" are misbehaviours for tests and scenarios. A contributor may upload random
-# weights, re-sell a released model ("copy"), upload a malformed package ("garbage"), or never
-# release the key of its approved model ("withhold"); a verifier may vote against its finding
-# ("flip") or never reveal its vote ("silent").
-ContributorBehaviour = Literal["honest", "random", "copy", "garbage", "withhold"]
-VerifierBehaviour = Literal["honest", "flip", "silent"]
+    fusion_augment: int = Field(8, ge=0)
+    close_when_models: int | None = Field(None, ge=1, description="close the task once this many models are settled")
+    seed: int = 0
 
 
 class ContributorConfig(NodeConfig):
     task_id: int = Field(ge=1)
-    slot: int = Field(1, ge=1, le=7)               # which private data slice this node holds
-    labels: list[int] = Field(min_length=1, max_length=10)
-    n_train: int = Field(1000, ge=10)
-    n_val: int = Field(1000, ge=10)
-    epochs: int = Field(30, ge=1)
-    behaviour: ContributorBehaviour = "honest"
+    data: DatasetRef = Field(description="this contributor's private labelled training data")
+    val_fraction: float = Field(0.5, gt=0, lt=1, description="held out for early stopping")
+    model: ModelSource
+    train: TrainConfig = TrainConfig(max_epochs=30, patience=5)
+    labels: list[int] | None = Field(None, description="classes to declare; default: the classes in the data")
 
 
 class VerifierConfig(NodeConfig):
     task_id: int = Field(ge=1)
-    behaviour: VerifierBehaviour = "honest"
+    data: DatasetRef = Field(description="this verifier's own labelled verification images (never leave the node)")
+    seed: int | None = Field(None, description="fix the query shuffle (tests); None: fresh randomness")
 
 
 def load_config(cls: type[NodeConfig], path: Path | None = None, **overrides: object) -> NodeConfig:
-    data: dict = {}
+    data: dict[str, object] = {}
     if path is not None:
         try:
             data = json.loads(Path(path).read_text())
@@ -113,9 +119,12 @@ def load_config(cls: type[NodeConfig], path: Path | None = None, **overrides: ob
             raise ConfigError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object")
+        if "key" in data:
+            raise ConfigError(f"{path}: raw private keys are not accepted in configs; create an encrypted "
+                              "keystore with `coopml account import` and name it under account.keystore")
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()[:4])
-        raise ConfigError(f"invalid {cls.__name__}: {msgs}") from None
+        raise ConfigError(f"invalid {cls.__name__}{f' in {path}' if path else ''}: {msgs}") from None

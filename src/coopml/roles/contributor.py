@@ -1,168 +1,331 @@
-"""Computing contributor: trains on its private data, encrypts for the initiator, sells on approval.
+"""Computing contributor: trains on its private data, commits its model, answers encrypted queries, sells.
 
-The model travels as wrap(K, package): the IVHE-encrypted model inside an AES-GCM envelope
-whose key K is committed on-chain at announcement. K goes, sealed, only to the verifiers the
-contract selected; the initiator learns K from the same transaction that pays this node.
+The model travels once, to the buyer only: as wrap(K, package) in storage, its envelope hash and
+keccak(K) committed at announcement; after approval K is sealed to the initiator's delivery key
+(`deliverKey`). Before that, verifiers learn only the class scores of the committed model on their
+own encrypted images (CKKS mode): the weights never leave this node before payment.
+
+Every hook a misbehaving contributor would change (`build_model`, `scoring_model`, `delivery_key`,
+`should_deliver`, `package_model`) is a method, so coopml.sim can script misbehaviours by subclassing
+without a single `if behaviour == ...` here.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
 
 from coopml.chain import ChainEvent, ModelStatus, key_commitment
-from coopml.he import encrypt_model, from_bytes, to_bytes
-from coopml.models import TrainConfig, build_model, evaluate, load_model, save_model, train_model
-from coopml.roles.agent import FINAL, MSG_MODEL_KEY, Agent
+from coopml.data import Dataset
+from coopml.roles.datasets import split
+from coopml.errors import ContractRevert
+from coopml.models import TrainConfig, train_model
+from coopml.roles import evaluation, messages, package
+from coopml.roles.agent import Agent, AgentStopped, InboxMessage
 from coopml.roles.config import ContributorConfig
-from coopml.roles.data import contributor_data
-from coopml.roles.protocol import Criterion, ProtocolError, pack_model, sha256, unpack_model
-from coopml.roles.sealing import new_key, seal, unwrap, wrap
+from coopml.roles.log import EventLog, LogEvent, Role
+from coopml.roles.messages import EvalOffer, EvalRequest, EvalResponse, MessageKind, ModelKey
+from coopml.roles.models import ModelRecord, build_trainable, load_record, model_bytes_for_delivery, save_record
+from coopml.roles.sealing import new_key, seal, wrap
+from coopml.roles.state import AgentState, Decision, Fact, Outcome
+from coopml.roles.task import TaskView, check_deposit, load_task
+from coopml.storage import Store
+
+TERMINAL = {ModelStatus.RELEASED, ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE, ModelStatus.CANCELLED,
+            ModelStatus.FORFEITED, ModelStatus.REFUNDED}
+
+
+class BoxFact(Fact):
+    box_key: str = Field(pattern="^[0-9a-f]{64}$")
 
 
 class Contributor(Agent):
-    role = "contributor"
-    cfg: ContributorConfig
+    role = Role.CONTRIBUTOR
+
+    def __init__(self, cfg: ContributorConfig, *, client: Any, store: Store, state: AgentState,
+                 log: EventLog | None = None, **kw: Any) -> None:
+        super().__init__(client=client, store=store, state=state, workdir=cfg.workdir, log=log,
+                         confirmations=cfg.confirmations, from_block=cfg.from_block, **kw)
+        self.cfg = cfg
+        self.task_id = cfg.task_id
+        self.log.task = cfg.task_id
+        self._view: TaskView | None = None
+        self._record: ModelRecord | None = None
+
+    # ------------------------------------------------------------------ hooks (sim overrides these)
+
+    def build_model(self, view: TaskView) -> torch.nn.Module:
+        return build_trainable(self.cfg.model, view.manifest.input)
+
+    def train(self, model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, labels: list[int]) -> None:
+        train_model(model, train, val, cfg, labels)
+
+    def scoring_model(self, record: ModelRecord) -> torch.nn.Module:
+        """The model whose scores answer verifiers: the committed one."""
+        return record.model
+
+    def package_model(self, record: ModelRecord) -> bytes:
+        body, fmt, arch, feature_layer = model_bytes_for_delivery(record)
+        return package.pack(body, fmt, record.labels, arch=arch, feature_layer=feature_layer)
+
+    def delivery_key(self, key: bytes) -> bytes:
+        """The key sealed to the buyer (an honest node: the committed one)."""
+        return key
+
+    def should_deliver(self) -> bool:
+        return True
+
+    def answer_delivery_dispute(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ task
+
+    @property
+    def view(self) -> TaskView:
+        if self._view is None:
+            self._view = load_task(self.client, self.store, self.task_id)
+        return self._view
+
+    @property
+    def model_id(self) -> int | None:
+        return self.state.get("model_id")
 
     def on_event(self, ev: ChainEvent) -> None:
         a = ev.args
-        if a.get("taskId") != self.cfg.task_id:
+        if a.get("taskId", self.task_id) != self.task_id:   # events without a task id are checked below
             return
-        if ev.name == "VerifierRegistered":
-            self.state.add_fact("box", a["verifier"], a["boxKey"].hex())
-        elif ev.name == "ModelAnnounced" and a["contributor"] == self.address:
+        if "taskId" not in a:
+            return
+        if ev.name == "ModelAnnounced" and a["contributor"] == self.address:
             self.state.set("model_id", int(a["modelId"]))
-        elif ev.name == "VerifierSelected" and a["modelId"] == self.state.get("model_id"):
-            self.state.add_fact("selected", a["verifier"], {"sent": False})
-        elif ev.name == "KeyReleased":
-            self.state.add_fact("released", a["modelId"], {"key": a["accessKey"].hex()})
-        elif ev.name == "ModelAnnounced":
-            self.state.add_fact("announced", a["modelId"], {"cid": a["cid"]})
+        elif ev.name == "VerifierRegistered":
+            self.state.add("box", a["verifier"], BoxFact(box_key=bytes(a["boxKey"]).hex()))
+        elif ev.name == "VerifierSelected" and a["modelId"] == self.model_id:
+            self.state.add("selected", a["verifier"], Fact())
 
-    def step(self) -> None:
-        task_id = self.cfg.task_id
-        task = self.client.task(task_id)
-        me = self.client.member(task_id, self.address)
+    # ------------------------------------------------------------------ step
+
+    def step(self) -> bool:
+        view = self.view
+        info = self.client.task(self.task_id)
+        me = self.client.member(self.task_id, self.address)
+        open_for_models = not info.closed and self.now() <= info.terms.announce_deadline
         if not me.contributor:
-            if task.closed:
-                raise ProtocolError(f"task {task_id} is closed")
-            self.client.register_contributor(task_id)
-            self.log("registered", {"task": task_id})
-            return
-        if not me.announced:
-            if task.closed or self.now() > task.terms.announce_deadline:
-                self._finish(task_id)
-                return
-            package = self._package(task_id)
-            if package is None:
-                return  # a copier waits for something to copy
-            self._announce(task_id, package)
-            return
-        model_id = self.state.get("model_id")
-        if model_id is None:
-            return  # announced before a crash: the ModelAnnounced event will tell us the id
-        self._send_keys(task_id, model_id)
-        status = self.client.model(model_id).status
-        if status == ModelStatus.APPROVED and self.cfg.behaviour == "withhold":
-            if not self.state.get("withheld"):   # sits out the release window: forfeits its deposit
-                self.state.set("withheld", True)
-                self.log("key-withheld", {"model": model_id})
-        elif status == ModelStatus.APPROVED:
-            self.client.release_key(model_id, self.read_secret("access_key"))
-            self.log("key-released", {"model": model_id})
-        elif status in FINAL:
-            self._finish(task_id)
+            if not open_for_models:
+                return self._finish("the task closed before this node joined")
+            check_deposit("contributor", info.terms.contributor_deposit, info.terms.reward_per_model, self.cfg.limits)
+            if view.manifest.verification.mode == "ckks" and self.cfg.model.onnx is not None:
+                raise AgentStopped("an ONNX file cannot be evaluated under CKKS; give the model as `arch` or "
+                                   "`factory`, or join a task whose verification mode is plaintext")
+            if view.manifest.verification.mode == "ckks":
+                # refuse BEFORE paying if the verification mode cannot evaluate this model
+                evaluation.check_evaluable(self.build_model(view), tuple(view.manifest.input.shape))
+            self.client.register_contributor(self.task_id)
+            self.log(LogEvent.REGISTERED, deposit_wei=info.terms.contributor_deposit)
+            return True
+        if self.model_id is None:
+            if me.contributor_left:
+                return self._finish("left the task")
+            if not open_for_models:
+                return self._leave("announcements closed before this node's model was ready")
+            return self._prepare_and_announce(view)
+        return self._follow(view, self.model_id)
 
-    # ------------------------------------------------------------------ model
+    def _prepare_and_announce(self, view: TaskView) -> bool:
+        prepared = self.state.get("prepared")
+        if prepared is None:
+            if not self.jobs.running("train"):
+                done = self.jobs.pop("train")
+                if done is not None:
+                    done.result()          # re-raises a training failure: a bug or bad data, not a peer's fault
+                    return True
+                self.jobs.submit("train", lambda: self._prepare(view))
+            return False
+        try:
+            self.client.announce_model(self.task_id, bytes.fromhex(prepared["envelope_hash"]),
+                                       bytes.fromhex(prepared["key_commitment"]), prepared["cid"])
+        except ContractRevert as exc:
+            if exc.name == "TaskFull":
+                return self._leave("the task already has all the models it pays for")
+            if exc.name == "NotEnoughVerifiers":
+                return False   # verifiers may still join; the announce deadline bounds the wait
+            raise
+        self.log(LogEvent.ANNOUNCED, cid=prepared["cid"], labels=prepared["labels"])
+        return True
 
-    def _train(self):
-        cfg = self.cfg
-        path = self.workdir / "model.safetensors"
-        if path.is_file():
-            return load_model(path)[0]
-        spec = self.client.task_spec(cfg.task_id)
-        arch = spec.model_structure
-        model = build_model(arch, cfg.seed)
-        if cfg.behaviour != "random":
-            shard = contributor_data(cfg.dataset, cfg.seed, cfg.slot, cfg.labels, cfg.n_train, cfg.n_val)
-            criterion = Criterion.parse(spec.criterion)
-            res = train_model(model, shard.train, shard.verify,
-                              TrainConfig(max_epochs=cfg.epochs, patience=4, seed=cfg.seed,
-                                          target_accuracy=criterion.min_accuracy),
-                              labels=cfg.labels,
-                              on_epoch=lambda e, loss, acc: self.log("epoch", {"epoch": e, "loss": round(loss, 4),
-                                                                               "val_accuracy": round(acc, 4)}))
-            self.log("trained", {"epochs": res.epochs, "val_accuracy": round(res.best_val_accuracy, 4),
-                                 "criterion_met": res.met_target})
-        save_model(model, path, cfg.labels)
-        return model
+    def _prepare(self, view: TaskView) -> None:
+        """Train, package, encrypt and store the model; everything the announcement needs is on disk
+        (and K in a 0600 secret file) before the transaction that commits to it."""
+        data = self.cfg.data.load(view.manifest.input)
+        train, val = split(data, self.cfg.val_fraction, seed=self.cfg.train.seed)
+        torch.manual_seed(self.cfg.train.seed)          # reproducible initial weights
+        model = self.build_model(view)
+        labels = sorted(self.cfg.labels) if self.cfg.labels else sorted(int(c) for c in np.unique(data.labels))
+        self.train(model, train, val, self.cfg.train, labels)
+        record = ModelRecord(model=model, labels=labels, source=self.cfg.model, spec=view.manifest.input)
+        save_record(record, self.workdir / "model")
+        self._record = record
+        if self.read_secret("model_key") is None:
+            self.write_secret("model_key", new_key())
+        key = self.read_secret("model_key")
+        assert key is not None
+        envelope = wrap(key, self.package_model(record), package.envelope_context(self.client.address, self.task_id))
+        cid = self.store.put(envelope)
+        self.store.pin(cid)
+        self.state.set("prepared", {"cid": cid, "envelope_hash": hashlib.sha256(envelope).hexdigest(),
+                                    "key_commitment": key_commitment(key).hex(), "labels": labels})
+        self.log(LogEvent.TRAINED, labels=labels, bytes=len(envelope))
 
-    def _package(self, task_id: int) -> bytes | None:
-        cached = self.workdir / "package.bin"
-        if cached.is_file():
-            return cached.read_bytes()
-        spec = self.client.task_spec(task_id)
-        pk_blob = self.store.get(spec.he_public_key_cid)
-        if sha256(pk_blob) != spec.he_public_key_hash:
-            raise ProtocolError("the HE public key in storage does not match the task's hash")
-        pk = from_bytes(pk_blob, expect="public-key", where="task public key")
-        if self.cfg.behaviour == "garbage":   # malformed upload, for tests: verifiers must reject it
-            package = b"CMLP1" + os.urandom(4096)
-        elif self.cfg.behaviour == "copy":
-            package = self._copy_released(task_id)
-            if package is None:
-                return None
-        else:
-            model = self._train()
-            enc = encrypt_model(pk, model, p=2**7, q=1000, strategy="element-wise")
-            package = pack_model(to_bytes(enc), model.arch, self.cfg.labels)
-        cached.write_bytes(package)
-        return package
+    def record(self) -> ModelRecord:
+        if self._record is None:
+            self._record = load_record(self.workdir / "model", self.cfg.model, self.view.manifest.input)
+        return self._record
 
-    def _copy_released(self, task_id: int) -> bytes | None:
-        """Malicious behaviour for tests: re-sell someone else's released model, lightly perturbed."""
-        for mid, rel in self.state.facts("released").items():
-            info = self.state.fact("announced", mid)
-            if info is None:
+    # ------------------------------------------------------------------ after the announcement
+
+    def _follow(self, view: TaskView, mid: int) -> bool:
+        m = self.client.model(mid)
+        now = self.now()
+        if m.status == ModelStatus.AWAITING_DRAW:
+            if self.chain.block_number() > m.draw_block:
+                self.client.draw_verifiers(mid)
+                self.log(LogEvent.DRAWN, model=mid)
+                return True
+            return False
+        if m.status == ModelStatus.VERIFYING:
+            if view.manifest.verification.mode == "plaintext":
+                return self._send_keys(mid, m)
+            acted = self._send_offers(view, mid, m)
+            return self._answer_requests(view, mid, m) or acted
+        if m.status == ModelStatus.APPROVED:
+            if not self.should_deliver():
+                return False
+            key = self.read_secret("model_key")
+            assert key is not None
+            sealed = seal(view.delivery_key, self.delivery_key(key), package.delivery_context(self.client.address, mid))
+            self.client.deliver_key(mid, sealed)
+            self.log(LogEvent.DELIVERED, model=mid)
+            return True
+        if m.status == ModelStatus.DELIVERED and now > m.dispute_deadline:
+            self.client.finalize_delivery(mid)
+            return True
+        if m.status == ModelStatus.DELIVERY_DISPUTED and self.answer_delivery_dispute():
+            key = self.read_secret("model_key")
+            assert key is not None
+            self.client.answer_dispute(mid, key)     # publishes K: the contract checks it against the commitment
+            self.log(LogEvent.DISPUTED, model=mid, answered=True)
+            return True
+        if m.status == ModelStatus.MODEL_DISPUTED and now > m.response_deadline:
+            self.client.resolve_model_dispute(mid)
+            return True
+        if m.status in TERMINAL:
+            self.sweep_inbox(lambda msg: False)
+            return self._settle(m)
+        return False
+
+    def _send_offers(self, view: TaskView, mid: int, m: Any) -> bool:
+        """To each drawn verifier: the public CKKS parameters this model needs."""
+        acted = False
+        for verifier in self.client.selected_verifiers(mid):
+            item = f"offer:{mid}:{verifier}"
+            if self.state.decision(item) is not None:
                 continue
-            package = unwrap(bytes.fromhex(rel["key"]), self.store.get(info["cid"]), str(task_id).encode())
-            manifest, he_blob = unpack_model(package)
-            enc = from_bytes(he_blob, expect="encrypted-model")
-            layer = next(layer for layer in enc.tail.layers if layer.weight is not None)
-            layer.weight.flat[:: 97] += 1  # a few integer units: a new hash, the same model
-            self.log("copying", {"from_model": int(mid)})
-            return pack_model(to_bytes(enc), manifest.arch, manifest.labels)
-        return None
 
-    def _announce(self, task_id: int, package: bytes) -> None:
-        if self.read_secret("access_key") is None:
-            self.write_secret("access_key", new_key())
-        key = self.read_secret("access_key")
-        blob_path = self.workdir / "envelope.bin"
-        if not blob_path.is_file():  # one envelope per model, so a restart announces the same CID
-            blob_path.write_bytes(wrap(key, package, str(task_id).encode()))
-        cid = self.store.put(blob_path.read_bytes())
-        model_id = self.client.announce_model(task_id, cid, sha256(package), key_commitment(key))
-        self.state.set("model_id", model_id)
-        self.log("announced", {"model": model_id, "cid": cid, "bytes": blob_path.stat().st_size})
+            def send(v: str = verifier) -> Decision:
+                params = self.state.get("offer_params")
+                if params is None:
+                    params = evaluation.offer_params(self.scoring_model(self.record()),
+                                                     tuple(view.manifest.input.shape))
+                    self.state.set("offer_params", params)
+                cid = self.store.put(messages.encode(EvalOffer(task_id=self.task_id, model_id=mid, params=params)))
+                self.client.post_message(self.task_id, mid, v, int(MessageKind.EVAL_OFFER), cid)
+                return Decision(outcome=Outcome.DONE)
+            self.handle(item, send, model=mid, deadline=m.verify_deadline)
+            acted = True
+        return acted
 
-    def _send_keys(self, task_id: int, model_id: int) -> None:
-        key = self.read_secret("access_key")
-        for verifier, info in self.state.facts("selected").items():
-            if info["sent"]:
+    def _answer_requests(self, view: TaskView, mid: int, m: Any) -> bool:
+        acted = False
+        self.sweep_inbox(lambda msg: msg.kind == MessageKind.EVAL_REQUEST and msg.model_id == mid)
+        for ident, req in self.inbox().items():
+            self.handle(f"inbox:{ident}", lambda r=req: self._answer(view, mid, m, r), model=mid,
+                        deadline=m.verify_deadline)
+            acted = True
+        return acted
+
+    def _answer(self, view: TaskView, mid: int, m: Any, req: InboxMessage) -> Decision:
+        if req.sender not in self.client.selected_verifiers(mid):
+            return Decision(outcome=Outcome.IGNORED, reason="sender was not drawn for this model")
+        if self.now() > m.verify_deadline:
+            return Decision(outcome=Outcome.EXPIRED, reason="verify window over")
+        header, _ = messages.decode(self.fetch(req.cid), MessageKind.EVAL_REQUEST)
+        assert isinstance(header, EvalRequest)
+        if (header.task_id, header.model_id) != (self.task_id, mid):
+            return Decision(outcome=Outcome.REJECTED, reason="request names another task or model")
+        if header.envelope_hash != bytes(m.envelope_hash).hex():
+            return Decision(outcome=Outcome.REJECTED, reason="request is for another envelope")
+        if header.n_queries > view.manifest.verification.max_queries:
+            return Decision(outcome=Outcome.REJECTED, reason=f"{header.n_queries} queries exceed the task's maximum")
+        ctx, batch = self.fetch(header.context_cid), self.fetch(header.batch_cid)
+        outputs, n = evaluation.evaluate_encrypted(self.scoring_model(self.record()), tuple(view.manifest.input.shape),
+                                                   ctx, batch, view.manifest.verification.max_queries)
+        reply = EvalResponse(task_id=self.task_id, model_id=mid, request_cid=req.cid, n_queries=n,
+                             labels=self.record().labels)
+        cid = self.store.put(messages.encode(reply, (outputs,)))
+        self.client.post_message(self.task_id, mid, req.sender, int(MessageKind.EVAL_RESPONSE), cid)
+        self.log(LogEvent.ANSWERED, model=mid, verifier=req.sender, queries=n, bytes=len(outputs))
+        return Decision(outcome=Outcome.DONE)
+
+    def _send_keys(self, mid: int, m: Any) -> bool:
+        """Plaintext mode: the envelope key to each drawn verifier, sealed to its box key."""
+        acted = False
+        key = self.read_secret("model_key")
+        assert key is not None
+        for verifier in self.client.selected_verifiers(mid):
+            item = f"model-key:{mid}:{verifier}"
+            box = self.state.fact("box", verifier, BoxFact)
+            if box is None or self.state.decision(item) is not None:
                 continue
-            box = self.state.fact("box", verifier)
-            if box is None:
-                continue
-            self.send_message(task_id, model_id, verifier, MSG_MODEL_KEY,
-                              seal(bytes.fromhex(box), key, f"model-key:{model_id}".encode()))
-            self.state.update_fact("selected", verifier, {"sent": True})
-            self.log("key-sent", {"model": model_id, "verifier": verifier})
 
-    def _finish(self, task_id: int) -> None:
-        me = self.client.member(task_id, self.address)
-        if self.client.task(task_id).closed and me.contributor and not me.announced and not me.contributor_deposit_settled:
-            self.client.claim_deposits(task_id)
+            def send(v: str = verifier, b: BoxFact = box) -> Decision:
+                body = messages.encode(ModelKey(task_id=self.task_id, model_id=mid, key=key.hex()))
+                cid = self.store.put(seal(bytes.fromhex(b.box_key), body, f"model-key:{mid}".encode()))
+                self.client.post_message(self.task_id, mid, v, int(MessageKind.MODEL_KEY), cid)
+                return Decision(outcome=Outcome.DONE)
+            self.handle(item, send, model=mid, deadline=m.verify_deadline)
+            acted = True
+        return acted
+
+    # ------------------------------------------------------------------ the end
+
+    def _settle(self, m: Any) -> bool:
         if self.client.owed(self.address):
-            self.log("withdrawn", {"wei": self.client.withdraw()})
+            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
+            return True
+        reward = self.view.info.terms.reward_per_model
+        outcome = {ModelStatus.RELEASED: f"RELEASED, paid {reward / 1e18:g} ETH (+ deposit back)",
+                   ModelStatus.REJECTED: "REJECTED by the verifiers, deposit burnt",
+                   ModelStatus.INCONCLUSIVE: "INCONCLUSIVE (no majority), deposit refunded",
+                   ModelStatus.CANCELLED: "CANCELLED (verifier draw impossible), deposit refunded",
+                   ModelStatus.FORFEITED: "FORFEITED (key not delivered), deposit burnt",
+                   ModelStatus.REFUNDED: "REFUNDED to the buyer after a dispute, deposit burnt"}[m.status]
+        return self._finish(f"model {m.model_id} {outcome}")
+
+    def _leave(self, why: str) -> bool:
+        me = self.client.member(self.task_id, self.address)
+        if me.contributor and not me.contributor_left and not me.announced:
+            self.client.leave_task(self.task_id)
+        return self._finish(f"{why}; deposit refunded")
+
+    def _finish(self, summary: str) -> bool:
+        if self.client.owed(self.address):
+            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
+        self.summary = summary
         self.done = True
-        self.log("done", {"model": self.state.get("model_id")})
+        self.log(LogEvent.DONE, human=summary)
+        return True
+

@@ -1,240 +1,336 @@
-"""Application initiator: publishes the task, serves blinded decryptions, buys, decrypts and fuses.
+"""Application initiator: publishes the task, buys approved models, checks them, fuses them.
 
-Secrets held here and nowhere else: the IVHE secret key (workdir/secret, mode 0600) and the key
-of the verification data envelope (sealed to each registered verifier, never published).
+It is not needed for verification (the contract draws verifiers, verifiers evaluate with the
+contributors and vote; anyone finalizes), so it cannot make an honest model fail by staying
+silent, and nothing slashed is ever paid to it (docs/threat-model.md). What it holds: its delivery
+box key (contributors seal model keys to it: a bought model reaches the buyer and nobody else) and
+its own data, on which it fuses the bought models into a MetaModel.
+
+Before escrowing anything it checks the task is feasible (the manifest validates; the suggested
+architecture can be evaluated under the verification mode), the contract is CoopML (the runner) and
+the escrow is within its limits. After a delivery it checks the key against the commitment and the
+model against the verifiers' audit reports; a mismatch is disputed, never silently absorbed.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import hashlib
+import io
+import time
+from typing import Any
 
 import numpy as np
 import torch
 
-from coopml.chain import ChainEvent, ModelStatus, TaskSpec, TaskTerms
-from coopml.data import load_dataset
-from coopml.errors import CoopmlError
-from coopml.fusion import FusionConfig, fuse
-from coopml.he import MODEL_PARAMS, decrypt_model, from_bytes, keygen, to_bytes
-from coopml.models import build_model, evaluate, save_model
-from coopml.roles.agent import (FINAL, MSG_DECRYPT_ANSWER, MSG_DECRYPT_REQUEST, MSG_VERIFICATION_DATA, Agent)
+from coopml.chain import ChainEvent, ModelStatus, TaskTerms, key_commitment
+from coopml.errors import ContractRevert, CoopmlError, DataError, ModelFileError
+from coopml.roles import evaluation, messages, package
+from coopml.roles.agent import Agent, AgentStopped, InboxMessage
 from coopml.roles.config import InitiatorConfig
-from coopml.roles.data import initiator_data
-from coopml.roles.protocol import Criterion, ProtocolError, oracle_argmax, pack_dataset, sha256, unpack_model
-from coopml.roles.sealing import new_key, seal, unwrap, wrap
+from coopml.roles.log import EventLog, LogEvent, Role
+from coopml.roles.messages import AuditReport, MessageKind
+from coopml.roles.models import load_delivered
+from coopml.roles.sealing import BoxKeyPair, SealError, open_sealed
+from coopml.roles.state import AgentState, Decision, Fact, Outcome
+from coopml.roles.task import TaskView, TermsRefused, load_task
+from coopml.roles.verifier import open_committed
+from coopml.storage import Store
+from coopml.task import TaskManifest, builtin_manifest, builtin_names
+
+TERMINAL = {ModelStatus.RELEASED, ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE, ModelStatus.CANCELLED,
+            ModelStatus.FORFEITED, ModelStatus.REFUNDED}
+
+
+class Bought(Fact):
+    model_id: int
+    labels: list[int]
+    cid: str
+    envelope_hash: str
+    fused: bool = False
 
 
 class Initiator(Agent):
-    role = "initiator"
-    cfg: InitiatorConfig
+    role = Role.INITIATOR
 
-    def __init__(self, cfg: InitiatorConfig, **kw) -> None:
-        super().__init__(cfg, **kw)
-        self.train, self.val, self.verification = initiator_data(cfg.dataset, cfg.seed, cfg.n_train, cfg.n_train,
-                                                                 cfg.n_verify)
-        self.test = load_dataset(cfg.dataset, "test")
-        self._sk = None
+    def __init__(self, cfg: InitiatorConfig, *, client: Any, store: Store, state: AgentState,
+                 log: EventLog | None = None, **kw: Any) -> None:
+        super().__init__(client=client, store=store, state=state, workdir=cfg.workdir, log=log,
+                         confirmations=cfg.confirmations, from_block=cfg.from_block, **kw)
+        self.cfg = cfg
+        if self.read_secret("delivery_key") is None:
+            self.write_secret("delivery_key", BoxKeyPair.generate().private_bytes())
+        box = self.read_secret("delivery_key")
+        assert box is not None
+        self.box = BoxKeyPair.from_bytes(box)
+        self._view: TaskView | None = None
+        self.log.task = self.task_id
 
-    # ------------------------------------------------------------------ setup
+    # ------------------------------------------------------------------ task
 
     @property
     def task_id(self) -> int | None:
         return self.state.get("task_id")
 
-    def _secret_key(self):
-        if self._sk is None:
-            blob = self.read_secret("he_secret_key")
-            self._sk = from_bytes(blob, expect="secret-key", where="initiator secret key")
-        return self._sk
+    @property
+    def view(self) -> TaskView:
+        assert self.task_id is not None
+        if self._view is None:
+            self._view = load_task(self.client, self.store, self.task_id)
+        return self._view
+
+    def manifest(self) -> TaskManifest:
+        m = self.cfg.manifest
+        base = builtin_manifest(m) if m in builtin_names() else TaskManifest.from_file(m)
+        if self.cfg.audit_data is not None and self.cfg.n_audit:
+            audit = self.cfg.audit_data.load(base.input)
+            pick = np.random.default_rng(self.cfg.seed).choice(len(audit.labels), size=min(self.cfg.n_audit,
+                                                                                              len(audit.labels)),
+                                                                replace=False)
+            buf = io.BytesIO()
+            np.savez(buf, x=audit.images[pick])
+            cid = self.store.put(buf.getvalue())
+            self.store.pin(cid)
+            base = base.replace(verification={**base.verification.model_dump(), "audit_cid": cid})
+        return base
 
     def publish(self) -> int:
-        cfg = self.cfg
-        if self.read_secret("he_secret_key") is None:
-            sk, pk = keygen(MODEL_PARAMS)
-            self.write_secret("he_secret_key", to_bytes(sk))
-            self.state.set("he_public_key", to_bytes(pk).hex())
-        pk_blob = bytes.fromhex(self.state.get("he_public_key"))
-        pk_cid = self.store.put(pk_blob)
-        if self.read_secret("verification_key") is None:
-            self.write_secret("verification_key", new_key())
-        vdata = pack_dataset(self.verification.images, self.verification.labels)
-        vcid = self.store.put(wrap(self.read_secret("verification_key"), vdata, b"verification-data"))
-        self.state.set("verification_cid", vcid)
-        spec = TaskSpec(
-            objective=f"{cfg.dataset} digit classification, labels {cfg.labels}",
-            criterion=Criterion(min_accuracy=cfg.min_accuracy).model_dump_json(),
-            model_structure=cfg.arch,
-            data_cids=(),
-            verification_data_commitment=sha256(vdata),
-            he_public_key_cid=pk_cid,
-            he_public_key_hash=sha256(pk_blob),
-        )
-        terms = TaskTerms(cfg.reward_wei, cfg.verifier_fee_wei, cfg.contributor_deposit_wei, cfg.verifier_deposit_wei,
-                          cfg.max_models, cfg.verifiers_per_model, self.now() + cfg.announce_window,
-                          cfg.commit_window, cfg.reveal_window, cfg.release_window)
-        # Remember what we are about to publish: after a crash right after the transaction,
-        # the TaskPublished event with this spec hash tells us the task id (no double escrow).
-        self.state.set("publishing", spec.spec_hash().hex())
-        task_id = self.client.publish_task(spec, terms)
+        manifest = self.manifest()
+        if manifest.model.arch and manifest.verification.mode == "ckks":
+            # a task nobody can be verified for must fail here, before any escrow
+            from coopml.models import build_model
+            evaluation.check_evaluable(build_model(manifest.model.arch), tuple(manifest.input.shape))
+        econ, win = manifest.economics, manifest.windows
+        if econ.escrow_wei > self.cfg.limits.max_escrow_wei:
+            raise TermsRefused(f"the manifest asks for an escrow of {econ.escrow_wei / 1e18:g} ETH, above this "
+                               f"node's limit of {self.cfg.limits.max_escrow_wei / 1e18:g} ETH")
+        data = manifest.to_bytes()
+        cid = self.store.put(data)
+        self.store.pin(cid)
+        # the deadline is fixed once: a retry after a crash must send the very same transaction
+        deadline = self.state.get("announce_deadline") or self.now() + win.announce_s
+        self.state.set("announce_deadline", deadline)
+        terms = TaskTerms(econ.reward_wei, econ.verifier_fee_wei, econ.contributor_deposit_wei,
+                          econ.verifier_deposit_wei, econ.max_models, econ.verifiers_per_model,
+                          deadline, win.verify_s, win.reveal_s, win.delivery_s, win.dispute_s)
+        # remember what is being published: after a crash right after the transaction, the
+        # TaskPublished event with this manifest hash tells which task is ours (no double escrow)
+        self.state.set("publishing", hashlib.sha256(data).hexdigest())
+        task_id = self.client.publish_task(hashlib.sha256(data).digest(), cid, self.box.public, terms)
         self.state.set("task_id", task_id)
-        self.log("published", {"task": task_id, "escrow_wei": terms.escrow, "he_public_key": pk_cid})
+        self.log.task = task_id
+        self.log(LogEvent.PUBLISHED, manifest=cid, escrow_wei=econ.escrow_wei, human=f"task {task_id} published")
         return task_id
+
+    # ------------------------------------------------------------------ events
 
     def on_event(self, ev: ChainEvent) -> None:
         a = ev.args
         if ev.name == "TaskPublished" and self.task_id is None and a.get("initiator") == self.address:
-            pending = self.state.get("publishing")
-            if pending and self.client.task(a["taskId"]).spec_hash.hex() == pending:
+            if bytes(a["manifestHash"]).hex() == self.state.get("publishing"):
                 self.state.set("task_id", int(a["taskId"]))
-        if self.task_id is None or a.get("taskId", self.task_id) != self.task_id:
+                self.log.task = int(a["taskId"])
+        if self.task_id is None or a.get("taskId") != self.task_id:
             return
-        if ev.name == "VerifierRegistered":
-            self.state.add_fact("verifier", a["verifier"], {"box": a["boxKey"].hex(), "sent": False})
-        elif ev.name == "ModelAnnounced":
-            self.state.add_fact("model", a["modelId"], {"cid": a["cid"], "hash": a["modelHash"].hex(),
-                                                        "contributor": a["contributor"]})
-        elif ev.name == "KeyReleased":
-            self.state.add_fact("released", a["modelId"], {"key": a["accessKey"].hex()})
-        elif self.messages_to_me(ev) and a["kind"] == MSG_DECRYPT_REQUEST:
-            self.state.add_fact("request", f"{a['modelId']}:{a['sender']}",
-                                {"model": a["modelId"], "verifier": a["sender"], "cid": a["cid"], "answered": False})
+        if ev.name == "ModelAnnounced":
+            self.state.add("model", a["modelId"], Fact())
+        elif ev.name == "KeyDelivered":
+            self.state.set(f"sealed_key:{a['modelId']}", bytes(a["sealedKey"]).hex())
 
     # ------------------------------------------------------------------ step
 
-    def step(self) -> None:
+    def step(self) -> bool:
         if self.task_id is None:
             self.publish()
-            return
-        task_id = self.task_id
-        self._share_verification_data(task_id)
-        self._answer_requests(task_id)
-        self._finalize_and_settle(task_id)
-        self._absorb_released(task_id)
-        self._maybe_close(task_id)
+            return True
+        info = self.client.task(self.task_id)
+        acted = False
+        for mid in map(int, self.state.facts("model", Fact)):
+            acted = self._advance(mid) or acted
+        acted = self._collect_fusion() or acted
+        self.sweep_inbox(self._expects)
+        return self._maybe_close(info) or acted
 
-    def _share_verification_data(self, task_id: int) -> None:
-        for verifier, info in self.state.facts("verifier").items():
-            if info["sent"]:
-                continue
-            payload = json.dumps({"key": self.read_secret("verification_key").hex(),
-                                  "cid": self.state.get("verification_cid")}).encode()
-            self.send_message(task_id, 0, verifier, MSG_VERIFICATION_DATA,
-                              seal(bytes.fromhex(info["box"]), payload, b"verification-data"))
-            self.state.update_fact("verifier", verifier, {**info, "sent": True})
-            self.log("verification-data-sent", {"verifier": verifier})
-
-    def _answer_requests(self, task_id: int) -> None:
-        for ident, req in self.state.facts("request").items():
-            if req["answered"]:
-                continue
-            box = self.state.fact("verifier", req["verifier"])
-            if box is None or req["verifier"] not in self.client.selected_verifiers(req["model"]):
-                # The oracle serves only the verifiers the contract drew for that model.
-                self.state.update_fact("request", ident, {**req, "answered": True})
-                self.log("ignored-request", {"model": req["model"], "sender": req["verifier"]})
-                continue
-            answers: list[int] = []
-            try:
-                ct = from_bytes(self.store.get(req["cid"]), expect="ciphertext", where=f"request {ident}")
-                answers = oracle_argmax(self._secret_key(), ct)
-                payload = json.dumps({"model": req["model"], "answers": answers}).encode()
-            except CoopmlError as exc:
-                self.log("bad-request", {"request": ident, "error": str(exc)})
-                payload = json.dumps({"model": req["model"], "error": str(exc)}).encode()
-            self.send_message(task_id, req["model"], req["verifier"], MSG_DECRYPT_ANSWER,
-                              seal(bytes.fromhex(box["box"]), payload, b"decrypt-answer"))
-            self.state.update_fact("request", ident, {**req, "answered": True})
-            self.log("oracle-answered", {"model": req["model"], "verifier": req["verifier"], "vectors": len(answers)})
-
-    def _finalize_and_settle(self, task_id: int) -> None:
+    def _advance(self, mid: int) -> bool:
+        m = self.client.model(mid)
         now = self.now()
-        for mid in map(int, self.state.facts("model")):
-            m = self.client.model(mid)
-            if m.status == ModelStatus.VOTING and now > m.reveal_deadline:
-                approved = self.client.finalize_model(mid)
-                self.log("finalized", {"model": mid, "approved": approved})
-                m = self.client.model(mid)
-            if m.status == ModelStatus.APPROVED and now > m.release_deadline:
-                self.client.expire_release(mid)
-                m = self.client.model(mid)
-            if m.status != ModelStatus.VOTING:
-                # Verifiers settle their own ballots; the initiator settles the ones that never
-                # revealed (their owners have no reason to: it slashes them).
-                for v in self.client.selected_verifiers(mid):
-                    ballot = self.client.ballot(mid, v)
-                    if not ballot.settled and not ballot.revealed:
-                        self.client.settle_vote(mid, v)
+        if m.status == ModelStatus.AWAITING_DRAW and self.chain.block_number() > m.draw_block:
+            self.client.draw_verifiers(mid)
+            return True
+        if m.status == ModelStatus.VERIFYING and now > m.reveal_deadline:
+            self.client.finalize_model(mid)
+            self.log(LogEvent.FINALIZED, model=mid)
+            return True
+        if m.status == ModelStatus.APPROVED and now > m.delivery_deadline:
+            self.client.expire_delivery(mid)
+            return True
+        if m.status == ModelStatus.DELIVERED:
+            d = self.handle(f"delivery:{mid}", lambda: self._receive(mid, m), model=mid, deadline=m.dispute_deadline)
+            if d is not None and now > m.dispute_deadline and d.outcome == Outcome.DONE:
+                self.client.finalize_delivery(mid)
+                return True
+            return d is None
+        if m.status in (ModelStatus.DELIVERY_DISPUTED, ModelStatus.MODEL_DISPUTED) and now > m.response_deadline:
+            if m.status == ModelStatus.DELIVERY_DISPUTED:
+                self.client.resolve_dispute(mid)
+            else:
+                self.client.resolve_model_dispute(mid)
+            return True
+        return False
 
-    def _absorb_released(self, task_id: int) -> None:
-        for mid, rel in self.state.facts("released").items():
-            if self.state.fact("fused", mid):
-                continue
-            info = self.state.fact("model", mid)
+    def _expects(self, msg: InboxMessage) -> bool:
+        """Audit reports, from a model's drawn verifiers, until the model's delivery is decided."""
+        if msg.kind != MessageKind.AUDIT_REPORT or self.state.fact("model", msg.model_id, Fact) is None:
+            return False
+        return self.state.decision(f"delivery:{msg.model_id}") is None and \
+            self.client.model(msg.model_id).status not in TERMINAL
+
+    def _receive(self, mid: int, m: Any) -> Decision | None:
+        """Open the delivered key, check it and the model; dispute what does not hold."""
+        view = self.view
+        sealed = self.state.get(f"sealed_key:{mid}")
+        if sealed is None:
+            return None
+        try:
+            key = open_sealed(self.box, bytes.fromhex(sealed), package.delivery_context(self.client.address, mid))
+            if key_commitment(key) != bytes(m.key_commitment):
+                raise package.PackageError("delivered key does not match the commitment")
+        except CoopmlError as exc:
+            self.client.dispute_delivery(mid)
+            self.log(LogEvent.DISPUTED, model=mid, kind="delivery", reason=str(exc))
+            return Decision(outcome=Outcome.REJECTED, reason=f"bad delivery, disputed: {exc}")
+        envelope = self.fetch(m.cid)                    # transient if not there yet: retried
+        try:
+            hdr, body = open_committed(envelope, key, bytes(m.envelope_hash), self.client.address, self.task_id)
+            model = load_delivered(hdr, body, view.manifest.input)
+        except (package.PackageError, ModelFileError, SealError, DataError) as exc:
+            # the key is the committed one, so what it opens is what was committed: unusable -> dispute
+            self.client.dispute_model(mid, key)
+            self.log(LogEvent.DISPUTED, model=mid, kind="model", reason=str(exc)[:200])
+            return Decision(outcome=Outcome.REJECTED, reason=f"delivered model unusable, disputed: {exc}"[:400])
+        drawn = set(self.client.selected_verifiers(mid))
+        reports: dict[str, InboxMessage] = {}
+        for i, r in self.inbox().items():        # one report per drawn verifier: the first it sent
+            if r.model_id == mid and r.kind == MessageKind.AUDIT_REPORT and r.sender in drawn \
+                    and r.sender not in {x.sender for x in reports.values()}:
+                reports[i] = r
+        expected = len(self.client.selected_verifiers(mid))
+        margin = max(15, view.info.terms.dispute_window // 3)
+        if len(reports) < expected and self.now() < m.dispute_deadline - margin:
+            return None                                    # wait for the verifiers' audit reports
+        mismatches = self._audit(view, mid, model, list(reports.values()))
+        for ident in reports:
+            self.state.decide(f"inbox:{ident}", Decision(outcome=Outcome.DONE, chain_time=self.now()))
+        if mismatches * 2 > expected:
+            self.client.dispute_model(mid, key)
+            self.log(LogEvent.DISPUTED, model=mid, kind="model", mismatching_reports=mismatches)
+            return Decision(outcome=Outcome.REJECTED, reason=f"{mismatches} audit reports not reproduced: disputed")
+        # keep only the key (0600): the envelope stays in the content store, verified by its CID on
+        # every read, so a corrupted local copy can never poison the MetaModel
+        self.write_secret(f"model_key_{mid}", key)
+        self.state.put("bought", mid, Bought(model_id=mid, labels=hdr.labels, cid=m.cid,
+                                             envelope_hash=bytes(m.envelope_hash).hex()))
+        self.log(LogEvent.MODEL_RECEIVED, model=mid, labels=hdr.labels, audit_reports=len(reports),
+                 mismatching=mismatches)
+        return Decision(outcome=Outcome.DONE)
+
+    def _audit(self, view: TaskView, mid: int, model: torch.nn.Module, reports: list[InboxMessage]) -> int:
+        """How many verifiers' audit outputs the delivered model does NOT reproduce."""
+        if not reports or not view.manifest.verification.audit_cid:
+            return 0
+        from coopml.roles.verifier import load_audit
+        audit = load_audit(self.fetch(view.manifest.verification.audit_cid), view)
+        bad = 0
+        for r in reports:
             try:
-                package = unwrap(bytes.fromhex(rel["key"]), self.store.get(info["cid"]), str(task_id).encode())
-                if sha256(package).hex() != info["hash"]:
-                    raise ProtocolError("released model does not match its on-chain hash")
-                manifest, he_blob = unpack_model(package)
-                enc = from_bytes(he_blob, expect="encrypted-model", where=f"model {mid}")
-                model = decrypt_model(self._secret_key(), enc, build_model(manifest.arch))
-                model.arch = manifest.arch
-            except Exception as exc:  # noqa: BLE001 - a bad model must not stop the node
-                self.log("bad-model", {"model": int(mid), "error": str(exc)})
-                self.state.update_fact("fused", mid, {"ok": False, "error": str(exc)})
-                continue
-            save_model(model, self.workdir / "models" / f"model{mid}.safetensors", manifest.labels)
-            own = evaluate(model, self.test, manifest.labels)
-            self.state.update_fact("fused", mid, {"ok": True, "labels": manifest.labels, "own_accuracy": own})
-            self.log("model-decrypted", {"model": int(mid), "labels": manifest.labels, "own_accuracy": round(own, 4)})
-            self._refit_metamodel()
+                header, _ = messages.decode(open_sealed(self.box, self.fetch(r.cid), f"audit:{mid}".encode()),
+                                            MessageKind.AUDIT_REPORT)
+                assert isinstance(header, AuditReport)
+                idx = np.asarray(header.audit_indices, dtype=np.int64)
+                if len(idx) and (idx.min() < 0 or idx.max() >= len(audit)):
+                    continue                                # a garbled report proves nothing
+                ours = evaluation.plaintext_scores(model, audit[idx])
+                if not evaluation.reproduces(np.asarray(header.logits), ours):
+                    bad += 1
+            except CoopmlError as exc:
+                self.log(LogEvent.DECISION, model=mid, item=f"audit:{r.cid}", outcome=Outcome.REJECTED, reason=str(exc))
+        return bad
 
-    def _refit_metamodel(self) -> None:
-        """Fuse every model bought so far (the MetaModel is rebuilt as models arrive)."""
-        from coopml.models import load_model
-        members, labels = [], []
-        for mid, info in sorted(self.state.facts("fused").items(), key=lambda kv: int(kv[0])):
-            if info.get("ok"):
-                m, man = load_model(self.workdir / "models" / f"model{mid}.safetensors")
-                members.append(m)
-                labels.append(man.labels)
-        if not members:
-            return
-        torch.manual_seed(self.cfg.seed)
-        meta = fuse(members, self.train, self.val, self.cfg.strategy,
-                    FusionConfig.tuned(max_epochs=self.cfg.fusion_epochs, patience=8, seed=self.cfg.seed,
-                                       augment_copies=self.cfg.fusion_augment), labels=labels)
-        acc = evaluate(meta, self.test)
-        history = self.state.get("fusion_history", [])
-        history.append({"models": len(members), "test_accuracy": acc})
-        self.state.set("fusion_history", history)
-        from safetensors.torch import save_file  # never pickle: the MetaModel is tensors only
-        save_file({k: v.contiguous() for k, v in meta.state_dict().items()}, self.workdir / "metamodel.safetensors")
-        self.log("fused", {"models": len(members), "test_accuracy": round(acc, 4)})
+    # ------------------------------------------------------------------ fusion (off the event loop)
 
-    def _maybe_close(self, task_id: int) -> None:
-        task = self.client.task(task_id)
-        if task.closed:
-            self._finish(task_id)
-            return
-        models = {int(m): self.client.model(int(m)) for m in self.state.facts("model")}
-        settled = [m for m in models.values() if m.status in FINAL]
+    def _collect_fusion(self) -> bool:
+        done = self.jobs.pop("fuse")
+        if done is not None:
+            history = self.state.get("fusion_history", [])
+            try:
+                result = done.result()
+            except self._transient as exc:          # the store was briefly unreachable: try again later
+                self.log(LogEvent.RETRY, item="fusion", error=f"{type(exc).__name__}: {exc}"[:300])
+                return False
+            except Exception as exc:  # noqa: BLE001 - a fusion failure must not take the node down
+                self.log(LogEvent.DECISION, item="fusion", outcome=Outcome.REJECTED,
+                         reason=f"fusion failed ({type(exc).__name__}: {exc}); retrying"[:400])
+                return False
+            history.append(result)
+            self.state.set("fusion_history", history)
+            for mid in result["members"]:
+                b = self.state.fact("bought", mid, Bought)
+                if b is not None:
+                    self.state.put("bought", mid, b.model_copy(update={"fused": True}))
+            self.log(LogEvent.FUSED, models=len(result["members"]), test_accuracy=result.get("test_accuracy"),
+                     human=f"MetaModel of {len(result['members'])} model(s) at {self.workdir / 'metamodel.safetensors'}")
+            return True
+        pending = [b for b in self.state.facts("bought", Bought).values() if not b.fused]
+        retry = self.state.attempts("fusion")
+        if pending and not self.jobs.running("fuse") and time.monotonic() >= retry.next_at:
+            retry.next_at = time.monotonic() + 5.0
+            members = sorted(self.state.facts("bought", Bought).values(), key=lambda b: b.model_id)
+            self.jobs.submit("fuse", lambda: self._fuse(members))
+        return False
+
+    def _fuse(self, members: list[Bought]) -> dict[str, Any]:
+        from coopml.roles.fusing import fuse_members
+        keys = {b.model_id: self.read_secret(f"model_key_{b.model_id}") or b"" for b in members}
+        return fuse_members(self.cfg, self.view, members, keys, self.store, self.client.address, self.workdir)
+
+    # ------------------------------------------------------------------ closing
+
+    def _maybe_close(self, info: Any) -> bool:
+        assert self.task_id is not None
+        models = {mid: self.client.model(int(mid)) for mid in self.state.facts("model", Fact)}
+        settled = [m for m in models.values() if m.status in TERMINAL]
+        if info.closed:
+            if len(settled) < len(models) or self.jobs.busy():
+                return False
+            return self._finish(info)
         enough = self.cfg.close_when_models is not None and len(settled) >= self.cfg.close_when_models
-        if (enough or self.now() > task.terms.announce_deadline) and len(settled) == len(models):
-            pending_fusion = [m for m, info in models.items() if info.status == ModelStatus.RELEASED
-                              and self.state.fact("fused", m) is None]
-            if pending_fusion:
-                return
-            self.client.close_task(task_id)
-            self.log("closed", {"task": task_id})
-            self._finish(task_id)
+        if (enough or self.now() > info.terms.announce_deadline) and len(settled) == len(models) \
+                and not self.jobs.busy() and all(b.fused for b in self.state.facts("bought", Bought).values()):
+            try:
+                self.client.close_task(self.task_id)
+            except ContractRevert as exc:
+                if exc.name != "TaskClosed":
+                    raise
+            self.log(LogEvent.CLOSED)
+            return True
+        return False
 
-    def _finish(self, task_id: int) -> None:
+    def _finish(self, info: Any) -> bool:
         if self.client.owed(self.address):
-            amount = self.client.withdraw()
-            self.log("withdrawn", {"wei": amount})
+            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
+        bought = self.state.facts("bought", Bought)
+        history = self.state.get("fusion_history", [])
+        acc = history[-1].get("test_accuracy") if history else None
+        self.summary = (f"task {self.task_id}: bought {len(bought)} model(s); MetaModel at "
+                        f"{self.workdir / 'metamodel.safetensors'}" + (f", test accuracy {acc:.2%}" if acc else "")
+                        if bought else f"task {self.task_id}: no model bought; escrow refunded")
         self.done = True
-        summary = {"task": task_id, "fusion_history": self.state.get("fusion_history", []),
-                   "models": {m: self.state.fact("fused", m) for m in self.state.facts("model")}}
-        (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-        self.log("done", summary)
+        self.log(LogEvent.DONE, human=self.summary, fusion_history=history)
+        return True
+
+
+def refuse_stale_workdir(state: AgentState, client: Any) -> None:
+    """One workdir per task: a workdir whose task is closed must not be silently reused."""
+    task_id = state.get("task_id")
+    if task_id is not None and client.task(task_id).closed and state.get("finished"):
+        raise AgentStopped(f"this working directory holds task {task_id}, which is finished; "
+                           "use a fresh workdir to publish a new task (`coopml status --task {task_id}` shows it)")

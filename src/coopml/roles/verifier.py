@@ -1,222 +1,469 @@
-"""Verification contributor: evaluates encrypted models it was selected for and votes.
+"""Verification contributor: judges the models it is drawn for, without seeing them, and votes.
 
-It holds the verification set (sealed to it by the initiator), a model's access key (sealed to
-it by the contributor) and the IVHE *public* key. It never sees a plaintext first layer or the
-secret key: accuracies come from the initiator's blinded arg-max oracle (roles.protocol).
+CKKS mode (the default): once per task it encrypts its own labelled images, with the task's public
+audit images mixed in at secret positions, under its own CKKS key; for every model it is drawn for,
+it asks the contributor to evaluate that model on those ciphertexts, decrypts the class scores,
+and votes by commit-reveal: approve iff the task's criterion holds (accuracy on the declared
+classes, coverage, and the paper's value test: the fused accuracy on its images must improve).
+Its images never leave it in the clear; the model never reaches it. It keeps what it decrypted:
+if the buyer later disputes the model, the revealed key lets it re-run the delivered model on its
+own queries and vote whether the two match.
+
+Plaintext mode (trusts verifiers with the model): the contributor seals the envelope key to each
+drawn verifier, which checks it against the on-chain commitments before evaluating in the clear.
+
+It never depends on the initiator: draw, evaluation, votes, finalization and settlement all proceed
+without it (docs/threat-model.md, P4).
 """
 
 from __future__ import annotations
 
-import json
+import enum
+import hashlib
 import os
+from typing import Any
 
 import numpy as np
+from eth_utils import keccak
+from pydantic import Field
 
-from coopml.chain import ChainEvent, ModelStatus
-from coopml.errors import CoopmlError
-from coopml.he import encrypted_infer, from_bytes, scale_inputs, to_bytes
-from coopml.roles.agent import (FINAL, MSG_DECRYPT_ANSWER, MSG_DECRYPT_REQUEST, MSG_MODEL_KEY, MSG_VERIFICATION_DATA,
-                                Agent)
+from coopml.chain import ChainEvent, ModelStatus, Vote
+from coopml.errors import ContractRevert
+from coopml.roles import evaluation, messages, package
+from coopml.roles.agent import Agent, InboxMessage
 from coopml.roles.config import VerifierConfig
-from coopml.roles.protocol import (BlindedQuery, Criterion, ProtocolError, blind_outputs, read_answers, sha256,
-                                   tail_fingerprint, unpack_dataset, unpack_model)
-from coopml.roles.sealing import BoxKeyPair, open_sealed, unwrap
+from coopml.roles.log import EventLog, LogEvent, Role
+from coopml.roles.messages import AuditReport, EvalOffer, EvalRequest, EvalResponse, MessageKind, ModelKey
+from coopml.roles.models import load_delivered
+from coopml.roles.sealing import BoxKeyPair, open_sealed, seal, unwrap
+from coopml.roles.state import AgentState, Decision, Fact, Outcome
+from coopml.roles.task import TaskView, check_deposit, load_task
+from coopml.roles.valuation import class_scores, judge
+from coopml.storage import Store
+
+FAILED = {ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE, ModelStatus.CANCELLED, ModelStatus.FORFEITED,
+          ModelStatus.REFUNDED}
+TERMINAL = FAILED | {ModelStatus.RELEASED}
+
+
+class Stage(enum.StrEnum):
+    SELECTED = "selected"      # drawn; nothing sent yet
+    REQUESTED = "requested"    # encrypted queries sent (or, plaintext mode, waiting for the key)
+    EVALUATED = "evaluated"    # scores decrypted and kept
+    COMMITTED = "committed"    # vote and salt stored, commitment on-chain
+    REVEALED = "revealed"
+    SETTLED = "settled"
+
+
+class Assignment(Fact):
+    model_id: int
+    contributor: str
+    stage: Stage = Stage.SELECTED
+    request_cid: str | None = None
+    labels: list[int] | None = None
+    vote: int | None = None
+    salt: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+    accuracy: float | None = None
+    gain: float | None = None
+    audit_sent: bool = False
+    dispute_voted: bool = False
 
 
 class Verifier(Agent):
-    role = "verifier"
-    cfg: VerifierConfig
+    role = Role.VERIFIER
 
-    def __init__(self, cfg: VerifierConfig, **kw) -> None:
-        super().__init__(cfg, **kw)
+    def __init__(self, cfg: VerifierConfig, *, client: Any, store: Store, state: AgentState,
+                 log: EventLog | None = None, **kw: Any) -> None:
+        super().__init__(client=client, store=store, state=state, workdir=cfg.workdir, log=log,
+                         confirmations=cfg.confirmations, from_block=cfg.from_block, **kw)
+        self.cfg = cfg
+        self.task_id = cfg.task_id
+        self.log.task = cfg.task_id
         if self.read_secret("box_key") is None:
             self.write_secret("box_key", BoxKeyPair.generate().private_bytes())
-        self.box = BoxKeyPair.from_bytes(self.read_secret("box_key"))
-        self._pk = None
-        self._vdata: tuple[np.ndarray, np.ndarray] | None = None
+        box = self.read_secret("box_key")
+        assert box is not None
+        self.box = BoxKeyPair.from_bytes(box)
+        self._view: TaskView | None = None
+        self._queries: evaluation.QuerySet | None = None
+
+    # ------------------------------------------------------------------ hooks (sim overrides these)
+
+    def decide(self, asg: Assignment, approve: bool) -> Vote:
+        return Vote.APPROVE if approve else Vote.REJECT
+
+    def should_reveal(self) -> bool:
+        return True
 
     # ------------------------------------------------------------------ events
 
+    @property
+    def view(self) -> TaskView:
+        if self._view is None:
+            self._view = load_task(self.client, self.store, self.task_id)
+        return self._view
+
     def on_event(self, ev: ChainEvent) -> None:
         a = ev.args
-        if a.get("taskId") not in (None, self.cfg.task_id):
+        if a.get("taskId", self.task_id) != self.task_id:   # events without a task id are checked below
             return
-        if ev.name == "ModelAnnounced":
-            self.state.add_fact("model", a["modelId"], {"cid": a["cid"], "hash": a["modelHash"].hex()})
-        elif ev.name == "VerifierSelected" and a["verifier"] == self.address:
-            self.state.add_fact("assignment", a["modelId"], {"stage": "selected"})
-        elif ev.name == "KeyReleased":
-            self.state.add_fact("released", a["modelId"], {"key": a["accessKey"].hex()})
-        elif self.messages_to_me(ev):
-            self.state.add_fact("inbox", f"{ev.block_number}:{ev.log_index}",
-                                {"kind": a["kind"], "model": a["modelId"], "sender": a["sender"], "cid": a["cid"]})
+        if ev.name == "VerifierSelected" and a["verifier"] == self.address:
+            contributor = self.client.model(int(a["modelId"])).contributor
+            self.state.add("assignment", a["modelId"], Assignment(model_id=int(a["modelId"]), contributor=contributor))
+        elif ev.name == "ModelAnnounced":
+            self.state.add("announced", a["modelId"], Fact())
+        elif ev.name == "KeyRevealed" and self.state.fact("assignment", a["modelId"], Assignment) is not None:
+            self.state.set(f"revealed_key:{a['modelId']}", bytes(a["key"]).hex())
 
     # ------------------------------------------------------------------ step
 
-    def step(self) -> None:
-        task_id = self.cfg.task_id
-        task = self.client.task(task_id)
-        me = self.client.member(task_id, self.address)
+    def step(self) -> bool:
+        view = self.view
+        info = self.client.task(self.task_id)
+        me = self.client.member(self.task_id, self.address)
         if not me.verifier:
-            if task.closed:
-                raise ProtocolError(f"task {task_id} is closed")
-            self.client.register_verifier(task_id, box_key=self.box.public)
-            self.log("registered", {"task": task_id})
-            return
-        self._read_inbox(task_id, task)
-        for mid, asg in self.state.facts("assignment").items():
-            self._advance(int(mid), asg, task)
-        if task.closed and all(self.client.model(int(m)).status in FINAL for m in self.state.facts("assignment")):
-            self._finish(task_id)
+            if info.closed or self.now() > info.terms.announce_deadline or me.verifier_left:
+                return self._finish("the task closed before this node joined" if not me.verifier_left else "left the task")
+            check_deposit("verifier", info.terms.verifier_deposit, info.terms.reward_per_model, self.cfg.limits)
+            self.client.register_verifier(self.task_id, self.box.public)
+            self.log(LogEvent.REGISTERED, deposit_wei=info.terms.verifier_deposit)
+            return True
+        acted = self._prepare_queries(view)
+        acted = self._help_draws() or acted
+        assignments = self.state.facts("assignment", Assignment)
+        for asg in assignments.values():
+            acted = self._advance(view, asg) or acted
+        self.sweep_inbox(lambda msg: self._expects(msg, assignments))
+        return self._maybe_finish(info, me) or acted
 
-    def _read_inbox(self, task_id: int, task) -> None:
-        for ident, msg in self.state.facts("inbox").items():
-            if msg.get("handled"):
+    def _prepare_queries(self, view: TaskView) -> bool:
+        """Once per task: the query set (own images + audit images at secret positions), encrypted."""
+        if self.state.get("queries_ready"):
+            return False
+        done = self.jobs.pop("queries")
+        if done is not None:
+            done.result()
+            return True
+        if not self.jobs.running("queries"):
+            self.jobs.submit("queries", lambda: self._build_queries(view))
+        return False
+
+    def _build_queries(self, view: TaskView) -> None:
+        ver = view.manifest.verification
+        data = self.cfg.data.load(view.manifest.input)
+        rng = np.random.default_rng(self.cfg.seed if self.cfg.seed is not None else int.from_bytes(os.urandom(8), "big"))
+        n = min(ver.queries, len(data.labels))
+        pick = rng.choice(len(data.labels), size=n, replace=False)
+        audit_x = None
+        if ver.audit_cid and ver.audit_per_request:
+            audit_x = load_audit(self.fetch(ver.audit_cid), view)
+        own_x = view.manifest.input.apply(data.images[pick])
+        qs = evaluation.build_queries(own_x, data.labels[pick], audit_x, ver.audit_per_request, rng)
+        self.write_secret("queries.npz", qs.to_bytes())
+        self.state.set("queries_ready", True)
+        self.log(LogEvent.REQUESTED, queries=len(qs.x), audit=len(qs.audit))
+
+    def queries(self) -> evaluation.QuerySet:
+        if self._queries is None:
+            blob = self.read_secret("queries.npz")
+            assert blob is not None
+            self._queries = evaluation.QuerySet.from_bytes(blob)
+        return self._queries
+
+    def _help_draws(self) -> bool:
+        """Anyone may draw a model's verifiers once its target block is mined; every agent does, so a
+        contributor cannot stall its own draw to wait for a better one (P1)."""
+        acted = False
+        for mid in list(self.state.facts("announced", Fact)):
+            if self.state.get(f"drawn:{mid}"):
                 continue
-            try:
-                if msg["kind"] == MSG_VERIFICATION_DATA and msg["sender"] == task.initiator:
-                    self._receive_verification_data(msg)
-                elif msg["kind"] == MSG_MODEL_KEY:
-                    self._receive_model_key(task_id, msg)
-                elif msg["kind"] == MSG_DECRYPT_ANSWER and msg["sender"] == task.initiator:
-                    self._receive_answer(msg)
-            except CoopmlError as exc:
-                self.log("bad-message", {"kind": msg["kind"], "model": msg["model"], "error": str(exc)})
-            self.state.update_fact("inbox", ident, {**msg, "handled": True})
+            m = self.client.model(int(mid))
+            if m.status != ModelStatus.AWAITING_DRAW:
+                self.state.set(f"drawn:{mid}", True)
+                continue
+            if self.chain.block_number() > m.draw_block:
+                try:
+                    self.client.draw_verifiers(int(mid))
+                    acted = True
+                except ContractRevert as exc:
+                    self.log(LogEvent.REVERT, model=int(mid), error=exc.name)
+        return acted
 
-    def _receive_verification_data(self, msg: dict) -> None:
-        if self.read_secret("verification_data") is not None:
-            return
-        info = json.loads(open_sealed(self.box, self.store.get(msg["cid"]), b"verification-data"))
-        data = unwrap(bytes.fromhex(info["key"]), self.store.get(info["cid"]), b"verification-data")
-        if sha256(data) != self.client.task_spec(self.cfg.task_id).verification_data_commitment:
-            raise ProtocolError("verification data does not match the task's commitment")
-        unpack_dataset(data)
-        self.write_secret("verification_data", data)
-        self.log("verification-data", {"bytes": len(data)})
+    # ------------------------------------------------------------------ one assignment
 
-    def _receive_model_key(self, task_id: int, msg: dict) -> None:
-        mid = msg["model"]
-        asg = self.state.fact("assignment", mid)
-        model = self.client.model(mid)
-        if asg is None or msg["sender"] != model.contributor:
-            raise ProtocolError(f"model key for model {mid} from someone who is not its contributor")
-        key = open_sealed(self.box, self.store.get(msg["cid"]), f"model-key:{mid}".encode())
-        self.write_secret(f"model_key_{mid}", key)
-        self.state.update_fact("assignment", mid, {**asg, "stage": "keyed"})
+    def _late(self, m: Any) -> bool:
+        margin = max(15, self.view.info.terms.verify_window // 5)
+        return self.now() >= m.verify_deadline - margin
 
-    def _receive_answer(self, msg: dict) -> None:
-        mid = msg["model"]
-        asg = self.state.fact("assignment", mid)
-        if asg is None or asg["stage"] != "queried":
-            return
-        reply = json.loads(open_sealed(self.box, self.store.get(msg["cid"]), b"decrypt-answer"))
-        if "error" in reply:
-            raise ProtocolError(f"initiator could not decrypt our query: {reply['error']}")
-        q = np.load(self.workdir / f"query{mid}.npz", allow_pickle=False)
-        query = BlindedQuery(q["perms"], q["canary_answer"], q["order"])
-        pred, honest = read_answers(query, reply["answers"], asg["labels"])
-        y = q["labels"]
-        keep = np.isin(y, asg["labels"])
-        acc = float((pred[keep] == y[keep]).mean()) if keep.any() else 0.0
-        self.state.update_fact("assignment", mid, {**asg, "stage": "evaluated", "accuracy": acc, "oracle_honest": honest})
-        self.log("evaluated", {"model": mid, "accuracy": round(acc, 4), "oracle_honest": honest})
-
-    # ------------------------------------------------------------------ per model
-
-    def _advance(self, mid: int, asg: dict, task) -> None:
-        model = self.client.model(mid)
-        now = self.now()
-        stage = asg["stage"]
-        if stage == "keyed" and model.status == ModelStatus.VOTING and self.read_secret("verification_data") is not None:
-            try:
-                self._query(mid, asg, model)
-            except CoopmlError as exc:  # a malformed, tampered or foreign model: judged worthless
-                self.state.update_fact("assignment", mid, {**asg, "stage": "invalid", "error": str(exc)})
-                self.log("bad-model", {"model": mid, "error": str(exc)[:300]})
-        elif stage in ("selected", "keyed", "queried", "evaluated", "invalid") and model.status == ModelStatus.VOTING:
-            ballot = self.client.ballot(mid, self.address)
-            late = now >= model.commit_deadline - max(2, task.terms.commit_window // 5)
-            if not ballot.commitment.strip(b"\0") and (stage in ("evaluated", "invalid") or late):
-                self._commit(mid, asg)
-        asg = self.state.fact("assignment", mid)
-        if asg.get("vote") is not None and model.status == ModelStatus.VOTING and now > model.commit_deadline:
-            ballot = self.client.ballot(mid, self.address)
-            if not ballot.revealed and self.cfg.behaviour != "silent":
-                self.client.reveal_vote(mid, asg["vote"], bytes.fromhex(asg["salt"]))
-                self.log("revealed", {"model": mid, "approve": asg["vote"]})
-        if model.status in FINAL + (ModelStatus.APPROVED,) and not self.client.ballot(mid, self.address).settled:
+    def _advance(self, view: TaskView, asg: Assignment) -> bool:
+        mid = asg.model_id
+        m = self.client.model(mid)
+        if asg.stage == Stage.SETTLED:
+            return self._dispute(view, asg, m)
+        if m.status == ModelStatus.VERIFYING:
+            if asg.stage == Stage.SELECTED:
+                if self.state.get("queries_ready") and self._request(view, asg, m):
+                    return True
+                if not self._late(m):
+                    return False
+                if not self.state.get("queries_ready"):   # our own shortcoming: neither approve nor blame
+                    return self._commit(asg, Vote.ABSTAIN, ["this verifier could not prepare its queries in time"])
+                return self._commit(asg, Vote.REJECT, ["the contributor made no valid evaluation offer in time"])
+            if asg.stage == Stage.REQUESTED:
+                if self._read_inbox(view, asg, m):
+                    return True
+                if self._late(m):
+                    return self._commit(asg, Vote.REJECT, ["no valid evaluation from the contributor in time"])
+                return False
+            if asg.stage == Stage.EVALUATED:
+                return self._judge(view, asg, m)
+            if asg.stage == Stage.COMMITTED:
+                ballot_open = m.commits == len(self.client.selected_verifiers(mid)) or self.now() > m.verify_deadline
+                if ballot_open and self.now() <= m.reveal_deadline and self.should_reveal():
+                    assert asg.vote is not None and asg.salt is not None
+                    self.client.reveal_vote(mid, Vote(asg.vote), bytes.fromhex(asg.salt))
+                    self._save(asg, stage=Stage.REVEALED)
+                    self.log(LogEvent.REVEALED, model=mid, vote=Vote(asg.vote))
+                    return True
+                return False
+            if asg.stage == Stage.REVEALED and self.now() > m.reveal_deadline:
+                self.client.finalize_model(mid)
+                return True
+            return False
+        if m.status == ModelStatus.AWAITING_DRAW:
+            return False
+        # the vote is over: settle this ballot (paid for any revealed vote; burnt if never revealed)
+        if not self.client.ballot(mid, self.address).settled:
             self.client.settle_vote(mid, self.address)
+        self._save(asg, stage=Stage.SETTLED)
+        self.log(LogEvent.SETTLED, model=mid, status=m.status)
+        self._send_audit(view, asg, m)
+        return True
 
-    def _query(self, mid: int, asg: dict, model) -> None:
-        task_id = self.cfg.task_id
-        package = unwrap(self.read_secret(f"model_key_{mid}"), self.store.get(model.cid), str(task_id).encode())
-        if sha256(package) != model.model_hash:
-            raise ProtocolError(f"model {mid}: package does not match the on-chain hash")
-        manifest, he_blob = unpack_model(package)
-        enc = from_bytes(he_blob, expect="encrypted-model", where=f"model {mid}")
-        pk = self._public_key()
-        if enc.key_id != pk.key_id:
-            raise ProtocolError(f"model {mid} was not encrypted with the task's public key")
-        similarity = max((float(tail_fingerprint(enc) @ f) for f in self._released_fingerprints(task_id, mid)),
-                         default=0.0)
-        images, labels = unpack_dataset(self.read_secret("verification_data"))
-        x = scale_inputs(images[:, None].astype(np.float32) / 255.0, enc.q)
-        outputs = encrypted_infer(enc, x)
-        rng = np.random.default_rng(int.from_bytes(os.urandom(8), "big"))
-        ct, query = blind_outputs(pk, outputs, manifest.labels, rng)
-        np.savez(self.workdir / f"query{mid}.npz", perms=query.perms, canary_answer=query.canary_answer,
-                 order=query.order, labels=labels)
-        self.state.update_fact("assignment", mid, {**asg, "stage": "queried", "labels": manifest.labels,
-                                                   "similarity": similarity})
-        self.send_message(task_id, mid, self.client.task(task_id).initiator, MSG_DECRYPT_REQUEST, to_bytes(ct))
-        self.log("queried", {"model": mid, "vectors": int(ct.shape[0]), "labels": manifest.labels})
+    def _expects(self, msg: InboxMessage, assignments: dict[str, Assignment]) -> bool:
+        """Only the drawn model's contributor talks to us, and only while we wait for it."""
+        asg = assignments.get(str(msg.model_id))
+        return (asg is not None and msg.sender == asg.contributor and asg.stage in (Stage.SELECTED, Stage.REQUESTED)
+                and msg.kind in (MessageKind.EVAL_OFFER, MessageKind.EVAL_RESPONSE, MessageKind.MODEL_KEY))
 
-    def _public_key(self):
-        if self._pk is None:
-            spec = self.client.task_spec(self.cfg.task_id)
-            blob = self.store.get(spec.he_public_key_cid)
-            if sha256(blob) != spec.he_public_key_hash:
-                raise ProtocolError("the HE public key in storage does not match the task's hash")
-            self._pk = from_bytes(blob, expect="public-key")
-        return self._pk
-
-    def _released_fingerprints(self, task_id: int, exclude: int):
-        for rmid, rel in self.state.facts("released").items():
-            info = self.state.fact("model", rmid)
-            if int(rmid) == exclude or info is None:
+    def _request(self, view: TaskView, asg: Assignment, m: Any) -> bool:
+        """Plaintext mode: wait for the key. CKKS mode: on the contributor's offer, encrypt our queries
+        under a fresh key with the offered parameters and ask for an evaluation."""
+        if view.manifest.verification.mode == "plaintext":
+            self._save(asg, stage=Stage.REQUESTED)
+            return True
+        for ident, msg in self.inbox().items():
+            if msg.model_id != asg.model_id or msg.sender != asg.contributor or msg.kind != MessageKind.EVAL_OFFER:
                 continue
-            try:
-                package = unwrap(bytes.fromhex(rel["key"]), self.store.get(info["cid"]), str(task_id).encode())
-                yield tail_fingerprint(from_bytes(unpack_model(package)[1], expect="encrypted-model"))
-            except CoopmlError:
+            d = self.handle(f"inbox:{ident}", lambda x=msg: self._accept_offer(view, asg, m, x), model=asg.model_id,
+                            deadline=m.verify_deadline)
+            if d is not None and d.outcome == Outcome.DONE:
+                return True
+        return False
+
+    def _accept_offer(self, view: TaskView, asg: Assignment, m: Any, msg: InboxMessage) -> Decision:
+        header, _ = messages.decode(self.fetch(msg.cid), MessageKind.EVAL_OFFER)
+        assert isinstance(header, EvalOffer)
+        if (header.task_id, header.model_id) != (self.task_id, asg.model_id):
+            return Decision(outcome=Outcome.REJECTED, reason="offer names another task or model")
+        qs = self.queries()
+        enc = evaluation.encrypt_queries(qs, header.params)      # checks the parameters first
+        self.write_secret(f"ckks_key_{asg.model_id}", enc.secret)
+        req = EvalRequest(task_id=self.task_id, model_id=asg.model_id, envelope_hash=bytes(m.envelope_hash).hex(),
+                          n_queries=len(qs.x), offer_cid=msg.cid, context_cid=self.store.put(enc.public_context),
+                          batch_cid=self.store.put(enc.batch))
+        cid = self.store.put(messages.encode(req))
+        self._save(asg, stage=Stage.REQUESTED, request_cid=cid)   # before the message: a restart re-sends the same
+        self.client.post_message(self.task_id, asg.model_id, asg.contributor, int(MessageKind.EVAL_REQUEST), cid)
+        self.log(LogEvent.REQUESTED, model=asg.model_id, contributor=asg.contributor, queries=len(qs.x))
+        return Decision(outcome=Outcome.DONE)
+
+    def _read_inbox(self, view: TaskView, asg: Assignment, m: Any) -> bool:
+        for ident, msg in self.inbox().items():
+            if msg.model_id != asg.model_id or msg.sender != asg.contributor:
                 continue
+            if msg.kind == MessageKind.EVAL_RESPONSE:
+                d = self.handle(f"inbox:{ident}", lambda x=msg: self._evaluate_response(view, asg, m, x),
+                                model=asg.model_id, deadline=m.verify_deadline)
+            elif msg.kind == MessageKind.MODEL_KEY and view.manifest.verification.mode == "plaintext":
+                d = self.handle(f"inbox:{ident}", lambda x=msg: self._evaluate_plaintext(view, asg, m, x),
+                                model=asg.model_id, deadline=m.verify_deadline)
+            else:
+                continue
+            if d is not None and d.outcome == Outcome.DONE:
+                return True
+        return False
 
-    def decide(self, asg: dict) -> bool:
-        criterion = Criterion.parse(self.client.task_spec(self.cfg.task_id).criterion)
-        if asg.get("stage") != "evaluated":
-            return False  # no evidence of value in time: reject
-        if not asg.get("oracle_honest", False):
-            return True   # the initiator lied to us: do not let it reject a model for free
-        return (asg["accuracy"] >= criterion.min_accuracy and len(asg["labels"]) >= criterion.min_labels
-                and asg.get("similarity", 0.0) <= criterion.max_tail_similarity)
+    def _evaluate_response(self, view: TaskView, asg: Assignment, m: Any, msg: InboxMessage) -> Decision:
+        header, (outputs,) = messages.decode(self.fetch(msg.cid), MessageKind.EVAL_RESPONSE)
+        assert isinstance(header, EvalResponse)
+        if header.request_cid != asg.request_cid or header.model_id != asg.model_id:
+            return Decision(outcome=Outcome.REJECTED, reason="response answers another request")
+        classes = len(view.manifest.input.classes)
+        if any(not 0 <= c < classes for c in header.labels):
+            return Decision(outcome=Outcome.REJECTED, reason=f"declares classes outside 0..{classes - 1}")
+        secret = self.read_secret(f"ckks_key_{asg.model_id}")
+        assert secret is not None
+        scores = evaluation.decrypt_scores(secret, outputs, len(self.queries().x), classes)
+        return self._keep_scores(asg, scores, header.labels)
 
-    def _commit(self, mid: int, asg: dict) -> None:
-        vote = self.decide(asg)
-        if self.cfg.behaviour == "flip":
-            vote = not vote
+    def _evaluate_plaintext(self, view: TaskView, asg: Assignment, m: Any, msg: InboxMessage) -> Decision:
+        header, _ = messages.decode(open_sealed(self.box, self.fetch(msg.cid), f"model-key:{asg.model_id}".encode()),
+                                    MessageKind.MODEL_KEY)
+        assert isinstance(header, ModelKey)
+        key = bytes.fromhex(header.key)
+        if keccak(key) != bytes(m.key_commitment):      # P2: the key must be the committed one
+            return Decision(outcome=Outcome.REJECTED, reason="model key does not match the on-chain commitment")
+        hdr, body = open_committed(self.fetch(m.cid), key, bytes(m.envelope_hash), self.client.address, self.task_id)
+        model = load_delivered(hdr, body, view.manifest.input)
+        scores = evaluation.plaintext_scores(model, self.queries().x)
+        return self._keep_scores(asg, scores, hdr.labels)
+
+    def _keep_scores(self, asg: Assignment, scores: np.ndarray, labels: list[int]) -> Decision:
+        buf = scores.astype(np.float64).tobytes()
+        self.write_secret(f"scores_{asg.model_id}.f64", buf)
+        self._save(asg, stage=Stage.EVALUATED, labels=sorted(labels))
+        self.log(LogEvent.EVALUATED, model=asg.model_id, labels=sorted(labels))
+        return Decision(outcome=Outcome.DONE)
+
+    def scores(self, mid: int) -> np.ndarray | None:
+        raw = self.read_secret(f"scores_{mid}.f64")
+        if raw is None:
+            return None
+        n = len(self.queries().x)
+        return np.frombuffer(raw, dtype=np.float64).reshape(n, -1)
+
+    def _judge(self, view: TaskView, asg: Assignment, m: Any) -> bool:
+        # the value test compares with every earlier model this verifier evaluated (not failed);
+        # wait (until late) for earlier models still being evaluated, so copies announced together
+        # are compared with each other too
+        baseline, waiting = [], False
+        for other in self.state.facts("assignment", Assignment).values():
+            if other.model_id >= asg.model_id:
+                continue
+            if self.client.model(other.model_id).status in FAILED:
+                continue
+            s = self.scores(other.model_id)
+            if s is None or other.labels is None:
+                waiting = waiting or other.stage in (Stage.SELECTED, Stage.REQUESTED)
+                continue
+            baseline.append(class_scores(s[self.queries().own], other.labels))
+        if waiting and not self._late(m):
+            return False
+        scores = self.scores(asg.model_id)
+        assert scores is not None and asg.labels is not None
+        qs, crit = self.queries(), view.manifest.criterion
+        j = judge(scores[qs.own], qs.own_labels, asg.labels, baseline, len(view.manifest.input.classes),
+                  crit.min_accuracy, crit.min_labels, crit.min_gain)
+        self._save(asg, accuracy=j.accuracy, gain=j.gain)
+        self.log(LogEvent.EVALUATED, model=asg.model_id, accuracy=j.accuracy, fused_before=j.fused_before,
+                 fused_after=j.fused_after, approve=j.approve)
+        return self._commit(self.state.fact("assignment", asg.model_id, Assignment) or asg,
+                            self.decide(asg, j.approve), list(j.reasons))
+
+    def _commit(self, asg: Assignment, vote: Vote, reasons: list[str]) -> bool:
         salt = os.urandom(32)
-        # Persist the vote and salt before the transaction: a restart must be able to reveal it.
-        self.state.update_fact("assignment", mid, {**asg, "vote": vote, "salt": salt.hex()})
-        self.client.commit_vote(mid, vote, salt)
-        self.log("committed", {"model": mid})
+        # vote and salt are stored before the transaction: a restart can always reveal
+        self._save(asg, stage=Stage.COMMITTED, vote=int(vote), salt=salt.hex(), reasons=reasons)
+        self.client.commit_vote(asg.model_id, vote, salt)
+        self.log(LogEvent.COMMITTED, model=asg.model_id)
+        return True
 
-    def _finish(self, task_id: int) -> None:
-        me = self.client.member(task_id, self.address)
-        if not me.verifier_deposit_settled and me.open_assignments == 0:
-            self.client.claim_deposits(task_id)
+    def _send_audit(self, view: TaskView, asg: Assignment, m: Any) -> None:
+        """After the vote: the outputs on the public audit images, sealed to the buyer."""
+        if asg.audit_sent or m.status not in (ModelStatus.APPROVED, ModelStatus.DELIVERED, ModelStatus.RELEASED):
+            return
+        scores, qs = self.scores(asg.model_id), self.queries()
+        if scores is not None and len(qs.audit):
+            report = AuditReport(task_id=self.task_id, model_id=asg.model_id,
+                                 audit_indices=[int(i) for i in qs.audit_index],
+                                 logits=scores[qs.audit].tolist())
+            blob = seal(view.delivery_key, messages.encode(report), f"audit:{asg.model_id}".encode())
+            initiator = self.view.info.initiator
+            self.client.post_message(self.task_id, asg.model_id, initiator, int(MessageKind.AUDIT_REPORT),
+                                     self.store.put(blob))
+        self._save(asg, audit_sent=True)
+
+    # ------------------------------------------------------------------ disputes
+
+    def _dispute(self, view: TaskView, asg: Assignment, m: Any) -> bool:
+        """The buyer says the delivered model does not reproduce what we evaluated: with K now public,
+        re-run it on our own queries and vote whether it matches."""
+        if m.status != ModelStatus.MODEL_DISPUTED or asg.dispute_voted:
+            return False
+        key_hex = self.state.get(f"revealed_key:{asg.model_id}")
+        scores = self.scores(asg.model_id)
+        if key_hex is None or scores is None:
+            return False
+
+        def check() -> Decision:
+            hdr, body = open_committed(self.fetch(m.cid), bytes.fromhex(key_hex), bytes(m.envelope_hash),
+                                       self.client.address, self.task_id)
+            model = load_delivered(hdr, body, view.manifest.input)
+            same = evaluation.reproduces(scores, evaluation.plaintext_scores(model, self.queries().x))
+            self.client.vote_dispute(asg.model_id, not same)
+            self.log(LogEvent.DISPUTED, model=asg.model_id, mismatch=not same)
+            return Decision(outcome=Outcome.DONE, reason="mismatch" if not same else "match")
+        d = self.handle(f"dispute:{asg.model_id}", check, model=asg.model_id, deadline=m.response_deadline)
+        if d is not None:
+            self._save(asg, dispute_voted=True)
+        return d is not None
+
+    # ------------------------------------------------------------------ the end
+
+    def _maybe_finish(self, info: Any, me: Any) -> bool:
+        over = info.closed or self.now() > info.terms.announce_deadline
+        if not over:
+            return False
+        asgs = self.state.facts("assignment", Assignment)
+        if any(a.stage != Stage.SETTLED for a in asgs.values()):
+            return False
+        if any(self.client.model(a.model_id).status not in TERMINAL for a in asgs.values()):
+            return False   # stay for possible disputes
+        if not info.closed:
+            self.client.close_task(self.task_id)
+            return True
+        if me.verifier and not me.verifier_left and not me.slashed and me.open_assignments == 0:
+            self.client.leave_task(self.task_id)
         if self.client.owed(self.address):
-            self.log("withdrawn", {"wei": self.client.withdraw()})
+            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
+        votes = ", ".join(f"model {a.model_id}: {Vote(a.vote).name if a.vote else '-'}" for a in asgs.values())
+        deposit = "deposit BURNT (a vote was never revealed)" if me.slashed else "deposit back"
+        self.summary = f"verified {len(asgs)} model(s) ({votes or 'none drawn'}); {deposit}"
         self.done = True
-        self.log("done", {"assignments": {m: {k: a.get(k) for k in ("accuracy", "vote", "oracle_honest", "similarity")}
-                                          for m, a in self.state.facts("assignment").items()}})
+        self.log(LogEvent.DONE, human=self.summary)
+        return True
+
+    def _finish(self, summary: str) -> bool:
+        if self.client.owed(self.address):
+            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
+        self.summary = summary
+        self.done = True
+        self.log(LogEvent.DONE, human=summary)
+        return True
+
+    def _save(self, asg: Assignment, **changes: Any) -> None:
+        current = self.state.fact("assignment", asg.model_id, Assignment) or asg
+        self.state.put("assignment", asg.model_id, current.model_copy(update=changes))
+
+
+def open_committed(envelope: bytes, key: bytes, envelope_hash: bytes, contract: str, task_id: int
+                   ) -> tuple[package.PackageHeader, bytes]:
+    """Check an envelope against both on-chain commitments, then open and unpack it (P2)."""
+    if hashlib.sha256(envelope).digest() != envelope_hash:
+        raise package.PackageError("envelope does not match the announced hash")
+    if keccak(key) is None:  # pragma: no cover - keccak always returns bytes
+        raise package.PackageError("no key")
+    return package.unpack(unwrap(key, envelope, package.envelope_context(contract, task_id)))
+
+
+def load_audit(blob: bytes, view: TaskView) -> np.ndarray:
+    """The task's public audit images (npz with x; raw values preprocessed by the task's InputSpec)."""
+    import io
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            x = z["x"]
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad payload
+        raise package.PackageError(f"audit set is not a valid npz with x: {exc}") from None
+    return view.manifest.input.apply(x)

@@ -1,12 +1,14 @@
-"""The paper's Case Studies I-III (sections V-B, V-C, V-D) as one reproducible run.
+"""The paper's Case Studies I-IV (sections V-B to V-E) as one reproducible run.
 
     python -m coopml.sim.case_studies --out DIR [--full]
 
-writes DIR/report.md, the figures (fig10/fig11/fig12 PNG) and DIR/results.json. The default
+writes DIR/report.md, the figures (fig10/fig11/fig12/fig_cs4 PNG) and DIR/results.json. The default
 preset is the reduced one CI runs (smaller shards, fewer epochs, 2000 test images); `--full`
 is the documented benchmark (paper-size shards, up to 100 local epochs, full 10k test set).
 
-Everything is seeded; the MNIST test set is only used for the final numbers.
+Everything is seeded; the MNIST test set is only used for the final numbers. Case Study IV
+(coopml.sim.case_study4) runs last, on its own synthetic link-power data, so it does not change
+Case Studies I-III.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from coopml.fusion import (
     fuse,
 )
 from coopml.models import FeatureModel, TrainConfig, build_model, evaluate, train_model
+from coopml.sim.case_study4 import CaseStudy4Config, CaseStudy4Result, run_case_study_4
 from coopml.sim.fedavg import run_fedavg
 from coopml.sim.transport import Precision, ship, state_bytes
 
@@ -66,6 +69,7 @@ class CaseStudyConfig(BaseModel):
     transport_precision: Precision = "int8"
     cs3_precisions: list[Precision] = ["fp32", "fp16", "int8"]
     threads: int = 2
+    case_study_4: CaseStudy4Config | None = CaseStudy4Config.full()   # None: skip Case Study IV
 
     @classmethod
     def reduced(cls) -> CaseStudyConfig:
@@ -73,7 +77,8 @@ class CaseStudyConfig(BaseModel):
         return cls(preset="reduced", threads=1, scale=0.3, test_samples=2000, contributor_epochs=8, contributor_patience=3,
                    verify_threshold=0.8,
                    fusion=FusionConfig.tuned(augment_copies=2, max_epochs=80, patience=10),
-                   fedavg_rounds=2, fedavg_local_epochs=3, cs3_precisions=["fp32", "int8"])
+                   fedavg_rounds=2, fedavg_local_epochs=3, cs3_precisions=["fp32", "int8"],
+                   case_study_4=CaseStudy4Config.reduced())
 
     @classmethod
     def full(cls) -> CaseStudyConfig:
@@ -146,6 +151,7 @@ class CaseStudiesResult(BaseModel):
     cs1: CaseStudy1Result
     cs2: CaseStudy2Result
     cs3: CaseStudy3Result
+    cs4: CaseStudy4Result | None = None
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -348,8 +354,12 @@ def run_case_study_3(cfg: CaseStudyConfig) -> CaseStudy3Result:
 
 
 def run_all(cfg: CaseStudyConfig) -> CaseStudiesResult:
-    return CaseStudiesResult(config=cfg, cs1=run_case_study_1(cfg), cs2=run_case_study_2(cfg),
-                             cs3=run_case_study_3(cfg))
+    cs1, cs2, cs3 = run_case_study_1(cfg), run_case_study_2(cfg), run_case_study_3(cfg)
+    cs4 = None
+    if cfg.case_study_4 is not None:
+        cs4 = run_case_study_4(cfg.case_study_4.model_copy(update={"seed": cfg.seed}))
+        torch.set_num_threads(cfg.threads)
+    return CaseStudiesResult(config=cfg, cs1=cs1, cs2=cs2, cs3=cs3, cs4=cs4)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

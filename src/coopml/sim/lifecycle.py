@@ -1,68 +1,216 @@
 """The full decentralized task lifecycle as a scenario: 1 initiator, N contributors, V verifiers.
 
-Two runners share one plan and one way of reading the outcome from the chain:
-- `run_in_process`: every agent in this process on one embedded EVM, stepped round-robin
-  (fast; used by tests of protocol outcomes);
+A simulation sets nodes up the way real operators would — an encrypted keystore per node, each
+node's data as a pinned file, a task manifest, one JSON config per node (no keys in configs) —
+and then runs them:
+- `run_in_process`: every agent in this process on one embedded EVM, stepped round-robin (fast;
+  used by tests of protocol outcomes); agents get their dependencies directly;
 - `run_processes`: every agent its own OS process (`coopml initiator|contributor|verifier`)
-  against a chain node and a store on 127.0.0.1 (the demo; used by the kill -9 test).
+  against a chain node (anvil by default, or the embedded node) and a store on 127.0.0.1 (the
+  demo; used by the kill -9 test).
+Misbehaving nodes are different agent classes (coopml.sim.behaviours), named by import path.
 
-On a dev chain the runners mine a block every second (so chain time moves) and, once every
-announced model is settled, fast-forward the clock past the announce deadline so the task can
-close; on a real chain the task would simply wait for its deadline.
+Dev-chain shortcut (the only one): when every node is idle, waiting for the clock, the runners
+move chain time to the next deadline instead of waiting it out. Nodes still act only on what the
+chain says.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Literal
 
-from eth_account import Account
 from pydantic import BaseModel, Field
 
-from coopml.chain import ETHER, Chain, EventCursor, ModelStatus, TaskClient, deploy
+from coopml.chain import ETHER, Chain, EventCursor, Keystore, ModelStatus, TaskClient, Vote, deploy
 from coopml.data import TABLE_III
 from coopml.errors import CoopmlError
-from coopml.roles.agent import FINAL
-from coopml.roles.config import ContributorBehaviour, VerifierBehaviour
+from coopml.roles.log import LogRecord, parse_record
+from coopml.sim import slots
+from coopml.task import TaskManifest, builtin_manifest
+
+TERMINAL = {ModelStatus.RELEASED, ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE, ModelStatus.CANCELLED,
+            ModelStatus.FORFEITED, ModelStatus.REFUNDED}
+SCRYPT_N = 2 ** 12   # simulated keystores: the real format, a cheap KDF (nodes start in milliseconds)
 
 
 class ContributorPlan(BaseModel):
     labels: list[int]
-    slot: int = Field(ge=1, le=7)
-    behaviour: ContributorBehaviour = "honest"
+    agent: str = "coopml.roles.contributor:Contributor"
+    arch: str = "table4"
+    n_train: int = 1000          # training samples (another n_train held out for early stopping)
     epochs: int = 30
-    n_train: int = 1000
-    n_val: int = 1000
+    seed: int = 0
+    same_data_as: int | None = Field(None, description="index of another contributor whose data (and seed) "
+                                     "this one gets; a CopyingContributor copies that contributor's model")
+
+
+class VerifierPlan(BaseModel):
+    agent: str = "coopml.roles.verifier:Verifier"
+    n_verify: int = 1000
+
+
+class InitiatorPlan(BaseModel):
+    agent: str = "coopml.roles.initiator:Initiator"
+    n_train: int = 1000          # the initiator's own data for the fusion head (plus as many held out)
+    n_audit: int = 64
+    fusion_epochs: int = 30
+    fusion_augment: int = 8
+    n_test: int | None = None    # MNIST test images to report the MetaModel on (None: all)
 
 
 class LifecyclePlan(BaseModel):
     contributors: list[ContributorPlan]
-    verifiers: list[VerifierBehaviour] = ["honest", "honest", "honest"]
-    initiator: dict = Field(default_factory=dict)   # InitiatorConfig fields (windows, fees, sizes, ...)
+    verifiers: list[VerifierPlan] = Field(default_factory=lambda: [VerifierPlan() for _ in range(3)])
+    initiator: InitiatorPlan = InitiatorPlan()
+    manifest: str = "mnist-case-study-2"
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="manifest sections to override")
     dataset: str = "mnist"
     seed: int = 0
     fund_eth: int = 100
 
 
-def table3_plan(reduced: bool = False, **initiator: object) -> LifecyclePlan:
+def dev_windows(verify_s: int = 300) -> dict[str, int]:
+    """Windows for a dev chain with 1 s blocks; idle waits are skipped by the runners."""
+    return {"announce_s": 3600, "verify_s": verify_s, "reveal_s": 60, "delivery_s": 120, "dispute_s": 60}
+
+
+def table3_plan(reduced: bool = False, **manifest: dict[str, Any]) -> LifecyclePlan:
     """Case Study II: three contributors with the Table III label sets and the Table IV CNN."""
     n = 400 if reduced else 1000
-    contributors = [ContributorPlan(labels=list(spec.labels), slot=i + 1, epochs=6 if reduced else 30,
-                                    n_train=n, n_val=n // 2 if reduced else n)
+    contributors = [ContributorPlan(labels=list(spec.labels), n_train=n, epochs=6 if reduced else 30, seed=i)
                     for i, spec in enumerate(TABLE_III)]
-    base = dict(n_train=n, n_verify=n // 2 if reduced else 1000, fusion_epochs=8 if reduced else 40,
-                fusion_augment=1 if reduced else 8,
-                min_accuracy=0.7 if reduced else 0.85)
-    base.update(initiator)
-    return LifecyclePlan(contributors=contributors, initiator=base)
+    verifiers = [VerifierPlan(n_verify=500 if reduced else 1000) for _ in range(3)]
+    initiator = InitiatorPlan(n_train=n, fusion_epochs=8 if reduced else 30, fusion_augment=1 if reduced else 8,
+                              n_test=2000 if reduced else None)
+    overrides: dict[str, dict[str, Any]] = {"windows": dev_windows(),
+                                            "criterion": {"min_accuracy": 0.7 if reduced else 0.85}}
+    if reduced:
+        overrides["verification"] = {"queries": 500, "max_queries": 600}
+    overrides.update(manifest)
+    return LifecyclePlan(contributors=contributors, verifiers=verifiers, initiator=initiator, overrides=overrides)
+
+
+def tiny_plan(contributors: list[ContributorPlan], verifiers: list[VerifierPlan] | None = None,
+              initiator: InitiatorPlan | None = None, **manifest: dict[str, Any]) -> LifecyclePlan:
+    """A small but real task for adversarial tests: few samples and epochs, the real contract, real
+    agents, real CKKS verification."""
+    overrides: dict[str, dict[str, Any]] = {"windows": dev_windows(), "criterion": {"min_accuracy": 0.6},
+                                            "verification": {"queries": 300, "max_queries": 400,
+                                                             "audit_per_request": 16}}
+    for k, v in manifest.items():
+        overrides[k] = {**overrides.get(k, {}), **v}
+    return LifecyclePlan(contributors=contributors,
+                         verifiers=verifiers or [VerifierPlan(n_verify=300) for _ in range(3)],
+                         initiator=initiator or InitiatorPlan(n_train=300, n_audit=32, fusion_epochs=3,
+                                                              fusion_augment=0, n_test=1000),
+                         overrides=overrides)
+
+
+def manifest_for(plan: LifecyclePlan) -> TaskManifest:
+    m = builtin_manifest(plan.manifest)
+    econ = {"max_models": len(plan.contributors), "verifiers_per_model": _odd(len(plan.verifiers))}
+    changes: dict[str, Any] = {"economics": {**m.economics.model_dump(), **econ}}
+    for section, values in plan.overrides.items():
+        base = changes.get(section, getattr(m, section).model_dump())
+        changes[section] = {**base, **values}
+    return m.replace(**changes)
+
+
+def _odd(v: int) -> int:
+    return v if v % 2 else v - 1
+
+
+# ------------------------------------------------------------------------------ node setup
+
+@dataclass
+class Setup:
+    """Everything a simulated deployment wrote: per node a keystore, a password file, data files and
+    a config file; the task manifest file."""
+
+    workdir: Path
+    configs: dict[str, dict[str, Any]]          # node name -> config (as written to its config.json)
+    paths: dict[str, Path]                      # node name -> config.json
+    agents: dict[str, str]                      # node name -> agent class import path
+    names: dict[str, str]                       # address -> node name
+    keys: dict[str, bytes] = field(repr=False, default_factory=dict)   # in-process runs only
+    manifest: TaskManifest | None = None
+
+
+def prepare(plan: LifecyclePlan, workdir: Path, chain: Chain, coop: TaskClient, chain_url: str, store: str,
+            keep_keys: bool = False) -> Setup:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    manifest = manifest_for(plan)
+    manifest_path = workdir / "manifest.json"
+    manifest_path.write_bytes(manifest.to_bytes())
+    keystore = Keystore(workdir / "keystores", scrypt_n=SCRYPT_N)
+    data_dir = workdir / "data"
+    nc, nv = len(plan.contributors), len(plan.verifiers)
+    total = 1 + nc + nv
+    setup = Setup(workdir, {}, {}, {}, {}, manifest=manifest)
+
+    def node(name: str, agent: str, extra: dict[str, Any]) -> None:
+        password = secrets.token_hex(16)
+        account = keystore.create(password)
+        pw_file = workdir / name / "password"
+        pw_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(pw_file, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password)
+        address = account.address
+        chain.fund(address, plan.fund_eth * ETHER)
+        if keep_keys:
+            setup.keys[name] = keystore.unlock(address, password).key
+        cfg = {"chain": chain_url, "contract": coop.address, "from_block": coop.deploy_block, "store": store,
+               "workdir": str(workdir / name), "account": {"keystore": str(account.path), "password_file": str(pw_file),
+                                                           "password_env": None},
+               "log_format": "json", **extra}
+        path = workdir / name / "config.json"
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(cfg, f, indent=1)
+        setup.configs[name], setup.paths[name], setup.agents[name] = cfg, path, agent
+        setup.names[address] = name
+
+    ini = plan.initiator
+    own = slots.node_data(plan.dataset, 0, total, None, 2 * ini.n_train, plan.seed)
+    test = slots.test_images(plan.dataset, ini.n_test)
+    full_test = slots.test_images(plan.dataset)
+    audit = full_test.subset(__import__("numpy").arange(len(full_test) - ini.n_audit, len(full_test)))
+    node("initiator", ini.agent, {
+        "manifest": str(manifest_path),
+        "data": slots.write_npz(own, data_dir / "initiator.npz").model_dump(mode="json"),
+        "test_data": slots.write_npz(test, data_dir / "test.npz").model_dump(mode="json"),
+        "audit_data": slots.write_npz(audit, data_dir / "audit.npz").model_dump(mode="json"),
+        "n_audit": ini.n_audit, "fusion_epochs": ini.fusion_epochs, "fusion_augment": ini.fusion_augment,
+        "close_when_models": nc, "seed": plan.seed})
+    for j, v in enumerate(plan.verifiers):
+        data = slots.node_data(plan.dataset, 1 + nc + j, total, None, v.n_verify, plan.seed)
+        node(f"verifier{j + 1}", v.agent, {"data": slots.write_npz(data, data_dir / f"verifier{j + 1}.npz")
+                                           .model_dump(mode="json")})
+    for i, c in enumerate(plan.contributors):
+        src = plan.contributors[c.same_data_as] if c.same_data_as is not None else c
+        idx = c.same_data_as if c.same_data_as is not None else i
+        data = slots.node_data(plan.dataset, 1 + idx, total, src.labels, 2 * src.n_train, plan.seed)
+        if c.same_data_as is not None:      # a re-seller: the sim tells it whose model to take
+            (workdir / f"contributor{i + 1}").mkdir(parents=True, exist_ok=True)
+            (workdir / f"contributor{i + 1}" / "copy_of").write_text(str(workdir / f"contributor{c.same_data_as + 1}"))
+        node(f"contributor{i + 1}", c.agent, {
+            "data": slots.write_npz(data, data_dir / f"contributor{i + 1}.npz").model_dump(mode="json"),
+            "model": {"arch": c.arch}, "labels": sorted(src.labels),
+            "train": {"max_epochs": src.epochs, "patience": 5, "seed": src.seed}})
+    return setup
 
 
 # ------------------------------------------------------------------------------ outcome
@@ -70,12 +218,13 @@ def table3_plan(reduced: bool = False, **initiator: object) -> LifecyclePlan:
 @dataclass
 class ModelOutcome:
     model_id: int
-    contributor: str          # node name
-    behaviour: str
+    contributor: str
+    agent: str
     status: str
-    yes: int
-    no: int
-    votes: dict[str, bool]    # verifier name -> revealed vote
+    approve: int
+    reject: int
+    abstain: int
+    votes: dict[str, str]     # verifier name -> revealed vote
 
 
 @dataclass
@@ -83,174 +232,169 @@ class LifecycleResult:
     task_id: int
     models: list[ModelOutcome]
     withdrawn_eth: dict[str, float]
-    slashed: dict[str, str]                  # name -> reason
-    fusion_history: list[dict]
+    burnt: dict[str, list[str]]                # name -> reasons its money was burnt
+    fusion_history: list[dict[str, Any]]
     elapsed: float
     workdir: Path
-    names: dict[str, str] = field(default_factory=dict)     # address -> name
-    restarts: dict[str, int] = field(default_factory=dict)  # node -> times killed and restarted
+    names: dict[str, str] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+    summaries: dict[str, str] = field(default_factory=dict)   # node -> its one human line
+    total_burnt_eth: float = 0.0
 
-    def approved(self) -> list[ModelOutcome]:
-        return [m for m in self.models if m.status == "RELEASED"]
+    def by_contributor(self, name: str) -> ModelOutcome:
+        return next(m for m in self.models if m.contributor == name)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "elapsed_s": round(self.elapsed, 1),
                 "models": [m.__dict__ for m in self.models], "withdrawn_eth": self.withdrawn_eth,
-                "slashed": self.slashed, "fusion_history": self.fusion_history}
+                "burnt": self.burnt, "total_burnt_eth": self.total_burnt_eth, "fusion_history": self.fusion_history,
+                "summaries": self.summaries}
 
 
-def read_outcome(chain: Chain, coop: TaskClient, task_id: int, names: dict[str, str],
-                 behaviours: dict[str, str], workdir: Path, elapsed: float) -> LifecycleResult:
-    cursor = EventCursor(chain, coop.address)
-    votes: dict[int, dict[str, bool]] = {}
+def read_outcome(chain: Chain, coop: TaskClient, task_id: int, setup: Setup, elapsed: float,
+                 summaries: dict[str, str] | None = None) -> LifecycleResult:
+    names = setup.names
+    cursor = EventCursor(chain, coop.address, from_block=coop.deploy_block)
+    votes: dict[int, dict[str, str]] = {}
     withdrawn: dict[str, float] = {}
-    slashed: dict[str, str] = {}
+    burnt: dict[str, list[str]] = {}
+    from coopml.chain.client import BurnReason
     for ev in cursor.poll():
         a = ev.args
         if ev.name == "VoteRevealed":
-            votes.setdefault(a["modelId"], {})[names.get(a["verifier"], a["verifier"])] = a["approve"]
+            votes.setdefault(a["modelId"], {})[names.get(a["verifier"], a["verifier"])] = Vote(a["vote"]).name
         elif ev.name == "Withdrawn":
             who = names.get(a["account"], a["account"])
             withdrawn[who] = withdrawn.get(who, 0.0) + a["amount"] / ETHER
-        elif ev.name == "Slashed" and a["taskId"] == task_id:
-            slashed[names.get(a["account"], a["account"])] = a["reason"]
+        elif ev.name == "Burnt" and a["taskId"] == task_id:
+            burnt.setdefault(names.get(a["from"], a["from"]), []).append(BurnReason(a["reason"]).name)
     models = []
     for mid in range(1, coop.model_count() + 1):
         m = coop.model(mid)
         if m.task_id != task_id:
             continue
         who = names.get(m.contributor, m.contributor)
-        models.append(ModelOutcome(mid, who, behaviours.get(who, "?"), m.status.name, m.yes, m.no,
-                                   votes.get(mid, {})))
-    summary_path = workdir / "initiator" / "summary.json"
-    history = json.loads(summary_path.read_text())["fusion_history"] if summary_path.is_file() else []
-    return LifecycleResult(task_id, models, withdrawn, slashed, history, elapsed, workdir, names)
+        models.append(ModelOutcome(mid, who, setup.agents.get(who, "?").rsplit(":", 1)[-1], m.status.name, m.approve,
+                                   m.reject, m.abstain, votes.get(mid, {})))
+    history: list[dict[str, Any]] = []
+    state_path = setup.workdir / "initiator" / "state.sqlite"
+    if state_path.is_file():
+        from coopml.roles.state import AgentState
+        st = AgentState(state_path)
+        history = st.get("fusion_history", []) or []
+        st.close()
+    return LifecycleResult(task_id, models, withdrawn, burnt, history, elapsed, setup.workdir, names,
+                           summaries=summaries or {}, total_burnt_eth=coop.total_burnt() / ETHER)
 
 
-# ------------------------------------------------------------------------------ shared setup
+# ------------------------------------------------------------------------------ shared clock logic
 
-@dataclass
-class Nodes:
-    """Accounts and configs for every node of a plan (keys are dev keys made for this run)."""
-
-    configs: dict[str, dict]
-    names: dict[str, str]
-    behaviours: dict[str, str]
-
-
-def make_nodes(plan: LifecyclePlan, chain: Chain, coop: TaskClient, workdir: Path, chain_url: str,
-               store: str) -> Nodes:
-    configs, names, behaviours = {}, {}, {}
-    node_list = [("initiator", "initiator", None)]
-    node_list += [(f"verifier{i + 1}", "verifier", b) for i, b in enumerate(plan.verifiers)]
-    node_list += [(f"contributor{i + 1}", "contributor", c) for i, c in enumerate(plan.contributors)]
-    for name, role, extra in node_list:
-        acct = Account.create()
-        chain.fund(acct.address, plan.fund_eth * ETHER)
-        names[acct.address] = name
-        cfg = {"chain": chain_url, "contract": coop.address, "from_block": coop.deploy_block, "store": store,
-               "key": acct.key.hex(),
-               "workdir": str(workdir / name), "dataset": plan.dataset, "seed": plan.seed}
-        if role == "initiator":
-            cfg.update(plan.initiator)
-            behaviours[name] = "honest"
-        elif role == "verifier":
-            cfg["behaviour"] = extra
-            behaviours[name] = extra
-        else:
-            cfg.update(extra.model_dump())
-            behaviours[name] = extra.behaviour
-        configs[name] = cfg
-    return Nodes(configs, names, behaviours)
-
-
-def skip_idle_windows(chain: Chain, coop: TaskClient, task_id: int, margin: int = 60) -> None:
-    """Dev-chain shortcut: once every selected verifier has committed (revealed), jump the clock to
-    the end of the commit (reveal) window instead of waiting it out. Nothing else changes:
-    nodes still act only on what the chain says. (Auto-mining also moves block time forward one
-    second per block, so windows are sized generously.)"""
-    now = chain.now()
-    wants, limits = [], []
+def next_deadline(coop: TaskClient, task_id: int) -> int | None:
+    """The earliest future chain time at which something in the task becomes due."""
+    now = coop.chain.now()
+    due: list[int] = []
     for mid in range(1, coop.model_count() + 1):
         m = coop.model(mid)
-        if m.task_id != task_id or m.status != ModelStatus.VOTING:
+        if m.task_id != task_id or m.status in TERMINAL:
             continue
-        v = len(coop.selected_verifiers(mid))
-        if now <= m.commit_deadline:
-            (wants if m.commits == v else limits).append(m.commit_deadline)
-        elif now <= m.reveal_deadline:
-            (wants if m.reveals == v else limits).append(m.reveal_deadline)
-    if wants:
-        target = min(wants) + 1
-        if all(target + margin <= limit for limit in limits):  # never cut short a window someone needs
-            chain.increase_time(target - now)
+        window = coop.task(task_id).terms.verify_window
+        late = m.verify_deadline - max(15, window // 5)   # when verifiers stop waiting (roles.verifier._late)
+        due += [t for t in (late, m.verify_deadline + 1, m.reveal_deadline + 1, m.delivery_deadline + 1,
+                            m.dispute_deadline + 1, m.response_deadline + 1) if t > now]
+    task = coop.task(task_id)
+    if not task.closed:
+        due.append(task.terms.announce_deadline + 1)
+    return min(due) if due else None
 
 
-def _all_settled(coop: TaskClient, task_id: int, expected: int, initiator_workdir: Path) -> bool:
-    """Every expected model announced and final, and every bought model fused by the initiator."""
-    models = [coop.model(m) for m in range(1, coop.model_count() + 1)]
-    models = [m for m in models if m.task_id == task_id]
-    if len(models) < expected or any(m.status not in FINAL for m in models):
+def fast_forward(chain: Chain, coop: TaskClient, task_id: int) -> bool:
+    target = next_deadline(coop, task_id)
+    if target is None:
         return False
-    from coopml.roles.state import AgentState
-    state = AgentState(initiator_workdir / "state.sqlite")
-    try:
-        return all(state.fact("fused", m.model_id) is not None for m in models if m.status == ModelStatus.RELEASED)
-    finally:
-        state.close()
+    chain.increase_time(max(1, target - chain.now()))
+    return True
+
+
+def skip_checked_disputes(chain: Chain, coop: TaskClient, task_id: int, records: list[tuple[str, LogRecord]],
+                          lock: threading.Lock) -> None:
+    """Multi-process dev-chain shortcut: once the buyer has checked a delivered model (its log says
+    so), nobody has anything left to do in that model's dispute window: move the clock past it.
+    (Other windows need no shortcut: reveal opens once every verifier committed, finalization once
+    every verifier revealed, and the initiator closes the task once its models are settled.)"""
+    from coopml.roles.log import LogEvent
+    with lock:
+        checked = {r.model for n, r in records if n == "initiator" and r.event in (LogEvent.MODEL_RECEIVED,
+                                                                                   LogEvent.DISPUTED)}
+    now = chain.now()
+    for mid in checked:
+        if mid is None:
+            continue
+        m = coop.model(mid)
+        if m.status == ModelStatus.DELIVERED and m.dispute_deadline >= now:
+            chain.increase_time(m.dispute_deadline - now + 1)
+            chain.mine()
+            return
 
 
 # ------------------------------------------------------------------------------ in-process
 
-def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable | None = None,
-                   timeout: float = 900) -> LifecycleResult:
-    from coopml.roles.config import ContributorConfig, InitiatorConfig, VerifierConfig
-    from coopml.roles.contributor import Contributor
-    from coopml.roles.initiator import Initiator
-    from coopml.roles.verifier import Verifier
+def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable[[LogRecord], None] | None = None,
+                   max_rounds: int = 20_000) -> LifecycleResult:
+    from coopml.roles.config import ContributorConfig, InitiatorConfig, VerifierConfig, load_config
+    from coopml.roles.log import EventLog, Role
+    from coopml.roles.runner import load_agent_class
+    from coopml.roles.state import AgentState
+    from coopml.storage import open_store
 
     t0 = time.monotonic()
     workdir = Path(workdir)
     chain = Chain.embedded()
     coop = deploy(chain, chain.dev_accounts()[0])
-    nodes = make_nodes(plan, chain, coop, workdir, "embedded", str(workdir / "store"))
-    def logger(name):
-        return (lambda event, fields: log(name, event, fields)) if log else (lambda event, fields: None)
+    store_spec = str(workdir / "store")
+    setup = prepare(plan, workdir, chain, coop, "embedded", store_spec, keep_keys=True)
+    cfg_types = {Role.INITIATOR: InitiatorConfig, Role.CONTRIBUTOR: ContributorConfig, Role.VERIFIER: VerifierConfig}
+    sink = log or (lambda rec: None)
+    agents: dict[str, Any] = {}
 
-    ini = Initiator(InitiatorConfig(**nodes.configs["initiator"]), chain=chain, log=logger("initiator"))
-    ini.run_once()
-    task_id = ini.task_id
-    agents = [ini]
-    for name, cfg in nodes.configs.items():
-        if name.startswith("verifier"):
-            agents.append(Verifier(VerifierConfig(**cfg, task_id=task_id), chain=chain, log=logger(name)))
-        elif name.startswith("contributor"):
-            agents.append(Contributor(ContributorConfig(**cfg, task_id=task_id), chain=chain, log=logger(name)))
-    for a in agents[1:]:
-        a.run_once()                       # register
-    for a in agents:
-        if isinstance(a, Contributor) and a.cfg.behaviour in ("honest", "random", "withhold"):
-            a._train()                     # in one process, train up front so nobody blocks the others
-    expected = len(plan.contributors)
-    forwarded = False
-    last_block = time.monotonic()
-    while not all(a.done for a in agents):
-        if time.monotonic() - t0 > timeout:
-            raise CoopmlError(f"lifecycle did not finish within {timeout} s")
-        for a in agents:
+    def make(name: str, task_id: int | None) -> Any:
+        cls = load_agent_class(setup.agents[name])
+        overrides = {"task_id": task_id} if task_id is not None else {}
+        cfg = load_config(cfg_types[cls.role], setup.paths[name], **overrides)
+        client = TaskClient(chain, coop.address, chain.add_key(setup.keys[name]), deploy_block=coop.deploy_block)
+        return cls(cfg, client=client, store=open_store(store_spec), state=AgentState(Path(cfg.workdir) / "state.sqlite"),
+                   log=EventLog(cls.role, name, sink))
+
+    agents["initiator"] = make("initiator", None)
+    agents["initiator"].run_once()
+    task_id = agents["initiator"].task_id
+    for name in setup.agents:
+        if name != "initiator":
+            agents[name] = make(name, task_id)
+    idle_rounds = 0
+    for _ in range(max_rounds):
+        if all(a.done for a in agents.values()):
+            break
+        progressed = False
+        for a in agents.values():
             if not a.done:
-                a.run_once()
-        if time.monotonic() - last_block >= 1.0:  # chain time should move with wall time, not loop speed
-            chain.mine()
-            last_block = time.monotonic()
-        skip_idle_windows(chain, coop, task_id)
-        if not forwarded and _all_settled(coop, task_id, expected, workdir / "initiator"):
-            chain.increase_time(ini.cfg.announce_window + 1)
-            forwarded = True
-        time.sleep(0.05)
-    for a in agents:
+                progressed = a.run_once() or progressed
+        busy = any(a.jobs.busy() for a in agents.values())
+        chain.mine()
+        if progressed or busy:
+            idle_rounds = 0
+            if busy and not progressed:
+                time.sleep(0.05)
+        else:
+            idle_rounds += 1
+            if idle_rounds >= 3 and fast_forward(chain, coop, task_id):
+                idle_rounds = 0
+    else:
+        raise CoopmlError(f"lifecycle did not finish in {max_rounds} rounds; stuck: "
+                          f"{[n for n, a in agents.items() if not a.done]}")
+    summaries = {n: a.summary for n, a in agents.items()}
+    for a in agents.values():
         a.close()
-    return read_outcome(chain, coop, task_id, nodes.names, nodes.behaviours, workdir, time.monotonic() - t0)
+    return read_outcome(chain, coop, task_id, setup, time.monotonic() - t0, summaries)
 
 
 # ------------------------------------------------------------------------------ processes
@@ -259,55 +403,55 @@ def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable | None = No
 class _Proc:
     name: str
     cmd: list[str]
-    popen: subprocess.Popen
+    popen: subprocess.Popen[str]
     log_path: Path
     restarts: int = 0
 
 
-def _spawn(name: str, cmd: list[str], workdir: Path, on_line: Callable[[str, dict], None]) -> _Proc:
+def _spawn(name: str, cmd: list[str], workdir: Path, on_record: Callable[[str, LogRecord], None]) -> _Proc:
     log_path = workdir / name / "stderr.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     err = open(log_path, "ab")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True)
     err.close()
-    proc = _Proc(name, cmd, popen, log_path)
 
-    def pump(p=popen):
+    def pump(p: subprocess.Popen[str] = popen) -> None:
+        assert p.stdout is not None
         for line in p.stdout:
-            try:
-                on_line(name, json.loads(line))
-            except json.JSONDecodeError:
-                on_line(name, {"event": "output", "text": line.rstrip()})
+            rec = parse_record(line)
+            if rec is not None:
+                on_record(name, rec)
     threading.Thread(target=pump, daemon=True).start()
-    return proc
+    return _Proc(name, cmd, popen, log_path)
 
 
-def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["embedded", "anvil"] = "embedded",
-                  storage: Literal["local", "ipfs"] = "local", on_line: Callable[[str, dict], None] | None = None,
-                  kill_at: dict[str, str] | None = None, timeout: float = 900) -> LifecycleResult:
+def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", "embedded"] = "anvil",
+                  storage: Literal["local", "ipfs"] = "local", on_record: Callable[[str, LogRecord], None] | None = None,
+                  kill_at: dict[str, str] | None = None, block_time: float = 1.0, timeout: float = 3600) -> LifecycleResult:
     """Every node its own process. `kill_at[name] = event`: SIGKILL that node right after it logs
-    `event` (once), then start it again with the same config: it must resume from chain state."""
+    `event` (once), then start it again with the same config: it must resume from chain state.
+    `timeout` only guards the test harness; the nodes themselves follow the chain's deadlines."""
     from coopml.chain.processes import start_anvil, start_embedded_node
+    from coopml.roles.log import LogEvent
 
     t0 = time.monotonic()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     kill_at = dict(kill_at or {})
-    events: list[tuple[str, dict]] = []
+    records: list[tuple[str, LogRecord]] = []
     lock = threading.Lock()
-
     journal = open(workdir / "events.jsonl", "a")
 
-    def record(name: str, msg: dict) -> None:
+    def record(name: str, rec: LogRecord) -> None:
         with lock:
-            events.append((name, msg))
-            journal.write(json.dumps({"node": name, **msg}) + "\n")
+            records.append((name, rec))
+            journal.write(json.dumps({"node": name, **rec.model_dump(mode="json")}) + "\n")
             journal.flush()
-        if on_line:
-            on_line(name, msg)
+        if on_record:
+            on_record(name, rec)
 
-    node = start_anvil() if backend == "anvil" else start_embedded_node()
+    node = start_anvil(block_time=block_time) if backend == "anvil" else start_embedded_node(block_time=block_time)
     daemon = None
     procs: dict[str, _Proc] = {}
     try:
@@ -319,64 +463,56 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["embedded
             store = str(workdir / "store")
         chain = Chain.rpc(node.url)
         coop = deploy(chain, chain.dev_accounts()[0])
-        nodes = make_nodes(plan, chain, coop, workdir, node.url, store)
+        setup = prepare(plan, workdir, chain, coop, node.url, store)
         exe = [sys.executable, "-m", "coopml.cli.main"]
-        paths = {}
-        for name, cfg in nodes.configs.items():
-            path = workdir / name / "config.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text(json.dumps(cfg, indent=1))
-            paths[name] = path
-        procs["initiator"] = _spawn("initiator", exe + ["initiator", "--config", str(paths["initiator"])],
-                                    workdir, record)
+
+        def command(name: str, task_id: int | None) -> list[str]:
+            role = "initiator" if name == "initiator" else name.rstrip("0123456789")
+            cmd = exe + [role, "--config", str(setup.paths[name]), "--agent", setup.agents[name], "--name", name]
+            return cmd + (["--task-id", str(task_id)] if task_id is not None else [])
+
+        procs["initiator"] = _spawn("initiator", command("initiator", None), workdir, record)
         task_id = None
         while task_id is None:
-            if time.monotonic() - t0 > 120:
-                raise CoopmlError("the initiator did not publish a task within 120 s")
             if procs["initiator"].popen.poll() not in (None, 0):
                 raise CoopmlError(f"initiator exited: {procs['initiator'].log_path.read_text()[-1500:]}")
+            if time.monotonic() - t0 > 300:
+                raise CoopmlError("the initiator did not publish a task within 300 s")
             with lock:
-                task_id = next((m["task"] for n, m in events if n == "initiator" and m.get("event") == "published"),
-                               None)
+                task_id = next((r.task for n, r in records if n == "initiator" and r.event == LogEvent.PUBLISHED), None)
             time.sleep(0.1)
-        for name in paths:
+        for name in setup.agents:
             if name != "initiator":
-                role = "verifier" if name.startswith("verifier") else "contributor"
-                procs[name] = _spawn(name, exe + [role, "--config", str(paths[name]), "--task-id", str(task_id)],
-                                     workdir, record)
-        expected = len(plan.contributors)
-        forwarded, seen = False, 0
-        ini_cfg = nodes.configs["initiator"]
+                procs[name] = _spawn(name, command(name, task_id), workdir, record)
+        seen = 0
         while True:
             if time.monotonic() - t0 > timeout:
                 raise CoopmlError(f"lifecycle did not finish within {timeout} s")
             with lock:
-                fresh, seen = events[seen:], len(events)
-            for name, msg in fresh:
-                if kill_at.get(name) == msg.get("event"):
+                fresh, seen = records[seen:], len(records)
+            for name, rec in fresh:
+                if kill_at.get(name) == rec.event.value:
                     del kill_at[name]
                     p = procs[name]
                     os.kill(p.popen.pid, signal.SIGKILL)
                     p.popen.wait()
-                    record(name, {"event": "killed", "after": msg.get("event")})
                     restarted = _spawn(name, p.cmd, workdir, record)
                     restarted.restarts = p.restarts + 1
                     procs[name] = restarted
-                    record(name, {"event": "restarted"})
             failed = {n: p for n, p in procs.items() if p.popen.poll() not in (None, 0)}
             if failed:
                 n, p = next(iter(failed.items()))
                 raise CoopmlError(f"{n} exited with code {p.popen.returncode}: {p.log_path.read_text()[-1500:]}")
             if all(p.popen.poll() == 0 for p in procs.values()):
                 break
-            chain.mine()
-            skip_idle_windows(chain, coop, task_id)
-            if not forwarded and _all_settled(coop, task_id, expected, workdir / "initiator"):
-                chain.increase_time(int(ini_cfg.get("announce_window", 600)) + 1)
-                forwarded = True
-            time.sleep(1.0)
-        result = read_outcome(chain, coop, task_id, nodes.names, nodes.behaviours, workdir, time.monotonic() - t0)
+            skip_checked_disputes(chain, coop, task_id, records, lock)
+            time.sleep(0.25)
+        summaries = {}
+        with lock:
+            for n, r in records:
+                if r.event == LogEvent.DONE and r.human:
+                    summaries[n] = r.human
+        result = read_outcome(chain, coop, task_id, setup, time.monotonic() - t0, summaries)
         result.restarts = {n: p.restarts for n, p in procs.items() if p.restarts}
         return result
     finally:
@@ -400,23 +536,31 @@ def write_report(result: LifecycleResult, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(result.to_json(), indent=2))
     lines = ["# coopml task lifecycle", "", f"Task {result.task_id}, {result.elapsed:.0f} s wall time.", "",
-             "| model | contributor | behaviour | outcome | yes | no | votes |", "|---|---|---|---|---|---|---|"]
+             "| model | contributor | agent | outcome | approve | reject | abstain | votes |",
+             "|---|---|---|---|---|---|---|---|"]
     for m in result.models:
-        votes = ", ".join(f"{v}:{'yes' if a else 'no'}" for v, a in sorted(m.votes.items()))
-        lines.append(f"| {m.model_id} | {m.contributor} | {m.behaviour} | {m.status} | {m.yes} | {m.no} | {votes} |")
-    lines += ["", "| node | withdrawn (ETH) |", "|---|---|"]
-    lines += [f"| {n} | {v:.3f} |" for n, v in sorted(result.withdrawn_eth.items())]
-    if result.slashed:
-        lines += ["", "Slashed: " + ", ".join(f"{n} ({r})" for n, r in result.slashed.items())]
+        votes = ", ".join(f"{v}:{a.lower()}" for v, a in sorted(m.votes.items()))
+        lines.append(f"| {m.model_id} | {m.contributor} | {m.agent} | {m.status} | {m.approve} | {m.reject} | "
+                     f"{m.abstain} | {votes} |")
+    lines += ["", "| node | withdrawn (ETH) | its last word |", "|---|---|---|"]
+    for n in sorted(set(result.withdrawn_eth) | set(result.summaries)):
+        lines.append(f"| {n} | {result.withdrawn_eth.get(n, 0.0):.3f} | {result.summaries.get(n, '')} |")
+    if result.burnt:
+        lines += ["", f"Burnt (never paid to anyone): {result.total_burnt_eth:.3f} ETH — "
+                  + ", ".join(f"{n} ({', '.join(r)})" for n, r in result.burnt.items())]
     if result.fusion_history:
         lines += ["", "| models fused | MetaModel test accuracy |", "|---|---|"]
-        lines += [f"| {h['models']} | {h['test_accuracy']:.2%} |" for h in result.fusion_history]
+        lines += [f"| {len(h['members'])} | {h['test_accuracy']:.2%} |" for h in result.fusion_history
+                  if h.get("test_accuracy") is not None]
+        last = result.fusion_history[-1]
+        lines += ["", f"MetaModel file: `{last.get('path')}`"]
         fig, ax = plt.subplots(figsize=(4, 3))
-        ax.plot([h["models"] for h in result.fusion_history], [100 * h["test_accuracy"] for h in result.fusion_history],
-                marker="o")
-        ax.set_xlabel("verified models fused")
+        xs = [len(h["members"]) for h in result.fusion_history if h.get("test_accuracy") is not None]
+        ys = [100 * h["test_accuracy"] for h in result.fusion_history if h.get("test_accuracy") is not None]
+        ax.plot(xs, ys, marker="o")
+        ax.set_xlabel("bought models fused")
         ax.set_ylabel("MetaModel test accuracy (%)")
-        ax.set_xticks([h["models"] for h in result.fusion_history])
+        ax.set_xticks(xs)
         fig.tight_layout()
         fig.savefig(out / "metamodel_accuracy.png", dpi=120)
         plt.close(fig)

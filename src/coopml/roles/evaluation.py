@@ -1,0 +1,160 @@
+"""Confidential evaluation between a verifier and a contributor (CKKS mode), as the roles use it.
+
+The verifier builds its query set once per task: its own labelled images with the task's public
+audit images mixed in at secret positions, encrypted under its own CKKS key (the secret key never
+leaves its node). Every drawn contributor evaluates its committed model on the same ciphertexts
+(re-using them across models is safe: CKKS ciphertexts are IND-CPA) and returns encrypted class
+scores; the verifier decrypts, scores its own images and keeps the audit images' outputs as
+evidence that the delivered model must reproduce.
+
+This module is the roles' one door into coopml.he's CKKS engine.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from coopml.errors import CoopmlError
+
+
+class EvaluationError(CoopmlError):
+    """A query set or an evaluation result is malformed or inconsistent."""
+
+
+@dataclass
+class QuerySet:
+    """The verifier's secret bookkeeping: which query position holds which image."""
+
+    x: np.ndarray            # (N, *input_shape) float32, preprocessed, in query order
+    own: np.ndarray          # positions of the verifier's own images
+    own_labels: np.ndarray   # their labels (class ids)
+    audit: np.ndarray        # positions of audit images
+    audit_index: np.ndarray  # which audit image sits at each of those positions
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, x=self.x, own=self.own, own_labels=self.own_labels, audit=self.audit,
+                 audit_index=self.audit_index)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> QuerySet:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return cls(z["x"], z["own"], z["own_labels"], z["audit"], z["audit_index"])
+
+
+def build_queries(own_x: np.ndarray, own_y: np.ndarray, audit_x: np.ndarray | None, n_audit: int,
+                  rng: np.random.Generator) -> QuerySet:
+    """Mix `n_audit` audit images among the own images at random positions."""
+    own_x = np.asarray(own_x, dtype=np.float32)
+    k = 0 if audit_x is None else min(n_audit, len(audit_x))
+    audit_index = rng.choice(len(audit_x), size=k, replace=False) if k else np.zeros(0, dtype=np.int64)
+    n = len(own_x) + k
+    order = rng.permutation(n)
+    own_pos, audit_pos = order[:len(own_x)], order[len(own_x):]
+    x = np.empty((n, *own_x.shape[1:]), dtype=np.float32)
+    x[own_pos] = own_x
+    if k:
+        x[audit_pos] = np.asarray(audit_x, dtype=np.float32)[audit_index]
+    return QuerySet(x, own_pos, np.asarray(own_y, dtype=np.int64), audit_pos, audit_index.astype(np.int64))
+
+
+# ---------------------------------------------------------------------------- CKKS
+
+MAX_POLY_DEGREE = 16384     # a contributor cannot make a verifier encrypt under absurd parameters
+
+
+class ScoresOnly(torch.nn.Module):
+    """The contributor's model with its class scores as the only output: the verifier needs (and so
+    learns) nothing but the scores — not the penultimate features (also ~40x less to send back)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        model = getattr(model, "module", model)          # a user model wrapped with its feature hook
+        body = [model.body, model.head] if hasattr(model, "body") and hasattr(model, "head") else [model]
+        self.body = torch.nn.Sequential(*body)
+        self.head = torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def offer_params(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Contributor: the smallest 128-bit-secure CKKS parameters that evaluate its model (public).
+    Raises UnsupportedLayerError naming the first layer CKKS cannot evaluate."""
+    from coopml.he import ckks
+    params = ckks.params_for(ckks.compile_model(ScoresOnly(model), input_shape))
+    return params.model_dump(mode="json")
+
+
+def check_evaluable(model: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Raise (naming the layer) if CKKS cannot evaluate this model; cheap, run before any payment."""
+    offer_params(model, input_shape)
+
+
+@dataclass
+class EncryptedQueries:
+    secret: bytes          # the verifier's serialized CKKS key WITH its secret (stays home, 0600)
+    public_context: bytes  # what the contributor gets: parameters and public key only
+    batch: bytes           # the encrypted images
+
+
+def encrypt_queries(queries: QuerySet, params: dict[str, Any]) -> EncryptedQueries:
+    """Verifier: a fresh key for this model (queries under different keys cannot be linked) and the
+    query images encrypted under it, with the parameters the contributor offered — checked first."""
+    from coopml.he import ckks
+    p = ckks.CkksParams.create(**params)
+    if p.poly_modulus_degree > MAX_POLY_DEGREE:
+        raise EvaluationError(f"offered ring degree {p.poly_modulus_degree} exceeds {MAX_POLY_DEGREE}")
+    if len(queries.x) > p.capacity:
+        raise EvaluationError(f"{len(queries.x)} queries do not fit one ciphertext group of {p.capacity}")
+    key = ckks.QueryKey.generate(p)
+    return EncryptedQueries(key.to_bytes(), key.public_context(), key.encrypt_images(queries.x).to_bytes())
+
+
+def decrypt_scores(secret: bytes, outputs: bytes, n_queries: int, num_classes: int) -> np.ndarray:
+    """The contributor's class scores (N, classes), decrypted with the verifier's own key."""
+    from coopml.he import ckks
+    key = ckks.QueryKey.from_bytes(secret)
+    out = ckks.EncryptedOutputs.from_bytes(outputs, key.public_context())
+    _, logits = key.decrypt_outputs(out)
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.shape != (n_queries, num_classes) or not np.isfinite(logits).all():
+        raise EvaluationError(f"decrypted outputs have shape {logits.shape}, expected {(n_queries, num_classes)}")
+    return logits
+
+
+def evaluate_encrypted(model: torch.nn.Module, input_shape: tuple[int, ...], public_context: bytes,
+                       batch: bytes, max_queries: int) -> tuple[bytes, int]:
+    """Contributor: evaluate its own model on a verifier's encrypted images; (outputs, n)."""
+    from coopml.he import ckks
+    enc = ckks.EncryptedBatch.from_bytes(batch, public_context)
+    if enc.count > max_queries:
+        raise EvaluationError(f"request holds {enc.count} images, more than the task's max_queries={max_queries}")
+    plan = ckks.compile_model(ScoresOnly(model), input_shape)
+    return ckks.evaluate(plan, enc).to_bytes(), enc.count
+
+
+# ---------------------------------------------------------------------------- plaintext
+
+def plaintext_scores(model: torch.nn.Module, x: np.ndarray, batch: int = 500) -> np.ndarray:
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            outs.append(model(torch.as_tensor(x[i:i + batch], dtype=torch.float32)).double().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 0))
+
+
+def reproduces(expected: np.ndarray, actual: np.ndarray, atol: float = 0.05, rtol: float = 0.02) -> bool:
+    """Do a delivered model's scores reproduce what a verifier decrypted (CKKS is approximate)?"""
+    expected, actual = np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+    if expected.shape != actual.shape:
+        return False
+    scale = np.abs(expected).max(initial=1.0)
+    return bool(np.all(np.abs(expected - actual) <= atol * scale + rtol * np.abs(expected)))

@@ -1,0 +1,183 @@
+"""Scripted misbehaviours: subclasses of the production agents that override one hook each.
+
+The production roles contain no `if behaviour == ...`: a simulated attacker is a different agent
+class, loaded by import path like any user code (`coopml contributor --agent
+coopml.sim.behaviours:LyingContributor`). Each class says what it does and what the protocol must
+make of it (docs/threat-model.md).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from coopml.chain import Vote
+from coopml.data import Dataset
+from coopml.models import TrainConfig
+from coopml.roles.contributor import Contributor
+from coopml.roles.initiator import Initiator
+from coopml.roles.models import ModelRecord
+from coopml.roles import messages
+from coopml.roles.messages import EvalOffer, MessageKind
+from coopml.roles.state import Fact
+from coopml.roles.verifier import Assignment, Verifier
+
+
+class RandomWeightsContributor(Contributor):
+    """Announces an untrained model: verifiers must reject it (its deposit is burnt)."""
+
+    def train(self, model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, labels: list[int]) -> None:
+        return None
+
+
+class SilentContributor(Contributor):
+    """Announces, then never answers an evaluation: the verifiers vote reject (its own fault)."""
+
+    def step(self) -> bool:
+        if self.model_id is not None:
+            m = self.client.model(self.model_id)
+            if m.status.name in ("VERIFYING",):
+                return False
+        return super().step()
+
+
+class SelectiveContributor(Contributor):
+    """Makes its offer to every drawn verifier but the one with the lowest address: that verifier
+    votes reject and must not be punished for it (P3: nobody chooses whom to slash)."""
+
+    def _send_offers(self, view: Any, mid: int, m: Any) -> bool:
+        shunned = sorted(self.client.selected_verifiers(mid))[0]
+        real = self.client.selected_verifiers
+        self.client.selected_verifiers = lambda model_id: [v for v in real(model_id) if v != shunned]  # type: ignore
+        try:
+            return super()._send_offers(view, mid, m)
+        finally:
+            self.client.selected_verifiers = real  # type: ignore
+
+
+class LyingContributor(Contributor):
+    """Answers the verifiers with its trained model but sells an untrained one: the buyer's audit
+    finds the mismatch, disputes, the verifiers re-run the delivered model; it is slashed and the
+    buyer refunded."""
+
+    def package_model(self, record: ModelRecord) -> bytes:
+        decoy = self.build_model(self.view)
+        return super().package_model(ModelRecord(decoy, record.labels, record.source, record.spec))
+
+
+class KeySwapContributor(Contributor):
+    """Seals a key that opens nothing to the buyer and never answers the dispute: the buyer gets
+    its reward back and the contributor's deposit is burnt."""
+
+    def delivery_key(self, key: bytes) -> bytes:
+        return os.urandom(32)
+
+    def answer_delivery_dispute(self) -> bool:
+        return False
+
+
+class WithholdingContributor(Contributor):
+    """Never delivers the key of its approved model: forfeited, deposit burnt, reward back."""
+
+    def should_deliver(self) -> bool:
+        return False
+
+
+class CopyingContributor(Contributor):
+    """Re-sells another contributor's model with its hidden channels permuted (same outputs,
+    different hash and weights). The simulation names the victim's working directory in the file
+    `copy_of` of this node's workdir; the copier waits for the victim's trained model, takes it and
+    permutes it. The value test must see that it adds nothing."""
+
+    def train(self, model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, labels: list[int]) -> None:
+        from coopml.models import load_model
+        victim = Path((self.workdir / "copy_of").read_text().strip()) / "model" / "model.safetensors"
+        while not victim.is_file():
+            time.sleep(0.2)
+        time.sleep(0.5)
+        stolen, _ = load_model(victim, self.view.manifest.input)
+        model.load_state_dict(permute_hidden(stolen).state_dict())
+
+
+def permute_hidden(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Permute the output channels of the first conv layer and the input channels of the next:
+    the function is unchanged, every weight tensor's bytes differ."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    if len(convs) < 2:
+        return model
+    a, b = convs[0], convs[1]
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(a.out_channels))
+    with torch.no_grad():
+        a.weight.copy_(a.weight[perm])
+        if a.bias is not None:
+            a.bias.copy_(a.bias[perm])
+        b.weight.copy_(b.weight[:, perm])
+    return model
+
+
+class FlippingVerifier(Verifier):
+    """Votes against its own finding: outvoted by an honest majority, and (P3) paid like anyone who
+    reveals — there is no 'against the majority' slashing anybody could steer."""
+
+    def decide(self, asg: Assignment, approve: bool) -> Vote:
+        return Vote.REJECT if approve else Vote.APPROVE
+
+
+class SilentVerifier(Verifier):
+    """Commits but never reveals: its deposit and fee are burnt (never paid to anyone)."""
+
+    def should_reveal(self) -> bool:
+        return False
+
+
+class SilentInitiator(Initiator):
+    """Publishes, then does nothing at all: verification, payment and settlement must still complete (P4)."""
+
+    def step(self) -> bool:
+        if self.task_id is None:
+            return super().step()
+        if self.client.task(self.task_id).closed:     # somebody else closed it after the deadline
+            self.done = True
+            self.summary = "silent initiator: the task went on without it"
+        return False
+
+
+class FalseDisputeInitiator(Initiator):
+    """Disputes every honest model as 'not what was evaluated': the verifiers re-run it, find it
+    matches, and the contributor is paid plus the initiator's bond."""
+
+    def _audit(self, view: Any, mid: int, model: torch.nn.Module, reports: list[Any]) -> int:
+        return len(self.client.selected_verifiers(mid))
+
+
+class SpammingVerifier(Verifier):
+    """An honest verifier that also posts malformed messages of every kind to every other node of
+    the task: random bytes, a truncated message, an unknown kind, a well-formed message about
+    another model. Every receiver must record a decision and carry on (P6)."""
+
+    def step(self) -> bool:
+        acted = super().step()
+        if not self.client.member(self.task_id, self.address).verifier:
+            return acted
+        announced = [int(m) for m in self.state.facts("announced", Fact)]
+        targets = {self.view.info.initiator: max(announced, default=0)}
+        targets.update({self.client.model(m).contributor: m for m in announced})
+        targets.update({v: max(announced, default=0) for v in self.client.verifier_pool(self.task_id)
+                        if v != self.address})
+        for to, mid in sorted(targets.items()):
+            key = f"spammed:{to}:{mid}"
+            if self.state.get(key):
+                continue
+            valid = messages.encode(EvalOffer(task_id=self.task_id, model_id=mid + 1000,
+                                              params={"poly_modulus_degree": 2048}))
+            for i, blob in enumerate([os.urandom(64), valid[:-3], b"CMLM" + bytes([1, 99]) + b"\xff" * 20, valid]):
+                for kind in MessageKind:
+                    self.client.post_message(self.task_id, mid, to, int(kind), self.store.put(blob + bytes([i, kind])))
+            self.state.set(key, True)
+            acted = True
+        return acted
