@@ -7,9 +7,11 @@ on, which shape Strategy II's blocks). Anything with those three is a member -- 
 
 To be stored inside a MetaModel file a member's *kind* must be registered: a `MemberKind` turns a
 member into (a JSON-able spec, named tensors) and back. The built-in kind "torch" stores the
-architecture name (a registered `coopml.models` architecture, never code) and the state dict.
-Kinds that carry an opaque blob (an ONNX graph, say) put its bytes in a uint8 tensor with
-`bytes_to_tensor` and read them back with `tensor_to_bytes`.
+architecture name (a registered `coopml.models` architecture, never code), the task's InputSpec
+it was built for, and the state dict. The built-in kind "onnx" stores a
+`coopml.models.OnnxFeatureModel` (what a contributor's own model is delivered as) as its
+validated graph in a uint8 tensor (`bytes_to_tensor` / `tensor_to_bytes`) plus its InputSpec;
+loading validates the graph again before onnxruntime runs it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
+from coopml.data.spec import InputSpec
 from coopml.errors import CoopmlError, ModelFileError
-from coopml.models.architectures import ARCHITECTURES, FeatureModel, build_model
+from coopml.models.architectures import FeatureModel
+from coopml.models.registry import architecture_names, build_architecture
 
 
 class FusionError(CoopmlError):
@@ -49,12 +54,16 @@ class FeatureExtractor(Protocol):
 class TorchMember:
     """A trained torch `FeatureModel` as a fusion member: frozen (no gradients, eval mode).
 
-    `num_classes` is the width of the model's own head; `logits(x)` its head's output."""
+    `num_classes` is the width of the model's own head; `logits(x)` its head's output;
+    `input_spec` the task inputs it was built for (stored in the MetaModel file so that the
+    architecture is rebuilt for the same shape and classes; None: the architecture's default)."""
 
     kind = "torch"
 
-    def __init__(self, model: FeatureModel, labels: Sequence[int] | None = None) -> None:
+    def __init__(self, model: FeatureModel, labels: Sequence[int] | None = None,
+                 input_spec: InputSpec | None = None) -> None:
         model.eval()
+        self.input_spec = input_spec
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
@@ -115,6 +124,11 @@ def as_member(model: object, labels: Sequence[int] | None = None) -> FeatureExtr
             labels = getattr(model, "labels", None)
         return TorchMember(model, labels)
     if isinstance(model, FeatureExtractor):
+        if model.labels is None:   # e.g. an ONNX model without label metadata: all of the task's classes
+            n = getattr(model, "num_classes", None)
+            if labels is None and not isinstance(n, int):
+                raise FusionError(f"member {model!r} declares no labels and none were given")
+            model.labels = tuple(labels) if labels is not None else tuple(range(int(n)))  # type: ignore[misc, arg-type]
         if labels is not None and _label_set(labels) != _label_set(model.labels):
             raise FusionError(f"member {model!r} declares labels {list(model.labels)}, caller said {list(labels)}")
         _label_set(model.labels)
@@ -184,16 +198,30 @@ def tensor_to_bytes(t: torch.Tensor) -> bytes:
 
 def _encode_torch(member: TorchMember) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     state = {k: v.detach().contiguous().cpu() for k, v in member.model.state_dict().items()}
-    return {"arch": member.arch, "num_classes": member.num_classes}, state
+    spec: dict[str, Any] = {"arch": member.arch, "num_classes": member.num_classes}
+    if member.input_spec is not None:
+        spec["input"] = member.input_spec.model_dump(mode="json")
+    return spec, state
+
+
+def _input_spec(spec: dict[str, Any], what: str) -> InputSpec | None:
+    raw = spec.get("input")
+    if raw is None:
+        return None
+    try:
+        return InputSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelFileError(f"{what}: bad input spec: {exc.errors()[0]['msg']}") from None
 
 
 def _decode_torch(spec: dict[str, Any], tensors: Tensors, labels: Sequence[int]) -> FeatureExtractor:
     arch = spec.get("arch")
-    if not isinstance(arch, str) or arch not in ARCHITECTURES:
-        raise ModelFileError(f"torch member: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    model = build_model(arch)
+    if not isinstance(arch, str) or arch not in architecture_names():
+        raise ModelFileError(f"torch member: unknown architecture {arch!r}; known: {', '.join(architecture_names())}")
+    input_spec = _input_spec(spec, f"torch member ({arch})")
+    model = build_architecture(arch, input_spec)
     _load_state(model, tensors, f"torch member ({arch})")
-    return TorchMember(model, labels)
+    return TorchMember(model, labels, input_spec)
 
 
 def _load_state(module: nn.Module, tensors: Tensors, what: str) -> None:
@@ -210,4 +238,26 @@ def _load_state(module: nn.Module, tensors: Tensors, what: str) -> None:
     module.load_state_dict(dict(tensors))
 
 
+def _is_onnx(member: object) -> bool:
+    # onnx/onnxruntime only when needed
+    from coopml.models.onnx_model import OnnxFeatureModel
+    return isinstance(member, OnnxFeatureModel)
+
+
+def _encode_onnx(member: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    return ({"input": member.spec.model_dump(mode="json"), "sha256": member.sha256},
+            {"graph": bytes_to_tensor(member.onnx_bytes)})
+
+
+def _decode_onnx(spec: dict[str, Any], tensors: Tensors, labels: Sequence[int]) -> FeatureExtractor:
+    from coopml.models.onnx_model import OnnxFeatureModel
+    input_spec = _input_spec(spec, "onnx member")
+    if input_spec is None or set(tensors) != {"graph"}:
+        raise ModelFileError("onnx member needs its input spec and exactly one tensor, 'graph'")
+    member: FeatureExtractor = OnnxFeatureModel(tensor_to_bytes(tensors["graph"]), input_spec, labels=labels,
+                                                where="MetaModel onnx member")
+    return member
+
+
 register_member_kind(MemberKind("torch", lambda m: isinstance(m, TorchMember), _encode_torch, _decode_torch))
+register_member_kind(MemberKind("onnx", _is_onnx, _encode_onnx, _decode_onnx))

@@ -22,6 +22,7 @@ the fusion network trains on cached tensors.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +31,11 @@ from typing import TYPE_CHECKING, Literal, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from torch import nn
 
 from coopml.data.datasets import Dataset
+from coopml.data.spec import InputSpec
 from coopml.fusion.members import FeatureExtractor, FusionError, as_member
 
 if TYPE_CHECKING:
@@ -514,11 +516,29 @@ class MetaModel(nn.Module):
                               f"got {list(x.shape)}")
         return self.head(self.member_features(x))
 
+    @property
+    def input_spec(self) -> InputSpec | None:
+        """The task's InputSpec, when the task manifest stored with the MetaModel gives one."""
+        if not self.task_manifest:
+            return None
+        try:
+            raw = json.loads(self.task_manifest)
+            return InputSpec.model_validate(raw["input"]) if isinstance(raw, dict) and "input" in raw else None
+        except (json.JSONDecodeError, ValidationError):
+            return None
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor | np.ndarray, batch_size: int = 1000) -> torch.Tensor:
-        """Class indices for a batch. uint8 images are scaled to [0, 1] (the coopml datasets'
-        preprocessing); a missing channel axis of single-channel images is added."""
-        t = torch.as_tensor(x)
+        """Class indices for a batch. Raw integer samples (e.g. uint8 pixels) are preprocessed as
+        the task's InputSpec says (without a task manifest: uint8 scaled to [0, 1], the coopml
+        datasets' preprocessing); a missing channel axis of single-channel images is added.
+        Float inputs are taken as already preprocessed."""
+        spec = self.input_spec
+        is_int = (not torch.as_tensor(x[:0]).is_floating_point()) if len(x) else False
+        if spec is not None and is_int:
+            t = torch.from_numpy(spec.apply(np.asarray(x)))
+        else:
+            t = torch.as_tensor(x)
         if t.dtype == torch.uint8:
             t = t.float().div_(255.0)
         if self.input_shape is not None and t.dim() == len(self.input_shape) and self.input_shape[0] == 1:
