@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/bench_fusion.py [--baseline] [--threads 2]
 
-The demo's initiator (roles.data.initiator_data: 1000 train + 1000 validation images, seed 0)
-buys three Table IV models trained on the Table III label sets (contributor slots 1-3, up to 30
-epochs, patience 4, as the contributor role trains them). For each preset the models arrive
+The demo's initiator (the full `sim.lifecycle.table3_plan`: its data slot of 2000 images split
+1000 train + 1000 validation, seed 0) buys three Table IV models trained on the Table III label
+sets (contributor slots 1-3 of the plan's 7, up to 30 epochs, patience 4, as the contributor
+role trains them). For each preset the models arrive
 one at a time and an `IncrementalFuser` refits after each arrival; printed per refit: seconds
 spent running the new member over the cached inputs, seconds fitting the fusion heads, warm
 start or not, and MetaModel accuracy on the full MNIST test set. Then all three are submitted
@@ -24,7 +25,7 @@ import time
 
 import torch
 
-from coopml.data import TABLE_III, load_dataset
+from coopml.data import TABLE_III, Dataset, load_dataset
 from coopml.fusion import (
     FusionConfig,
     FusionWorker,
@@ -33,16 +34,23 @@ from coopml.fusion import (
     fuse,
 )
 from coopml.models import TrainConfig, build_model, evaluate, train_model
-from coopml.roles.data import contributor_data, initiator_data
+from coopml.roles.datasets import split
+from coopml.sim.slots import node_data
+
+NODES = 7        # table3_plan: initiator, three contributors, three verifiers
+N_TRAIN = 1000
+
+
+def initiator_data(seed: int = 0) -> tuple[Dataset, Dataset]:
+    return split(node_data("mnist", 0, NODES, None, 2 * N_TRAIN, seed), 0.5, seed=seed)
 
 
 def demo_members(seed: int = 0) -> list[TorchMember]:
     members = []
     for i, spec in enumerate(TABLE_III):
-        shard = contributor_data("mnist", seed, i + 1, list(spec.labels), 1000, 1000)
+        train, val = split(node_data("mnist", 1 + i, NODES, list(spec.labels), 2 * N_TRAIN, seed), 0.5, seed=i)
         model = build_model("table4", seed + i)
-        train_model(model, shard.train, shard.verify, TrainConfig(max_epochs=30, patience=4, seed=seed + i),
-                    labels=spec.labels)
+        train_model(model, train, val, TrainConfig(max_epochs=30, patience=4, seed=seed + i), labels=spec.labels)
         members.append(TorchMember(model, spec.labels))
     return members
 
@@ -57,7 +65,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     members = demo_members()
-    train, val, _ = initiator_data("mnist", 0, 1000, 1000, 1000)
+    train, val = initiator_data(0)
     test = load_dataset("mnist", "test")
     print(f"3 Table IV contributors trained in {time.perf_counter() - t0:.0f} s")
     for name in args.presets:
