@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from pydantic import ValidationError
@@ -254,9 +254,9 @@ def _decode_onnx(spec: dict[str, Any], tensors: Tensors, labels: Sequence[int]) 
     input_spec = _input_spec(spec, "onnx member")
     if input_spec is None or set(tensors) != {"graph"}:
         raise ModelFileError("onnx member needs its input spec and exactly one tensor, 'graph'")
-    member: FeatureExtractor = OnnxFeatureModel(tensor_to_bytes(tensors["graph"]), input_spec, labels=labels,
-                                                where="MetaModel onnx member")
-    return member
+    member = OnnxFeatureModel(tensor_to_bytes(tensors["graph"]), input_spec, labels=labels,
+                              where="MetaModel onnx member")
+    return cast(FeatureExtractor, member)       # labels given: never None
 
 
 register_member_kind(MemberKind("torch", lambda m: isinstance(m, TorchMember), _encode_torch, _decode_torch))

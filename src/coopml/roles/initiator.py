@@ -205,6 +205,7 @@ class Initiator(Agent):
             self.log(LogEvent.DISPUTED, model=mid, kind="delivery", reason=str(exc))
             return Decision(outcome=Outcome.REJECTED, reason=f"bad delivery, disputed: {exc}")
         envelope = self.fetch(m.cid)                    # transient if not there yet: retried
+        assert self.task_id is not None
         try:
             hdr, body = open_committed(envelope, key, bytes(m.envelope_hash), self.client.address, self.task_id)
             model = load_delivered(hdr, body, view.manifest.input)
