@@ -17,7 +17,7 @@ case "$PROFILE" in
   *) echo "usage: scripts/forge.sh [ci|deep] [forge test args...]" >&2; exit 2 ;;
 esac
 find_forge() {
-  for c in "${FORGE:-}" "$ROOT/node_modules/.bin/forge" "$ROOT/../tools/npm-forge/node_modules/.bin/forge"; do
+  for c in "${FORGE:-}" "$ROOT/node_modules/.bin/forge" ; do
     if [ -n "$c" ] && [ -x "$c" ]; then echo "$c"; return; fi
   done
   command -v forge || true

@@ -12,14 +12,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TRIAGED="timestamp weak-prng low-level-calls"   # docs/chain.md says why each is accepted
 
 find_slither() {
-  for c in "${SLITHER:-}" "$ROOT/.tools/slither-venv/bin/slither" "$ROOT/../tools/slither-venv/bin/slither"; do
+  for c in "${SLITHER:-}" "${COOPML_SLITHER_VENV:-$ROOT/.cache/slither-venv}/bin/slither" ; do
     if [ -n "$c" ] && [ -x "$c" ]; then echo "$c"; return; fi
   done
   command -v slither || true
 }
 SL="$(find_slither)"
 if [ -z "$SL" ]; then
-  echo "slither not found: python3.11 -m venv .tools/slither-venv && .tools/slither-venv/bin/pip install slither-analyzer==0.11.6 (or set SLITHER)" >&2
+  echo "slither not found: bash scripts/setup.sh (scripts/setup.d/30-analysis.sh installs slither-analyzer 0.11.6) (or set SLITHER)" >&2
   exit 2
 fi
 [ -d "$ROOT/node_modules/solc" ] || { echo "npm solc missing in $ROOT/node_modules (run scripts/setup.sh)" >&2; exit 2; }

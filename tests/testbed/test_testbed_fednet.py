@@ -15,8 +15,10 @@ import torch
 from coopml.testbed.fednet import Conn, ProtocolError, run_client, serve
 
 JOB = {"arch": "table1-c1", "dataset": "mnist", "seed": 3, "rounds": 2, "local_epochs": 1, "n_test": 500,
-       "clients": {"contributor1": {"slot": 1, "labels": [0, 1, 2, 3, 4, 5, 6], "n_train": 140, "n_val": 20},
-                   "contributor2": {"slot": 2, "labels": [0, 1, 2, 3, 4, 8, 9], "n_train": 140, "n_val": 20}}}
+       "clients": {"contributor1": {"index": 1, "total": 4, "labels": [0, 1, 2, 3, 4, 5, 6], "n": 160,
+                                    "val_fraction": 0.125, "split_seed": 0},
+                   "contributor2": {"index": 2, "total": 4, "labels": [0, 1, 2, 3, 4, 8, 9], "n": 160,
+                                    "val_fraction": 0.125, "split_seed": 1}}}
 
 
 def _free_port() -> int:

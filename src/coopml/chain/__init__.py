@@ -5,6 +5,7 @@ Backends behind one `Chain` interface: `Chain.embedded()` (in-process py-evm, th
 (contract, client) and docs/chain-client.md (node, transaction manager, errors, keystores).
 """
 
+from coopml.chain.accounts import Keystore, read_password, read_private_key
 from coopml.chain.artifacts import load_artifact
 from coopml.chain.backends import ETHER, Chain
 from coopml.chain.client import (
@@ -22,7 +23,6 @@ from coopml.chain.client import (
     key_commitment,
     vote_commitment,
 )
-from coopml.chain.accounts import Keystore, read_password, read_private_key
 from coopml.chain.deployment import verify_deployment
 from coopml.chain.events import ChainEvent, EventCursor
 from coopml.chain.transactions import FeePolicy, TxJournal, TxManager

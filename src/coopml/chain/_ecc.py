@@ -26,7 +26,7 @@ _LOCK = threading.Lock()
 PATH = "coopml.chain._ecc.CachingECCBackend"
 
 
-class CachingECCBackend(_Base):  # type: ignore[misc, valid-type]
+class CachingECCBackend(_Base):
     """Default eth-keys backend plus a process-wide LRU cache of (hash, signature) -> public key."""
 
     def ecdsa_recover(self, msg_hash: bytes, signature: Signature) -> PublicKey:

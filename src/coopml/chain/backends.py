@@ -125,7 +125,7 @@ class Chain:
         w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout}))
         try:
             actual = int(w3.eth.chain_id)
-        except Exception as exc:  # noqa: BLE001 - any transport failure means "unreachable"
+        except Exception as exc:  # any transport failure means "unreachable"
             raise ChainUnavailable(f"no JSON-RPC node answers at {url}: {exc}") from exc
         if chain_id is not None and actual != chain_id:
             raise WrongChain(f"wrong chain: configured chain id {chain_id}, the node at {url} serves {actual}",
@@ -217,7 +217,7 @@ class Chain:
                 tx_hash = self.w3.eth.send_transaction(cast(TxParams, tx))
         except ChainError:
             raise
-        except Exception as exc:  # noqa: BLE001 - transport failures are named
+        except Exception as exc:  # transport failures are named
             if is_unavailable(exc):
                 raise ChainUnavailable(f"node unreachable: {exc}") from exc
             raise
@@ -254,13 +254,13 @@ class Chain:
                 receipt = None
         except ChainError:
             raise
-        except Exception as exc:  # noqa: BLE001 - translate reverts, re-raise the rest
+        except Exception as exc:  # translate reverts, re-raise the rest
             raise self._translate(exc, decoder) from exc
         if receipt is None:
             receipt = self._wait(tx_hash)
         if receipt["status"] != 1:
             raise self._replay_failure(fn, params, receipt, decoder)
-        return receipt  # type: ignore[return-value]
+        return receipt
 
     EMBEDDED_TX_GAS = 10_000_000
 
@@ -276,7 +276,7 @@ class Chain:
     def call(self, fn: ContractFunction, decoder: ErrorDecoder | None = None) -> Any:
         try:
             return fn.call()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise self._translate(exc, decoder or ErrorDecoder(load_artifact("CoopML")["abi"])) from exc
 
     def _wait(self, tx_hash: bytes) -> TxReceipt:
@@ -289,7 +289,7 @@ class Chain:
                 return self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
             except TransactionNotFound:
                 pass
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if not is_unavailable(exc):
                     raise
             if time.monotonic() > deadline:

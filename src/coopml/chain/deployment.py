@@ -57,7 +57,7 @@ def verify_deployment(chain: Any, address: str, expected: str = "CoopML", chain_
         code = bytes(w3.eth.get_code(to_checksum_address(address), block))
     except (WrongChain, NoContractAtAddress):
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if is_unavailable(exc):
             raise ChainUnavailable(f"node unreachable while checking {address}: {exc}") from exc
         raise

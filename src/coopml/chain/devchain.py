@@ -132,11 +132,11 @@ class _TrackedMemoryDB:
         from eth.db.backends.memory import MemoryDB
 
         class Tracked(MemoryDB):
-            def __setitem__(inner, key: bytes, value: bytes) -> None:  # noqa: N805
+            def __setitem__(inner, key: bytes, value: bytes) -> None:
                 inner.kv_store[key] = value
                 self.dirty[key] = value
 
-            def __delitem__(inner, key: bytes) -> None:  # noqa: N805
+            def __delitem__(inner, key: bytes) -> None:
                 del inner.kv_store[key]
                 self.dirty[key] = None
 
@@ -227,7 +227,7 @@ def _chain_class(chain_id: int) -> Any:
     from eth.chains.base import MiningChain
     from eth.vm.forks import PragueVM
 
-    class DevMiningChain(MiningChain):  # type: ignore[misc]
+    class DevMiningChain(MiningChain):
         vm_configuration = ((BlockNumber(0), PragueVM),)
 
         def create_header_from_parent(self, parent_header: Any, **header_params: Any) -> Any:
@@ -602,7 +602,7 @@ class DevChain:
 
         try:
             tx = self._tx_builder.decode(raw)
-        except Exception as exc:  # noqa: BLE001 - rlp / type errors of a malformed payload
+        except Exception as exc:  # rlp / type errors of a malformed payload
             raise _server(f"invalid transaction: cannot decode: {exc}") from exc
         if tx.chain_id is not None and int(tx.chain_id) != self.chain_id:
             raise _server(f"invalid chain id {tx.chain_id}: this node serves chain id {self.chain_id}")

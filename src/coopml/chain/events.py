@@ -97,7 +97,7 @@ class EventCursor:
         """The newest block this cursor may read: `confirmations` blocks below the chain head."""
         try:
             return self.chain.block_number() - self.confirmations
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if is_unavailable(exc):
                 raise ChainUnavailable(f"node unreachable while reading the head: {exc}") from exc
             raise
@@ -108,7 +108,7 @@ class EventCursor:
             params["topics"] = topics
         try:
             return list(self.chain.w3.eth.get_logs(params))  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if is_unavailable(exc):
                 raise ChainUnavailable(f"node unreachable while reading logs: {exc}") from exc
             raise

@@ -88,7 +88,7 @@ def make_handler(chain: DevChain) -> type[BaseHTTPRequestHandler]:
             super().finish()
             getattr(self.server, "open_connections", set()).discard(self.connection)
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        def do_POST(self) -> None:  # http.server naming
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
                 self._send(413, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "request too large"}})
@@ -102,7 +102,7 @@ def make_handler(chain: DevChain) -> type[BaseHTTPRequestHandler]:
                 reply = handle_payload(chain, request)
             self._send(200, reply)
 
-        def do_GET(self) -> None:  # noqa: N802 - a health check for humans and scripts
+        def do_GET(self) -> None:  # a health check for humans and scripts
             self._send(200, {"client": "coopml-devchain", "blockTime": chain.block_time,
                              "blockNumber": int(chain.head.block_number)})
 

@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import requests
 
@@ -60,7 +61,7 @@ class NodeProcess:
         """What the node printed so far (stdout + stderr)."""
         return _output(self._proc)
 
-    def __enter__(self) -> NodeProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -69,7 +70,7 @@ class NodeProcess:
 
 def _spawn(cmd: list[str]) -> subprocess.Popen:
     # output goes to an unlinked temp file, not a pipe: a chatty node can never block on it
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the process, read by _output()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     proc.stdout_log = log  # type: ignore[attr-defined]
     return proc

@@ -223,7 +223,7 @@ class TxManager:
     def _rpc(self, fn: Callable[[], Any], what: str) -> Any:
         try:
             return fn()
-        except Exception as exc:  # noqa: BLE001 - classify transport failures
+        except Exception as exc:  # classify transport failures
             if is_unavailable(exc):
                 raise ChainUnavailable(f"node unreachable while {what}: {exc}") from exc
             raise
@@ -278,7 +278,7 @@ class TxManager:
             tips = [int(r[0]) for r in history.get("reward", []) if r]
             if tips:
                 return sorted(tips)[len(tips) // 2]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if is_unavailable(exc):
                 raise ChainUnavailable(f"node unreachable while reading fee history: {exc}") from exc
         return GWEI
@@ -389,7 +389,7 @@ class TxManager:
         node's message, ChainUnavailable when the outcome is unknown (node unreachable)."""
         try:
             self.w3.eth.send_raw_transaction(raw)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if is_unavailable(exc):
                 raise ChainUnavailable(f"node unreachable while broadcasting: {exc}") from exc
             text = _message(exc)

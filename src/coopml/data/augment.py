@@ -11,7 +11,7 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float = 2.0,
     """A random small affine distortion per image of an [N, 1, 28, 28] batch (shift in pixels,
     rotation, scale; zero fill). Small enough that digits stay the same digits."""
     n = len(x)
-    u = lambda: torch.rand(n, generator=gen) * 2 - 1  # noqa: E731
+    u = lambda: torch.rand(n, generator=gen) * 2 - 1
     ang = u() * max_rotate_deg * torch.pi / 180
     scale = 1 + u() * max_scale
     tx, ty = u() * max_shift * 2 / x.shape[-1], u() * max_shift * 2 / x.shape[-2]

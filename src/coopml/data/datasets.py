@@ -120,7 +120,7 @@ class Dataset:
         """The spec (MNIST's for a legacy dataset without one)."""
         return self.spec if self.spec is not None else MNIST_INPUT
 
-    def subset(self, idx: np.ndarray) -> "Dataset":
+    def subset(self, idx: np.ndarray) -> Dataset:
         return Dataset(self.images[idx], self.labels[idx], self.spec)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:

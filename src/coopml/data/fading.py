@@ -82,7 +82,7 @@ class FadingSet:
 
 
 def _constellation() -> np.ndarray:
-    from commpy.modulation import QAMModem  # type: ignore[import-untyped]  # (imported on use: slow import)
+    from commpy.modulation import QAMModem  # (imported on use: slow import)
 
     c = np.asarray(QAMModem(16).constellation, dtype=np.complex128)
     return c / np.sqrt(np.mean(np.abs(c) ** 2))

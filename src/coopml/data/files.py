@@ -390,7 +390,7 @@ def _load_table(data: bytes, where: str, fmt: Literal["csv", "parquet"], spec: I
     elif pa.types.is_string(label.type) or pa.types.is_large_string(label.type) or pa.types.is_dictionary(label.type):
         values = [None if v is None else str(v) for v in label.to_pylist()]
         integers = labels_as != "name" and all(v is not None and _INT.match(v.strip()) for v in values)
-        ids = _resolve_labels([int(v) for v in values] if integers else values,  # type: ignore[arg-type]
+        ids = _resolve_labels([int(v) for v in values] if integers else values,
                               integers, spec, labels_as, where, pos)
     else:
         raise DataError(f"{where}: label column {label_column!r} has type {label.type}; labels are class "

@@ -63,14 +63,14 @@ def make_shards(pool: Dataset, specs: tuple[ShardSpec, ...] | list[ShardSpec], s
             raise DataError(f"shard {spec.name}: bad label set {spec.labels}")
         parts = []
         for n in (spec.n_train, spec.n_verify):
-            n = max(len(spec.labels), int(round(n * scale)))
-            idx = []
+            n = max(len(spec.labels), round(n * scale))
+            picked = []
             for c, k in _per_label(n, spec.labels).items():
                 if len(queues[c]) < k:
                     raise DataError(f"shard {spec.name}: class {c} has only {len(queues[c])} images left, need {k}")
-                idx.extend(queues[c][:k])
+                picked.extend(queues[c][:k])
                 del queues[c][:k]
-            idx = np.array(idx)
+            idx = np.array(picked)
             parts.append(pool.subset(idx[rng.permutation(len(idx))]))
         out[spec.name] = LabelShard(spec, parts[0], parts[1])
     return out

@@ -128,23 +128,24 @@ def encrypt_model(pk: PublicKey, model: nn.Module, p: int, q: int = 1000,
     net = quantize(model, p, q)
     lead = next(i for i, layer in enumerate(net.layers) if layer.kind in ("conv", "linear"))
     first = net.layers[lead]
-    out_ch = first.weight.shape[0]
+    first_weight, first_bias = first.params()
+    out_ch = first_weight.shape[0]
     _check_pk(pk, strategy, out_ch)
-    wmax = int(max(np.abs(first.weight).max(), np.abs(first.bias).max()))
+    wmax = int(max(np.abs(first_weight).max(), np.abs(first_bias).max()))
     if wmax > pk.params.plain_bound:
         raise HEError(f"first-layer integers reach {wmax} > plain_bound {pk.params.plain_bound}: "
                       f"lower p or use params with a larger plain_bound")
     if strategy == "element-wise":
-        ct_w = encrypt(pk, first.weight[..., None], rng)
-        ct_b = encrypt(pk, first.bias[..., None], rng)
+        ct_w = encrypt(pk, first_weight[..., None], rng)
+        ct_b = encrypt(pk, first_bias[..., None], rng)
     else:
-        ct_w = encrypt(pk, np.moveaxis(first.weight, 0, -1), rng)   # (in, kh, kw, out) vectors
-        ct_b = encrypt(pk, first.bias, rng)
+        ct_w = encrypt(pk, np.moveaxis(first_weight, 0, -1), rng)   # (in, kh, kw, out) vectors
+        ct_b = encrypt(pk, first_bias, rng)
     shell = IntLayer(first.kind, None, None, first.stride, first.padding, first.size)
     tail = IntegerNet(net.layers[lead + 1:], p, q, net.scales)
     arch = getattr(model, "arch", "") or "sequential"
     return EncryptedModel(arch, strategy, p, q, tuple(input_shape), ct_w, ct_b, shell,
-                          tuple(first.weight.shape), tail, wmax, lead)
+                          tuple(first_weight.shape), tail, wmax, lead)
 
 
 def _first_out_shape(enc: EncryptedModel) -> tuple[int, ...]:

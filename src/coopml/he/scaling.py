@@ -21,6 +21,7 @@ import copy
 from dataclasses import dataclass, field
 from fractions import Fraction
 from math import lcm
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ LINEAR_KINDS = ("conv", "sumpool", "flatten", "linear")
 ACTIVATION_KINDS = ("relu", "poly")
 
 
-def pair(v: Pair | list) -> tuple[int, int]:
+def pair(v: int | tuple[int, ...] | list[Any]) -> tuple[int, int]:
     """(h, w) from an int or a 2-sequence (torch and JSON give either)."""
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
@@ -58,6 +59,12 @@ class IntLayer:
     @property
     def is_linear(self) -> bool:
         return self.kind in LINEAR_KINDS
+
+    def params(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight, bias) of a conv or linear layer."""
+        if self.weight is None or self.bias is None:
+            raise HEError(f"{self.kind} layer without weight and bias")
+        return self.weight, self.bias
 
 
 @dataclass
@@ -89,9 +96,21 @@ def polynomial_of(m: nn.Module) -> tuple[Fraction, ...] | None:
     return out
 
 
+def _members(m: nn.Module | torch.Tensor) -> list[nn.Module]:
+    if not isinstance(m, (nn.Sequential, nn.ModuleList)):
+        raise HEError(f"expected a FeatureModel or an nn.Sequential, got {type(m).__name__}")
+    return list(m)
+
+
 def linear_modules(model: nn.Module) -> list[nn.Module]:
     """The layers of a FeatureModel (body then head) or a plain Sequential, flattened."""
-    mods = list(model.body) + [model.head] if hasattr(model, "body") else list(model)
+    if hasattr(model, "body"):
+        head = model.head
+        if not isinstance(head, nn.Module):
+            raise HEError(f"the head of a FeatureModel must be a module, got {type(head).__name__}")
+        mods = [*_members(model.body), head]
+    else:
+        mods = _members(model)
     out: list[nn.Module] = []
     for m in mods:
         out.extend(linear_modules(m) if isinstance(m, nn.Sequential) else [m])
@@ -194,19 +213,21 @@ def _apply_exact(layer: IntLayer, h: np.ndarray) -> np.ndarray:
             out = out * h + a
         return out
     if layer.kind == "linear":
-        return h @ layer.weight.astype(object).T + layer.bias.astype(object)
+        weight, bias = layer.params()
+        return h @ weight.astype(object).T + bias.astype(object)
     if layer.kind == "sumpool":
         kh, kw = pair(layer.size)
         n, c, hh, ww = h.shape
         h = h[:, :, :hh // kh * kh, :ww // kw * kw]
         return h.reshape(n, c, hh // kh, kh, ww // kw, kw).sum(axis=(3, 5))
     if layer.kind == "conv":
+        weight, bias = layer.params()
         (ph, pw), (sh, sw) = pair(layer.padding), pair(layer.stride)
         hp = np.pad(h, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=0)
-        kh, kw = layer.weight.shape[2:]
+        kh, kw = weight.shape[2:]
         win = np.lib.stride_tricks.sliding_window_view(hp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-        out = np.tensordot(win, layer.weight.astype(object), axes=([1, 4, 5], [1, 2, 3]))   # (N, Ho, Wo, Cout)
-        return np.moveaxis(out, -1, 1) + layer.bias.astype(object)[None, :, None, None]
+        out = np.tensordot(win, weight.astype(object), axes=([1, 4, 5], [1, 2, 3]))   # (N, Ho, Wo, Cout)
+        return np.moveaxis(out, -1, 1) + bias.astype(object)[None, :, None, None]
     raise HEError(f"cannot evaluate a {layer.kind} layer on integers")
 
 
@@ -237,10 +258,12 @@ def forward_layers(layers: list[IntLayer], x_int: np.ndarray) -> np.ndarray:
     """`integer_forward` over a list of layers (e.g. what follows an encrypted prefix)."""
     x = np.asarray(x_int)
     if x.dtype != object and x.size and static_bound(layers, float(np.abs(x).max())) < FLOAT_EXACT:
-        h = torch.from_numpy(x.astype(np.int64)).double()          # proved exact: no abs pass needed
+        t = torch.from_numpy(x.astype(np.int64)).double()          # proved exact: no abs pass needed
         for layer in layers:
-            h = apply_layer(layer, h)
-        return h.round().long().numpy()
+            t = apply_layer(layer, t)
+        return t.round().long().numpy()
+    h: torch.Tensor | None
+    ha: torch.Tensor | None
     if x.dtype == object:
         h_obj: np.ndarray | None = x
         h = ha = None
@@ -274,11 +297,14 @@ def dequantize(net: IntegerNet, template: nn.Module) -> nn.Module:
         for m in linear_modules(model):
             layer, s = next(layers)
             if layer.kind in ("conv", "linear"):
-                if tuple(m.weight.shape) != layer.weight.shape:
-                    raise HEError(f"weight shape {layer.weight.shape} does not match the architecture's "
+                if not isinstance(m, (nn.Conv2d, nn.Linear)):
+                    raise HEError(f"a {layer.kind} layer does not match the architecture's {type(m).__name__}")
+                weight, bias = layer.params()
+                if tuple(m.weight.shape) != weight.shape:
+                    raise HEError(f"weight shape {weight.shape} does not match the architecture's "
                                   f"{tuple(m.weight.shape)}")
-                m.weight.copy_(torch.from_numpy(layer.weight).double() / net.p)
+                m.weight.copy_(torch.from_numpy(weight).double() / net.p)
                 if m.bias is not None:
-                    m.bias.copy_(torch.from_numpy(layer.bias).double() / s)
+                    m.bias.copy_(torch.from_numpy(bias).double() / s)
     model.eval()
     return model

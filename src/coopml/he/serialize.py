@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load as st_load, save as st_save
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from coopml.errors import HEError
 from coopml.he.model import EncryptedModel
 from coopml.he.scaling import IntegerNet, IntLayer, pair, quantize
-from coopml.he.scheme import Ciphertext, Params, PublicKey, SecretKey, _key_id
+from coopml.he.scheme import Ciphertext, Params, PublicKey, SecretKey
 
 FORMAT = "coopml-he/1"
 
@@ -46,8 +47,9 @@ def to_bytes(obj: PublicKey | SecretKey | Ciphertext | EncryptedModel) -> bytes:
             layers.append({"kind": layer.kind, "stride": layer.stride, "padding": layer.padding,
                            "size": layer.size, "poly": [str(a) for a in layer.poly]})
             if layer.weight is not None:
-                tensors[f"tail.{i}.weight"] = layer.weight.astype(np.int64)
-                tensors[f"tail.{i}.bias"] = layer.bias.astype(np.int64)
+                weight, bias = layer.params()
+                tensors[f"tail.{i}.weight"] = weight.astype(np.int64)
+                tensors[f"tail.{i}.bias"] = bias.astype(np.int64)
         fl = obj.first_layer
         meta = {"arch": obj.arch, "strategy": obj.strategy, "p": obj.p, "q": obj.q,
                 "input_shape": list(obj.input_shape), "first_shape": list(obj.first_shape),
@@ -168,6 +170,7 @@ def check_model(enc: EncryptedModel, where: str = "<model>") -> None:
     if enc.strategy not in ("element-wise", "matrix-pair-wise"):
         raise HEFormatError(f"{where}: unknown strategy {enc.strategy!r}")
     out_ch = enc.first_shape[0]
+    want_b: tuple[int, ...]
     if enc.strategy == "element-wise":
         want_w, want_b, n = enc.first_shape, (out_ch,), 1
     else:
@@ -190,5 +193,5 @@ def check_model(enc: EncryptedModel, where: str = "<model>") -> None:
         if ref.scales != enc.tail.scales:
             raise HEFormatError(f"{where}: recorded scales {enc.tail.scales} do not follow from p={enc.p}, q={enc.q}")
     for i, layer in enumerate(enc.tail.layers):
-        if layer.weight is not None and (layer.weight.dtype != np.int64 or layer.bias.dtype != np.int64):
+        if layer.weight is not None and any(a.dtype != np.int64 for a in layer.params()):
             raise HEFormatError(f"{where}: tail layer {i} weights must be int64")

@@ -4,27 +4,60 @@ FeatureExtractor interface fusion uses."""
 
 from coopml.models.activations import PolyActivation, Square, TaylorSigmoid
 from coopml.models.architectures import ARCHITECTURES, FeatureModel, build_model
-from coopml.models.io import load_model, save_model, ModelManifest
-from coopml.models.training import TrainConfig, TrainResult, train_model, evaluate
-from coopml.models.training import check_fits
+from coopml.models.io import ModelManifest, load_model, save_model
 from coopml.models.members import FeatureExtractor, HookedFeatureModel, find_layer
-from coopml.models.registry import (
-    ArchitectureFactory, ArchitectureInfo, architecture_info, architecture_names, build_architecture,
-    register_architecture, unregister_architecture,
-)
 from coopml.models.onnx_model import (
-    OnnxFeatureModel, OnnxLimits, export_onnx, load_onnx_model, logits_and_features, validate_onnx,
+    OnnxFeatureModel,
+    OnnxLimits,
+    export_onnx,
+    load_onnx_model,
+    logits_and_features,
+    validate_onnx,
 )
+from coopml.models.registry import (
+    ArchitectureFactory,
+    ArchitectureInfo,
+    architecture_info,
+    architecture_names,
+    build_architecture,
+    register_architecture,
+    unregister_architecture,
+)
+from coopml.models.training import TrainConfig, TrainResult, check_fits, evaluate, train_model
 from coopml.models.user import TorchModelRef, build_user_model, load_factory
 
 __all__ = [
-    "ARCHITECTURES", "FeatureModel", "build_model",
-    "PolyActivation", "Square", "TaylorSigmoid",
-    "load_model", "save_model", "ModelManifest",
-    "TrainConfig", "TrainResult", "train_model", "evaluate",
-    "check_fits", "FeatureExtractor", "HookedFeatureModel", "find_layer",
-    "ArchitectureFactory", "ArchitectureInfo", "architecture_info", "architecture_names", "build_architecture",
-    "register_architecture", "unregister_architecture",
-    "OnnxFeatureModel", "OnnxLimits", "export_onnx", "load_onnx_model", "logits_and_features", "validate_onnx",
-    "TorchModelRef", "build_user_model", "load_factory",
+    "ARCHITECTURES",
+    "ArchitectureFactory",
+    "ArchitectureInfo",
+    "FeatureExtractor",
+    "FeatureModel",
+    "HookedFeatureModel",
+    "ModelManifest",
+    "OnnxFeatureModel",
+    "OnnxLimits",
+    "PolyActivation",
+    "Square",
+    "TaylorSigmoid",
+    "TorchModelRef",
+    "TrainConfig",
+    "TrainResult",
+    "architecture_info",
+    "architecture_names",
+    "build_architecture",
+    "build_model",
+    "build_user_model",
+    "check_fits",
+    "evaluate",
+    "export_onnx",
+    "find_layer",
+    "load_factory",
+    "load_model",
+    "load_onnx_model",
+    "logits_and_features",
+    "register_architecture",
+    "save_model",
+    "train_model",
+    "unregister_architecture",
+    "validate_onnx",
 ]

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load, save as st_save
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from coopml.data.spec import MNIST_INPUT, InputSpec
 from coopml.errors import ModelFileError

@@ -10,8 +10,8 @@ can be trained: shapes and the class count come from the datasets' InputSpec, no
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -66,7 +66,7 @@ def load_factory(entrypoint: str, search_path: str | Path | None = None) -> Call
     if not callable(obj):
         raise ModelDefinitionError(f"{entrypoint} is a {type(obj).__name__}, not callable; it must be a "
                                    f"factory function or class taking the InputSpec")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def build_user_model(entrypoint: str, spec: InputSpec, *, feature_layer: str,

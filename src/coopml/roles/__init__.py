@@ -9,7 +9,15 @@ node process only pays for the role it runs.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real types for type checkers; at run time the names load lazily (__getattr__)
+    from coopml.roles.agent import Agent, AgentStopped, WorkdirLock
+    from coopml.roles.config import ContributorConfig, InitiatorConfig, VerifierConfig, load_config
+    from coopml.roles.contributor import Contributor
+    from coopml.roles.initiator import Initiator
+    from coopml.roles.log import EventLog, LogEvent, LogRecord, Role
+    from coopml.roles.verifier import Verifier
 
 _EXPORTS = {
     "Agent": "coopml.roles.agent", "AgentStopped": "coopml.roles.agent", "WorkdirLock": "coopml.roles.agent",
@@ -20,7 +28,22 @@ _EXPORTS = {
     "EventLog": "coopml.roles.log", "LogEvent": "coopml.roles.log", "LogRecord": "coopml.roles.log",
     "Role": "coopml.roles.log",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Agent",
+    "AgentStopped",
+    "Contributor",
+    "ContributorConfig",
+    "EventLog",
+    "Initiator",
+    "InitiatorConfig",
+    "LogEvent",
+    "LogRecord",
+    "Role",
+    "Verifier",
+    "VerifierConfig",
+    "WorkdirLock",
+    "load_config",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import resource
 import time
 import traceback
 from collections.abc import Callable
@@ -185,6 +186,7 @@ class Agent:
     def run(self, stop: Callable[[], bool] = lambda: False) -> str:
         """Run until the node's part of the task is over (or `stop()`); returns the human summary."""
         self.log(LogEvent.STARTED, address=self.address)
+        t0 = time.monotonic()
         try:
             while not self.done and not stop():
                 progressed = self.run_once()
@@ -199,6 +201,9 @@ class Agent:
                         self.waiter.wait(False)
         finally:
             self.jobs.shutdown()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            self.log(LogEvent.RESOURCES, cpu_s=round(usage.ru_utime + usage.ru_stime, 2),
+                     loop_wall_s=round(time.monotonic() - t0, 2), max_rss_mb=round(usage.ru_maxrss / 1024, 1))
         return self.summary
 
     def _on_chain_event(self, ev: ChainEvent) -> None:
@@ -305,5 +310,14 @@ class Agent:
         self.state.close()
 
 
-__all__ = ["Agent", "AgentStopped", "InboxMessage", "Jobs", "Waiter", "WorkdirBusy", "WorkdirLock", "PERMANENT_REVERTS",
-           "StorageError"]
+__all__ = [
+    "PERMANENT_REVERTS",
+    "Agent",
+    "AgentStopped",
+    "InboxMessage",
+    "Jobs",
+    "StorageError",
+    "Waiter",
+    "WorkdirBusy",
+    "WorkdirLock",
+]

@@ -13,6 +13,7 @@ without a single `if behaviour == ...` here.
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,12 +22,12 @@ from pydantic import Field
 
 from coopml.chain import ChainEvent, ModelStatus, key_commitment
 from coopml.data import Dataset
-from coopml.roles.datasets import split
 from coopml.errors import ContractRevert
 from coopml.models import TrainConfig, train_model
 from coopml.roles import evaluation, messages, package
 from coopml.roles.agent import Agent, AgentStopped, InboxMessage
 from coopml.roles.config import ContributorConfig
+from coopml.roles.datasets import split
 from coopml.roles.log import EventLog, LogEvent, Role
 from coopml.roles.messages import EvalOffer, EvalRequest, EvalResponse, MessageKind, ModelKey
 from coopml.roles.models import ModelRecord, build_trainable, load_record, model_bytes_for_delivery, save_record
@@ -252,7 +253,7 @@ class Contributor(Agent):
         acted = False
         self.sweep_inbox(lambda msg: msg.kind == MessageKind.EVAL_REQUEST and msg.model_id == mid)
         for ident, req in self.inbox().items():
-            self.handle(f"inbox:{ident}", lambda r=req: self._answer(view, mid, m, r), model=mid,
+            self.handle(f"inbox:{ident}", partial(self._answer, view, mid, m, req), model=mid,
                         deadline=m.verify_deadline)
             acted = True
         return acted

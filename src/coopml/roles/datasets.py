@@ -16,7 +16,7 @@ def split(data: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Datas
     for c in np.unique(data.labels):
         idx = np.flatnonzero(data.labels == c)
         rng.shuffle(idx)
-        k = int(round(len(idx) * fraction)) if len(idx) > 1 else 0
+        k = round(len(idx) * fraction) if len(idx) > 1 else 0
         held.append(idx[:max(k, 1 if len(idx) > 1 else 0)])
     out = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
     keep = np.setdiff1d(np.arange(len(data.labels)), out)

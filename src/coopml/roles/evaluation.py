@@ -53,7 +53,8 @@ def build_queries(own_x: np.ndarray, own_y: np.ndarray, audit_x: np.ndarray | No
     """Mix `n_audit` audit images among the own images at random positions."""
     own_x = np.asarray(own_x, dtype=np.float32)
     k = 0 if audit_x is None else min(n_audit, len(audit_x))
-    audit_index = rng.choice(len(audit_x), size=k, replace=False) if k else np.zeros(0, dtype=np.int64)
+    audit_index = rng.choice(len(audit_x), size=k, replace=False) if audit_x is not None and k \
+        else np.zeros(0, dtype=np.int64)
     n = len(own_x) + k
     order = rng.permutation(n)
     own_pos, audit_pos = order[:len(own_x)], order[len(own_x):]

@@ -37,6 +37,7 @@ class LogEvent(enum.StrEnum):
     REVERT = "revert"          # a transaction raced another node or a window; state is re-read
     DECISION = "decision"      # a recorded decision about one item (message, model, request)
     FAILED = "failed"          # a permanent failure: the node stops with a message for a person
+    RESOURCES = "resources"    # when the loop ends: CPU seconds (process, user + system) and wall time
     # initiator
     PUBLISHED = "published"
     MODEL_RECEIVED = "model-received"

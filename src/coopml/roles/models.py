@@ -17,8 +17,16 @@ from safetensors.torch import load_file, save_file
 
 from coopml.data import InputSpec
 from coopml.errors import ModelFileError
-from coopml.models import (OnnxFeatureModel, build_model, build_user_model, export_onnx, load_model,
-                           load_onnx_model, save_model)
+from coopml.models import (
+    FeatureModel,
+    OnnxFeatureModel,
+    build_model,
+    build_user_model,
+    export_onnx,
+    load_model,
+    load_onnx_model,
+    save_model,
+)
 from coopml.models.io import model_from_bytes, model_to_bytes
 from coopml.roles.config import ModelSource
 from coopml.roles.package import PackageHeader
@@ -44,11 +52,19 @@ def build_trainable(source: ModelSource, spec: InputSpec) -> torch.nn.Module:
     return load_onnx_model(source.onnx, spec)
 
 
+def _registered(record: ModelRecord) -> FeatureModel:
+    """The model of a record built from a registered architecture: always a FeatureModel."""
+    if not isinstance(record.model, FeatureModel):
+        raise ModelFileError(f"a model of architecture {record.source.arch!r} must be a FeatureModel, "
+                             f"got {type(record.model).__name__}")
+    return record.model
+
+
 def save_record(record: ModelRecord, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     src = record.source
     if src.arch:
-        save_model(record.model, directory / "model.safetensors", record.labels)
+        save_model(_registered(record), directory / "model.safetensors", record.labels)
     elif src.factory:
         save_file({k: v.contiguous() for k, v in record.model.state_dict().items()}, directory / "weights.safetensors")
     (directory / "labels.txt").write_text(",".join(map(str, record.labels)))
@@ -74,7 +90,7 @@ def model_bytes_for_delivery(record: ModelRecord) -> tuple[bytes, Literal["safet
     """(bytes, format, arch, feature output) of what the buyer receives: never code."""
     src = record.source
     if src.arch:
-        return model_to_bytes(record.model, record.labels), "safetensors", src.arch, None
+        return model_to_bytes(_registered(record), record.labels), "safetensors", src.arch, None
     if src.onnx:
         return Path(src.onnx).read_bytes(), "onnx", None, "features"
     return export_onnx(record.model, record.spec, labels=record.labels), "onnx", None, "features"

@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 from coopml.chain import Chain, Keystore, TaskClient, read_password, verify_deployment
 from coopml.errors import CoopmlError
@@ -23,6 +23,17 @@ from coopml.roles.config import NodeConfig
 from coopml.roles.log import EventLog, Role, json_lines, text_lines
 from coopml.roles.state import AgentState
 from coopml.storage import Store, open_store
+
+
+class AgentClass(Protocol):
+    """What a node runs: an Agent subclass built from its role's config (coopml.roles:Verifier, a sim
+    misbehaviour, ...). The base Agent itself takes no config."""
+
+    @property
+    def role(self) -> Role: ...
+
+    def __call__(self, cfg: Any, *, client: TaskClient, store: Store, state: AgentState,
+                 log: EventLog | None = None) -> Agent: ...
 
 
 class NodeSetupError(CoopmlError):
@@ -61,7 +72,7 @@ def open_node(cfg: NodeConfig, chain: Chain | None = None, password: str | None 
         raise
 
 
-def load_agent_class(path: str) -> type[Agent]:
+def load_agent_class(path: str) -> AgentClass:
     """`package.module:Class` (e.g. coopml.roles:Verifier, or a sim misbehaviour)."""
     module, _, name = path.partition(":")
     try:
@@ -70,10 +81,10 @@ def load_agent_class(path: str) -> type[Agent]:
         raise NodeSetupError(f"cannot load agent class {path!r}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
         raise NodeSetupError(f"{path!r} is not an agent class")
-    return cls
+    return cast(AgentClass, cls)  # an Agent subclass; its constructor takes the role's config
 
 
-def run_node(agent_cls: type[Agent], cfg: NodeConfig, node_name: str = "", chain: Chain | None = None,
+def run_node(agent_cls: AgentClass, cfg: NodeConfig, node_name: str = "", chain: Chain | None = None,
              password: str | None = None, on_start: Callable[[Agent], None] | None = None) -> str:
     """Run one node to completion; returns its one-line human summary. SIGTERM/SIGINT stop it
     between rounds (state is always consistent; a restart resumes)."""
@@ -86,7 +97,7 @@ def run_node(agent_cls: type[Agent], cfg: NodeConfig, node_name: str = "", chain
     def stop(*_: Any) -> None:
         stopping["flag"] = True
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    agent = agent_cls(cfg, client=node.client, store=node.store, state=node.state, log=log)  # type: ignore[call-arg]
+    agent = agent_cls(cfg, client=node.client, store=node.store, state=node.state, log=log)
     try:
         if on_start:
             on_start(agent)

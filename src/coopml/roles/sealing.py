@@ -53,8 +53,10 @@ def unwrap(key: bytes, blob: bytes, context: bytes = b"") -> bytes:
         raise SealError("envelope authentication failed: wrong key, wrong context or tampered data") from None
 
 
-def _kdf(shared: bytes) -> bytes:
-    return HKDF(shared, 32, b"coopml-seal-v1", SHA256)
+def _kdf(shared: bytes | bytearray | memoryview) -> bytes:
+    key = HKDF(bytes(shared), 32, b"coopml-seal-v1", SHA256)
+    assert isinstance(key, bytes)  # num_keys=1 gives one key; the stub's return type also allows a tuple
+    return key
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,11 @@ class BoxKeyPair:
     private: ECC.EccKey
 
     @classmethod
-    def generate(cls) -> "BoxKeyPair":
+    def generate(cls) -> BoxKeyPair:
         return cls(ECC.generate(curve="Curve25519"))
 
     @classmethod
-    def from_bytes(cls, seed: bytes) -> "BoxKeyPair":
+    def from_bytes(cls, seed: bytes) -> BoxKeyPair:
         if len(seed) != 32:
             raise SealError("box private key must be 32 bytes")
         return cls(import_x25519_private_key(seed))

@@ -130,4 +130,4 @@ class Fact(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-__all__ = ["AgentState", "Attempts", "Decision", "Fact", "Outcome", "Field"]
+__all__ = ["AgentState", "Attempts", "Decision", "Fact", "Field", "Outcome"]

@@ -16,7 +16,7 @@ Why class scores and not the 784-d penultimate features the MetaModel fuses: the
 members are linear, and their penultimate features are a nearly invertible linear map of the
 pixels, so a head on one member's features already reaches the pixel-level linear classifier and
 no second member can add anything — a features-level value test rejects every model after the
-first (measured in docs/threat-model.md). A member's class scores carry what it *learned*: a copy of
+first (docs/threat-model.md, P9). A member's class scores carry what it *learned*: a copy of
 an evaluated model, or a model trained on the same classes, adds scores that are (near-)linear
 functions of ones already there and gains nothing, while a model that adds classes gains tens of
 points. It also means a verifier needs, and learns, only the scores — not the features.

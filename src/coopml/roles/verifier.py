@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -256,7 +257,7 @@ class Verifier(Agent):
         for ident, msg in self.inbox().items():
             if msg.model_id != asg.model_id or msg.sender != asg.contributor or msg.kind != MessageKind.EVAL_OFFER:
                 continue
-            d = self.handle(f"inbox:{ident}", lambda x=msg: self._accept_offer(view, asg, m, x), model=asg.model_id,
+            d = self.handle(f"inbox:{ident}", partial(self._accept_offer, view, asg, m, msg), model=asg.model_id,
                             deadline=m.verify_deadline)
             if d is not None and d.outcome == Outcome.DONE:
                 return True
@@ -284,10 +285,10 @@ class Verifier(Agent):
             if msg.model_id != asg.model_id or msg.sender != asg.contributor:
                 continue
             if msg.kind == MessageKind.EVAL_RESPONSE:
-                d = self.handle(f"inbox:{ident}", lambda x=msg: self._evaluate_response(view, asg, m, x),
+                d = self.handle(f"inbox:{ident}", partial(self._evaluate_response, view, asg, m, msg),
                                 model=asg.model_id, deadline=m.verify_deadline)
             elif msg.kind == MessageKind.MODEL_KEY and view.manifest.verification.mode == "plaintext":
-                d = self.handle(f"inbox:{ident}", lambda x=msg: self._evaluate_plaintext(view, asg, m, x),
+                d = self.handle(f"inbox:{ident}", partial(self._evaluate_plaintext, view, asg, m, msg),
                                 model=asg.model_id, deadline=m.verify_deadline)
             else:
                 continue

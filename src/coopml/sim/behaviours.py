@@ -19,11 +19,11 @@ import torch
 from coopml.chain import Vote
 from coopml.data import Dataset
 from coopml.models import TrainConfig
+from coopml.roles import messages
 from coopml.roles.contributor import Contributor
 from coopml.roles.initiator import Initiator
-from coopml.roles.models import ModelRecord
-from coopml.roles import messages
 from coopml.roles.messages import EvalOffer, MessageKind
+from coopml.roles.models import ModelRecord
 from coopml.roles.state import Fact
 from coopml.roles.verifier import Assignment, Verifier
 
@@ -51,13 +51,14 @@ class SelectiveContributor(Contributor):
     votes reject and must not be punished for it (P3: nobody chooses whom to slash)."""
 
     def _send_offers(self, view: Any, mid: int, m: Any) -> bool:
-        shunned = sorted(self.client.selected_verifiers(mid))[0]
+        shunned = min(self.client.selected_verifiers(mid))
         real = self.client.selected_verifiers
-        self.client.selected_verifiers = lambda model_id: [v for v in real(model_id) if v != shunned]  # type: ignore
+        # the misbehaviour patches the client's view for one call (an instance attribute, not the class)
+        self.client.selected_verifiers = lambda model_id: [v for v in real(model_id) if v != shunned]  # type: ignore[method-assign]
         try:
             return super()._send_offers(view, mid, m)
         finally:
-            self.client.selected_verifiers = real  # type: ignore
+            self.client.selected_verifiers = real  # type: ignore[method-assign]
 
 
 class LyingContributor(Contributor):

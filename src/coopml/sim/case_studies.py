@@ -22,24 +22,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from coopml.data import (
-    TABLE_II,
-    TABLE_III,
-    Dataset,
-    LabelShard,
-    ShardSpec,
-    load_dataset,
-    make_shards,
-)
-from coopml.fusion import (
-    FeatureCache,
-    FusionConfig,
-    LateFusion,
-    MetaModel,
-    Strategy,
-    TorchMember,
-    fuse,
-)
+from coopml.data import TABLE_II, TABLE_III, Dataset, LabelShard, ShardSpec, load_dataset, make_shards
+from coopml.fusion import FeatureCache, FusionConfig, LateFusion, MetaModel, Strategy, TorchMember, fuse
 from coopml.models import FeatureModel, TrainConfig, build_model, evaluate, train_model
 from coopml.sim.case_study4 import CaseStudy4Config, CaseStudy4Result, run_case_study_4
 from coopml.sim.fedavg import run_fedavg
@@ -261,11 +245,11 @@ def skewed_shards(pool: Dataset, n_train: int, n_verify: int, alpha: float, seed
         parts = []
         for n in (n_train, n_verify):
             counts = rng.multinomial(n, p)
-            taken: list[int] = []
+            picked = []
             for c, k in enumerate(counts):
-                taken.extend(queues[c][:k])
+                picked.extend(queues[c][:k])
                 del queues[c][:k]
-            idx = np.array(taken)
+            idx = np.array(picked)
             parts.append(pool.subset(idx[rng.permutation(len(idx))]))
         out[name] = LabelShard(ShardSpec(name, tuple(range(10)), n_train, n_verify), parts[0], parts[1])
     return out

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from coopml.data import TABLE_II, load_dataset, make_shards
 from coopml.models import FeatureModel, TrainConfig, build_model, evaluate, train_model

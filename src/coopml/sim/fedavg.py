@@ -35,7 +35,8 @@ def fedavg_aggregate(states: Sequence[State], weights: Sequence[float]) -> dict[
     keys = list(states[0])
     if any(list(s) != keys for s in states):
         raise CoopmlError("FedAvg client states have different parameter names (different architectures?)")
-    return {k: sum((w / total) * s[k].double() for s, w in zip(states, weights)).to(states[0][k].dtype)
+    zero = torch.zeros((), dtype=torch.float64)
+    return {k: sum(((w / total) * s[k].double() for s, w in zip(states, weights)), zero).to(states[0][k].dtype)
             for k in keys}
 
 

@@ -324,37 +324,45 @@ def fast_forward(chain: Chain, coop: TaskClient, task_id: int) -> bool:
     return True
 
 
-def skip_checked_disputes(chain: Chain, coop: TaskClient, task_id: int, records: list[tuple[str, LogRecord]],
-                          lock: threading.Lock) -> None:
-    """Multi-process dev-chain shortcut: once the buyer has checked a delivered model (its log says
-    so), nobody has anything left to do in that model's dispute window: move the clock past it.
-    (Other windows need no shortcut: reveal opens once every verifier committed, finalization once
-    every verifier revealed, and the initiator closes the task once its models are settled.)"""
-    from coopml.roles.log import LogEvent
-    with lock:
-        checked = {r.model for n, r in records if n == "initiator" and r.event in (LogEvent.MODEL_RECEIVED,
-                                                                                   LogEvent.DISPUTED)}
+def skip_used_windows(chain: Chain, coop: TaskClient, task_id: int, checked: set[int]) -> bool:
+    """Dev-chain shortcut: move the clock past windows nobody has anything left to do in — a
+    model's reveal window once every drawn verifier has revealed (the contract would already
+    accept its finalization; the agents wait for the window's end), a delivered model's dispute
+    window once the buyer has checked it (`checked`: model ids) — but only when every unsettled
+    model of the task is in such a window and no more models can be announced, so the jump takes
+    no time from anybody (another model's vote, delivery or check). True if the clock moved.
+    Checking every other model matters: with two models delivered together, skipping the first
+    one's dispute window alone would end the second's before the buyer checked it."""
     now = chain.now()
-    for mid in checked:
-        if mid is None:
-            continue
+    task = coop.task(task_id)
+    ends: list[int] = []
+    n_models = 0
+    for mid in range(1, coop.model_count() + 1):
         m = coop.model(mid)
-        if m.status == ModelStatus.DELIVERED and m.dispute_deadline >= now:
-            chain.increase_time(m.dispute_deadline - now + 1)
-            chain.mine()
-            return
+        if m.task_id != task_id:
+            continue
+        n_models += 1
+        if m.status in TERMINAL:
+            continue
+        if m.status == ModelStatus.VERIFYING and m.reveals >= task.terms.verifiers_per_model:
+            ends.append(m.reveal_deadline)
+        elif m.status == ModelStatus.DELIVERED and mid in checked:
+            ends.append(m.dispute_deadline)
+        else:
+            return False                         # somebody still needs this model's time
+    announcing = not task.closed and n_models < task.terms.max_models and now <= task.terms.announce_deadline
+    if announcing or not ends or min(ends) < now:
+        return False
+    chain.increase_time(min(ends) + 1 - now)
+    return True
+
 
 
 # ------------------------------------------------------------------------------ in-process
 
 def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable[[LogRecord], None] | None = None,
                    max_rounds: int = 20_000) -> LifecycleResult:
-    from coopml.roles.config import (
-        ContributorConfig,
-        InitiatorConfig,
-        VerifierConfig,
-        load_config,
-    )
+    from coopml.roles.config import ContributorConfig, InitiatorConfig, NodeConfig, VerifierConfig, load_config
     from coopml.roles.log import EventLog, Role
     from coopml.roles.runner import load_agent_class
     from coopml.roles.state import AgentState
@@ -366,7 +374,8 @@ def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable[[LogRecord]
     coop = deploy(chain, chain.dev_accounts()[0])
     store_spec = str(workdir / "store")
     setup = prepare(plan, workdir, chain, coop, "embedded", store_spec, keep_keys=True)
-    cfg_types = {Role.INITIATOR: InitiatorConfig, Role.CONTRIBUTOR: ContributorConfig, Role.VERIFIER: VerifierConfig}
+    cfg_types: dict[Role, type[NodeConfig]] = {Role.INITIATOR: InitiatorConfig, Role.CONTRIBUTOR: ContributorConfig,
+                                               Role.VERIFIER: VerifierConfig}
     sink = log or (lambda rec: None)
     agents: dict[str, Any] = {}
 
@@ -425,10 +434,9 @@ class _Proc:
 def _spawn(name: str, cmd: list[str], workdir: Path, on_record: Callable[[str, LogRecord], None]) -> _Proc:
     log_path = workdir / name / "stderr.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    err = open(log_path, "ab")  # noqa: SIM115 - the child writes to it for its whole life
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True)
-    err.close()
+    with open(log_path, "ab") as err:  # the child keeps its own descriptor
+        popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True)
 
     def pump(p: subprocess.Popen[str] = popen) -> None:
         assert p.stdout is not None
@@ -455,7 +463,7 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
     kill_at = dict(kill_at or {})
     records: list[tuple[str, LogRecord]] = []
     lock = threading.Lock()
-    journal = open(workdir / "events.jsonl", "a")  # noqa: SIM115 - appended to from several threads, closed at the end
+    journal = open(workdir / "events.jsonl", "a")  # noqa: SIM115 -- closed in the `finally` below
 
     def record(name: str, rec: LogRecord) -> None:
         with lock:
@@ -519,7 +527,10 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
                 raise CoopmlError(f"{n} exited with code {p.popen.returncode}: {p.log_path.read_text()[-1500:]}")
             if all(p.popen.poll() == 0 for p in procs.values()):
                 break
-            skip_checked_disputes(chain, coop, task_id, records, lock)
+            with lock:
+                checked = {r.model for n, r in records if n == "initiator" and r.model is not None
+                           and r.event in (LogEvent.MODEL_RECEIVED, LogEvent.DISPUTED)}
+            skip_used_windows(chain, coop, task_id, checked)
             time.sleep(0.25)
         summaries = {}
         with lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +17,7 @@ SUBSETS = ("{1}", "{1,2}", "{1,2,3}")
 
 
 def _pct(x: float) -> str:
-    return "n/a" if x != x else f"{100 * x:.1f}"
+    return "n/a" if math.isnan(x) else f"{100 * x:.1f}"
 
 
 def _mib(n: int) -> str:
@@ -215,10 +216,10 @@ def write_report(out_dir: str | Path, results: CaseStudiesResult) -> Path:
     fc = cfg.fusion
     md = [
         f"# coopml case studies ({cfg.preset} preset, seed {cfg.seed})", "",
-        f"Accuracies in % on the {test_n}. Shards are drawn from the MNIST training set at scale {cfg.scale} "
+        (f"Accuracies in % on the {test_n}. Shards are drawn from the MNIST training set at scale {cfg.scale} "
         f"(1.0 = the paper's 1000 train + 1000 verification images per party). Contributors: Adam, "
         f"lr {cfg.contributor_lr}, batch 50, up to {cfg.contributor_epochs} epochs, early stopping "
-        f"(patience {cfg.contributor_patience}) on their own verification data.", "",
+        f"(patience {cfg.contributor_patience}) on their own verification data."), "",
         f"MetaModel fusion: trained on the initiator's train shard, early-stopped on its verification shard; "
         f"lr {fc.lr}, batch {fc.batch_size}, up to {fc.max_epochs} epochs per stage (patience {fc.patience}), "
         f"feature z-scoring {'on' if fc.normalize else 'off'}, feature activation {fc.feature_activation}, "
@@ -243,15 +244,15 @@ def write_report(out_dir: str | Path, results: CaseStudiesResult) -> Path:
         f"({results.cs2.seconds:.0f} s)", "",
         "## Case Study III (our paradigm vs FedAvg)", "",
         "![fedavg](fig12.png)", "",
-        f"FedAvg: 4 clients (the three contributors' and the initiator's train shards), {cfg.fedavg_rounds} rounds "
+        (f"FedAvg: 4 clients (the three contributors' and the initiator's train shards), {cfg.fedavg_rounds} rounds "
         f"x {cfg.fedavg_local_epochs} local epochs, all clients every round, weights averaged by sample count. "
         f"Ours: three contributors train once (up to {cfg.contributor_epochs} epochs), one verifier accepts a model "
         f"at >= {100 * cfg.verify_threshold:.0f} % on its own labels, the initiator fuses accepted models (strategy II). "
-        f"Every party uses {cfg.fedavg_arch} ({_mib(results.cs3.model_bytes)} MiB as float32 safetensors).", "",
-        "Bytes: FedAvg counts the global model sent to every client and every client's model sent back, each "
+        f"Every party uses {cfg.fedavg_arch} ({_mib(results.cs3.model_bytes)} MiB as float32 safetensors)."), "",
+        ("Bytes: FedAvg counts the global model sent to every client and every client's model sent back, each "
         "round. Ours counts each model uploaded once to storage and downloaded once by the verifier and once "
         "by the initiator; no data moves. On-chain transactions (hashes, votes: a few hundred bytes) are not "
-        "counted in either.", "",
+        "counted in either."), "",
         "| scenario | ours: accuracy | ours: MiB | ours: verified | FedAvg: accuracy | FedAvg: MiB | FedAvg per round |",
         "|---|---|---|---|---|---|---|",
     ]

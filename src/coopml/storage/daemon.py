@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import requests
 
@@ -71,7 +71,7 @@ def init_repo(repo: Path, *, swarm_key: bytes | None = None, timeout: float = 60
     repo.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "IPFS_PATH": str(repo)}
     result = subprocess.run([_node(), str(_jsipfs_cli()), "init", "--empty-repo"], env=env,
-                            capture_output=True, text=True, timeout=timeout)
+                            capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         raise StorageUnavailable(f"jsipfs init failed in {repo}: {result.stderr.strip()[-500:]}")
     config_path = repo / "config"
@@ -128,7 +128,7 @@ class IpfsDaemon:
                 self.process.wait(timeout)
         self._http.close()
 
-    def __enter__(self) -> IpfsDaemon:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

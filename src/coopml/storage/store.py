@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Self
 
 from multiformats import CID
 
@@ -93,7 +94,7 @@ class Store(ABC):
     def close(self) -> None:
         """Release connections and threads (nothing to do for a local store)."""
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -216,15 +217,14 @@ class LocalStore(Store):
             return removed
 
 
-def open_store(spec: str | os.PathLike[str], **options: object) -> Store:
+def open_store(spec: str | os.PathLike[str], **options: Any) -> Store:
     """A store from a spec: "http://127.0.0.1:5001" (Kubo RPC API), "local:/path" or a plain path."""
     text = os.fspath(spec)
     if text.startswith(("http://", "https://")):
         from coopml.storage.kubo import KuboStore
 
-        return KuboStore(text, **options)  # type: ignore[arg-type]
-    if text.startswith("local:"):
-        text = text[len("local:"):]
+        return KuboStore(text, **options)
+    text = text.removeprefix("local:")
     if not text:
         raise StorageError("empty store spec: give a directory, local:/dir or http://host:port")
-    return LocalStore(text, **options)  # type: ignore[arg-type]
+    return LocalStore(text, **options)

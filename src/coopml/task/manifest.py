@@ -15,15 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 from importlib import resources
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coopml.data import InputSpec
 from coopml.errors import CoopmlError
 
-MANIFEST_FORMAT = "coopml-task"
-MANIFEST_VERSION = 1
+MANIFEST_FORMAT: Final = "coopml-task"
+MANIFEST_VERSION: Final = 1
 MAX_MANIFEST_BYTES = 1 << 20
 
 
@@ -98,11 +98,18 @@ class Windows(_Strict):
     dispute_s: int = Field(300, ge=1, le=30 * 86400, description="after delivery: the buyer may dispute")
 
 
+ModelFormat = Literal["onnx", "safetensors"]
+
+
+def _default_formats() -> list[ModelFormat]:
+    return ["safetensors", "onnx"]
+
+
 class ModelRequirements(_Strict):
     arch: str | None = Field(None, description="suggested architecture (a registered name); contributors may "
                              "bring their own model as long as the verification mode can evaluate it")
-    formats: list[Literal["onnx", "safetensors"]] = Field(default_factory=lambda: ["safetensors", "onnx"],
-                                                          description="how a bought model may be delivered")
+    formats: list[ModelFormat] = Field(default_factory=_default_formats,
+                                       description="how a bought model may be delivered")
 
 
 class FusionSpec(_Strict):

@@ -46,7 +46,7 @@ _SWITCH = typer.Option("auto", "--switch", help="auto (OVS + controller, else Li
 _UP_OUT = typer.Option(Path("out/testbed"), help="run folder (logs, repos)")
 _RUN_OUT = typer.Option(Path("out/testbed"), help="report and run folder")
 _DATA = typer.Option(None, help="override the preset's data size: tiny, reduced or full")
-_CUT = typer.Option([], "--cut", help="HOST@EVENT:SECONDS, e.g. contributor1@trained:5 (repeatable): "
+_CUT = typer.Option([], "--cut", help="HOST@EVENT:SECONDS, e.g. verifier1@registered:5 (repeatable): "
                                      "cut that host's link after that event")
 
 
@@ -70,7 +70,7 @@ def run(preset: str = _PRESET, contributors: int = _CONTRIBUTORS, verifiers: int
         out: Path = _RUN_OUT, data: str | None = _DATA, cut: list[str] = _CUT,
         measure: bool = typer.Option(True, help="ping + iperf3 between two hosts first"),
         fedavg: bool = typer.Option(True, help="run FedAvg on the same task and links afterwards"),
-        shortcuts: bool = typer.Option(True, help="skip idle commit/reveal windows on the dev chain"),
+        shortcuts: bool = typer.Option(True, help="skip reveal and dispute windows nobody needs on the dev chain"),
         keep: bool = typer.Option(False, help="leave the testbed up afterwards"),
         seed: int = typer.Option(0)) -> None:
     """Build the testbed, run the coopml task (and FedAvg) across it, report, tear down."""

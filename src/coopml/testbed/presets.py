@@ -37,22 +37,20 @@ class Preset(BaseModel):
     link: LinkProfile
     block_time: float = Field(gt=0, description="anvil --block-time (s); the paper's PoA chain used 15 s")
     data: Literal["tiny", "reduced", "full"] = "reduced"
-    poll_interval: float = Field(0.5, gt=0, description="how often agents poll the chain (s)")
-    agent_timeout: float = Field(1800, gt=0, description="an agent gives up after this many seconds")
     fedavg_rounds: int = Field(3, ge=1)
     fedavg_local_epochs: int = Field(2, ge=1)
 
 
 PRESETS: dict[str, Preset] = {
     "pi": Preset(name="pi", description="Raspberry-Pi-like boards: 10 Mbit/s, 20 ms one way node to node, 15 s PoA blocks",
-                 link=LinkProfile(rate_mbit=10, delay_ms=10, queue_ms=50), block_time=15, data="full", poll_interval=1.0,
-                 agent_timeout=3600, fedavg_rounds=5, fedavg_local_epochs=6),
+                 link=LinkProfile(rate_mbit=10, delay_ms=10, queue_ms=50), block_time=15, data="full",
+                 fedavg_rounds=5, fedavg_local_epochs=6),
     "lan": Preset(name="lan", description="switched LAN: 100 Mbit/s, no added delay (no relay), 2 s blocks",
                   link=LinkProfile(rate_mbit=100, delay_ms=0, queue_ms=20), block_time=2, data="full",
-                  poll_interval=0.5, agent_timeout=1800, fedavg_rounds=5, fedavg_local_epochs=6),
+                  fedavg_rounds=5, fedavg_local_epochs=6),
     "ci": Preset(name="ci", description="CI: 50 Mbit/s, 2 ms one way node to node, 1 s blocks, tiny data",
                  link=LinkProfile(rate_mbit=50, delay_ms=1, queue_ms=20), block_time=1, data="tiny",
-                 poll_interval=0.3, agent_timeout=600, fedavg_rounds=2, fedavg_local_epochs=1),
+                 fedavg_rounds=2, fedavg_local_epochs=1),
 }
 
 

@@ -81,11 +81,13 @@ def render_markdown(r: dict[str, Any]) -> str:
     out = task["outcome"]
     lines += ["## coopml task", "", (f"Task {out.get('task_id')} finished in {task['elapsed_s']:.1f} s "
                                      f"({out.get('block_number', '?')} blocks)."), "",
-              "| model | contributor | outcome | yes | no |", "|---|---|---|---|---|"]
+              "| model | contributor | outcome | approve | reject | abstain |", "|---|---|---|---|---|---|"]
     for m in out.get("models", []):
-        lines.append(f"| {m['model_id']} | {m['contributor']} | {m['status']} | {m['yes']} | {m['no']} |")
+        lines.append(f"| {m['model_id']} | {m['contributor']} | {m['status']} | {m['approve']} | {m['reject']} | "
+                     f"{m['abstain']} |")
     for h in out.get("fusion_history", []):
-        lines.append(f"\nMetaModel with {h['models']} model(s): {h['test_accuracy']:.2%} test accuracy.")
+        if h.get("test_accuracy") is not None:
+            lines.append(f"\nMetaModel with {len(h['members'])} model(s): {h['test_accuracy']:.2%} test accuracy.")
     lines += ["", "### Traffic per node (link counters; split by peer from the switch's per-pair flows)", "",
               "| node | role | sent | received | with chain (sent / recv) | with agents (sent / recv) | active (s) |",
               "|---|---|---|---|---|---|---|"]

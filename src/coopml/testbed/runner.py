@@ -47,7 +47,7 @@ class LinkCut(BaseModel):
     def parse(cls, text: str) -> LinkCut:
         m = re.fullmatch(r"([\w-]+)@([\w-]+):([\d.]+)", text.strip())
         if not m:
-            raise TestbedError(f"bad --cut {text!r}: expected HOST@EVENT:SECONDS, e.g. contributor1@trained:5")
+            raise TestbedError(f"bad --cut {text!r}: expected HOST@EVENT:SECONDS, e.g. verifier1@registered:5")
         return cls(host=m.group(1), after_event=m.group(2), seconds=float(m.group(3)))
 
 
@@ -100,12 +100,26 @@ def bring_up(opts: RunOptions, run_dir: Path, log: Log = print) -> tuple[Testbed
         raise
 
 
+def check_cuts(opts: RunOptions) -> None:
+    """A cut naming a host the run does not have, or an event no agent logs, would never fire."""
+    hosts = {name for name, role in workload.testbed_hosts(opts.contributors, opts.verifiers)
+             if role not in ("chain", "operator")}
+    for cut in opts.cuts:
+        if cut.host not in hosts:
+            raise TestbedError(f"--cut {cut.host}@{cut.after_event}: no agent host {cut.host!r} in this run "
+                               f"(hosts: {', '.join(sorted(hosts))})")
+        if cut.after_event not in workload.AGENT_EVENTS:
+            raise TestbedError(f"--cut {cut.host}@{cut.after_event}: agents never log {cut.after_event!r} "
+                               f"(events: {', '.join(sorted(workload.AGENT_EVENTS))})")
+
+
 def run(opts: RunOptions, out: Path, log: Log = print) -> dict[str, Any]:
     """A whole run; returns the report dict (also written to out/report.json and report.md)."""
     from coopml.testbed.report import write_report
     from coopml.testbed.services import PeeringKeeper
 
     preset = get_preset(opts.preset)
+    check_cuts(opts)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -172,10 +186,10 @@ def run_task(tb: Testbed, preset: Preset, opts: RunOptions, plan: Any, log: Log)
     workdir.mkdir(parents=True, exist_ok=True)
     agents = [n for n, _ in workload.testbed_hosts(opts.contributors, opts.verifiers)
               if tb.host(n).role not in ("chain", "operator")]
-    spec = workload.WorkloadSpec(plan=plan.model_dump(), chain_url=tb.state.services["chain_url"], workdir=str(workdir),
-                                 netns={n: tb.host(n).netns for n in agents}, poll_interval=preset.poll_interval,
-                                 agent_timeout=preset.agent_timeout, shortcuts=opts.shortcuts,
-                                 timeout=opts.task_timeout, python=sys.executable, pythonpath=SRC_DIR)
+    spec = workload.WorkloadSpec(plan=plan.model_dump(mode="json"), chain_url=tb.state.services["chain_url"],
+                                 workdir=str(workdir), netns={n: tb.host(n).netns for n in agents},
+                                 shortcuts=opts.shortcuts, timeout=opts.task_timeout, python=sys.executable,
+                                 pythonpath=SRC_DIR)
     spec_path = workdir / "workload.json"
     spec_path.write_text(spec.model_dump_json(indent=1))
     journal = workdir / "events.jsonl"
@@ -212,16 +226,17 @@ def run_task(tb: Testbed, preset: Preset, opts: RunOptions, plan: Any, log: Log)
                         if ev.get("node") == cut.host and ev.get("event") == cut.after_event:
                             pending.remove(cut)
                             tb.set_link(cut.host, False)
-                            active.append((cut, time.time()))
+                            active.append((cut, time.time()))   # the link is surely down from this instant
                             log(f"link cut: {cut.host} down for {cut.seconds:g} s (after its {cut.after_event!r})")
                     if ev.get("event") in workload.PROGRESS_EVENTS:
                         log(f"  {ev.get('node')}: {ev.get('event')}")
             for cut, since in list(active):
                 if time.time() - since >= cut.seconds:
+                    restoring = time.time()          # the link is surely down until this instant
                     tb.set_link(cut.host, True)
                     active.remove((cut, since))
-                    cuts_done.append({**cut.model_dump(), "down_at": round(since - t0, 2),
-                                      "up_at": round(time.time() - t0, 2)})
+                    cuts_done.append({**cut.model_dump(), "down_at": round(since - t0, 2), "up_at": round(restoring - t0, 2),
+                                      "down_t": round(since, 3), "up_t": round(restoring, 3)})   # unix, as the journal
                     log(f"link restored: {cut.host}")
             if done and not active:
                 break
@@ -268,7 +283,7 @@ def _peer_group(role: str) -> str:
 def run_fedavg(tb: Testbed, preset: Preset, plan: Any, data: str, log: Log) -> dict[str, Any]:
     """FedAvg on the same task: server on the initiator's host, one client per contributor host."""
     job = workload.fedavg_job(plan, preset.fedavg_rounds, preset.fedavg_local_epochs,
-                              n_test=10_000 if data == "full" else 2000)
+                              n_test=plan.initiator.n_test or 10_000)     # the images the MetaModel is tested on
     folder = tb.run_dir / "fedavg"
     folder.mkdir(parents=True, exist_ok=True)
     job_path = folder / "job.json"

@@ -3,12 +3,15 @@ config each agent gets, which command starts it, how the task is driven and read
 log events mark the phases of each role, and what data FedAvg clients hold for "the same task".
 Everything else in coopml.testbed is agent-agnostic; port this module when the agents change.
 
-Today it uses the `coopml initiator|contributor|verifier --config FILE` commands and
-`coopml.sim.lifecycle.make_nodes` configs. The driver (`python -m coopml.testbed.workload
-SPEC.json`) runs as its own process inside the operator's namespace: it deploys the contract
-over the emulated network, starts every agent in its host's namespace (`ip netns exec`), merges
-their JSON logs into one journal the orchestrator tails, and writes the outcome when all agents
-have exited.
+The agents are the production ones (`coopml initiator|contributor|verifier --config FILE`, JSON
+log records on stdout), set up exactly as `coopml.sim.lifecycle.prepare` sets up a simulated
+deployment (an encrypted keystore, a 0600 password file, pinned npz data and a config per node,
+the task manifest); only the chain URL and the store differ: the chain host's anvil over the
+emulated network, and each agent's own IPFS daemon on its namespace's loopback. The driver
+(`python -m coopml.testbed.workload SPEC.json`) runs as its own process inside the operator's
+namespace: it deploys the contract over the emulated network, starts every agent in its host's
+namespace (`ip netns exec`), merges their JSON logs into one journal the orchestrator tails, and
+writes the outcome when all agents have exited.
 """
 
 from __future__ import annotations
@@ -17,13 +20,19 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from coopml.chain import Chain
 from coopml.errors import CoopmlError
+from coopml.roles.log import LogEvent
+
+if TYPE_CHECKING:
+    from coopml.sim.lifecycle import LifecyclePlan
 
 PUBLISHED_TIMEOUT = 300.0
 IPFS_API = "http://127.0.0.1:5001"   # each agent's own daemon, on its namespace's loopback
@@ -31,16 +40,21 @@ IPFS_API = "http://127.0.0.1:5001"   # each agent's own daemon, on its namespace
 # Phases of each role: (phase name, event that ends it, first or last occurrence). A phase starts
 # where the previous one ended (the first at the agent's start).
 PHASES: dict[str, list[tuple[str, str, Literal["first", "last"]]]] = {
-    "initiator": [("publish", "published", "first"), ("share data", "verification-data-sent", "last"),
-                  ("await models", "model-decrypted", "first"), ("decrypt+fuse", "fused", "last"),
-                  ("close+settle", "done", "last")],
-    "contributor": [("join", "registered", "first"), ("train", "trained", "first"),
-                    ("encrypt+announce", "announced", "first"), ("verification", "key-released", "first"),
+    "initiator": [("publish", "published", "first"), ("await models", "model-received", "first"),
+                  ("check+fuse", "fused", "last"), ("close+settle", "done", "last")],
+    "contributor": [("join", "registered", "first"), ("train+encrypt", "trained", "first"),
+                    ("announce", "announced", "first"), ("verification", "delivered", "first"),
                     ("settle", "done", "last")],
     "verifier": [("join", "registered", "first"), ("verify", "evaluated", "last"),
                  ("vote", "revealed", "last"), ("settle", "done", "last")],
 }
 
+# Events that need the chain: the agent logs them only after its transaction was mined.
+CHAIN_EVENTS = frozenset({"registered", "published", "announced", "drawn", "delivered", "revealed", "committed",
+                          "settled", "withdrawn", "closed", "finalized"})
+
+# Every event an agent logs (coopml.roles.log.LogEvent), e.g. to trigger a link cut on.
+AGENT_EVENTS = frozenset(e.value for e in LogEvent)
 
 # Events worth a line in the orchestrator's progress log.
 PROGRESS_EVENTS = frozenset({event for phases in PHASES.values() for _, event, _ in phases} | {"failed"})
@@ -55,7 +69,7 @@ def measure_pair(n_contributors: int) -> tuple[str, str]:
 def testbed_hosts(n_contributors: int, n_verifiers: int) -> list[tuple[str, str]]:
     """(host name, role) for every host: the chain node, the operator's console, the agents."""
     if not 1 <= n_contributors <= 7:
-        raise CoopmlError(f"contributors must be 1..7 (data slots), got {n_contributors}")
+        raise CoopmlError(f"contributors must be 1..7, got {n_contributors}")
     if n_verifiers < 1:
         raise CoopmlError(f"need at least one verifier, got {n_verifiers}")
     return ([("chain", "chain"), ("operator", "operator"), ("initiator", "initiator")]
@@ -71,24 +85,40 @@ def storage_hosts(hosts: list[tuple[str, str]]) -> list[str]:
 DataSize = Literal["tiny", "reduced", "full"]
 
 
-def make_plan(n_contributors: int, n_verifiers: int, data: DataSize, block_time: float, seed: int = 0) -> Any:
-    """The Case Study II task (Table III label sets, cycled), sized for the testbed. `tiny` is
-    for CI (200 images, 3 epochs): it checks the plumbing, not the accuracy."""
-    from coopml.sim.lifecycle import ContributorPlan, table3_plan
-    reduced = data != "full"
+def windows_for(block_time: float) -> dict[str, int]:
+    """The task's windows (chain seconds), long enough for several blocks of `block_time`."""
+    from coopml.sim.lifecycle import dev_windows
     slow = max(1.0, block_time)
-    per_model = n_verifiers if n_verifiers % 2 else n_verifiers - 1
-    plan = table3_plan(reduced=reduced, commit_window=int(max(120, 16 * slow)), reveal_window=int(max(30, 6 * slow)),
-                       release_window=int(max(120, 12 * slow)), announce_window=3600,
-                       verifiers_per_model=max(1, per_model), max_models=n_contributors,
-                       close_when_models=n_contributors)
-    base = plan.contributors
-    plan.contributors = [ContributorPlan(**{**base[i % len(base)].model_dump(), "slot": i + 1})
-                         for i in range(n_contributors)]
+    base = dev_windows()
+    return {"announce_s": base["announce_s"], "verify_s": int(max(base["verify_s"], 40 * slow)),
+            "reveal_s": int(max(base["reveal_s"], 8 * slow)), "delivery_s": int(max(base["delivery_s"], 16 * slow)),
+            "dispute_s": int(max(base["dispute_s"], 8 * slow))}
+
+
+def make_plan(n_contributors: int, n_verifiers: int, data: DataSize, block_time: float, seed: int = 0
+              ) -> LifecyclePlan:
+    """The Case Study II task (Table III label sets, cycled over the contributors), sized for the
+    testbed: `full` and `reduced` as `coopml.sim.lifecycle.table3_plan`; `tiny` is for CI (200
+    training images, 3 epochs, 300 CKKS queries): it checks the plumbing, not the accuracy."""
+    from coopml.data import TABLE_III
+    from coopml.sim.lifecycle import (
+        ContributorPlan,
+        VerifierPlan,
+        table3_plan,
+        tiny_plan,
+    )
+    table3 = table3_plan(reduced=data != "full")
+    n_train, epochs = (200, 3) if data == "tiny" else (table3.contributors[0].n_train, table3.contributors[0].epochs)
+    contributors = [ContributorPlan(labels=list(TABLE_III[i % len(TABLE_III)].labels), n_train=n_train, epochs=epochs,
+                                    seed=i, same_data_as=None) for i in range(n_contributors)]
     if data == "tiny":
-        plan.contributors = [c.model_copy(update={"n_train": 200, "n_val": 100, "epochs": 3}) for c in plan.contributors]
-        plan.initiator.update(n_train=200, n_verify=200, fusion_epochs=3, fusion_augment=0, min_accuracy=0.5)
-    plan.verifiers = ["honest"] * n_verifiers
+        plan = tiny_plan(contributors, criterion={"min_accuracy": 0.5})
+        verifier = VerifierPlan(n_verify=300)
+    else:
+        plan = table3.model_copy(update={"contributors": contributors})
+        verifier = table3.verifiers[0]
+    plan.verifiers = [verifier.model_copy() for _ in range(n_verifiers)]
+    plan.overrides["windows"] = windows_for(block_time)
     plan.seed = seed
     return plan
 
@@ -100,18 +130,30 @@ class WorkloadSpec(BaseModel):
     chain_url: str
     workdir: str
     netns: dict[str, str]                 # agent name -> its host's namespace
-    poll_interval: float = 0.5
-    agent_timeout: float = 1800
-    shortcuts: bool = True                # skip idle commit/reveal windows on the dev chain
+    poll_interval: float = 0.2            # how often the driver reads the agents' logs (s)
+    shortcuts: bool = True                # skip reveal and dispute windows nobody needs (dev chain)
     timeout: float = 3600
     python: str = Field(default_factory=lambda: sys.executable)
     pythonpath: str = ""
+
+
+class GenesisFundedChain(Chain):
+    """`prepare` funds every account with a transaction; on a 15 s block chain that is one block
+    per node. Like the paper's PoA genesis ("all sealers are initialized with a small number of
+    tokens"), set the balances directly instead (anvil_setBalance)."""
+
+    def fund(self, address: str, amount_wei: int, sender: str | None = None) -> None:
+        from web3.types import RPCEndpoint
+        reply = self.w3.provider.make_request(RPCEndpoint("anvil_setBalance"), [address, hex(amount_wei)])
+        if reply.get("error"):
+            raise CoopmlError(f"anvil_setBalance failed: {reply['error']}")
 
 
 # ------------------------------------------------------------------------------ driver process
 
 class Driver:
     def __init__(self, spec: WorkloadSpec) -> None:
+        from coopml.roles.log import LogRecord
         self.spec = spec
         self.workdir = Path(spec.workdir)
         self.journal_path = self.workdir / "events.jsonl"
@@ -119,11 +161,13 @@ class Driver:
         self.offsets: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.records: list[tuple[str, LogRecord]] = []     # the agents' typed log records
+        self.lock = threading.Lock()
 
     def note(self, node: str, msg: dict[str, Any]) -> None:
         msg = {"t": round(time.time(), 3), **msg} if "t" not in msg else msg
         self.events.append((node, msg))
-        self.journal.write(json.dumps({"node": node, **msg}) + "\n")
+        self.journal.write(json.dumps({**msg, "node": node}) + "\n")
         self.journal.flush()
 
     def spawn(self, name: str, args: list[str]) -> None:
@@ -143,6 +187,7 @@ class Driver:
 
     def pump(self) -> None:
         """Move complete new lines of every agent's stdout into the journal."""
+        from coopml.roles.log import parse_record
         for name in list(self.procs):
             path = self.workdir / name / "stdout.jsonl"
             with open(path, "rb") as f:
@@ -151,55 +196,51 @@ class Driver:
             end = data.rfind(b"\n") + 1
             self.offsets[name] += end
             for line in data[:end].decode(errors="replace").splitlines():
-                try:
-                    msg = json.loads(line)
-                except json.JSONDecodeError:
-                    msg = {"event": "output", "text": line[:500]}
-                if isinstance(msg, dict):
-                    self.note(name, msg)
+                rec = parse_record(line)
+                if rec is None:
+                    if line.strip():
+                        self.note(name, {"event": "output", "text": line[:500]})
+                    continue
+                with self.lock:
+                    self.records.append((name, rec))
+                self.note(name, rec.model_dump(mode="json"))
 
     def run(self) -> dict[str, Any]:
-        from coopml.chain import Chain, deploy
+        from coopml.chain import deploy
         from coopml.sim.lifecycle import (
             LifecyclePlan,
-            _all_settled,
-            make_nodes,
+            prepare,
             read_outcome,
-            skip_idle_windows,
+            skip_used_windows,
         )
 
         spec = self.spec
         t0 = time.monotonic()
         plan = LifecyclePlan.model_validate(spec.plan)
-        chain = Chain.rpc(spec.chain_url)
-        deployer = chain.dev_accounts()[0]
-        coop = deploy(chain, deployer)
+        chain = GenesisFundedChain.rpc(spec.chain_url)
+        coop = deploy(chain, chain.dev_accounts()[0])
         self.note("driver", {"event": "deployed", "contract": coop.address, "block": coop.deploy_block})
-        nodes = make_nodes(plan, cast(Any, _GenesisFunding(chain)), coop, self.workdir, spec.chain_url, IPFS_API)
-        paths = {}
-        for name, cfg in nodes.configs.items():
-            cfg.update(poll_interval=spec.poll_interval, timeout=spec.agent_timeout)
-            path = self.workdir / name / "config.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text(json.dumps(cfg, indent=1))
-            paths[name] = path
-        self.spawn("initiator", ["initiator", "--config", str(paths["initiator"])])
+        setup = prepare(plan, self.workdir, chain, coop, spec.chain_url, IPFS_API)
+
+        def command(name: str, task_id: int | None) -> list[str]:
+            role = name.rstrip("0123456789")
+            args = [role, "--config", str(setup.paths[name]), "--agent", setup.agents[name], "--name", name]
+            return args + (["--task-id", str(task_id)] if task_id is not None else [])
+
+        self.spawn("initiator", command("initiator", None))
         task_id = None
         while task_id is None:
             self.pump()
-            task_id = next((m["task"] for n, m in self.events if n == "initiator" and m.get("event") == "published"),
+            task_id = next((r.task for n, r in self.records if n == "initiator" and r.event == LogEvent.PUBLISHED),
                            None)
             self._check_failures()
             if time.monotonic() - t0 > PUBLISHED_TIMEOUT:
                 raise CoopmlError(f"the initiator did not publish a task within {PUBLISHED_TIMEOUT:.0f} s")
-            time.sleep(0.2)
-        for name, path in paths.items():
+            time.sleep(spec.poll_interval)
+        self.note("driver", {"event": "task", "task": task_id})
+        for name in setup.agents:
             if name != "initiator":
-                role = "verifier" if name.startswith("verifier") else "contributor"
-                self.spawn(name, [role, "--config", str(path), "--task-id", str(task_id)])
-        forwarded = False
-        ini_cfg = nodes.configs["initiator"]
+                self.spawn(name, command(name, task_id))
         while True:
             self.pump()
             self._check_failures()
@@ -207,19 +248,18 @@ class Driver:
                 break
             if time.monotonic() - t0 > spec.timeout:
                 raise CoopmlError(f"the task did not finish within {spec.timeout:.0f} s")
-            try:
-                if spec.shortcuts:
-                    skip_idle_windows(chain, coop, task_id)
-                if not forwarded and _all_settled(coop, task_id, len(plan.contributors), self.workdir / "initiator"):
-                    if spec.shortcuts:
-                        chain.increase_time(int(ini_cfg.get("announce_window", 600)) + 1)
-                    forwarded = True
-            except (CoopmlError, OSError) as exc:   # the operator's own link may be busy: try again
-                self.note("driver", {"event": "retry", "error": str(exc)[:200]})
-            time.sleep(1.0)
+            if spec.shortcuts:
+                try:
+                    with self.lock:
+                        checked = {r.model for n, r in self.records if n == "initiator" and r.model is not None
+                                   and r.event in (LogEvent.MODEL_RECEIVED, LogEvent.DISPUTED)}
+                    skip_used_windows(chain, coop, task_id, checked)
+                except (CoopmlError, OSError) as exc:   # the operator's own link may be busy: try again
+                    self.note("driver", {"event": "retry", "error": str(exc)[:200]})
+            time.sleep(spec.poll_interval)
         self.pump()
-        result = read_outcome(chain, coop, task_id, nodes.names, nodes.behaviours, self.workdir,
-                              time.monotonic() - t0)
+        summaries = {n: r.human for n, r in self.records if r.event == LogEvent.DONE and r.human}
+        result = read_outcome(chain, coop, task_id, setup, time.monotonic() - t0, summaries)
         out = result.to_json()
         out["contract"] = coop.address
         out["block_number"] = chain.block_number()
@@ -243,18 +283,6 @@ class Driver:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-
-
-class _GenesisFunding:
-    """make_nodes funds every account with a transaction; on a 15 s block chain that is one block
-    per node. Like the paper's PoA genesis ("all sealers are initialized with a small number of
-    tokens"), set the balances directly instead (anvil_setBalance)."""
-
-    def __init__(self, chain: Any) -> None:
-        self.chain = chain
-
-    def fund(self, address: str, amount_wei: int) -> None:
-        self.chain.w3.provider.make_request("anvil_setBalance", [address, hex(amount_wei)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,22 +325,33 @@ def node_phases(role: str, events: list[dict[str, Any]], started: float) -> list
 
 # ------------------------------------------------------------------------------ FedAvg on the same task
 
-def fedavg_job(plan: Any, rounds: int, local_epochs: int, n_test: int) -> dict[str, Any]:
+def fedavg_job(plan: LifecyclePlan, rounds: int, local_epochs: int, n_test: int) -> dict[str, Any]:
     """The FedAvg counterpart of `plan`: the contributors' private data as clients, the task's
-    model architecture, evaluated on the test set."""
-    from coopml.roles.config import InitiatorConfig
-    arch = plan.initiator.get("arch", InitiatorConfig.model_fields["arch"].default)
-    clients = {f"contributor{i + 1}": {"slot": c.slot, "labels": list(c.labels), "n_train": c.n_train, "n_val": c.n_val}
-               for i, c in enumerate(plan.contributors)}
-    return {"arch": arch, "dataset": plan.dataset, "seed": plan.seed, "rounds": rounds, "local_epochs": local_epochs,
-            "clients": clients, "n_test": n_test}
+    model architecture, evaluated on the test set. Each client is described by what `prepare`
+    draws for that contributor (its data slot among all nodes, its labels and sample count) and
+    how the contributor holds part of it out (fraction and seed of the split)."""
+    from coopml.roles.config import ContributorConfig
+    val_fraction = ContributorConfig.model_fields["val_fraction"].default
+    total = 1 + len(plan.contributors) + len(plan.verifiers)
+    clients = {}
+    for i, c in enumerate(plan.contributors):
+        if c.same_data_as is not None:
+            raise CoopmlError(f"contributor{i + 1} re-sells another's data: FedAvg has no counterpart for it")
+        clients[f"contributor{i + 1}"] = {"index": 1 + i, "total": total, "labels": sorted(c.labels),
+                                          "n": 2 * c.n_train, "val_fraction": val_fraction, "split_seed": c.seed}
+    return {"arch": plan.contributors[0].arch, "dataset": plan.dataset, "seed": plan.seed, "rounds": rounds,
+            "local_epochs": local_epochs, "clients": clients, "n_test": n_test}
 
 
 def fedavg_client_data(job: dict[str, Any], client: str) -> Any:
-    """The training data `client` holds: exactly the contributor's private shard."""
-    from coopml.roles.data import contributor_data
+    """The training data `client` holds: exactly the part of the contributor's private data that
+    the contributor trains on (`coopml.sim.slots.node_data`, then the contributor's own split)."""
+    from coopml.roles.datasets import split
+    from coopml.sim import slots
     c = job["clients"][client]
-    return contributor_data(job["dataset"], job["seed"], c["slot"], c["labels"], c["n_train"], c["n_val"]).train
+    data = slots.node_data(job["dataset"], int(c["index"]), int(c["total"]), list(c["labels"]), int(c["n"]),
+                           int(job["seed"]))
+    return split(data, float(c["val_fraction"]), seed=int(c["split_seed"]))[0]
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import tenseal.sealapi as seal  # type: ignore[import-untyped]
+import tenseal.sealapi as seal
 
 from coopml.he.ckks.errors import CkksFormatError
 

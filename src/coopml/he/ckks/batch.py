@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
-import tenseal.sealapi as seal  # type: ignore[import-untyped]
+import tenseal.sealapi as seal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coopml.he.ckks import _seal

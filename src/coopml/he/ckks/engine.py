@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import tenseal.sealapi as seal  # type: ignore[import-untyped]
+import tenseal.sealapi as seal
 
 from coopml.he.ckks import _seal
 from coopml.he.ckks.batch import EncryptedBatch, EncryptedOutputs, PublicContext

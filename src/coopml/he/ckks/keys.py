@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import tenseal.sealapi as seal  # type: ignore[import-untyped]
+import tenseal.sealapi as seal
 from pydantic import BaseModel, ConfigDict, Field
 
 from coopml.he.ckks import _seal

@@ -13,7 +13,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-import tenseal.sealapi as seal  # type: ignore[import-untyped]
+import tenseal.sealapi as seal
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -203,7 +203,7 @@ def seal_context(params: CkksParams) -> SealContext:
     ids: list[tuple[int, int, int, int]] = []
     data = ctx.first_context_data()
     while data is not None:
-        ids.append(tuple(data.parms_id()))  # type: ignore[arg-type]
+        ids.append(tuple(data.parms_id()))
         data = data.next_context_data()
     ids.reverse()                       # index i -> primes q0..q_i
     if len(ids) != len(primes):  # pragma: no cover

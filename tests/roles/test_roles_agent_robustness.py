@@ -1,0 +1,127 @@
+"""The agent loop against what a hostile or broken world does to it, on a real EVM: transient
+failures (a store or chain node away) are retried with back-off and never lose the item; poison
+input becomes a recorded decision, never an exception out of the loop; a chain outage is a retry,
+not a crash; one agent per working directory; a node refuses terms beyond its spending limits
+before it pays anything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from coopml.chain import Chain, TaskClient, deploy
+from coopml.errors import StorageUnavailable
+from coopml.roles.agent import Agent, WorkdirBusy, WorkdirLock
+from coopml.roles.log import EventLog, LogEvent, LogRecord, Role
+from coopml.roles.state import AgentState, Decision, Outcome
+from coopml.roles.task import SpendingLimits, TermsRefused, check_deposit
+from coopml.storage import open_store
+
+
+class Probe(Agent):
+    role = Role.VERIFIER
+
+
+def _agent(tmp_path: Path, chain: Chain, records: list[LogRecord]) -> Probe:
+    coop = deploy(chain, chain.dev_accounts()[0])
+    client = TaskClient(chain, coop.address, chain.dev_accounts()[1], deploy_block=coop.deploy_block)
+    return Probe(client=client, store=open_store(str(tmp_path / "store")), state=AgentState(tmp_path / "state.sqlite"),
+                 workdir=tmp_path, log=EventLog(Role.VERIFIER, "probe", records.append))
+
+
+@pytest.fixture
+def agent(tmp_path):
+    records: list[LogRecord] = []
+    a = _agent(tmp_path, Chain.embedded(), records)
+    a.records = records   # type: ignore[attr-defined]
+    return a
+
+
+def test_a_transient_failure_is_retried_and_the_item_is_not_lost(agent):
+    calls = []
+
+    def flaky() -> Decision:
+        calls.append(1)
+        if len(calls) == 1:
+            raise StorageUnavailable("ipfs daemon not answering")
+        return Decision(outcome=Outcome.DONE)
+
+    assert agent.handle("inbox:7", flaky, deadline=agent.chain.now() + 3600) is None
+    assert agent.state.decision("inbox:7") is None            # not marked handled
+    assert any(r.event == LogEvent.RETRY for r in agent.records)
+    assert agent.handle("inbox:7", flaky) is None and len(calls) == 1   # backing off: not tried again yet
+    agent.state.attempts("inbox:7").next_at = 0.0
+    d = agent.handle("inbox:7", flaky)
+    assert d is not None and d.outcome == Outcome.DONE and len(calls) == 2
+    assert agent.handle("inbox:7", flaky).outcome == Outcome.DONE and len(calls) == 2   # at most once
+
+
+def test_a_transient_failure_past_the_chain_deadline_expires_the_item(agent):
+    def down() -> Decision:
+        raise StorageUnavailable("gone")
+
+    d = agent.handle("inbox:8", down, deadline=agent.chain.now() - 1)
+    assert d is not None and d.outcome == Outcome.EXPIRED and "gone" in d.reason
+
+
+@pytest.mark.parametrize("exc", [UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"), ValueError("axis 1 is out of bounds"),
+                                 RuntimeError("stride should be nonzero"), KeyError("error")])
+def test_poison_input_becomes_a_recorded_rejection(agent, exc):
+    def poison() -> Decision:
+        raise exc
+
+    d = agent.handle("inbox:9", poison)
+    assert d is not None and d.outcome == Outcome.REJECTED and type(exc).__name__ in d.reason
+    assert agent.state.decision("inbox:9").outcome == Outcome.REJECTED   # decided once, never re-run
+
+
+def test_a_chain_outage_is_a_retry_not_a_crash(tmp_path):
+    from coopml.chain.processes import start_embedded_node
+    node = start_embedded_node()
+    try:
+        records: list[LogRecord] = []
+        chain = Chain.rpc(node.url, timeout=3)
+        a = _agent(tmp_path, chain, records)
+        a.run_once()
+    finally:
+        node.stop()
+    assert a.run_once() is False                       # the node is gone: no exception
+    assert any(r.event == LogEvent.RETRY for r in records)
+
+
+def test_one_agent_per_working_directory(tmp_path):
+    lock = WorkdirLock(tmp_path)
+    with pytest.raises(WorkdirBusy, match=str(os.getpid())):
+        WorkdirLock(tmp_path)
+    lock.release()
+    WorkdirLock(tmp_path).release()
+    # a holder killed with SIGKILL releases the lock with its process
+    code = ("import sys, time; from pathlib import Path; from coopml.roles.agent import WorkdirLock; "
+            f"WorkdirLock(Path({str(tmp_path)!r})); print('locked', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+        with pytest.raises(WorkdirBusy):
+            WorkdirLock(tmp_path)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        time.sleep(0.1)
+        WorkdirLock(tmp_path).release()
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_terms_beyond_the_spending_limits_are_refused_before_paying():
+    limits = SpendingLimits()
+    with pytest.raises(TermsRefused, match="max_deposit"):
+        check_deposit("contributor", 1000 * 10**18, 10**18, limits)
+    with pytest.raises(TermsRefused, match="max_deposit_to_reward"):
+        check_deposit("contributor", 5 * 10**18, 10**17, SpendingLimits(max_deposit_wei=10 * 10**18))
+    check_deposit("contributor", 10**17, 10**18, limits)
