@@ -4,31 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from coopml.data import ShardSpec, make_shards
 from coopml.fusion import FusionConfig, FusionError, LateFusion, MetaModel, fuse
-from coopml.models import TrainConfig, build_model, evaluate, train_model
+from coopml.fusion.metamodel import _train_stage
+from coopml.models import evaluate
 from coopml.models.training import predict
 
-SPECS = (
-    ShardSpec("initiator", tuple(range(10)), 1000, 1000),
-    ShardSpec("low", (0, 1, 2, 3, 4), 1000, 500),
-    ShardSpec("high", (5, 6, 7, 8, 9), 1000, 500),
-    ShardSpec("mixed", (0, 2, 4, 6, 8, 9), 1000, 500),
-)
 FAST = FusionConfig(max_epochs=40, patience=8)
 
 
 @pytest.fixture(scope="module")
-def setup(mnist_train, mnist_test):
-    shards = make_shards(mnist_train, SPECS, seed=1, scale=0.4)
-    models = {}
-    for i, (name, arch) in enumerate((("low", "table4"), ("high", "table4"), ("mixed", "table1-c1"))):
-        m = build_model(arch, i)
-        train_model(m, shards[name].train, shards[name].verify, TrainConfig(max_epochs=3, seed=i),
-                    labels=shards[name].spec.labels)
-        models[name] = m
-    test = mnist_test.subset(np.arange(2000))
-    return shards, models, test
+def setup(fusion_members):
+    return fusion_members
 
 
 def _labels(shards, *names):
@@ -68,7 +54,7 @@ def test_stage_one_trains_only_diagonal_blocks(setup):
     meta2.gamma = 0.0
     x, y = shards["initiator"].train.tensors()
     f = meta2.member_features(x)
-    meta2._train_stage([meta2.A, meta2.a_bias], f, y, f, y)
+    _train_stage(meta2.heads[0], [meta2.A, meta2.a_bias], f, y, f, y, FAST, 0, FAST.max_epochs)
     assert torch.all(meta2.A[:784, 5:] == 0) and torch.all(meta2.A[784:, :5] == 0)
     assert torch.equal(meta2.B.detach(), B0)
     assert not torch.equal(meta2.A.detach()[:784, :5], A0[:784, :5])
@@ -95,13 +81,14 @@ def test_gamma_zero_output_is_sum_of_per_model_blocks(setup):
 
 
 def test_init_from_heads_reproduces_member_before_training(setup):
-    shards, models, test = setup
+    shards, models, _ = setup
     cfg = FusionConfig(init_from_heads=True, max_epochs=1)
     meta = MetaModel([models["low"]], [None], "II", cfg)
     x, _ = shards["initiator"].train.tensors()
-    f = meta._features(shards["initiator"].train)[0]
+    f = meta.raw_features(x)
     meta.feat_mean, meta.feat_std = f.mean(0), f.std(0).clamp_min(1e-3)
-    meta._init_from_heads()
+    head = models["low"].head
+    meta.heads[0].init_from_heads([(head.weight, head.bias)], meta.feat_mean, meta.feat_std)
     meta.gamma = 0.0
     with torch.no_grad():
         assert torch.allclose(meta(x[:100]), models["low"](x[:100]), atol=1e-3)

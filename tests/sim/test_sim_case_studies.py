@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from coopml.models import build_model
 from coopml.sim.case_studies import CaseStudyConfig, main, run_all
 from coopml.sim.report import write_report
 
@@ -58,8 +59,18 @@ def test_case_study_3_sanity(reduced):
     assert [s.name for s in cs.scenarios] == ["diverse non-identical", "partial labels (Table II)"]
     for s in cs.scenarios:
         assert s.fedavg_bytes == cfg.fedavg_rounds * 4 * 2 * cs.model_bytes
-        assert s.ours_bytes == 3 * 3 * cs.model_bytes
-        assert s.ours_bytes < s.fedavg_bytes
+        assert sum(p.sent + p.received for p in s.fedavg_parties if p.party != "server") == s.fedavg_bytes
+        assert [v.precision for v in s.ours] == cfg.cs3_precisions
+        fp32 = s.ours[0]
+        # three uploads, three verifier downloads (body + head), the initiator fetches accepted bodies only
+        body = sum(v.numel() * 4 for k, v in build_model(cfg.fedavg_arch).state_dict().items() if k.startswith("body."))
+        assert 6 * cs.model_bytes < fp32.bytes_total < 9 * cs.model_bytes
+        assert {p.party for p in fp32.parties} >= {"contributor1", "verifier", "initiator"}
+        assert next(p for p in fp32.parties if p.party == "initiator").received >= len(fp32.verified) * body
+        assert fp32.bytes_total == sum(p.sent + p.received for p in fp32.parties)
+        int8 = next(v for v in s.ours if v.precision == "int8")
+        assert int8.bytes_total < 0.3 * fp32.bytes_total                 # int8 weights: a quarter, plus scales
+        assert s.ours_bytes == int8.bytes_total and s.ours_bytes < s.fedavg_bytes
         assert 0.5 < s.fedavg_accuracy <= 1 and len(s.fedavg_round_accuracy) == cfg.fedavg_rounds
         assert s.ours_verified and 0.5 < s.ours_accuracy <= 1
 

@@ -2,22 +2,27 @@
 
 Each member's softmax is taken over its own label set only; a class's fused score is the mean
 probability given by the members that know that class. No training and no initiator data.
+Members must give logits: a torch `FeatureModel` or a `TorchMember`.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from coopml.fusion.members import TorchMember
 from coopml.models.architectures import FeatureModel
 
 
 class LateFusion(nn.Module):
-    def __init__(self, models: Sequence[FeatureModel], labels: Sequence[Sequence[int]], num_classes: int = 10) -> None:
+    masks: torch.Tensor
+
+    def __init__(self, models: Sequence[FeatureModel | TorchMember], labels: Sequence[Sequence[int]],
+                 num_classes: int = 10) -> None:
         super().__init__()
-        self.members = nn.ModuleList(models)
+        self.members = [m.model if isinstance(m, TorchMember) else m for m in models]
         masks = torch.zeros(len(models), num_classes, dtype=torch.bool)
         for i, labs in enumerate(labels):
             masks[i, list(labs)] = True

@@ -11,7 +11,14 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from coopml.chain.accounts import PASSWORD_ENV
 from coopml.data import DatasetRef
@@ -88,8 +95,10 @@ class InitiatorConfig(NodeConfig):
                                           "outputs bind what verifiers evaluated to what is delivered)")
     n_audit: int = Field(64, ge=0, le=4096)
     val_fraction: float = Field(0.5, gt=0, lt=1)
-    fusion_epochs: int = Field(30, ge=1)
-    fusion_augment: int = Field(8, ge=0)
+    fusion_epochs: int = Field(40, ge=1, description="epochs of a fusion fit from scratch (early-stopped); "
+                               "a warm-started refit after a new model gets half")
+    fusion_augment: int = Field(4, ge=0, description="augmented copies of the initiator's images for fusion "
+                                "(image tasks only)")
     close_when_models: int | None = Field(None, ge=1, description="close the task once this many models are settled")
     seed: int = 0
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from coopml.errors import ContractRevert, CoopmlError, DataError, ModelFileError
 from coopml.roles import evaluation, messages, package
 from coopml.roles.agent import Agent, AgentStopped, InboxMessage
 from coopml.roles.config import InitiatorConfig
+from coopml.roles.fusing import METAMODEL_FILE
 from coopml.roles.log import EventLog, LogEvent, Role
 from coopml.roles.messages import AuditReport, MessageKind
 from coopml.roles.models import load_delivered
@@ -37,6 +38,9 @@ from coopml.roles.verifier import open_committed
 from coopml.storage import Store
 from coopml.task import TaskManifest, builtin_manifest, builtin_names
 
+if TYPE_CHECKING:
+    from coopml.roles.fusing import InitiatorFusion
+
 TERMINAL = {ModelStatus.RELEASED, ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE, ModelStatus.CANCELLED,
             ModelStatus.FORFEITED, ModelStatus.REFUNDED}
 
@@ -46,7 +50,8 @@ class Bought(Fact):
     labels: list[int]
     cid: str
     envelope_hash: str
-    fused: bool = False
+    fused: bool = False                  # in the MetaModel, or left out (fusion_error says why)
+    fusion_error: str | None = None
 
 
 class Initiator(Agent):
@@ -63,6 +68,7 @@ class Initiator(Agent):
         assert box is not None
         self.box = BoxKeyPair.from_bytes(box)
         self._view: TaskView | None = None
+        self._fusion: InitiatorFusion | None = None     # created on the fusion job's thread
         self.log.task = self.task_id
 
     # ------------------------------------------------------------------ task
@@ -125,10 +131,10 @@ class Initiator(Agent):
 
     def on_event(self, ev: ChainEvent) -> None:
         a = ev.args
-        if ev.name == "TaskPublished" and self.task_id is None and a.get("initiator") == self.address:
-            if bytes(a["manifestHash"]).hex() == self.state.get("publishing"):
-                self.state.set("task_id", int(a["taskId"]))
-                self.log.task = int(a["taskId"])
+        if ev.name == "TaskPublished" and self.task_id is None and a.get("initiator") == self.address \
+                and bytes(a["manifestHash"]).hex() == self.state.get("publishing"):
+            self.state.set("task_id", int(a["taskId"]))
+            self.log.task = int(a["taskId"])
         if self.task_id is None or a.get("taskId") != self.task_id:
             return
         if ev.name == "ModelAnnounced":
@@ -201,6 +207,7 @@ class Initiator(Agent):
             self.log(LogEvent.DISPUTED, model=mid, kind="delivery", reason=str(exc))
             return Decision(outcome=Outcome.REJECTED, reason=f"bad delivery, disputed: {exc}")
         envelope = self.fetch(m.cid)                    # transient if not there yet: retried
+        assert self.task_id is not None
         try:
             hdr, body = open_committed(envelope, key, bytes(m.envelope_hash), self.client.address, self.task_id)
             model = load_delivered(hdr, body, view.manifest.input)
@@ -278,8 +285,16 @@ class Initiator(Agent):
                 b = self.state.fact("bought", mid, Bought)
                 if b is not None:
                     self.state.put("bought", mid, b.model_copy(update={"fused": True}))
+            for mid, why in result.get("rejected", {}).items():   # its features failed: left out, never retried
+                b = self.state.fact("bought", int(mid), Bought)
+                if b is not None:
+                    self.state.put("bought", int(mid), b.model_copy(update={"fused": True, "fusion_error": why}))
+                    self.log(LogEvent.DECISION, model=int(mid), item="fusion", outcome=Outcome.REJECTED,
+                             reason=f"left out of the MetaModel: {why}"[:400])
             self.log(LogEvent.FUSED, models=len(result["members"]), test_accuracy=result.get("test_accuracy"),
-                     human=f"MetaModel of {len(result['members'])} model(s) at {self.workdir / 'metamodel.safetensors'}")
+                     seconds=result.get("seconds"), warm_start=result.get("warm_start"),
+                     human=f"MetaModel of {len(result['members'])} model(s) at {self.workdir / METAMODEL_FILE} "
+                           f"({result.get('seconds', 0):.1f} s)")
             return True
         pending = [b for b in self.state.facts("bought", Bought).values() if not b.fused]
         retry = self.state.attempts("fusion")
@@ -290,9 +305,17 @@ class Initiator(Agent):
         return False
 
     def _fuse(self, members: list[Bought]) -> dict[str, Any]:
-        from coopml.roles.fusing import fuse_members
+        """On the job thread: queue the bought models the fuser lacks and refit (incremental: each
+        new model costs its features once plus a warm-started refit of the fusion network)."""
+        from coopml.roles.fusing import InitiatorFusion, fuse_members
+        if self._fusion is None:     # loads the initiator's data once; resumes from the MetaModel file
+            self._fusion = InitiatorFusion(self.cfg, self.view.manifest, self.workdir)
+            if self._fusion.resume_refused:
+                self.log(LogEvent.DECISION, item="fusion", outcome=Outcome.REJECTED,
+                         reason=f"not resuming from the MetaModel file: {self._fusion.resume_refused}"[:400])
         keys = {b.model_id: self.read_secret(f"model_key_{b.model_id}") or b"" for b in members}
-        return fuse_members(self.cfg, self.view, members, keys, self.store, self.client.address, self.workdir)
+        return fuse_members(self.cfg, self.view, members, keys, self.store, self.client.address, self.workdir,
+                            self._fusion)
 
     # ------------------------------------------------------------------ closing
 
@@ -324,7 +347,7 @@ class Initiator(Agent):
         history = self.state.get("fusion_history", [])
         acc = history[-1].get("test_accuracy") if history else None
         self.summary = (f"task {self.task_id}: bought {len(bought)} model(s); MetaModel at "
-                        f"{self.workdir / 'metamodel.safetensors'}" + (f", test accuracy {acc:.2%}" if acc else "")
+                        f"{self.workdir / METAMODEL_FILE}" + (f", test accuracy {acc:.2%}" if acc else "")
                         if bought else f"task {self.task_id}: no model bought; escrow refunded")
         self.done = True
         self.log(LogEvent.DONE, human=self.summary, fusion_history=history)

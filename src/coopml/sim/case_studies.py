@@ -23,10 +23,11 @@ import torch
 from pydantic import BaseModel, Field
 
 from coopml.data import TABLE_II, TABLE_III, Dataset, LabelShard, ShardSpec, load_dataset, make_shards
-from coopml.fusion import FusionConfig, LateFusion, Strategy, fuse
+from coopml.fusion import FeatureCache, FusionConfig, LateFusion, MetaModel, Strategy, TorchMember, fuse
 from coopml.models import FeatureModel, TrainConfig, build_model, evaluate, train_model
 from coopml.sim.case_study4 import CaseStudy4Config, CaseStudy4Result, run_case_study_4
-from coopml.sim.fedavg import run_fedavg, state_bytes
+from coopml.sim.fedavg import run_fedavg
+from coopml.sim.transport import Precision, ship, state_bytes
 
 TABLE1_ARCHS = ("table1-c1", "table1-c2", "table1-c3")
 PAPER_TABLE_V_ORIGINAL = (91.5, 94.8, 95.8)
@@ -47,6 +48,10 @@ class CaseStudyConfig(BaseModel):
     fedavg_local_epochs: int = Field(20, ge=1)
     fedavg_arch: str = "table1-c1"                 # "a three-layer CNN" for every party, both paradigms
     skew_alpha: float = Field(1.0, gt=0)           # scenario 1: Dirichlet label skew, all labels present
+    # Case Study III: how members travel (sim.transport); every precision listed is measured and
+    # `transport_precision` is the headline one (reported as 'ours' and in Fig. 12)
+    transport_precision: Precision = "int8"
+    cs3_precisions: list[Precision] = ["fp32", "fp16", "int8"]
     threads: int = 2
     case_study_4: CaseStudy4Config | None = CaseStudy4Config.full()   # None: skip Case Study IV
 
@@ -56,7 +61,8 @@ class CaseStudyConfig(BaseModel):
         return cls(preset="reduced", threads=1, scale=0.3, test_samples=2000, contributor_epochs=8, contributor_patience=3,
                    verify_threshold=0.8,
                    fusion=FusionConfig.tuned(augment_copies=2, max_epochs=80, patience=10),
-                   fedavg_rounds=2, fedavg_local_epochs=3, case_study_4=CaseStudy4Config.reduced())
+                   fedavg_rounds=2, fedavg_local_epochs=3, cs3_precisions=["fp32", "int8"],
+                   case_study_4=CaseStudy4Config.reduced())
 
     @classmethod
     def full(cls) -> CaseStudyConfig:
@@ -91,19 +97,36 @@ class CaseStudy2Result(BaseModel):
     seconds: float
 
 
+class PartyBytes(BaseModel):
+    party: str
+    sent: int        # bytes this party put on the wire (to storage / to the server)
+    received: int    # bytes it fetched
+
+
+class OursVariant(BaseModel):
+    """Our paradigm with members shipped at one precision (sim.transport)."""
+    precision: str
+    accuracy: float
+    bytes_total: int                 # every transfer once: uploads + downloads through storage
+    parties: list[PartyBytes]
+    verified: list[str]
+
+
 class ScenarioResult(BaseModel):
     name: str
-    ours_accuracy: float
+    ours_accuracy: float             # the headline variant (CaseStudyConfig.transport_precision)
     ours_bytes: int
     ours_verified: list[str]
+    ours: list[OursVariant] = []     # every precision measured, headline included
     fedavg_accuracy: float
     fedavg_bytes: int
     fedavg_round_accuracy: list[float]
+    fedavg_parties: list[PartyBytes] = []
 
 
 class CaseStudy3Result(BaseModel):
     scenarios: list[ScenarioResult]
-    model_bytes: int
+    model_bytes: int                 # one table1-c1 model, float32 safetensors
     seconds: float
 
 
@@ -151,13 +174,19 @@ def _initiator_only(arch: str, shard: LabelShard, cfg: CaseStudyConfig, test: Da
 
 
 def _fusion_curve(models: Sequence[FeatureModel], labels: Sequence[Sequence[int]], init: LabelShard,
-                  cfg: CaseStudyConfig, test: Dataset, strategies: Sequence[Strategy] = ("I", "II")) -> dict[str, list[float]]:
-    """Accuracy as the models arrive one at a time ({1}, {1,2}, ...), per method."""
+                  cfg: CaseStudyConfig, test: Dataset, strategies: Sequence[Strategy] = ("I", "II"),
+                  ) -> dict[str, list[float]]:
+    """Accuracy as the models arrive one at a time ({1}, {1,2}, ...), per method. Each MetaModel
+    is fitted from scratch; the members' features on the initiator's data are computed once."""
     out: dict[str, list[float]] = {f"strategy {s}": [] for s in strategies}
     out["late fusion"] = []
+    members = [TorchMember(m, labs) for m, labs in zip(models, labels)]
+    cache = FeatureCache(init.train, init.verify, cfg.fusion)
     for k in range(1, len(models) + 1):
+        cache.add(members[k - 1])
         for s in strategies:
-            meta = fuse(models[:k], init.train, init.verify, s, cfg.fusion, labels=labels[:k])
+            meta = MetaModel(members[:k], None, s, cfg.fusion)
+            meta.fit_cached(cache)
             out[f"strategy {s}"].append(evaluate(meta, test))
         out["late fusion"].append(evaluate(LateFusion(models[:k], labels[:k]), test))
     return out
@@ -227,29 +256,57 @@ def skewed_shards(pool: Dataset, n_train: int, n_verify: int, alpha: float, seed
 
 
 def _our_paradigm(shards: dict[str, LabelShard], init_name: str, contributors: Sequence[str],
-                  cfg: CaseStudyConfig, test: Dataset) -> tuple[float, int, list[str]]:
+                  cfg: CaseStudyConfig, test: Dataset) -> list[OursVariant]:
     """Contributors train once, one verifier (holding the initiator's verification data) checks each
-    model against the criterion, the initiator fuses the accepted ones (strategy II).
+    model against the criterion, the initiator fuses the accepted ones (strategy II) -- once per
+    shipping precision in `cfg.cs3_precisions`, each time on exactly the weights received.
 
-    Bytes: each model is uploaded once to storage and downloaded once by the verifier and once by
-    the initiator; no data moves. On-chain transactions (hashes, votes) are not counted."""
+    Bytes (sim.transport): each contributor uploads its model to storage as two objects (body and
+    head); the verifier downloads both, the initiator only the bodies of accepted models (fusion
+    reads features, never heads). No data moves; on-chain transactions are not counted."""
     init = shards[init_name]
-    accepted, labels, verified, total = [], [], [], 0
+    trained = []
     for i, name in enumerate(contributors):
         shard = shards[name]
         model = build_model(cfg.fedavg_arch, cfg.seed + i)
         train_model(model, shard.train, shard.verify,
                     TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
                                 patience=cfg.contributor_patience, seed=cfg.seed + i), labels=shard.spec.labels)
-        total += 3 * state_bytes(model.state_dict())  # upload + verifier download + initiator download
-        if evaluate(model, init.verify, shard.spec.labels) >= cfg.verify_threshold:
-            accepted.append(model)
-            labels.append(shard.spec.labels)
+        trained.append((name, shard.spec.labels, model))
+    return [_ship_verify_fuse(trained, init, cfg, test, precision) for precision in cfg.cs3_precisions]
+
+
+def _ship_verify_fuse(trained: Sequence[tuple[str, tuple[int, ...], FeatureModel]], init: LabelShard,
+                      cfg: CaseStudyConfig, test: Dataset, precision: Precision) -> OursVariant:
+    parties = {name: PartyBytes(party=name, sent=0, received=0) for name, _, _ in trained}
+    verifier = PartyBytes(party="verifier", sent=0, received=0)
+    initiator = PartyBytes(party="initiator", sent=0, received=0)
+    accepted, labels, verified = [], [], []
+    for name, labs, model in trained:
+        state, sizes = ship(model.state_dict(), precision)
+        received = build_model(cfg.fedavg_arch)
+        received.load_state_dict(state)
+        received.eval()
+        parties[name].sent += sizes["body"] + sizes["head"]
+        verifier.received += sizes["body"] + sizes["head"]
+        if evaluate(received, init.verify, labs) >= cfg.verify_threshold:
+            initiator.received += sizes["body"]
+            accepted.append(received)
+            labels.append(labs)
             verified.append(name)
-    if not accepted:
-        return float("nan"), total, verified
-    meta = fuse(accepted, init.train, init.verify, "II", cfg.fusion, labels=labels)
-    return evaluate(meta, test), total, verified
+    rows = [*parties.values(), verifier, initiator]
+    total = sum(p.sent + p.received for p in rows)
+    acc = float("nan")
+    if accepted:
+        acc = evaluate(fuse(accepted, init.train, init.verify, "II", cfg.fusion, labels=labels), test)
+    return OursVariant(precision=precision, accuracy=acc, bytes_total=total, parties=rows, verified=verified)
+
+
+def _fedavg_parties(names: Sequence[str], rounds: int, model_bytes: int) -> list[PartyBytes]:
+    """Each client receives the global model and sends its own back every round; the server the sum."""
+    per_client = rounds * model_bytes
+    clients = [PartyBytes(party=n, sent=per_client, received=per_client) for n in names]
+    return [*clients, PartyBytes(party="server", sent=per_client * len(names), received=per_client * len(names))]
 
 
 def run_case_study_3(cfg: CaseStudyConfig) -> CaseStudy3Result:
@@ -264,16 +321,20 @@ def run_case_study_3(cfg: CaseStudyConfig) -> CaseStudy3Result:
         "diverse non-identical": skewed_shards(pool, n_train, n_verify, cfg.skew_alpha, cfg.seed, names),
         "partial labels (Table II)": make_shards(pool, TABLE_II, seed=cfg.seed, scale=cfg.scale),
     }
+    model_bytes = state_bytes(build_model(cfg.fedavg_arch, 0).state_dict())
     rows = []
     for title, shards in scenarios.items():
-        acc, ours_bytes, verified = _our_paradigm(shards, "verifiers", names[1:], cfg, test)
+        variants = _our_paradigm(shards, "verifiers", names[1:], cfg, test)
+        head = next(v for v in variants if v.precision == cfg.transport_precision)
         _, fed = run_fedavg(cfg.fedavg_arch, [shards[n].train for n in names], cfg.fedavg_rounds,
                             cfg.fedavg_local_epochs, test, lr=cfg.contributor_lr, seed=cfg.seed)
-        rows.append(ScenarioResult(name=title, ours_accuracy=acc, ours_bytes=ours_bytes, ours_verified=verified,
+        rows.append(ScenarioResult(name=title, ours_accuracy=head.accuracy, ours_bytes=head.bytes_total,
+                                   ours_verified=head.verified, ours=variants,
                                    fedavg_accuracy=fed.accuracy, fedavg_bytes=fed.bytes_total,
-                                   fedavg_round_accuracy=fed.round_accuracy))
-    return CaseStudy3Result(scenarios=rows, model_bytes=state_bytes(build_model(cfg.fedavg_arch, 0).state_dict()),
-                            seconds=time.perf_counter() - t0)
+                                   fedavg_round_accuracy=fed.round_accuracy,
+                                   fedavg_parties=_fedavg_parties(["initiator (client)", *names[1:]],
+                                                                  cfg.fedavg_rounds, model_bytes)))
+    return CaseStudy3Result(scenarios=rows, model_bytes=model_bytes, seconds=time.perf_counter() - t0)
 
 
 def run_all(cfg: CaseStudyConfig) -> CaseStudiesResult:

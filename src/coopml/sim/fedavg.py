@@ -14,19 +14,15 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save as st_save
 
 from coopml.data.datasets import Dataset
 from coopml.errors import CoopmlError
 from coopml.models import build_model, evaluate
 from coopml.models.architectures import FeatureModel
+from coopml.sim.transport import state_bytes
 
 State = Mapping[str, torch.Tensor]
-
-
-def state_bytes(state: State) -> int:
-    """Bytes of the state dict as it would travel: safetensors of the float tensors."""
-    return len(st_save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
+__all__ = ["FedAvgResult", "fedavg_aggregate", "local_train", "run_fedavg", "state_bytes"]
 
 
 def fedavg_aggregate(states: Sequence[State], weights: Sequence[float]) -> dict[str, torch.Tensor]:

@@ -32,7 +32,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from coopml.chain import ETHER, Chain, EventCursor, Keystore, ModelStatus, TaskClient, Vote, deploy
+from coopml.chain import (
+    ETHER,
+    Chain,
+    EventCursor,
+    Keystore,
+    ModelStatus,
+    TaskClient,
+    Vote,
+    deploy,
+)
 from coopml.data import TABLE_III
 from coopml.errors import CoopmlError
 from coopml.roles.log import LogRecord, parse_record
@@ -64,8 +73,8 @@ class InitiatorPlan(BaseModel):
     agent: str = "coopml.roles.initiator:Initiator"
     n_train: int = 1000          # the initiator's own data for the fusion head (plus as many held out)
     n_audit: int = 64
-    fusion_epochs: int = 30
-    fusion_augment: int = 8
+    fusion_epochs: int = 40      # FusionConfig.live: warm-started refits get half
+    fusion_augment: int = 4
     n_test: int | None = None    # MNIST test images to report the MetaModel on (None: all)
 
 
@@ -91,7 +100,7 @@ def table3_plan(reduced: bool = False, **manifest: dict[str, Any]) -> LifecycleP
     contributors = [ContributorPlan(labels=list(spec.labels), n_train=n, epochs=6 if reduced else 30, seed=i)
                     for i, spec in enumerate(TABLE_III)]
     verifiers = [VerifierPlan(n_verify=500 if reduced else 1000) for _ in range(3)]
-    initiator = InitiatorPlan(n_train=n, fusion_epochs=8 if reduced else 30, fusion_augment=1 if reduced else 8,
+    initiator = InitiatorPlan(n_train=n, fusion_epochs=8 if reduced else 40, fusion_augment=1 if reduced else 4,
                               n_test=2000 if reduced else None)
     overrides: dict[str, dict[str, Any]] = {"windows": dev_windows(),
                                             "criterion": {"min_accuracy": 0.7 if reduced else 0.85}}
@@ -566,8 +575,9 @@ def write_report(result: LifecycleResult, out: Path) -> Path:
         lines += ["", f"Burnt (never paid to anyone): {result.total_burnt_eth:.3f} ETH — "
                   + ", ".join(f"{n} ({', '.join(r)})" for n, r in result.burnt.items())]
     if result.fusion_history:
-        lines += ["", "| models fused | MetaModel test accuracy |", "|---|---|"]
-        lines += [f"| {len(h['members'])} | {h['test_accuracy']:.2%} |" for h in result.fusion_history
+        lines += ["", "| models fused | MetaModel test accuracy | refit (s) | warm start |", "|---|---|---|---|"]
+        lines += [f"| {len(h['members'])} | {h['test_accuracy']:.2%} | {h.get('seconds', float('nan')):.1f} | "
+                  f"{'yes' if h.get('warm_start') else 'no'} |" for h in result.fusion_history
                   if h.get("test_accuracy") is not None]
         last = result.fusion_history[-1]
         lines += ["", f"MetaModel file: `{last.get('path')}`"]

@@ -1,0 +1,120 @@
+"""The incremental fuser (cached features, warm starts, cancellation, a background worker)
+and the optional block branch, on the shared small real members."""
+
+import pytest
+import torch
+
+from coopml.fusion import (
+    FusionCancelled,
+    FusionConfig,
+    FusionWorker,
+    IncrementalFuser,
+    MetaModel,
+    TorchMember,
+    load_metamodel,
+    save_metamodel,
+)
+from coopml.models import evaluate
+
+FAST = FusionConfig(max_epochs=12, patience=3, batch_size=200, feature_activation="relu", augment_copies=1,
+                    refit_on_all=True, warm_max_epochs=6)
+
+
+class Counting(TorchMember):
+    """A torch member that counts how many inputs it was asked to featurise."""
+
+    seen = 0
+
+    def features(self, x):
+        self.seen += len(x)
+        return super().features(x)
+
+
+class Broken:
+    feature_dim, labels = 7, (0, 1)
+
+    def features(self, x):
+        return torch.zeros(len(x), 3)   # not the declared width
+
+
+def _members(fusion_members):
+    shards, models, test = fusion_members
+    return ([Counting(models[n], shards[n].spec.labels) for n in ("low", "high", "mixed")],
+            shards["initiator"], test)
+
+
+def test_incremental_fuser_caches_features_warm_starts_and_survives_cancellation(fusion_members, tmp_path):
+    (low, high, mixed), init, test = _members(fusion_members)
+    fuser = IncrementalFuser(init.train, init.verify, "II", FAST)
+    fuser.add(low)
+    meta1 = fuser.fit()
+    n_inputs = 2 * len(init.train) + 2 * len(init.verify)      # clean + 1 augmented copy of each
+    assert low.seen == n_inputs and not fuser.history[0].warm_start
+    acc1 = evaluate(meta1, test)
+    block = meta1.A.detach()[:, :5].clone()
+
+    fuser.add(high)
+    with pytest.raises(FusionCancelled):
+        fuser.fit(should_stop=lambda: high.seen > 0)              # cancelled after its first feature batch
+    high.seen = 0
+    assert fuser.current is meta1 and len(fuser.pending) == 1     # nothing lost but that fit
+    assert torch.equal(meta1.A.detach()[:, :5], block)           # the kept MetaModel was not touched
+
+    seen = low.seen
+    meta2 = fuser.fit()
+    assert meta2 is not meta1 and len(meta2.members) == 2 and not fuser.pending
+    assert low.seen == seen                                       # old member's features came from the cache
+    assert high.seen == n_inputs
+    assert fuser.history[-1].warm_start and fuser.history[-1].new_members == 1
+    assert evaluate(meta2, test) > acc1 + 0.05
+
+    # a restart: the saved MetaModel is the warm start of a new fuser
+    path = save_metamodel(meta2, tmp_path / "meta.safetensors")
+    again = IncrementalFuser(init.train, init.verify, "II", FAST)
+    again.resume(load_metamodel(path))
+    again.add(mixed, key="model9")
+    meta3 = again.fit()
+    assert len(meta3.members) == 3 and again.history[-1].warm_start and meta3.hidden_dim == 16
+    assert load_metamodel(save_metamodel(meta3, path)).member_keys == ["m0", "m1", "model9"]
+
+
+def test_worker_refits_once_per_batch_and_rejects_a_broken_member(fusion_members):
+    (low, high, _), init, test = _members(fusion_members)
+    fits = []
+    fuser = IncrementalFuser(init.train, init.verify, "II", FAST)
+    worker = FusionWorker(fuser, on_fit=lambda meta, timing: fits.append(len(meta.members)))
+    try:
+        worker.submit(Broken())
+        worker.submit(low)
+        worker.submit(high)
+        meta = worker.wait(timeout=600)
+        assert meta is not None and len(meta.members) == 2
+        assert fits[-1] == 2 and len(fits) <= 2                   # arrivals during a fit share one refit
+        assert [m for m, _ in fuser.rejected] and "shape" in fuser.rejected[0][1]
+        assert evaluate(meta, test) > 0.5
+        assert worker.idle()
+    finally:
+        worker.close()
+
+
+def test_block_branch_starts_at_zero_and_is_stored(fusion_members, tmp_path):
+    shards, models, test = fusion_members
+    init = shards["initiator"]
+    cfg = FAST.model_copy(update={"block_branch": "auto", "augment_copies": 0})
+    members = [TorchMember(models["low"], shards["low"].spec.labels),
+               TorchMember(models["mixed"], shards["mixed"].spec.labels)]
+    meta = MetaModel(members, None, "II", cfg)
+    plain = MetaModel(members, None, "II", cfg.model_copy(update={"block_branch": "none"}))
+    x, _ = init.verify.tensors()
+    f = meta.member_features(x[:64])
+    meta.build_branches()
+    head, ref = meta.fusion_heads[0], plain.fusion_heads[0]
+    assert head.feature_shapes == [(16, 7, 7), None]              # Table IV maps -> conv; Table I fc -> MLP
+    assert isinstance(head.branches[0][1], torch.nn.Conv2d) and isinstance(head.branches[1][0], torch.nn.Linear)
+    with torch.no_grad():
+        assert torch.allclose(head(f), ref(f))                     # eqs. 9-10 exactly, before training
+    meta.fit(init.train, init.verify)
+    assert evaluate(meta, test) > 0.75
+    again = load_metamodel(save_metamodel(meta, tmp_path / "b.safetensors"))
+    xt, _ = test.tensors()
+    assert torch.equal(again.predict(xt[:500]), meta.predict(xt[:500]))

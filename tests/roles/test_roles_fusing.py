@@ -1,0 +1,78 @@
+"""The initiator's incremental fusion: each bought model is queued and refit warm; the MetaModel file
+is the fusion layer's self-describing one, carries the task manifest, resumes after a restart, and
+is refused for another task."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from coopml.errors import ModelFileError
+from coopml.fusion import load_metamodel, read_manifest
+from coopml.models import build_model
+from coopml.roles.config import AccountRef, InitiatorConfig
+from coopml.roles.fusing import InitiatorFusion, open_metamodel
+from coopml.sim import slots
+from coopml.task import TaskManifest, builtin_manifest
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fusing")
+    own = slots.write_npz(slots.node_data("mnist", 0, 7, None, 400, 0), root / "own.npz")
+    test = slots.write_npz(slots.test_images("mnist", 500), root / "test.npz")
+    cfg = InitiatorConfig(chain="http://127.0.0.1:9", contract="0x" + "11" * 20, store=str(root / "store"),
+                          workdir=root / "initiator", account=AccountRef(keystore=root / "ks.json"),
+                          manifest="mnist-case-study-2", data=own, test_data=test, fusion_epochs=3, fusion_augment=0)
+    return cfg, builtin_manifest("mnist-case-study-2")
+
+
+class NaNMember:
+    """A delivered model whose features are NaN: must be left out, not retried forever."""
+
+    feature_dim = 4
+    labels = (0, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(x), 4), math.nan)
+
+
+def test_incremental_refits_resume_and_task_check(setup):
+    cfg, manifest = setup
+    fusion = InitiatorFusion(cfg, manifest, cfg.workdir)
+    fusion.add(5, build_model("table4", 0), [0, 1, 2, 3, 4])
+    first = fusion.fit()
+    assert first["members"] == [5] and first["warm_start"] is False and first["test_accuracy"] is not None
+    fusion.add(7, build_model("table4", 1), [5, 6, 7, 8, 9])
+    fusion.add(9, NaNMember(), [0, 1])                  # type: ignore[arg-type]
+    second = fusion.fit()
+    assert second["members"] == [5, 7] and second["warm_start"] is True
+    assert list(second["rejected"]) == ["9"] and "NaN" in second["rejected"]["9"]
+
+    # the file stands alone: members keyed by model id, label sets, the task manifest verbatim
+    path = fusion.path
+    m = read_manifest(path.read_bytes())
+    assert [(e.key, e.labels) for e in m.members] == [("model-5", [0, 1, 2, 3, 4]), ("model-7", [5, 6, 7, 8, 9])]
+    assert TaskManifest.from_bytes(m.task_manifest.encode()) == manifest
+    meta = open_metamodel(path, manifest)
+    x, _ = fusion.test.tensors()
+    assert torch.equal(meta.predict(x[:200]), fusion.fuser.current.predict(x[:200]))
+
+    # a restarted initiator resumes from the file: nothing to refit
+    again = InitiatorFusion(cfg, manifest, cfg.workdir)
+    assert again.resumed_from == str(path) and again.known(5) and again.known(7) and not again.known(9)
+    same = again.fit()
+    assert same["members"] == [5, 7] and "fit_seconds" not in same
+    assert same["test_accuracy"] == pytest.approx(second["test_accuracy"])
+
+    # another task's initiator neither resumes from it nor accepts it
+    other = manifest.replace(name="another task")
+    fresh = InitiatorFusion(cfg, other, cfg.workdir)
+    assert fresh.resumed_from is None and "another task" in (fresh.resume_refused or "")
+    with pytest.raises(ModelFileError, match="fused for another task"):
+        open_metamodel(path, other)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ModelFileError, match="metamodel.safetensors"):
+        load_metamodel(path)
