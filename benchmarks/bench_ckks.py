@@ -4,7 +4,7 @@ Per model: train on real MNIST, compile, then the verifier encrypts N test image
 "audit" images mixed in), the contributor evaluates on the bytes it received, the verifier
 decrypts. Printed: parameters and security, time of each side, bytes each way, accuracy and
 agreement with plaintext torch, and two comparisons: the plaintext torch time for the same model
-(the paper's "2x plaintext" claim) and today's IVHE blinded-oracle path on the same images.
+(the paper's "2x plaintext" claim) (the IVHE blinded-oracle path it replaced is gone: docs/protocol.md).
 
 Run:  PYTHONPATH=src .venv/bin/python benchmarks/bench_ckks.py [--images 1000] [--archs table4 table4-square]
 Targets (table4, 1000 images): <= 60 s total, <= 50 MB both ways, >= 128-bit, >= 99.9 % agreement.
@@ -21,22 +21,15 @@ import torch
 
 from coopml.data import load_dataset
 from coopml.he import (
-    MODEL_PARAMS,
     EncryptedBatch,
     EncryptedOutputs,
     QueryKey,
     compile_model,
-    encrypt_model,
-    encrypted_infer,
     evaluate,
-    keygen,
     params_for,
-    scale_inputs,
 )
-from coopml.he import to_bytes as ivhe_to_bytes
 from coopml.models import TrainConfig, build_model, train_model
 from coopml.models import evaluate as accuracy
-from coopml.roles.protocol import blind_outputs, oracle_argmax, read_answers
 
 TARGET_S, TARGET_MB, TARGET_AGREE = 60.0, 50.0, 0.999
 
@@ -105,24 +98,6 @@ def bench_ckks(arch: str, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, 
     }
 
 
-def bench_ivhe(model: torch.nn.Module, x: np.ndarray) -> dict:
-    """Today's path: IVHE-encrypted model, verifier's encrypted inference + blinding, the
-    initiator's blinded decryption oracle, the verifier reading the answers."""
-    labels = list(range(10))
-    sk, pk = keygen(MODEL_PARAMS, 1, rng=0)
-    enc = encrypt_model(pk, model, p=2 ** 7, q=1000)
-    model_bytes = len(ivhe_to_bytes(enc))
-    xs = scale_inputs(torch.tensor(x, dtype=torch.float32), enc.q)
-    out, t_inf = _timed(encrypted_infer, enc, xs)
-    rng = np.random.default_rng(0)
-    (ct, query), t_blind = _timed(blind_outputs, pk, out, labels, rng)
-    answers, t_oracle = _timed(oracle_argmax, sk, ct)
-    (pred, honest), t_read = _timed(read_answers, query, answers, labels)
-    return {"infer": t_inf, "blind": t_blind, "oracle": t_oracle, "read": t_read,
-            "total": t_inf + t_blind + t_oracle + t_read, "query_bytes": len(ivhe_to_bytes(ct)),
-            "model_bytes": model_bytes, "pred": pred, "honest": honest}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=1000)
@@ -159,13 +134,6 @@ def main() -> None:
         print(f"  plaintext   torch {r['plain_s'] * 1e3:.1f} ms (2 threads), {r['plain_1'] * 1e3:.1f} ms (1 thread); "
               f"CKKS evaluate / plaintext = {r['evaluate'] / min(r['plain_s'], r['plain_1']):.0f}x, "
               f"whole CKKS round / plaintext = {r['total'] / min(r['plain_s'], r['plain_1']):.0f}x")
-        if arch == "table4":
-            iv = bench_ivhe(model, x)
-            print(f"  IVHE oracle verifier encrypted_infer {iv['infer']:.2f} s + blind_outputs {iv['blind']:.2f} s + "
-                  f"initiator oracle_argmax {iv['oracle']:.2f} s + read_answers {iv['read']:.3f} s = "
-                  f"{iv['total']:.2f} s; query {iv['query_bytes'] / 1e6:.2f} MB, model blob "
-                  f"{iv['model_bytes'] / 1e6:.2f} MB; canaries honest: {iv['honest']}; predictions "
-                  f"{(iv['pred'] == y).mean() * 100:.2f} % correct (p = 2^7 integer model)")
     print("\nsummary (" + f"{a.images} images + {a.audit} audit" + ")")
     print(f"{'model':<15}{'N':>6}{'modulus':>9}{'enc s':>8}{'eval s':>8}{'dec s':>7}{'total s':>9}"
           f"{'up MB':>8}{'down MB':>9}{'agree %':>9}{'acc %':>8}{'max feat err':>14}")
