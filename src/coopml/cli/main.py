@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -37,16 +36,15 @@ def train(
     n_train: int = typer.Option(1000, min=10, help="training images"),
     n_val: int = typer.Option(1000, min=10, help="held-out local images for early stopping"),
     epochs: int = typer.Option(30, min=1, help="maximum epochs"),
-    target: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="accuracy criterion (stop when met)"),
+    target: float | None = typer.Option(None, min=0.0, max=1.0, help="accuracy criterion (stop when met)"),
     dataset: str = typer.Option("mnist", help="mnist or fashion-mnist"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("out/model.safetensors"), help="where to write the model"),
 ) -> None:
     """Train one private model on a label subset and save it (safetensors + manifest)."""
-    from coopml.data import ShardSpec, load_dataset, make_shards
-    from coopml.models import TrainConfig, build_model, evaluate, save_model
-    from coopml.models import train_model
     from coopml.cli.progress import epoch_progress
+    from coopml.data import ShardSpec, load_dataset, make_shards
+    from coopml.models import TrainConfig, build_model, evaluate, save_model, train_model
 
     label_set = parse_labels(labels)
     shard = make_shards(load_dataset(dataset, "train"), [ShardSpec("me", label_set, n_train, n_val)], seed)["me"]
@@ -132,26 +130,26 @@ _TASK = typer.Option(None, "--task-id", min=1, help="the task to join (printed b
 
 @app.command()
 @friendly
-def initiator(config: Path = _CONFIG, agent: Optional[str] = _AGENT, name: str = _NAME,
-              log_format: Optional[str] = _LOG) -> None:
+def initiator(config: Path = _CONFIG, agent: str | None = _AGENT, name: str = _NAME,
+              log_format: str | None = _LOG) -> None:
     """Run an application initiator: publish the task from its manifest, buy, check and fuse approved models."""
-    _run_role("initiator", config, agent, name, dict(log_format=log_format))
+    _run_role("initiator", config, agent, name, {"log_format": log_format})
 
 
 @app.command()
 @friendly
-def contributor(config: Path = _CONFIG, task_id: Optional[int] = _TASK, agent: Optional[str] = _AGENT,
-                name: str = _NAME, log_format: Optional[str] = _LOG) -> None:
+def contributor(config: Path = _CONFIG, task_id: int | None = _TASK, agent: str | None = _AGENT,
+                name: str = _NAME, log_format: str | None = _LOG) -> None:
     """Run a computing contributor: join, train on its own data, announce, answer encrypted queries, deliver."""
-    _run_role("contributor", config, agent, name, dict(task_id=task_id, log_format=log_format))
+    _run_role("contributor", config, agent, name, {"task_id": task_id, "log_format": log_format})
 
 
 @app.command()
 @friendly
-def verifier(config: Path = _CONFIG, task_id: Optional[int] = _TASK, agent: Optional[str] = _AGENT,
-             name: str = _NAME, log_format: Optional[str] = _LOG) -> None:
+def verifier(config: Path = _CONFIG, task_id: int | None = _TASK, agent: str | None = _AGENT,
+             name: str = _NAME, log_format: str | None = _LOG) -> None:
     """Run a verification contributor: join, evaluate drawn models on its own encrypted images, vote."""
-    _run_role("verifier", config, agent, name, dict(task_id=task_id, log_format=log_format))
+    _run_role("verifier", config, agent, name, {"task_id": task_id, "log_format": log_format})
 
 
 @app.command()
@@ -165,6 +163,7 @@ def demo(
 ) -> None:
     """The main job: 1 initiator, 3 contributors, 3 verifiers as separate processes, real MNIST, full lifecycle."""
     import shutil
+
     from coopml.roles.log import LogRecord
     from coopml.sim.lifecycle import run_processes, table3_plan, write_report
 
@@ -197,8 +196,8 @@ def demo(
     console.print(f"finished in {result.elapsed:.0f} s; report in {report}/report.md")
 
 
-from coopml.cli import chain_cmds, model_cmds  # noqa: E402 - mounted after the role commands
-from coopml.cli.reference import config_reference  # noqa: E402
+from coopml.cli import chain_cmds, model_cmds
+from coopml.cli.reference import config_reference
 
 chain_cmds.mount(app)
 model_cmds.mount(app)

@@ -431,7 +431,7 @@ def load_samples(path: str | Path, spec: InputSpec, label_column: str | None = N
                 x = archive["x"]
         except DataError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - numpy/zipfile raise many types on a damaged archive
             raise DataError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
         x = spec.cast_raw(spec.batch_shape(x, f"{path}: array 'x'"), f"{path}: array 'x'")
         return x, [f"x[{i}]" for i in range(len(x))]
