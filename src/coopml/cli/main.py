@@ -57,7 +57,7 @@ def train(
     console.print(f"trained {arch} on {list(label_set)}: {result.epochs} epochs, "
                   f"val {result.best_val_accuracy:.2%}, test (own labels) {evaluate(model, test, label_set):.2%}, "
                   f"test (all) {evaluate(model, test):.2%}")
-    console.print(f"wrote {out} (sha256 {manifest.sha256[:16]}...)")
+    console.print(f"wrote {out} (sha256 {(manifest.sha256 or '')[:16]}...)")
 
 
 @app.command("case-studies")
@@ -105,9 +105,10 @@ def contributors(
 # ------------------------------------------------------------------------------ roles
 
 def _run_role(kind: str, config: Path, agent: str | None, name: str, overrides: dict) -> None:
-    from coopml.roles.config import ContributorConfig, InitiatorConfig, VerifierConfig, load_config
+    from coopml.roles.config import ContributorConfig, InitiatorConfig, NodeConfig, VerifierConfig, load_config
     from coopml.roles.runner import load_agent_class, run_node
-    defaults = {"initiator": ("coopml.roles.initiator:Initiator", InitiatorConfig),
+    defaults: dict[str, tuple[str, type[NodeConfig]]] = {
+                "initiator": ("coopml.roles.initiator:Initiator", InitiatorConfig),
                 "contributor": ("coopml.roles.contributor:Contributor", ContributorConfig),
                 "verifier": ("coopml.roles.verifier:Verifier", VerifierConfig)}
     default_agent, cfg_type = defaults[kind]

@@ -128,7 +128,7 @@ def as_member(model: object, labels: Sequence[int] | None = None) -> FeatureExtr
             n = getattr(model, "num_classes", None)
             if labels is None and not isinstance(n, int):
                 raise FusionError(f"member {model!r} declares no labels and none were given")
-            model.labels = tuple(labels) if labels is not None else tuple(range(int(n)))  # type: ignore[misc, arg-type]
+            model.labels = tuple(labels) if labels is not None else tuple(range(int(n)))
         if labels is not None and _label_set(labels) != _label_set(model.labels):
             raise FusionError(f"member {model!r} declares labels {list(model.labels)}, caller said {list(labels)}")
         _label_set(model.labels)

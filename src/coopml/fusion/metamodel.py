@@ -84,7 +84,7 @@ class FusionConfig(BaseModel):
         The plain constructor keeps the paper's eqs. 7-12 as written."""
         base: dict[str, object] = {"feature_activation": "relu", "augment_copies": 8, "feature_dropout": 0.3,
                                    "refit_on_all": True}
-        return cls(**{**base, **overrides})
+        return cls.model_validate({**base, **overrides})
 
     @classmethod
     def live(cls, **overrides: object) -> FusionConfig:
@@ -93,7 +93,7 @@ class FusionConfig(BaseModel):
         base: dict[str, object] = {"feature_activation": "relu", "augment_copies": 4, "feature_dropout": 0.3,
                                    "refit_on_all": True, "batch_size": 200, "max_epochs": 40, "patience": 6,
                                    "warm_max_epochs": 20}
-        return cls(**{**base, **overrides})
+        return cls.model_validate({**base, **overrides})
 
 
 @dataclass

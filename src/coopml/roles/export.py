@@ -22,7 +22,7 @@ from torch import nn
 
 from coopml.data import InputSpec
 from coopml.errors import CoopmlError
-from coopml.fusion import FusionConfig, MetaModel
+from coopml.fusion import MetaModel, TorchMember
 from coopml.roles.config import InitiatorConfig
 
 META_INPUT_SPEC = "coopml.input_spec"
@@ -41,7 +41,6 @@ class ExportedMetaModel:
 
 
 def rebuild_metamodel(cfg: InitiatorConfig) -> ExportedMetaModel:
-    from safetensors.torch import load_file
 
     from coopml.chain import Chain, TaskClient, verify_deployment
     from coopml.roles.initiator import Bought
@@ -84,16 +83,8 @@ def rebuild_metamodel(cfg: InitiatorConfig) -> ExportedMetaModel:
             members.append({"model_id": mid, "labels": list(b.labels), "cid": b.cid, "format": hdr.format})
     finally:
         store.close()
-    from coopml import fusion
-    if hasattr(fusion, "load_metamodel"):       # the self-describing MetaModel file, where it exists
-        meta = fusion.load_metamodel(path)
-    else:
-        fcfg = FusionConfig.tuned(max_epochs=cfg.fusion_epochs, patience=8, seed=cfg.seed)
-        meta = MetaModel(models, labels, view.manifest.fusion.strategy, fcfg)  # type: ignore[arg-type]
-        try:
-            meta.load_state_dict(load_file(path))
-        except RuntimeError as exc:
-            raise ExportError(f"{path} does not fit the bought models: {str(exc)[:300]}") from None
+    from coopml.fusion import load_metamodel
+    meta = load_metamodel(path)          # the self-describing file: architecture, members, head, manifest
     meta.eval()
     return ExportedMetaModel(meta, spec, members)
 
@@ -125,7 +116,12 @@ def metamodel_onnx(exported: ExportedMetaModel, opset: int = 17) -> bytes:
     graphs = []
     for i, m in enumerate(meta.members):
         delivered = getattr(m, "onnx_bytes", None)       # a member delivered as ONNX: exactly those bytes
-        data = delivered if isinstance(delivered, bytes) else export_onnx(m, spec, labels=meta.label_sets[i])
+        if isinstance(delivered, bytes):
+            data = delivered
+        elif isinstance(m, TorchMember):
+            data = export_onnx(m.model, spec, labels=meta.label_sets[i])
+        else:
+            raise ExportError(f"member {i} ({type(m).__name__}) is neither a torch model nor an ONNX graph")
         g = compose.add_prefix(onnx.load_from_string(data), f"m{i}_")
         graphs.append(g)
     head_io = io.BytesIO()
@@ -160,7 +156,7 @@ def metamodel_onnx(exported: ExportedMetaModel, opset: int = 17) -> bytes:
 
 
 def _check_same(exported: ExportedMetaModel, data: bytes) -> None:
-    import onnxruntime as ort  # type: ignore[import-untyped]
+    import onnxruntime as ort
     spec = exported.spec
     x = torch.randn(8, *spec.shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -172,32 +168,16 @@ def _check_same(exported: ExportedMetaModel, data: bytes) -> None:
 
 
 def save_metamodel_file(exported: ExportedMetaModel, path: Path) -> Path:
-    """safetensors: the fused head's tensors and every member (delivered ONNX bytes as uint8, or its
-    weights), with the InputSpec and member list as metadata."""
-    from coopml.fusion import __all__ as fusion_api
-    if "save_metamodel" in fusion_api:         # the self-describing MetaModel file, where it exists
-        from coopml import fusion
-        return fusion.save_metamodel(exported.meta, path)  # type: ignore[attr-defined,no-any-return]
-    from safetensors.torch import save_file
-    tensors = {f"head.{k}": v.contiguous() for k, v in exported.meta.state_dict().items()
-               if not k.startswith("members.")}
-    for i, m in enumerate(exported.meta.members):
-        delivered = getattr(m, "onnx_bytes", None)
-        if isinstance(delivered, bytes):
-            tensors[f"member.{i}.onnx"] = torch.frombuffer(bytearray(delivered), dtype=torch.uint8)
-        else:
-            tensors.update({f"member.{i}.{k}": v.contiguous() for k, v in m.state_dict().items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, path, metadata={META_INPUT_SPEC: exported.spec.model_dump_json(),
-                                       "coopml.members": json.dumps(exported.members),
-                                       "coopml.strategy": exported.meta.strategy})
+    """The fusion layer's self-describing MetaModel file (safetensors + manifest + digest)."""
+    from coopml.fusion import save_metamodel
+    save_metamodel(exported.meta, path)
     return path
 
 
 def load_onnx_metamodel(path: Path) -> tuple[Any, InputSpec]:
     """An exported MetaModel graph (onnxruntime session) and the InputSpec from its metadata."""
     import onnx
-    import onnxruntime as ort  # type: ignore[import-untyped]
+    import onnxruntime as ort
     try:
         proto = onnx.load(str(path))
     except FileNotFoundError:

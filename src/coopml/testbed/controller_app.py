@@ -25,9 +25,9 @@ import sys
 import time
 
 import os_ken.controller.ofp_handler  # type: ignore[import-not-found]  # noqa: F401 - registers the OpenFlow options
-from os_ken import cfg  # type: ignore[import-not-found]
+from os_ken import cfg
 from os_ken.base import app_manager  # type: ignore[import-not-found]
-from os_ken.controller import ofp_event  # type: ignore[import-not-found]
+from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev_cls  # type: ignore[import-not-found]
 from os_ken.ofproto import ofproto_v1_3  # type: ignore[import-not-found]
 
