@@ -1,7 +1,8 @@
 """Transport encryption between agents: AES-256-GCM envelopes and X25519 sealed boxes.
 
-IVHE protects a model *from everyone but the initiator*; these protect a message *for one
-recipient* (a verifier's copy of a model key, the verification data, a decryption answer).
+An envelope seals a model package under its key K (committed on-chain); a sealed box carries a
+message *for one recipient* (the model key to the buyer, an audit report to the buyer, a model key
+to a drawn verifier in plaintext mode).
 Built on PyCryptodome (already pinned through the chain stack).
 """
 

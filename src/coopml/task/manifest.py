@@ -42,7 +42,8 @@ class Criterion(_Strict):
                                 "verifier's images of the classes the model declares")
     min_labels: int = Field(1, ge=1, description="a model must declare at least this many classes")
     min_gain: float = Field(0.05, ge=-1, le=1, description="the paper's value test: fusing the model with the "
-                            "models already evaluated must raise the fused (Strategy II) accuracy on the "
+                            "models this verifier already evaluated must raise the fused accuracy (a ridge head on "
+                            "their class scores) on the "
                             "verifier's held-out images by at least this much (negative: no value test)")
 
 
