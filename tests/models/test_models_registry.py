@@ -91,3 +91,17 @@ def test_safetensors_roundtrip_for_a_non_mnist_task(tmp_path):
         model_from_bytes(model_to_bytes(m, [1, 3]), spec=RGB)
     with pytest.raises(ModelFileError, match="has shape"):   # same architecture, another task's shapes
         model_from_bytes(model_to_bytes(m, [1]), spec=TAB.model_copy(update={"shape": (9,)}))
+
+
+@pytest.mark.parametrize("arch", ["fading-cnn", "fading-fc"])
+def test_case_study_iv_architectures_keep_to_their_task(arch):
+    from coopml.data import FADING_INPUT
+
+    assert architecture_info(arch).default_spec == FADING_INPUT and ARCHITECTURES[arch].input_shape == (1, 1, 64)
+    m = build_architecture(arch, seed=0)                  # default: its own task, not MNIST's
+    assert m(torch.rand(2, 1, 1, 64)).shape == (2, 2) and m.num_classes == 2
+    with pytest.raises(ModelDefinitionError, match=rf"'{arch}' is the paper's, defined for 1x1x64 inputs and 2 "
+                                                   r"classes; this task's inputs are 1x28x28 uint8, 10 classes"):
+        build_architecture(arch, MNIST_INPUT)
+    with pytest.raises(ModelDefinitionError, match=r"'table4' is the paper's, defined for 1x28x28 inputs"):
+        build_architecture("table4", FADING_INPUT)
