@@ -226,7 +226,7 @@ class Initiator(Agent):
         margin = max(15, view.info.terms.dispute_window // 3)
         if len(reports) < expected and self.now() < m.dispute_deadline - margin:
             return None                                    # wait for the verifiers' audit reports
-        mismatches = self._audit(view, mid, model, list(reports.values()))
+        mismatches = self._audit(view, mid, model, list(reports.values()), list(hdr.labels))
         for ident in reports:
             self.state.decide(f"inbox:{ident}", Decision(outcome=Outcome.DONE, chain_time=self.now()))
         if mismatches * 2 > expected:
@@ -242,8 +242,10 @@ class Initiator(Agent):
                  mismatching=mismatches)
         return Decision(outcome=Outcome.DONE)
 
-    def _audit(self, view: TaskView, mid: int, model: torch.nn.Module, reports: list[InboxMessage]) -> int:
-        """How many verifiers' audit outputs the delivered model does NOT reproduce."""
+    def _audit(self, view: TaskView, mid: int, model: torch.nn.Module, reports: list[InboxMessage],
+               labels: list[int]) -> int:
+        """How many verifiers' audit reports the delivered model does NOT reproduce: their outputs on
+        the audit images, or the classes the model was declared to them with."""
         if not reports or not view.manifest.verification.audit_cid:
             return 0
         from coopml.roles.verifier import load_audit
@@ -257,6 +259,9 @@ class Initiator(Agent):
                 idx = np.asarray(header.audit_indices, dtype=np.int64)
                 if len(idx) and (idx.min() < 0 or idx.max() >= len(audit)):
                     continue                                # a garbled report proves nothing
+                if header.labels and sorted(header.labels) != sorted(labels):
+                    bad += 1                                # judged on other classes than it claims now
+                    continue
                 ours = evaluation.plaintext_scores(model, audit[idx])
                 if not evaluation.reproduces(np.asarray(header.logits), ours):
                     bad += 1

@@ -101,6 +101,9 @@ class AuditReport(_Header):
 
     audit_indices: list[int] = Field(max_length=4096)
     logits: list[list[float]] = Field(max_length=4096)
+    # the classes the contributor declared to this verifier (what it was judged on): the delivered
+    # package must declare the same, or the buyer disputes
+    labels: list[int] = Field(default_factory=list, max_length=4096)
 
     @field_validator("logits")
     @classmethod

@@ -396,7 +396,7 @@ class Verifier(Agent):
         if scores is not None and len(qs.audit):
             report = AuditReport(task_id=self.task_id, model_id=asg.model_id,
                                  audit_indices=[int(i) for i in qs.audit_index],
-                                 logits=scores[qs.audit].tolist())
+                                 logits=scores[qs.audit].tolist(), labels=sorted(asg.labels or []))
             blob = seal(view.delivery_key, messages.encode(report), f"audit:{asg.model_id}".encode())
             initiator = self.view.info.initiator
             self.client.post_message(self.task_id, asg.model_id, initiator, int(MessageKind.AUDIT_REPORT),
@@ -420,6 +420,8 @@ class Verifier(Agent):
                                        self.client.address, self.task_id)
             model = load_delivered(hdr, body, view.manifest.input)
             same = evaluation.reproduces(scores, evaluation.plaintext_scores(model, self.queries().x))
+            # the classes it declares must be those it declared to us (what our vote judged)
+            same = same and asg.labels is not None and sorted(hdr.labels) == sorted(asg.labels)
             self.client.vote_dispute(asg.model_id, not same)
             self.log(LogEvent.DISPUTED, model=asg.model_id, mismatch=not same)
             return Decision(outcome=Outcome.DONE, reason="mismatch" if not same else "match")

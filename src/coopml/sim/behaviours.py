@@ -71,6 +71,16 @@ class LyingContributor(Contributor):
         return super().package_model(ModelRecord(decoy, record.labels, record.source, record.spec))
 
 
+class LabelInflatingContributor(Contributor):
+    """Is judged on the classes it trained on, then sells the same model declaring every class of
+    the task (so the buyer would fuse its guesses on classes it never saw): the verifiers' audit
+    reports name the classes they judged, the buyer disputes, the verifiers vote the mismatch."""
+
+    def package_model(self, record: ModelRecord) -> bytes:
+        every = list(range(len(self.view.manifest.input.classes)))
+        return super().package_model(ModelRecord(record.model, every, record.source, record.spec))
+
+
 class KeySwapContributor(Contributor):
     """Seals a key that opens nothing to the buyer and never answers the dispute: the buyer gets
     its reward back and the contributor's deposit is burnt."""
@@ -152,7 +162,7 @@ class FalseDisputeInitiator(Initiator):
     """Disputes every honest model as 'not what was evaluated': the verifiers re-run it, find it
     matches, and the contributor is paid plus the initiator's bond."""
 
-    def _audit(self, view: Any, mid: int, model: torch.nn.Module, reports: list[Any]) -> int:
+    def _audit(self, view: Any, mid: int, model: torch.nn.Module, reports: list[Any], labels: list[int]) -> int:
         return len(self.client.selected_verifiers(mid))
 
 
