@@ -28,7 +28,8 @@ def test_every_honest_model_is_bought_and_paid_once(honest_run):
     r = honest_run
     assert sorted(m.status for m in r.models) == ["RELEASED"] * 3
     for m in r.models:
-        assert m.approve == 3 and m.reject == 0, m
+        # each verifier judges on its own images (300 each, models trained 3 epochs): a majority decides
+        assert m.approve >= 2 and m.approve + m.reject + m.abstain == 3, m
     for c in ("contributor1", "contributor2", "contributor3"):
         assert r.withdrawn_eth[c] == pytest.approx(1.1)          # reward + deposit back
     for v in ("verifier1", "verifier2", "verifier3"):
