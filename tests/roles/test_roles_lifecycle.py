@@ -8,6 +8,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors import safe_open
 
@@ -113,3 +114,51 @@ def test_plaintext_mode_trusts_the_verifiers_and_says_so(tmp_path):
         t = f.get_tensor(next(n for n in f.keys() if f.get_tensor(n).numel() >= 16))
     # the verifiers decrypted the model in memory; they never write another node's weights to disk
     assert not {h for h in _holders(r, t.flatten()[:16].numpy().tobytes()) if h.startswith("verifier")}
+
+
+def _first_layer_weight(r, contributor: str):
+    import torch
+    path = next((r.workdir / contributor / "model").rglob("*.safetensors"))
+    with safe_open(str(path), "pt") as f:
+        name = next(n for n in f.keys() if n.endswith("weight") and f.get_tensor(n).dim() >= 2)
+        return f.get_tensor(name).to(torch.float64)
+
+
+def test_ivhe_insecure_mode_runs_the_papers_flow(tmp_path):
+    """The paper's IVHE as an explicit task option: contributors encrypt their first layer under the
+    initiator's IVHE key, verifiers evaluate and the initiator decrypts their outputs. It buys honest
+    models end to end; the initiator's IVHE secret key is on its disk only, 0600."""
+    plan = tiny_plan([ContributorPlan(labels=labels, n_train=300, epochs=3, seed=i, agent=HONEST)
+                      for i, labels in enumerate([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])],
+                     verification={"mode": "ivhe-insecure"})
+    r = run_in_process(plan, tmp_path)
+    assert sorted(m.status for m in r.models) == ["RELEASED", "RELEASED"], r.models
+    for m in r.models:
+        assert m.approve >= 2, m
+    assert len(r.fusion_history[-1]["members"]) == 2
+    sk = r.workdir / "initiator" / "secret" / "ivhe_secret_key"
+    assert stat.S_IMODE(sk.stat().st_mode) == 0o600
+    raw = sk.read_bytes()
+    assert _holders(r, raw[-64:]) == {"initiator"}
+    # every verifier evaluated the encrypted model it was sent (kept as evidence), none the plaintext
+    for v in ("verifier1", "verifier2", "verifier3"):
+        assert len(list((r.workdir / v / "secret").glob("ivhe_model_*"))) == 2
+
+
+def test_ivhe_insecure_mode_lets_a_verifier_decrypt_the_weights(tmp_path):
+    """Why the mode is called insecure: a drawn verifier sends the initiator the model's encrypted
+    first-layer weights instead of its outputs, and the initiator's decryption oracle returns them —
+    exactly the contributor's scaled weights, before any payment. (CKKS mode has no such oracle.)"""
+    from coopml.sim.lifecycle import VerifierPlan
+    plan = tiny_plan([ContributorPlan(labels=[0, 1, 2, 3, 4], n_train=300, epochs=2, seed=0, agent=HONEST)],
+                     verifiers=[VerifierPlan(n_verify=300, agent="coopml.sim.behaviours:OracleAttackingVerifier"),
+                                VerifierPlan(n_verify=300), VerifierPlan(n_verify=300)],
+                     verification={"mode": "ivhe-insecure"})
+    r = run_in_process(plan, tmp_path)
+    stolen = list((r.workdir / "verifier1").glob("stolen_weights_*.npy"))
+    assert len(stolen) == 1, stolen
+    got = np.load(stolen[0])
+    w = _first_layer_weight(r, "contributor1")
+    p = 128                                   # the manifest's default ivhe_p
+    assert got.shape == tuple(w.shape)
+    assert np.array_equal(got, np.round(w.numpy() * p).astype(np.int64))

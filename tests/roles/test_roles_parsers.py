@@ -9,7 +9,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coopml.roles import messages, package
-from coopml.roles.messages import AuditReport, EvalOffer, EvalRequest, EvalResponse, MessageError, MessageKind, ModelKey
+from coopml.roles.messages import (
+    AuditReport,
+    DecryptRequest,
+    DecryptResponse,
+    EvalOffer,
+    EvalRequest,
+    EvalResponse,
+    IvheModel,
+    MessageError,
+    MessageKind,
+    ModelKey,
+)
 from coopml.roles.sealing import BoxKeyPair, SealError, open_sealed, seal, unwrap, wrap
 
 H = "ab" * 32
@@ -21,6 +32,9 @@ SAMPLES = [
     (EvalResponse(task_id=1, model_id=2, request_cid="bafyreq", n_queries=10, labels=[0, 3]), (b"\x01" * 100,)),
     (AuditReport(task_id=1, model_id=2, audit_indices=[4, 5], logits=[[0.5, 1.0], [2.0, -1.0]]), ()),
     (ModelKey(task_id=1, model_id=2, key=H), ()),
+    (IvheModel(task_id=1, model_id=2, labels=[1, 2]), (b"\x02" * 64,)),
+    (DecryptRequest(task_id=1, model_id=2, n_queries=10, reply_box_key=H), (b"\x03" * 64,)),
+    (DecryptResponse(task_id=1, model_id=2, request_cid="bafyreq"), (b"\x04" * 16,)),
 ]
 
 

@@ -33,6 +33,7 @@ from coopml.he.model import (
     encrypt_model,
     encrypted_infer,
     encrypted_infer_layered,
+    finish_outputs,
     prepare,
 )
 from coopml.he.scaling import IntegerNet, dequantize, integer_forward, quantize, scale_inputs
@@ -101,6 +102,7 @@ __all__ = [
     "encrypted_infer",
     "encrypted_infer_layered",
     "evaluate",
+    "finish_outputs",
     "from_bytes",
     "inner_product",
     "integer_forward",

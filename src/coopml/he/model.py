@@ -415,18 +415,10 @@ def encrypted_infer_layered(enc: EncryptedModel, x: np.ndarray, q: int | None = 
 def decrypt_outputs(sk: SecretKey, enc: EncryptedModel, out: Ciphertext | PairOutputs) -> np.ndarray:
     """Initiator side: integer outputs (N, O); divide by enc.output_scale for logits. For networks
     with a nonlinearity: decrypt the prefix and finish the network on plaintext integers."""
-    if not enc.is_linear:
-        if not isinstance(out, Ciphertext):
-            raise HEError("expected the ciphertext of the encrypted prefix")
-        h = decrypt(sk, out)
-        shape = _prefix_shape(enc)
-        if enc.strategy == "element-wise":
-            h = h[..., 0].reshape(len(h), *shape)
-        else:                                             # (N, positions, C) -> (N, C, ...)
-            h = np.moveaxis(h.reshape(len(h), -1, shape[0]), 2, 1).reshape(len(h), *shape)
-        return forward_layers(enc.tail.layers[enc.split:], h)
+    if not enc.is_linear and not isinstance(out, Ciphertext):
+        raise HEError("expected the ciphertext of the encrypted prefix")
     if isinstance(out, Ciphertext):
-        return decrypt(sk, out)[..., 0]
+        return finish_outputs(enc, decrypt(sk, out))
     if out.key_id != sk.key_id:
         raise KeyMismatchError(f"outputs belong to key {out.key_id}, secret key is {sk.key_id}")
     params = sk.params
@@ -443,6 +435,25 @@ def decrypt_outputs(sk: SecretKey, enc: EncryptedModel, out: Ciphertext | PairOu
     v = ring.signed(ring.to_ring(ring.add_words(ident, mixed.transpose(1, 0, 2))), params.words)
     res = (v + params.w // 2) // params.w
     return np.asarray(res).astype(np.int64)
+
+
+def finish_outputs(enc: EncryptedModel, plain: np.ndarray) -> np.ndarray:
+    """The part of `decrypt_outputs` that needs no key: from the decrypted words of an encrypted
+    inference (`decrypt(sk, ciphertext)`) to the network's integer outputs (N, O), finishing a
+    nonlinear network on plaintext integers. Lets the key holder decrypt without ever receiving
+    the encrypted model (whose first layer its key would open)."""
+    plain = np.asarray(plain)
+    if enc.is_linear:
+        if enc.strategy != "element-wise":
+            raise HEError("matrix-pair-wise outputs of a linear network decrypt with decrypt_outputs")
+        return plain[..., 0]
+    shape = _prefix_shape(enc)
+    n = len(plain)
+    if enc.strategy == "element-wise":
+        h = plain[..., 0].reshape(n, *shape)
+    else:                                             # (N, positions, C) -> (N, C, ...)
+        h = np.moveaxis(plain.reshape(n, -1, shape[0]), 2, 1).reshape(n, *shape)
+    return forward_layers(enc.tail.layers[enc.split:], h)
 
 
 def decrypt_model(sk: SecretKey, enc: EncryptedModel, template: nn.Module) -> nn.Module:

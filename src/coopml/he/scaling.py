@@ -113,6 +113,8 @@ def linear_modules(model: nn.Module) -> list[nn.Module]:
         mods = _members(model)
     out: list[nn.Module] = []
     for m in mods:
+        if isinstance(m, nn.Identity):          # e.g. a head left out to expose features: a no-op
+            continue
         out.extend(linear_modules(m) if isinstance(m, nn.Sequential) else [m])
     return out
 

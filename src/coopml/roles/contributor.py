@@ -29,7 +29,7 @@ from coopml.roles.agent import Agent, AgentStopped, InboxMessage
 from coopml.roles.config import ContributorConfig
 from coopml.roles.datasets import split
 from coopml.roles.log import EventLog, LogEvent, Role
-from coopml.roles.messages import EvalOffer, EvalRequest, EvalResponse, MessageKind, ModelKey
+from coopml.roles.messages import EvalOffer, EvalRequest, EvalResponse, IvheModel, MessageKind, ModelKey
 from coopml.roles.models import ModelRecord, build_trainable, load_record, model_bytes_for_delivery, save_record
 from coopml.roles.sealing import new_key, seal, wrap
 from coopml.roles.state import AgentState, Decision, Fact, Outcome
@@ -119,12 +119,18 @@ class Contributor(Agent):
             if not open_for_models:
                 return self._finish("the task closed before this node joined")
             check_deposit("contributor", info.terms.contributor_deposit, info.terms.reward_per_model, self.cfg.limits)
-            if view.manifest.verification.mode == "ckks" and self.cfg.model.onnx is not None:
-                raise AgentStopped("an ONNX file cannot be evaluated under CKKS; give the model as `arch` or "
+            mode = view.manifest.verification.mode
+            if mode != "plaintext" and self.cfg.model.onnx is not None:
+                raise AgentStopped(f"an ONNX file cannot be evaluated under {mode}; give the model as `arch` or "
                                    "`factory`, or join a task whose verification mode is plaintext")
-            if view.manifest.verification.mode == "ckks":
-                # refuse BEFORE paying if the verification mode cannot evaluate this model
+            # refuse BEFORE paying if the verification mode cannot evaluate this model
+            if mode == "ckks":
                 evaluation.check_evaluable(self.build_model(view), tuple(view.manifest.input.shape))
+            elif mode == "ivhe-insecure":
+                try:
+                    self._ivhe_encrypt(view, self.build_model(view))
+                except evaluation.EvaluationError as exc:
+                    raise AgentStopped(str(exc)) from None
             self.client.register_contributor(self.task_id)
             self.log(LogEvent.REGISTERED, deposit_wei=info.terms.contributor_deposit)
             return True
@@ -204,6 +210,8 @@ class Contributor(Agent):
                 return True
             if view.manifest.verification.mode == "plaintext":
                 return self._send_keys(mid, m)
+            if view.manifest.verification.mode == "ivhe-insecure":
+                return self._send_ivhe_models(view, mid, m)
             acted = self._send_offers(view, mid, m)
             return self._answer_requests(view, mid, m) or acted
         if m.status == ModelStatus.APPROVED:
@@ -300,6 +308,38 @@ class Contributor(Agent):
                 body = messages.encode(ModelKey(task_id=self.task_id, model_id=mid, key=key.hex()))
                 cid = self.store.put(seal(bytes.fromhex(b.box_key), body, f"model-key:{mid}".encode()))
                 self.client.post_message(self.task_id, mid, v, int(MessageKind.MODEL_KEY), cid)
+                return Decision(outcome=Outcome.DONE)
+            self.handle(item, send, model=mid, deadline=m.verify_deadline)
+            acted = True
+        return acted
+
+    def _ivhe_encrypt(self, view: TaskView, model: torch.nn.Module) -> bytes:
+        ver = view.manifest.verification
+        if ver.ivhe_public_key_cid is None:
+            raise evaluation.EvaluationError("the task's ivhe-insecure mode names no IVHE public key")
+        return evaluation.ivhe_encrypt_model(model, tuple(view.manifest.input.shape),
+                                             self.fetch(ver.ivhe_public_key_cid), ver.ivhe_p, ver.ivhe_q)
+
+    def _send_ivhe_models(self, view: TaskView, mid: int, m: Any) -> bool:
+        """ivhe-insecure mode (the paper's flow): the model, first layer encrypted under the initiator's
+        IVHE key, to each drawn verifier, sealed to its box key (never readable by the initiator from
+        the store: it holds the IVHE secret key)."""
+        acted = False
+        for verifier in self.client.selected_verifiers(mid):
+            item = f"ivhe-model:{mid}:{verifier}"
+            box = self.state.fact("box", verifier, BoxFact)
+            if box is None or self.state.decision(item) is not None:
+                continue
+
+            def send(v: str = verifier, b: BoxFact = box) -> Decision:
+                blob = self.read_secret("ivhe_model")
+                if blob is None:
+                    blob = self._ivhe_encrypt(view, self.scoring_model(self.record()))
+                    self.write_secret("ivhe_model", blob)
+                body = messages.encode(IvheModel(task_id=self.task_id, model_id=mid, labels=self.record().labels),
+                                       (blob,))
+                cid = self.store.put(seal(bytes.fromhex(b.box_key), body, f"ivhe-model:{mid}".encode()))
+                self.client.post_message(self.task_id, mid, v, int(MessageKind.IVHE_MODEL), cid)
                 return Decision(outcome=Outcome.DONE)
             self.handle(item, send, model=mid, deadline=m.verify_deadline)
             acted = True

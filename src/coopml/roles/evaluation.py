@@ -159,3 +159,131 @@ def reproduces(expected: np.ndarray, actual: np.ndarray, atol: float = 0.05, rto
         return False
     scale = np.abs(expected).max(initial=1.0)
     return bool(np.all(np.abs(expected - actual) <= atol * scale + rtol * np.abs(expected)))
+
+
+# ---------------------------------------------------------------------------- IVHE (the paper; INSECURE)
+#
+# ivhe-insecure mode reproduces the paper's verification flow: the initiator holds the IVHE secret
+# key, the contributor encrypts its first layer under the public key, the verifier evaluates the
+# encrypted model on its plaintext images and the initiator decrypts the outputs. It is offered to
+# reproduce the paper, not to protect anybody: the initiator decrypts whatever ciphertext a drawn
+# verifier sends (a verifier can send the model's encrypted weights), and IVHE at these parameters
+# is obfuscation-grade (docs/security.md, docs/threat-model.md).
+
+MAX_IVHE_OUTPUTS = 1 << 24     # words the initiator decrypts per request (N x outputs)
+
+
+def ivhe_keygen(seed: int | None = None) -> tuple[bytes, bytes]:
+    """Initiator: (secret key blob, public key blob) with the parameters of the paper's Case Study II."""
+    from coopml.he import MODEL_PARAMS, keygen, to_bytes
+    sk, pk = keygen(MODEL_PARAMS, 1, rng=seed)
+    return to_bytes(sk), to_bytes(pk)
+
+
+def _ivhe_public_key(blob: bytes) -> Any:
+    from coopml.he import HEFormatError, PublicKey, from_bytes
+    try:
+        pk = from_bytes(blob, "public-key", where="task IVHE public key")
+    except HEFormatError as exc:
+        raise EvaluationError(str(exc)) from None
+    assert isinstance(pk, PublicKey)
+    if pk.n != 1:
+        raise EvaluationError(f"the task's IVHE public key has n={pk.n}; element-wise encryption needs n=1")
+    return pk
+
+
+def ivhe_encrypt_model(model: torch.nn.Module, input_shape: tuple[int, ...], public_key: bytes, p: int,
+                       q: int) -> bytes:
+    """Contributor: its model (class scores only) with the first layer encrypted under the task's key.
+    Raises EvaluationError naming what IVHE cannot evaluate (checked before paying)."""
+    from coopml.errors import HEError
+    from coopml.he import encrypt_model, to_bytes
+    try:
+        enc = encrypt_model(_ivhe_public_key(public_key), ScoresOnly(model), p, q, "element-wise",
+                            input_shape=tuple(input_shape))
+    except HEError as exc:
+        raise EvaluationError(f"the model cannot be evaluated under IVHE: {exc}") from None
+    return to_bytes(enc)
+
+
+def _ivhe_model(blob: bytes, input_shape: tuple[int, ...], key_id: str) -> Any:
+    from coopml.he import EncryptedModel, HEFormatError, check_model, from_bytes
+    try:
+        enc = from_bytes(blob, "encrypted-model", where="IVHE model")
+        assert isinstance(enc, EncryptedModel)
+        check_model(enc, "IVHE model")
+    except HEFormatError as exc:
+        raise EvaluationError(str(exc)) from None
+    if enc.strategy != "element-wise":
+        raise EvaluationError(f"IVHE model uses strategy {enc.strategy!r}; this mode takes element-wise")
+    if tuple(enc.input_shape) != tuple(input_shape):
+        raise EvaluationError(f"IVHE model takes inputs {enc.input_shape}, the task's are {tuple(input_shape)}")
+    if enc.key_id != key_id:
+        raise EvaluationError("IVHE model is not encrypted under the task's public key")
+    return enc
+
+
+def ivhe_evaluate(model_blob: bytes, public_key: bytes, input_shape: tuple[int, ...], x: np.ndarray) -> bytes:
+    """Verifier: the encrypted model on its own (plaintext) query images; the output ciphertext."""
+    from coopml.errors import HEError
+    from coopml.he import PairOutputs, encrypted_infer, scale_inputs, to_bytes
+    enc = _ivhe_model(model_blob, input_shape, _ivhe_public_key(public_key).key_id)
+    try:
+        out = encrypted_infer(enc, scale_inputs(torch.as_tensor(x), enc.q))
+    except HEError as exc:
+        raise EvaluationError(f"IVHE evaluation failed: {exc}") from None
+    if isinstance(out, PairOutputs):      # pragma: no cover - element-wise is checked above
+        raise EvaluationError("matrix-pair-wise outputs are not part of this mode")
+    return to_bytes(out)
+
+
+def ivhe_decrypt(secret_key: bytes, ciphertext: bytes, max_rows: int) -> bytes:
+    """Initiator: THE DECRYPTION ORACLE of the paper's design — decrypts any well-formed ciphertext
+    under its key of at most `max_rows` rows and MAX_IVHE_OUTPUTS words (it cannot tell a ciphertext
+    of outputs from one of weights). Returns the words as an int64 .npy."""
+    from coopml.errors import HEError
+    from coopml.he import Ciphertext, HEFormatError, SecretKey, decrypt, from_bytes
+    sk = from_bytes(secret_key, "secret-key")
+    assert isinstance(sk, SecretKey)
+    try:
+        ct = from_bytes(ciphertext, "ciphertext", where="decryption request")
+    except HEFormatError as exc:
+        raise EvaluationError(str(exc)) from None
+    assert isinstance(ct, Ciphertext)
+    if not ct.shape or ct.shape[0] > max_rows or int(np.prod(ct.shape)) > MAX_IVHE_OUTPUTS:
+        raise EvaluationError(f"ciphertext of shape {ct.shape} is larger than this task's outputs")
+    try:
+        plain = np.asarray(decrypt(sk, ct))
+    except HEError as exc:
+        raise EvaluationError(f"cannot decrypt: {exc}") from None
+    if plain.dtype != np.int64:
+        raise EvaluationError("decrypted words exceed int64")
+    buf = io.BytesIO()
+    np.save(buf, plain, allow_pickle=False)
+    return buf.getvalue()
+
+
+def ivhe_scores(model_blob: bytes, input_shape: tuple[int, ...], plain: bytes, n_queries: int,
+                num_classes: int) -> np.ndarray:
+    """Verifier: class scores (N, classes) from the initiator's decrypted words (finishing a nonlinear
+    network on plaintext integers, as the paper's verifier does)."""
+    from coopml.errors import HEError
+    from coopml.he import EncryptedModel, HEFormatError, check_model, finish_outputs, from_bytes
+    try:
+        enc = from_bytes(model_blob, "encrypted-model", where="IVHE model")
+        assert isinstance(enc, EncryptedModel)
+        check_model(enc, "IVHE model")
+        words = np.load(io.BytesIO(plain), allow_pickle=False)
+    except (HEFormatError, ValueError, OSError) as exc:
+        raise EvaluationError(f"decrypted outputs are not readable: {exc}") from None
+    if not isinstance(words, np.ndarray) or words.dtype != np.int64 or words.ndim < 2 or len(words) != n_queries:
+        shape = getattr(words, "shape", None)
+        raise EvaluationError(f"decrypted outputs have shape {shape}, expected an int64 array of {n_queries} rows")
+    try:
+        ints = finish_outputs(enc, words)
+    except (HEError, RuntimeError, ValueError) as exc:
+        raise EvaluationError(f"decrypted outputs do not fit the model: {exc}") from None
+    logits = np.asarray(ints, dtype=np.float64) / float(enc.output_scale)
+    if logits.shape != (n_queries, num_classes) or not np.isfinite(logits).all():
+        raise EvaluationError(f"decrypted outputs have shape {logits.shape}, expected {(n_queries, num_classes)}")
+    return logits

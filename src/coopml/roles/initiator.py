@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,9 +30,9 @@ from coopml.roles.agent import Agent, AgentStopped, InboxMessage
 from coopml.roles.config import InitiatorConfig
 from coopml.roles.fusing import METAMODEL_FILE
 from coopml.roles.log import EventLog, LogEvent, Role
-from coopml.roles.messages import AuditReport, MessageKind
+from coopml.roles.messages import AuditReport, DecryptRequest, DecryptResponse, MessageKind
 from coopml.roles.models import load_delivered
-from coopml.roles.sealing import BoxKeyPair, SealError, open_sealed
+from coopml.roles.sealing import BoxKeyPair, SealError, open_sealed, seal
 from coopml.roles.state import AgentState, Decision, Fact, Outcome
 from coopml.roles.task import TaskView, TermsRefused, load_task
 from coopml.roles.verifier import open_committed
@@ -97,14 +98,35 @@ class Initiator(Agent):
             cid = self.store.put(buf.getvalue())
             self.store.pin(cid)
             base = base.replace(verification={**base.verification.model_dump(), "audit_cid": cid})
+        if base.verification.mode == "ivhe-insecure":
+            # the paper's design: this node holds the IVHE secret key and decrypts for the verifiers
+            if self.read_secret("ivhe_secret_key") is None:
+                secret, public = evaluation.ivhe_keygen()
+                self.write_secret("ivhe_public_key", public)
+                self.write_secret("ivhe_secret_key", secret)
+            public_key = self.read_secret("ivhe_public_key")
+            assert public_key is not None
+            cid = self.store.put(public_key)
+            self.store.pin(cid)
+            base = base.replace(verification={**base.verification.model_dump(), "ivhe_public_key_cid": cid})
         return base
 
     def publish(self) -> int:
         manifest = self.manifest()
-        if manifest.model.arch and manifest.verification.mode == "ckks":
+        if manifest.model.arch and manifest.verification.mode != "plaintext":
             # a task nobody can be verified for must fail here, before any escrow
             from coopml.models import build_model
-            evaluation.check_evaluable(build_model(manifest.model.arch), tuple(manifest.input.shape))
+            model, shape = build_model(manifest.model.arch), tuple(manifest.input.shape)
+            if manifest.verification.mode == "ckks":
+                evaluation.check_evaluable(model, shape)
+            else:
+                public = self.read_secret("ivhe_public_key")
+                assert public is not None
+                try:
+                    evaluation.ivhe_encrypt_model(model, shape, public, manifest.verification.ivhe_p,
+                                                  manifest.verification.ivhe_q)
+                except evaluation.EvaluationError as exc:
+                    raise TermsRefused(str(exc)) from None
         econ, win = manifest.economics, manifest.windows
         if econ.escrow_wei > self.cfg.limits.max_escrow_wei:
             raise TermsRefused(f"the manifest asks for an escrow of {econ.escrow_wei / 1e18:g} ETH, above this "
@@ -153,6 +175,7 @@ class Initiator(Agent):
         for mid in map(int, self.state.facts("model", Fact)):
             acted = self._advance(mid) or acted
         acted = self._collect_fusion() or acted
+        acted = self._serve_decryptions() or acted
         self.sweep_inbox(self._expects)
         return self._maybe_close(info) or acted
 
@@ -186,8 +209,14 @@ class Initiator(Agent):
         return False
 
     def _expects(self, msg: InboxMessage) -> bool:
-        """Audit reports, from a model's drawn verifiers, until the model's delivery is decided."""
-        if msg.kind != MessageKind.AUDIT_REPORT or self.state.fact("model", msg.model_id, Fact) is None:
+        """Audit reports, from a model's drawn verifiers, until the model's delivery is decided (and, in
+        ivhe-insecure mode, decryption requests while the model is being verified)."""
+        if self.state.fact("model", msg.model_id, Fact) is None:
+            return False
+        if msg.kind == MessageKind.DECRYPT_REQUEST:
+            return self.view.manifest.verification.mode == "ivhe-insecure" and \
+                self.client.model(msg.model_id).status == ModelStatus.VERIFYING
+        if msg.kind != MessageKind.AUDIT_REPORT:
             return False
         return self.state.decision(f"delivery:{msg.model_id}") is None and \
             self.client.model(msg.model_id).status not in TERMINAL
@@ -268,6 +297,50 @@ class Initiator(Agent):
             except CoopmlError as exc:
                 self.log(LogEvent.DECISION, model=mid, item=f"audit:{r.cid}", outcome=Outcome.REJECTED, reason=str(exc))
         return bad
+
+    # ------------------------------------------------------------------ ivhe-insecure: the decryption oracle
+
+    def _serve_decryptions(self) -> bool:
+        if self.task_id is None or self.view.manifest.verification.mode != "ivhe-insecure":
+            return False
+        acted = False
+        for ident, msg in self.inbox().items():
+            if msg.kind != MessageKind.DECRYPT_REQUEST:
+                continue
+            m = self.client.model(msg.model_id)
+            if m.status != ModelStatus.VERIFYING:
+                continue                                   # swept as not expected
+            self.handle(f"inbox:{ident}", partial(self._decrypt_for, msg, m), model=msg.model_id,
+                        deadline=m.verify_deadline)
+            acted = True
+        return acted
+
+    def decrypt_words(self, secret: bytes, ciphertext: bytes, max_rows: int) -> bytes:
+        """The paper's decryption oracle (sim overrides it to model a lying initiator)."""
+        return evaluation.ivhe_decrypt(secret, ciphertext, max_rows)
+
+    def _decrypt_for(self, msg: InboxMessage, m: Any) -> Decision:
+        """Decrypt a drawn verifier's outputs and seal the words to it. This is the paper's design, kept
+        for reproducing it: the request may hold ANY ciphertext under our key (the model's encrypted
+        weights included), and nothing here can tell (docs/threat-model.md, ivhe-insecure)."""
+        if msg.sender not in self.client.selected_verifiers(msg.model_id):
+            return Decision(outcome=Outcome.IGNORED, reason="sender was not drawn for this model")
+        header, (ciphertext,) = messages.decode(open_sealed(self.box, self.fetch(msg.cid),
+                                                            f"decrypt:{msg.model_id}".encode()),
+                                                MessageKind.DECRYPT_REQUEST)
+        assert isinstance(header, DecryptRequest)
+        if (header.task_id, header.model_id) != (self.task_id, msg.model_id):
+            return Decision(outcome=Outcome.REJECTED, reason="request names another task or model")
+        secret = self.read_secret("ivhe_secret_key")
+        assert secret is not None
+        plain = self.decrypt_words(secret, ciphertext, self.view.manifest.verification.max_queries)
+        reply = DecryptResponse(task_id=header.task_id, model_id=header.model_id, request_cid=msg.cid)
+        sealed = seal(bytes.fromhex(header.reply_box_key), messages.encode(reply, (plain,)),
+                      f"decrypted:{msg.model_id}".encode())
+        self.client.post_message(header.task_id, msg.model_id, msg.sender, int(MessageKind.DECRYPT_RESPONSE),
+                                 self.store.put(sealed))
+        self.log(LogEvent.ANSWERED, model=msg.model_id, verifier=msg.sender, decrypted_bytes=len(plain))
+        return Decision(outcome=Outcome.DONE)
 
     # ------------------------------------------------------------------ fusion (off the event loop)
 

@@ -42,6 +42,9 @@ class MessageKind(enum.IntEnum):
     EVAL_RESPONSE = 11  # contributor -> verifier: encrypted outputs of the committed model
     AUDIT_REPORT = 12   # verifier -> initiator (sealed): outputs on the task's public audit images
     MODEL_KEY = 20      # contributor -> drawn verifier (plaintext mode only): the envelope key, sealed
+    IVHE_MODEL = 21     # contributor -> drawn verifier (ivhe-insecure only): the IVHE-encrypted model, sealed
+    DECRYPT_REQUEST = 22   # verifier -> initiator (ivhe-insecure only): encrypted outputs to decrypt, sealed
+    DECRYPT_RESPONSE = 23  # initiator -> verifier (ivhe-insecure only): the decrypted words, sealed
 
 
 class _Header(BaseModel):
@@ -123,9 +126,45 @@ class ModelKey(_Header):
     key: str = Field(pattern="^[0-9a-f]{64}$")
 
 
+class IvheModel(_Header):
+    """ivhe-insecure mode only: the contributor's model with its first layer encrypted under the
+    initiator's IVHE public key (the rest is plaintext scaled integers, as in the paper); the whole
+    message is sealed to one drawn verifier's box key. Part: the coopml-he encrypted-model blob."""
+
+    kind: ClassVar[MessageKind] = MessageKind.IVHE_MODEL
+    parts: ClassVar[tuple[str, ...]] = ("model",)
+    max_part_bytes: ClassVar[int] = 64 * 1024 * 1024
+
+    labels: list[int] = Field(min_length=1, max_length=100_000, description="classes the model declares")
+
+
+class DecryptRequest(_Header):
+    """ivhe-insecure mode only: a drawn verifier asks the initiator (the IVHE key holder) to decrypt the
+    outputs of its encrypted evaluation — the paper's decryption oracle. Sealed to the initiator's
+    delivery key; the answer is sealed to `reply_box_key`. Part: a coopml-he ciphertext."""
+
+    kind: ClassVar[MessageKind] = MessageKind.DECRYPT_REQUEST
+    parts: ClassVar[tuple[str, ...]] = ("ciphertext",)
+    max_part_bytes: ClassVar[int] = 256 * 1024 * 1024
+
+    n_queries: int = Field(ge=1, le=100_000)
+    reply_box_key: str = Field(pattern="^[0-9a-f]{64}$")
+
+
+class DecryptResponse(_Header):
+    """ivhe-insecure mode only: the initiator's decryption of one request (sealed to the verifier).
+    Part: the decrypted integer words, an .npy array of int64 (no pickle)."""
+
+    kind: ClassVar[MessageKind] = MessageKind.DECRYPT_RESPONSE
+    parts: ClassVar[tuple[str, ...]] = ("plain",)
+    max_part_bytes: ClassVar[int] = 256 * 1024 * 1024
+
+    request_cid: str = Field(min_length=1, max_length=128)
+
+
 HEADERS: dict[MessageKind, type[_Header]] = {h.kind: h for h in (EvalOffer, EvalRequest, EvalResponse, AuditReport,
-                                                                  ModelKey)}
-Header = EvalOffer | EvalRequest | EvalResponse | AuditReport | ModelKey
+                                                                  ModelKey, IvheModel, DecryptRequest, DecryptResponse)}
+Header = EvalOffer | EvalRequest | EvalResponse | AuditReport | ModelKey | IvheModel | DecryptRequest | DecryptResponse
 
 
 def encode(header: Header, parts: tuple[bytes, ...] = ()) -> bytes:

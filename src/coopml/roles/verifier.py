@@ -34,7 +34,17 @@ from coopml.roles import evaluation, messages, package
 from coopml.roles.agent import Agent, InboxMessage
 from coopml.roles.config import VerifierConfig
 from coopml.roles.log import EventLog, LogEvent, Role
-from coopml.roles.messages import AuditReport, EvalOffer, EvalRequest, EvalResponse, MessageKind, ModelKey
+from coopml.roles.messages import (
+    AuditReport,
+    DecryptRequest,
+    DecryptResponse,
+    EvalOffer,
+    EvalRequest,
+    EvalResponse,
+    IvheModel,
+    MessageKind,
+    ModelKey,
+)
 from coopml.roles.models import load_delivered
 from coopml.roles.sealing import BoxKeyPair, open_sealed, seal, unwrap
 from coopml.roles.state import AgentState, Decision, Fact, Outcome
@@ -96,6 +106,11 @@ class Verifier(Agent):
 
     def should_reveal(self) -> bool:
         return True
+
+    def ivhe_query(self, view: TaskView, model_blob: bytes, public_key: bytes) -> bytes:
+        """ivhe-insecure: the ciphertext we ask the initiator to decrypt — the encrypted model's outputs
+        on our images. (The initiator cannot check that it is; sim.behaviours.OracleAttackingVerifier.)"""
+        return evaluation.ivhe_evaluate(model_blob, public_key, tuple(view.manifest.input.shape), self.queries().x)
 
     # ------------------------------------------------------------------ events
 
@@ -213,11 +228,14 @@ class Verifier(Agent):
                 return self._commit(asg, Vote.REJECT, ["the contributor made no valid evaluation offer in time"])
             if asg.stage == Stage.REQUESTED:
                 if asg.request_cid is not None and self.state.get(f"request_posted:{mid}") is None:
-                    self._post_request(mid, asg.contributor, asg.request_cid)
+                    self._post_request(mid, *self._request_route(view, asg), asg.request_cid)
                     return True
                 if self._read_inbox(view, asg, m):
                     return True
                 if self._late(m):
+                    if view.manifest.verification.mode == "ivhe-insecure" and asg.request_cid is not None:
+                        # the contributor did its part; the key holder did not: not the contributor's fault
+                        return self._commit(asg, Vote.ABSTAIN, ["the initiator did not decrypt the outputs in time"])
                     return self._commit(asg, Vote.REJECT, ["no valid evaluation from the contributor in time"])
                 return False
             if asg.stage == Stage.EVALUATED:
@@ -256,13 +274,17 @@ class Verifier(Agent):
     def _expects(self, msg: InboxMessage, assignments: dict[str, Assignment]) -> bool:
         """Only the drawn model's contributor talks to us, and only while we wait for it."""
         asg = assignments.get(str(msg.model_id))
-        return (asg is not None and msg.sender == asg.contributor and asg.stage in (Stage.SELECTED, Stage.REQUESTED)
-                and msg.kind in (MessageKind.EVAL_OFFER, MessageKind.EVAL_RESPONSE, MessageKind.MODEL_KEY))
+        if asg is None or asg.stage not in (Stage.SELECTED, Stage.REQUESTED):
+            return False
+        if msg.kind == MessageKind.DECRYPT_RESPONSE:       # ivhe-insecure: the key holder answers
+            return msg.sender == self.view.info.initiator
+        return msg.sender == asg.contributor and msg.kind in (
+            MessageKind.EVAL_OFFER, MessageKind.EVAL_RESPONSE, MessageKind.MODEL_KEY, MessageKind.IVHE_MODEL)
 
     def _request(self, view: TaskView, asg: Assignment, m: Any) -> bool:
         """Plaintext mode: wait for the key. CKKS mode: on the contributor's offer, encrypt our queries
         under a fresh key with the offered parameters and ask for an evaluation."""
-        if view.manifest.verification.mode == "plaintext":
+        if view.manifest.verification.mode in ("plaintext", "ivhe-insecure"):
             self._save(asg, stage=Stage.REQUESTED)
             return True
         for ident, msg in self.inbox().items():
@@ -287,21 +309,40 @@ class Verifier(Agent):
                           batch_cid=self.store.put(enc.batch))
         cid = self.store.put(messages.encode(req))
         self._save(asg, stage=Stage.REQUESTED, request_cid=cid)   # before the message: a restart re-sends the same
-        self._post_request(asg.model_id, asg.contributor, cid)
+        self._post_request(asg.model_id, *self._request_route(view, asg), cid)
         self.log(LogEvent.REQUESTED, model=asg.model_id, contributor=asg.contributor, queries=len(qs.x))
         return Decision(outcome=Outcome.DONE)
 
-    def _post_request(self, mid: int, contributor: str, cid: str) -> None:
+    def _request_route(self, view: TaskView, asg: Assignment) -> tuple[str, MessageKind]:
+        """Who answers our request: the contributor (CKKS), or the IVHE key holder (ivhe-insecure)."""
+        if view.manifest.verification.mode == "ivhe-insecure":
+            return view.info.initiator, MessageKind.DECRYPT_REQUEST
+        return asg.contributor, MessageKind.EVAL_REQUEST
+
+    def _post_request(self, mid: int, to: str, kind: MessageKind, cid: str) -> None:
         """Post the request, then remember it was posted: a crash in between re-posts the same CID on
-        restart (the contributor answers each request message; a duplicate costs it one evaluation)."""
-        self.client.post_message(self.task_id, mid, contributor, int(MessageKind.EVAL_REQUEST), cid)
+        restart (the receiver answers each request message; a duplicate costs it one more answer)."""
+        self.client.post_message(self.task_id, mid, to, int(kind), cid)
         self.state.set(f"request_posted:{mid}", cid)
 
     def _read_inbox(self, view: TaskView, asg: Assignment, m: Any) -> bool:
+        ivhe = view.manifest.verification.mode == "ivhe-insecure"
         for ident, msg in self.inbox().items():
-            if msg.model_id != asg.model_id or msg.sender != asg.contributor:
+            if msg.model_id != asg.model_id:
                 continue
-            if msg.kind == MessageKind.EVAL_RESPONSE:
+            if ivhe and msg.kind == MessageKind.DECRYPT_RESPONSE and msg.sender == view.info.initiator \
+                    and asg.request_cid is not None:
+                d = self.handle(f"inbox:{ident}", partial(self._evaluate_decrypted, view, asg, msg),
+                                model=asg.model_id, deadline=m.verify_deadline)
+                if d is not None and d.outcome == Outcome.DONE:
+                    return True
+                continue
+            if msg.sender != asg.contributor:
+                continue
+            if ivhe and msg.kind == MessageKind.IVHE_MODEL and asg.request_cid is None:
+                d = self.handle(f"inbox:{ident}", partial(self._evaluate_ivhe, view, asg, m, msg),
+                                model=asg.model_id, deadline=m.verify_deadline)
+            elif msg.kind == MessageKind.EVAL_RESPONSE:
                 d = self.handle(f"inbox:{ident}", partial(self._evaluate_response, view, asg, m, msg),
                                 model=asg.model_id, deadline=m.verify_deadline)
             elif msg.kind == MessageKind.MODEL_KEY and view.manifest.verification.mode == "plaintext":
@@ -337,6 +378,44 @@ class Verifier(Agent):
         model = load_delivered(hdr, body, view.manifest.input)
         scores = evaluation.plaintext_scores(model, self.queries().x)
         return self._keep_scores(asg, scores, hdr.labels)
+
+    def _evaluate_ivhe(self, view: TaskView, asg: Assignment, m: Any, msg: InboxMessage) -> Decision:
+        """ivhe-insecure: evaluate the encrypted model on our images, then ask the initiator (the IVHE
+        key holder) to decrypt the outputs — the paper's flow and its decryption oracle."""
+        header, (blob,) = messages.decode(open_sealed(self.box, self.fetch(msg.cid), f"ivhe-model:{asg.model_id}".encode()),
+                                          MessageKind.IVHE_MODEL)
+        assert isinstance(header, IvheModel)
+        if (header.task_id, header.model_id) != (self.task_id, asg.model_id):
+            return Decision(outcome=Outcome.REJECTED, reason="encrypted model names another task or model")
+        classes = len(view.manifest.input.classes)
+        if any(not 0 <= c < classes for c in header.labels):
+            return Decision(outcome=Outcome.REJECTED, reason=f"declares classes outside 0..{classes - 1}")
+        ver = view.manifest.verification
+        if ver.ivhe_public_key_cid is None:
+            return Decision(outcome=Outcome.REJECTED, reason="the task names no IVHE public key")
+        qs = self.queries()
+        outputs = self.ivhe_query(view, blob, self.fetch(ver.ivhe_public_key_cid))
+        self.write_secret(f"ivhe_model_{asg.model_id}", blob)
+        req = DecryptRequest(task_id=self.task_id, model_id=asg.model_id, n_queries=len(qs.x),
+                             reply_box_key=self.box.public.hex())
+        sealed = seal(view.delivery_key, messages.encode(req, (outputs,)), f"decrypt:{asg.model_id}".encode())
+        cid = self.store.put(sealed)
+        self._save(asg, request_cid=cid, labels=sorted(header.labels))   # before the message (restart re-sends)
+        self._post_request(asg.model_id, *self._request_route(view, asg), cid)
+        self.log(LogEvent.REQUESTED, model=asg.model_id, queries=len(qs.x), decryption=True)
+        return Decision(outcome=Outcome.DONE)
+
+    def _evaluate_decrypted(self, view: TaskView, asg: Assignment, msg: InboxMessage) -> Decision:
+        header, (plain,) = messages.decode(open_sealed(self.box, self.fetch(msg.cid), f"decrypted:{asg.model_id}".encode()),
+                                           MessageKind.DECRYPT_RESPONSE)
+        assert isinstance(header, DecryptResponse)
+        if header.request_cid != asg.request_cid or header.model_id != asg.model_id:
+            return Decision(outcome=Outcome.REJECTED, reason="decryption answers another request")
+        blob = self.read_secret(f"ivhe_model_{asg.model_id}")
+        assert blob is not None and asg.labels is not None
+        scores = evaluation.ivhe_scores(blob, tuple(view.manifest.input.shape), plain, len(self.queries().x),
+                                        len(view.manifest.input.classes))
+        return self._keep_scores(asg, scores, asg.labels)
 
     def _keep_scores(self, asg: Assignment, scores: np.ndarray, labels: list[int]) -> Decision:
         buf = scores.astype(np.float64).tobytes()

@@ -192,3 +192,30 @@ class SpammingVerifier(Verifier):
             self.state.set(key, True)
             acted = True
         return acted
+
+
+class OracleAttackingVerifier(Verifier):
+    """ivhe-insecure mode: instead of the outputs of its evaluation, sends the initiator the model's
+    ENCRYPTED FIRST-LAYER WEIGHTS to decrypt (a ciphertext under the same key, of a size the oracle
+    accepts) and keeps what comes back in `stolen_weights.npy`: the contributor's scaled weights,
+    exactly, before anybody paid. The reason the mode is called insecure (docs/threat-model.md)."""
+
+    def ivhe_query(self, view: Any, model_blob: bytes, public_key: bytes) -> bytes:
+        from coopml.he import EncryptedModel, from_bytes, to_bytes
+        enc = from_bytes(model_blob, "encrypted-model")
+        assert isinstance(enc, EncryptedModel)
+        return to_bytes(enc.first_weight)
+
+    def _evaluate_decrypted(self, view: Any, asg: Assignment, msg: Any) -> Any:
+        import io
+
+        from coopml.roles.messages import DecryptResponse
+        from coopml.roles.sealing import open_sealed
+        from coopml.roles.state import Decision, Outcome
+        header, (plain,) = messages.decode(open_sealed(self.box, self.fetch(msg.cid),
+                                                       f"decrypted:{asg.model_id}".encode()),
+                                           MessageKind.DECRYPT_RESPONSE)
+        assert isinstance(header, DecryptResponse)
+        words = np.load(io.BytesIO(plain), allow_pickle=False)
+        np.save(self.workdir / f"stolen_weights_{asg.model_id}.npy", words[..., 0])
+        return Decision(outcome=Outcome.REJECTED, reason="kept the decrypted weights instead of scores")

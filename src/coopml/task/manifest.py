@@ -50,18 +50,26 @@ class Criterion(_Strict):
 class Verification(_Strict):
     """How verifiers judge a model without the contributor revealing it."""
 
-    mode: Literal["ckks", "plaintext"] = Field(
+    mode: Literal["ckks", "plaintext", "ivhe-insecure"] = Field(
         "ckks", description="ckks: each verifier encrypts its images under its own CKKS key, the contributor "
         "evaluates its model on them and returns encrypted outputs (confidential: nobody sees the other's "
         "secrets). plaintext: the model's key is sealed to each drawn verifier, who runs it in the clear "
-        "(TRUSTS THE VERIFIERS with the model)")
+        "(TRUSTS THE VERIFIERS with the model). ivhe-insecure: the paper's scheme, to reproduce it, NOT "
+        "CONFIDENTIAL: the contributor encrypts its first layer under the initiator's IVHE key, the verifier "
+        "evaluates it and asks the INITIATOR TO DECRYPT the outputs; the initiator is a decryption oracle a "
+        "verifier can use to read the model's weights, and it can lie about or withhold any decryption "
+        "(docs/threat-model.md)")
     queries: int = Field(1000, ge=10, le=100_000, description="images each verifier evaluates a model on")
     max_queries: int = Field(1100, ge=10, le=100_000, description="contributors refuse larger requests")
-    audit_cid: str | None = Field(None, description="CID of the task's public audit images (npz: x, y), mixed "
+    audit_cid: str | None = Field(None, description="CID of the task's public audit images (npz: x), mixed "
                                   "into every verifier's encrypted queries at secret positions")
     audit_per_request: int = Field(16, ge=0, le=1024)
     poly_modulus_degree: int | None = Field(None, description="CKKS ring degree; None: the engine's choice "
                                             "for the model (always >= 128-bit security)")
+    ivhe_public_key_cid: str | None = Field(None, description="ivhe-insecure only: CID of the initiator's IVHE "
+                                            "public key (the initiator sets it when it publishes)")
+    ivhe_p: int = Field(128, ge=2, le=1 << 10, description="ivhe-insecure only: weights are scaled by p")
+    ivhe_q: int = Field(1000, ge=1, le=1 << 16, description="ivhe-insecure only: inputs are scaled by q")
 
     @model_validator(mode="after")
     def _sizes(self) -> Verification:
