@@ -162,3 +162,18 @@ def test_ivhe_insecure_mode_lets_a_verifier_decrypt_the_weights(tmp_path):
     p = 128                                   # the manifest's default ivhe_p
     assert got.shape == tuple(w.shape)
     assert np.array_equal(got, np.round(w.numpy() * p).astype(np.int64))
+
+
+def test_ivhe_insecure_mode_a_withholding_key_holder_cannot_burn_an_honest_deposit(tmp_path):
+    """The initiator holds the IVHE key and never decrypts: verifiers abstain (the contributor did its
+    part), the vote is inconclusive and the contributor's deposit comes back; nothing is burnt."""
+    from coopml.sim.lifecycle import InitiatorPlan
+    plan = tiny_plan([ContributorPlan(labels=[0, 1, 2, 3, 4], n_train=300, epochs=2, seed=0, agent=HONEST)],
+                     initiator=InitiatorPlan(n_train=300, n_audit=32, fusion_epochs=3, fusion_augment=0, n_test=1000,
+                                             agent="coopml.sim.behaviours:SilentInitiator"),
+                     verification={"mode": "ivhe-insecure"})
+    r = run_in_process(plan, tmp_path)
+    assert [m.status for m in r.models] == ["INCONCLUSIVE"], r.models
+    assert r.models[0].abstain == 3, r.models
+    assert r.withdrawn_eth["contributor1"] == pytest.approx(0.1)       # its deposit, back
+    assert r.total_burnt_eth == 0
