@@ -161,15 +161,24 @@ def demo(
     reduced: bool = typer.Option(False, help="smaller data and fewer epochs (quick check)"),
     out: Path = typer.Option(Path("out/demo"), help="report folder"),
     seed: int = typer.Option(0),
+    verification: str = typer.Option("ckks", help="verification mode: ckks (confidential, the default), "
+                                     "plaintext (trusts the verifiers) or ivhe-insecure (the paper's IVHE flow, "
+                                     "NOT confidential: docs/threat-model.md)"),
 ) -> None:
     """The main job: 1 initiator, 3 contributors, 3 verifiers as separate processes, real MNIST, full lifecycle."""
     import shutil
+    import typing
 
     from coopml.roles.log import LogRecord
     from coopml.sim.lifecycle import run_processes, table3_plan, write_report
+    from coopml.task.manifest import Verification
 
+    modes = typing.get_args(Verification.model_fields["mode"].annotation)
+    if verification not in modes:
+        raise typer.BadParameter(f"{verification!r} is not one of {', '.join(modes)}", param_hint="--verification")
     plan = table3_plan(reduced=reduced)
     plan.seed = seed
+    plan.overrides["verification"] = {**plan.overrides.get("verification", {}), "mode": verification}
     work = out / "nodes"
     if work.exists():
         shutil.rmtree(work)
