@@ -19,15 +19,27 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from coopml.data import ShardSpec, TABLE_III, load_dataset, make_shards  # noqa: E402
-from coopml.fusion import FusionConfig, fuse  # noqa: E402
-from coopml.he import (MODEL_PARAMS, Params, decrypt_model, decrypt_outputs, encrypt_model,  # noqa: E402
-                       encrypted_infer, encrypted_infer_layered, from_bytes, keygen, prepare, scale_inputs,
-                       to_bytes)
-from coopml.models import TrainConfig, build_model, evaluate, train_model  # noqa: E402
+from coopml.data import TABLE_III, ShardSpec, load_dataset, make_shards
+from coopml.fusion import FusionConfig, fuse
+from coopml.he import (
+    MODEL_PARAMS,
+    Params,
+    decrypt_model,
+    decrypt_outputs,
+    encrypt_model,
+    encrypted_infer,
+    encrypted_infer_layered,
+    from_bytes,
+    keygen,
+    prepare,
+    scale_inputs,
+    to_bytes,
+)
+from coopml.models import TrainConfig, build_model, evaluate, train_model
+from coopml.sim.timing import best_time
 
 PAPER_TABLE_V = {"{1}": (91.5, 91.5, 89.6), "{1,2}": (94.8, 94.7, 93.0), "{1,2,3}": (95.8, 95.8, 93.8)}
 INITIATOR = ShardSpec("initiator", tuple(range(10)), 1000, 1000)
@@ -113,25 +125,6 @@ def print_table5(t: Table5, ps: tuple[int, ...] = (1 << 7, 1 << 5)) -> None:
         print(f"{r['name']:<10}" + "".join(f"{c:>16}" if i == 0 else f"{c:>18}" for i, c in enumerate(cells)))
 
 
-def _best_of(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _best_of_both(fn, repeats: int = 3) -> tuple[float, float]:
-    """(best wall, best CPU) seconds: CPU time is what a shared machine's load does not inflate."""
-    wall = cpu = float("inf")
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
-    return wall, cpu
-
-
 def _plain_integer_layers(net, x_int: np.ndarray) -> torch.Tensor:
     """The integer-scaled plaintext network, layer by layer, exact in float64 (what every ciphertext
     component goes through, without the encryption)."""
@@ -172,22 +165,22 @@ def table8(images: tuple[int, ...] = (1000, 10000), p: int = 1 << 7, q: int = 10
         reps = 3 if n < 10000 else 2
         xi = scale_inputs(x, q)
         with torch.no_grad():
-            plain = _best_of_both(lambda: model(x), reps)
-            coll = _best_of_both(lambda: x.flatten(1).double() @ w_lin[0] + w_lin[1], reps)
-            exact = _best_of_both(lambda: _plain_integer_layers(net, scale_inputs(x, q)), reps)
-        enc_coll = _best_of_both(lambda: encrypted_infer(enc, scale_inputs(x, q), method="collapsed"), reps)
-        enc_lay = _best_of_both(lambda: encrypted_infer_layered(enc, scale_inputs(x, q)), reps)
+            plain = best_time(lambda: model(x), reps)
+            coll = best_time(lambda: x.flatten(1).double() @ w_lin[0] + w_lin[1], reps)
+            exact = best_time(lambda: _plain_integer_layers(net, scale_inputs(x, q)), reps)
+        enc_coll = best_time(lambda: encrypted_infer(enc, scale_inputs(x, q), method="collapsed"), reps)
+        enc_lay = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q)), reps)
         out = encrypted_infer_layered(enc, xi)
         assert np.array_equal(out.words, encrypted_infer(enc, xi, method="collapsed").words)
-        t_dec = _best_of(lambda: decrypt_outputs(sk, enc, out), 1)
+        t_dec = best_time(lambda: decrypt_outputs(sk, enc, out), 1)[0]
         row = {"images": n, "plain_layered": plain, "plain_collapsed": coll, "plain_exact_layered": exact,
                "enc_collapsed": enc_coll, "enc_layered": enc_lay, "prepare": t_prepare, "decrypt": t_dec,
                "ratio_collapsed": (enc_coll[0] / coll[0], enc_coll[1] / coll[1]),
                "ratio_layered": (enc_lay[0] / plain[0], enc_lay[1] / plain[1]),
                "ratio_layered_exact": (enc_lay[0] / exact[0], enc_lay[1] / exact[1])}
         rows.append(row)
-        f = lambda t: f"{t[0]:.3f} [{t[1]:.3f}]"  # noqa: E731
-        r = lambda t: f"{t[0]:.1f}x [{t[1]:.1f}x]"  # noqa: E731
+        f = lambda t: f"{t[0]:.3f} [{t[1]:.3f}]"
+        r = lambda t: f"{t[0]:.1f}x [{t[1]:.1f}x]"
         say(f"{n:>7} | {f(coll):>21} {f(enc_coll):>15} {r(row['ratio_collapsed']):>13} | {f(plain):>26} "
             f"{f(enc_lay):>15} {r(row['ratio_layered']):>13} | {f(exact):>20} {r(row['ratio_layered_exact']):>13}")
         say(f"        decrypting the {n} outputs: {t_dec:.3f} s")
@@ -230,9 +223,9 @@ def security(ks: tuple[int, ...] = (1, 16, 64, 256), images: int = 1000, p: int 
         t0 = time.perf_counter()
         prepare(enc)
         t_prep = time.perf_counter() - t0
-        t_inf = _best_of(lambda: encrypted_infer(enc, x), 2)
+        t_inf = best_time(lambda: encrypted_infer(enc, x), 2)[0]
         out = encrypted_infer(enc, x)
-        t_dec = _best_of(lambda: decrypt_outputs(sk, enc, out), 1)
+        t_dec = best_time(lambda: decrypt_outputs(sk, enc, out), 1)[0]
         rows.append({"k": k, "keygen": t_key, "encrypt": t_enc, "blob": size, "prepare": t_prep,
                      "infer": t_inf, "decrypt": t_dec})
         print(f"{k:>5}{t_key:>9.3f}s{pk.m_words.nbytes / 1024:>8.0f}KB{t_enc:>9.3f}s{size / 2**20:>10.1f}MB"

@@ -76,3 +76,44 @@ def test_incremental_refits_resume_and_task_check(setup):
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ModelFileError, match="metamodel.safetensors"):
         load_metamodel(path)
+
+
+def test_export_needs_only_the_metamodel_file(setup, tmp_path):
+    """`coopml export` rebuilds from the MetaModel file alone: the config names an unreachable chain
+    and an empty store, and no model key is kept; the ONNX graph predicts what the file does."""
+    import json
+
+    import numpy as np
+    import onnx
+    from typer.testing import CliRunner
+
+    from coopml.cli.main import app
+    from coopml.roles.export import ExportError, load_onnx_metamodel, rebuild_metamodel
+
+    cfg, manifest = setup
+    cfg = cfg.model_copy(update={"workdir": tmp_path / "initiator", "test_data": None})
+    fusion = InitiatorFusion(cfg, manifest, cfg.workdir)
+    fusion.add(3, build_model("table4", 0), [0, 1, 2, 3, 4])
+    fusion.fit()
+    config = tmp_path / "initiator.json"
+    config.write_text(cfg.model_dump_json())
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "MetaModel of 1 model(s) (3)" in r.output
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "out" / "metamodel.onnx")).metadata_props}
+    assert json.loads(props["coopml.members"]) == [{"model_id": 3, "key": "model-3", "labels": [0, 1, 2, 3, 4],
+                                                   "kind": "torch"}]
+    sess, spec = load_onnx_metamodel(tmp_path / "out" / "metamodel.onnx")
+    assert spec == manifest.input
+    x = torch.rand(16, *spec.shape)
+    want = load_metamodel(fusion.path).predict(x).numpy()
+    assert np.array_equal(sess.run(["scores"], {"input": x.numpy()})[0].argmax(1), want)
+    # a MetaModel file by itself, without any config
+    r = runner.invoke(app, ["export", "--metamodel", str(tmp_path / "out" / "metamodel.safetensors"),
+                            "--out", str(tmp_path / "again")])
+    assert r.exit_code == 0 and (tmp_path / "again" / "metamodel.onnx").is_file(), r.output
+    r = runner.invoke(app, ["export", "--out", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "--config" in r.output
+    with pytest.raises(ExportError, match="no MetaModel yet"):
+        rebuild_metamodel(tmp_path / "missing.safetensors")

@@ -21,26 +21,37 @@ StoreSpec = Annotated[str, typer.Option("--store", help="a directory, local:/dir
 
 
 def export(
-    config: Annotated[Path, typer.Option("--config", help="the initiator's JSON config")],
+    config: Annotated[Path | None, typer.Option("--config", help="the initiator's JSON config (only its workdir "
+                                                                 "is read: the MetaModel file in it)")] = None,
+    metamodel: Annotated[Path | None, typer.Option("--metamodel", help="a MetaModel file (metamodel.safetensors) "
+                                                                       "instead of --config")] = None,
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("metamodel"),
 ) -> None:
-    """Write the initiator's MetaModel as metamodel.safetensors and one self-contained metamodel.onnx."""
+    """Write the initiator's MetaModel as metamodel.safetensors and one self-contained metamodel.onnx.
+
+    Reads only the MetaModel file: no chain node, content store or model keys."""
     from coopml.roles.config import InitiatorConfig, load_config
     from coopml.roles.export import (
         metamodel_onnx,
+        metamodel_path,
         rebuild_metamodel,
         save_metamodel_file,
     )
 
-    cfg = load_config(InitiatorConfig, config)
-    assert isinstance(cfg, InitiatorConfig)
-    exported = rebuild_metamodel(cfg)
+    if (config is None) == (metamodel is None):
+        raise CliUsageError("give --config (the initiator's) or --metamodel (a MetaModel file), one of them")
+    if config is not None:
+        cfg = load_config(InitiatorConfig, config)
+        assert isinstance(cfg, InitiatorConfig)
+        metamodel = metamodel_path(cfg)
+    assert metamodel is not None
+    exported = rebuild_metamodel(metamodel)
     out.mkdir(parents=True, exist_ok=True)
     st = save_metamodel_file(exported, out / "metamodel.safetensors")
     onnx_path = out / "metamodel.onnx"
     onnx_path.write_bytes(metamodel_onnx(exported))
-    console.print(f"MetaModel of {len(exported.members)} model(s) "
-                  f"({', '.join(str(m['model_id']) for m in exported.members)}), "
+    names = [str(m["key"] if m["model_id"] is None else m["model_id"]) for m in exported.members]
+    console.print(f"MetaModel of {len(exported.members)} model(s) ({', '.join(names)}), "
                   f"classes {', '.join(exported.spec.classes)}", highlight=False)
     console.print(f"wrote {st}\nwrote {onnx_path}", highlight=False)
 

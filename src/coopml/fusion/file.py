@@ -38,6 +38,7 @@ from safetensors.torch import save as st_save
 from coopml.errors import ModelFileError
 from coopml.fusion.members import kind_of, member_kind
 from coopml.fusion.metamodel import FusionConfig, MetaModel
+from coopml.models.io import safetensors_metadata
 
 METAMODEL_FORMAT = "coopml-metamodel"
 METAMODEL_VERSION = 1
@@ -148,17 +149,8 @@ def read_manifest(data: bytes, where: str = "<bytes>") -> MetaModelManifest:
 
 
 def _header_metadata(data: bytes, where: str) -> dict[str, str]:
-    if len(data) < 8:
-        raise ModelFileError(f"{where}: not a safetensors file (too short)")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise ModelFileError(f"{where}: not a safetensors file (header length {n} exceeds file)")
-    try:
-        header = json.loads(data[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelFileError(f"{where}: not a safetensors file (header is not JSON)") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or MANIFEST_KEY not in meta:
+    meta = safetensors_metadata(data, where)
+    if MANIFEST_KEY not in meta:
         raise ModelFileError(f"{where}: not a MetaModel file (no {MANIFEST_KEY!r} manifest in its metadata)")
     return meta
 

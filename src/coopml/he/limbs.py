@@ -15,6 +15,7 @@ Python integers, so the cost is a handful of float64 passes per limb plus the GE
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,30 +111,29 @@ def from_ints(values: np.ndarray, bits: int, total: int) -> Limbs:
     return from_words(ring.int_to_words(np.asarray(values, dtype=np.int64), total // 64), bits)
 
 
-def renorm(x: Limbs) -> Limbs:
-    """Propagate carries: balanced limbs |d_i| <= 2^(b-1), same value mod 2^total."""
-    x.check(1.0 + 2.0 ** -x.bits, "renorm")
+def _carry(x: Limbs, round_fn: Callable[[np.ndarray], np.ndarray], what: str) -> np.ndarray:
+    """Propagate carries from the lowest limb up: limb i keeps d_i - c * 2^w_i with
+    c = round_fn(d_i / 2^w_i) and passes c on (the top limb's carry is 0 mod 2^total). np.rint
+    leaves balanced digits |d_i| <= 2^(w_i - 1), np.floor digits in [0, 2^w_i); same value."""
+    x.check(1.0 + 2.0 ** -x.bits, what)
     d = x.data.copy()
     ws = widths(x.total, x.bits)
     for i, w in enumerate(ws):
-        c = np.rint(d[i] * (2.0 ** -w))
-        d[i] -= c * (2.0 ** w)
-        if i + 1 < len(ws):
-            d[i + 1] += c
-    return Limbs(d, x.bits, x.total, 2.0 ** (x.bits - 1))
-
-
-def _unsigned(x: Limbs) -> np.ndarray:
-    """Digits in [0, 2^w_i), same value mod 2^total."""
-    x.check(1.0 + 2.0 ** -x.bits, "carry")
-    d = x.data.copy()
-    ws = widths(x.total, x.bits)
-    for i, w in enumerate(ws):
-        c = np.floor(d[i] * (2.0 ** -w))
+        c = round_fn(d[i] * (2.0 ** -w))
         d[i] -= c * (2.0 ** w)
         if i + 1 < len(ws):
             d[i + 1] += c
     return d
+
+
+def renorm(x: Limbs) -> Limbs:
+    """Propagate carries: balanced limbs |d_i| <= 2^(b-1), same value mod 2^total."""
+    return Limbs(_carry(x, np.rint, "renorm"), x.bits, x.total, 2.0 ** (x.bits - 1))
+
+
+def _unsigned(x: Limbs) -> np.ndarray:
+    """Digits in [0, 2^w_i), same value mod 2^total."""
+    return _carry(x, np.floor, "carry")
 
 
 def rebase(x: Limbs, bits: int) -> Limbs:

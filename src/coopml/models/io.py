@@ -63,7 +63,9 @@ def _parse_manifest(text: str, where: str) -> ModelManifest:
     return m
 
 
-def _header_metadata(data: bytes, where: str) -> dict[str, str]:
+def safetensors_metadata(data: bytes, where: str) -> dict[str, str]:
+    """The `__metadata__` strings of a safetensors blob's header ({} if it has none), read without
+    loading a tensor; ModelFileError naming `where` if the blob is not safetensors."""
     # safetensors layout: u64 little-endian header length, then a JSON header.
     if len(data) < 8:
         raise ModelFileError(f"{where}: not a safetensors file (too short)")
@@ -81,7 +83,7 @@ def _header_metadata(data: bytes, where: str) -> dict[str, str]:
 def model_from_bytes(data: bytes, where: str = "<bytes>", spec: InputSpec | None = None) -> tuple[FeatureModel, ModelManifest]:
     """Rebuild a model from a safetensors blob for the task's `spec` (default MNIST's); rejects
     unknown architectures, labels outside the spec's classes and shape mismatches."""
-    meta = _header_metadata(data, where)
+    meta = safetensors_metadata(data, where)
     if "coopml" not in meta:
         raise ModelFileError(f"{where}: safetensors file has no coopml manifest in its metadata")
     manifest = _parse_manifest(meta["coopml"], where)

@@ -297,6 +297,16 @@ class Agent:
 
     # ------------------------------------------------------------------ helpers
 
+    def finish(self, summary: str, **fields: Any) -> bool:
+        """This node's part of the task is over: withdraw what the contract owes it, keep `summary`
+        (the one human line it ends with) and log DONE (with `fields`). True: it acted."""
+        if self.client.owed(self.address):
+            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
+        self.summary = summary
+        self.done = True
+        self.log(LogEvent.DONE, human=summary, **fields)
+        return True
+
     def now(self) -> int:
         """Chain time: the latest block's timestamp (every deadline is judged against it)."""
         return self.chain.now()

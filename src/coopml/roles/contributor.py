@@ -367,10 +367,5 @@ class Contributor(Agent):
         return self._finish(f"{why}; deposit refunded")
 
     def _finish(self, summary: str) -> bool:
-        if self.client.owed(self.address):
-            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
-        self.summary = summary
-        self.done = True
-        self.log(LogEvent.DONE, human=summary)
-        return True
+        return self.finish(summary)
 

@@ -1,12 +1,13 @@
 """The initiator's MetaModel as files other programs can use: safetensors and one ONNX graph.
 
-`rebuild_metamodel` reopens what the initiator bought (each model from the content store, checked
-against its on-chain envelope hash with the key kept in the workdir) and loads the fused head the
-initiator saved. `metamodel_onnx` writes ONE self-contained ONNX graph: every member's graph (the
-members that were delivered as ONNX stay exactly those bytes; registered architectures are
-exported) feeding the fusion head, output `scores` [N, classes], with the task's InputSpec in the
-metadata so `coopml predict` needs nothing else. The graph is checked against the torch MetaModel
-on random inputs before it is written.
+`rebuild_metamodel` needs nothing but the MetaModel file the initiator keeps in its workdir
+(`coopml.fusion.load_metamodel`): it carries the members (keyed `model-<on-chain id>`, with their
+label sets and tensors), the fusion head and the task manifest, hence the InputSpec -- no chain
+node, content store or model keys. `metamodel_onnx` writes ONE self-contained ONNX graph: every
+member's graph (the members that were delivered as ONNX stay exactly those bytes; registered
+architectures are exported) feeding the fusion head, output `scores` [N, classes], with the task's
+InputSpec in the metadata so `coopml predict` needs nothing else. The graph is checked against
+the torch MetaModel on random inputs before it is written.
 """
 
 from __future__ import annotations
@@ -37,54 +38,35 @@ class ExportError(CoopmlError):
 class ExportedMetaModel:
     meta: MetaModel
     spec: InputSpec
-    members: list[dict[str, Any]]       # model id, labels, cid
+    members: list[dict[str, Any]]       # key, model id, labels, kind
 
 
-def rebuild_metamodel(cfg: InitiatorConfig) -> ExportedMetaModel:
+def metamodel_path(cfg: InitiatorConfig) -> Path:
+    """Where the initiator of `cfg` keeps its MetaModel file."""
+    from coopml.roles.fusing import METAMODEL_FILE
+    return cfg.workdir / METAMODEL_FILE
 
-    from coopml.chain import Chain, TaskClient, verify_deployment
-    from coopml.roles.initiator import Bought
-    from coopml.roles.models import load_delivered
-    from coopml.roles.state import AgentState
-    from coopml.roles.task import load_task
-    from coopml.roles.verifier import open_committed
-    from coopml.storage import open_store
 
-    path = cfg.workdir / "metamodel.safetensors"
-    state_path = cfg.workdir / "state.sqlite"
-    if not path.is_file() or not state_path.is_file():
-        raise ExportError(f"{cfg.workdir}: no MetaModel yet (run `coopml initiator` until it has fused a bought model)")
-    state = AgentState(state_path)
-    try:
-        task_id = state.get("task_id")
-        history = state.get("fusion_history", []) or []
-        bought = {b.model_id: b for b in state.facts("bought", Bought).values()}
-    finally:
-        state.close()
-    if task_id is None or not history:
-        raise ExportError(f"{cfg.workdir}: the initiator has not fused any model yet")
-    chain = Chain.rpc(cfg.chain)
-    verify_deployment(chain, cfg.contract)
-    client = TaskClient(chain, cfg.contract, "0x" + "00" * 20, deploy_block=cfg.from_block)
-    store = open_store(cfg.store)
-    try:
-        view = load_task(client, store, task_id)
-        spec = view.manifest.input
-        models, labels, members = [], [], []
-        for mid in history[-1]["members"]:
-            b = bought.get(mid)
-            key_path = cfg.workdir / "secret" / f"model_key_{mid}"
-            if b is None or not key_path.is_file():
-                raise ExportError(f"{cfg.workdir}: model {mid} was fused but its record or key is missing")
-            hdr, body = open_committed(store.get(b.cid), key_path.read_bytes(), bytes.fromhex(b.envelope_hash),
-                                       client.address, task_id)
-            models.append(load_delivered(hdr, body, spec))
-            labels.append(list(b.labels))
-            members.append({"model_id": mid, "labels": list(b.labels), "cid": b.cid, "format": hdr.format})
-    finally:
-        store.close()
-    from coopml.fusion import load_metamodel
-    meta = load_metamodel(path)          # the self-describing file: architecture, members, head, manifest
+def rebuild_metamodel(path: Path) -> ExportedMetaModel:
+    """The MetaModel of the file at `path` (every mismatch a ModelFileError), with the InputSpec
+    of the task manifest stored in it and one record per member: key, on-chain model id (None
+    for a key not of the form `model-<id>`), labels, kind."""
+    from coopml.fusion import metamodel_from_bytes, read_manifest
+    from coopml.roles.fusing import model_id_of
+
+    if not path.is_file():
+        raise ExportError(f"{path}: no MetaModel yet (run `coopml initiator` until it has fused a bought model)")
+    data = path.read_bytes()             # one read: the initiator may be rewriting the file
+    manifest = read_manifest(data, str(path))
+    meta = metamodel_from_bytes(data, str(path))     # checks the digest; rebuilds members, head, norms
+    spec = meta.input_spec
+    if spec is None:
+        raise ExportError(f"{path}: the MetaModel file names no task (no task manifest with an input spec)")
+    if tuple(spec.shape) != meta.input_shape or spec.num_classes != meta.num_classes:
+        raise ExportError(f"{path}: the task's inputs {list(spec.shape)} / {spec.num_classes} classes do not match "
+                          f"the MetaModel's {list(meta.input_shape or ())} / {meta.num_classes}")
+    members = [{"model_id": model_id_of(e.key), "key": e.key, "labels": list(e.labels), "kind": e.kind}
+               for e in manifest.members]
     meta.eval()
     return ExportedMetaModel(meta, spec, members)
 

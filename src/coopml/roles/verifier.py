@@ -535,12 +535,7 @@ class Verifier(Agent):
         return True
 
     def _finish(self, summary: str) -> bool:
-        if self.client.owed(self.address):
-            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
-        self.summary = summary
-        self.done = True
-        self.log(LogEvent.DONE, human=summary)
-        return True
+        return self.finish(summary)
 
     def _save(self, asg: Assignment, **changes: Any) -> None:
         current = self.state.fact("assignment", asg.model_id, Assignment) or asg

@@ -55,6 +55,7 @@ from coopml.he import (
     to_bytes,
 )
 from coopml.models import FeatureModel, TrainConfig, build_model, evaluate, train_model
+from coopml.sim.timing import best_time
 
 ARCHS = ("fading-cnn", "fading-fc")
 # Q = 2^64 is enough: only the first layer runs in cipherspace (worst case |w x| < 2^58 with
@@ -210,16 +211,6 @@ def _fuse(models: Sequence[FeatureModel], train: Dataset, val: Dataset, cfg: Fus
     return meta
 
 
-def _best(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    fn()                                       # warm-up (first-call allocations, lazy inits)
-    wall = cpu = float("inf")
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
-    return wall, cpu
-
-
 def timing(model: FeatureModel, data: Dataset, p: int, q: int, strategy: str, repeats: int,
            seed: int = 0) -> Table8Row:
     """Table VIII for one model: encrypted (first layer in cipherspace, decryption and the rest on
@@ -235,12 +226,13 @@ def timing(model: FeatureModel, data: Dataset, p: int, q: int, strategy: str, re
     net = quantize(model, p, q)
     model.eval()
     with torch.no_grad():
-        plain = _best(lambda: model(x), repeats)
-    exact = _best(lambda: integer_forward(net, scale_inputs(x, q)), repeats)
-    cipher = _best(lambda: encrypted_infer(enc, scale_inputs(x, q)), repeats)
+        plain = best_time(lambda: model(x), repeats, warmup=True)
+    exact = best_time(lambda: integer_forward(net, scale_inputs(x, q)), repeats, warmup=True)
+    cipher = best_time(lambda: encrypted_infer(enc, scale_inputs(x, q)), repeats, warmup=True)
     ct = encrypted_infer(enc, scale_inputs(x, q))
-    finish = _best(lambda: decrypt_outputs(sk, enc, ct), repeats)
-    total = _best(lambda: decrypt_outputs(sk, enc, encrypted_infer(enc, scale_inputs(x, q))), repeats)
+    finish = best_time(lambda: decrypt_outputs(sk, enc, ct), repeats, warmup=True)
+    total = best_time(lambda: decrypt_outputs(sk, enc, encrypted_infer(enc, scale_inputs(x, q))), repeats,
+                      warmup=True)
     return Table8Row(arch=model.arch, strategy=strategy, samples=len(x), encrypt_seconds=t_encrypt,
                      plain=plain, plain_exact=exact, encrypted=total, cipherspace=cipher, finish=finish)
 

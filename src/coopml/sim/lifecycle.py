@@ -10,9 +10,13 @@ and then runs them:
   demo; used by the kill -9 test).
 Misbehaving nodes are different agent classes (coopml.sim.behaviours), named by import path.
 
-Dev-chain shortcut (the only one): when every node is idle, waiting for the clock, the runners
-move chain time to the next deadline instead of waiting it out. Nodes still act only on what the
-chain says.
+Dev-chain shortcuts, two, both on the clock only (nodes still act only on what the chain says):
+- `run_in_process`: when every agent is idle, waiting for the clock, chain time moves to the next
+  deadline instead of waiting it out (`fast_forward`);
+- `run_processes` (and the network testbed): chain time moves past windows nobody has anything
+  left to do in -- a reveal window once every drawn verifier revealed, a dispute window once the
+  buyer checked the model -- only when every unsettled model is in such a window
+  (`skip_used_windows`).
 """
 
 from __future__ import annotations
