@@ -125,7 +125,11 @@ class Contributor(Agent):
                                    "`factory`, or join a task whose verification mode is plaintext")
             # refuse BEFORE paying if the verification mode cannot evaluate this model
             if mode == "ckks":
-                evaluation.check_evaluable(self.build_model(view), tuple(view.manifest.input.shape))
+                limit = view.manifest.verification.poly_modulus_degree or evaluation.MAX_POLY_DEGREE
+                try:
+                    evaluation.check_evaluable(self.build_model(view), tuple(view.manifest.input.shape), limit)
+                except evaluation.EvaluationError as exc:
+                    raise AgentStopped(str(exc)) from None
             elif mode == "ivhe-insecure":
                 try:
                     self._ivhe_encrypt(view, self.build_model(view))

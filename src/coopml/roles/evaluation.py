@@ -93,9 +93,13 @@ def offer_params(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[s
     return params.model_dump(mode="json")
 
 
-def check_evaluable(model: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
-    """Raise (naming the layer) if CKKS cannot evaluate this model; cheap, run before any payment."""
-    offer_params(model, input_shape)
+def check_evaluable(model: torch.nn.Module, input_shape: tuple[int, ...], max_degree: int = MAX_POLY_DEGREE) -> None:
+    """Raise (naming the layer) if CKKS cannot evaluate this model, or only with a ring larger than the
+    task's verifiers accept; cheap, run before any payment."""
+    degree = int(offer_params(model, input_shape)["poly_modulus_degree"])
+    if degree > max_degree:
+        raise EvaluationError(f"the model needs CKKS ring degree {degree}; this task's verifiers accept at most "
+                              f"{max_degree} (verification.poly_modulus_degree)")
 
 
 @dataclass
@@ -105,13 +109,14 @@ class EncryptedQueries:
     batch: bytes           # the encrypted images
 
 
-def encrypt_queries(queries: QuerySet, params: dict[str, Any]) -> EncryptedQueries:
+def encrypt_queries(queries: QuerySet, params: dict[str, Any], max_degree: int = MAX_POLY_DEGREE) -> EncryptedQueries:
     """Verifier: a fresh key for this model (queries under different keys cannot be linked) and the
     query images encrypted under it, with the parameters the contributor offered — checked first."""
     from coopml.he import ckks
     p = ckks.CkksParams.create(**params)
-    if p.poly_modulus_degree > MAX_POLY_DEGREE:
-        raise EvaluationError(f"offered ring degree {p.poly_modulus_degree} exceeds {MAX_POLY_DEGREE}")
+    limit = min(max_degree, MAX_POLY_DEGREE)
+    if p.poly_modulus_degree > limit:
+        raise EvaluationError(f"offered ring degree {p.poly_modulus_degree} exceeds {limit}")
     if len(queries.x) > p.capacity:
         raise EvaluationError(f"{len(queries.x)} queries do not fit one ciphertext group of {p.capacity}")
     key = ckks.QueryKey.generate(p)

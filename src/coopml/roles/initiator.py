@@ -118,7 +118,11 @@ class Initiator(Agent):
             from coopml.models import build_model
             model, shape = build_model(manifest.model.arch), tuple(manifest.input.shape)
             if manifest.verification.mode == "ckks":
-                evaluation.check_evaluable(model, shape)
+                limit = manifest.verification.poly_modulus_degree or evaluation.MAX_POLY_DEGREE
+                try:
+                    evaluation.check_evaluable(model, shape, limit)
+                except evaluation.EvaluationError as exc:
+                    raise TermsRefused(str(exc)) from None
             else:
                 public = self.read_secret("ivhe_public_key")
                 assert public is not None

@@ -302,7 +302,8 @@ class Verifier(Agent):
         if (header.task_id, header.model_id) != (self.task_id, asg.model_id):
             return Decision(outcome=Outcome.REJECTED, reason="offer names another task or model")
         qs = self.queries()
-        enc = evaluation.encrypt_queries(qs, header.params)      # checks the parameters first
+        limit = view.manifest.verification.poly_modulus_degree or evaluation.MAX_POLY_DEGREE
+        enc = evaluation.encrypt_queries(qs, header.params, limit)      # checks the parameters first
         self.write_secret(f"ckks_key_{asg.model_id}", enc.secret)
         req = EvalRequest(task_id=self.task_id, model_id=asg.model_id, envelope_hash=bytes(m.envelope_hash).hex(),
                           n_queries=len(qs.x), offer_cid=msg.cid, context_cid=self.store.put(enc.public_context),

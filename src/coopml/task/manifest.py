@@ -64,8 +64,11 @@ class Verification(_Strict):
     audit_cid: str | None = Field(None, description="CID of the task's public audit images (npz: x), mixed "
                                   "into every verifier's encrypted queries at secret positions")
     audit_per_request: int = Field(16, ge=0, le=1024)
-    poly_modulus_degree: int | None = Field(None, description="CKKS ring degree; None: the engine's choice "
-                                            "for the model (always >= 128-bit security)")
+    poly_modulus_degree: int | None = Field(None, ge=2048, le=16384, description="the largest CKKS ring degree "
+                                            "the task's verifiers accept (bounds their encryption work and "
+                                            "traffic per model; a contributor whose model needs more is told so "
+                                            "before it deposits); None: 16384. The engine always offers the "
+                                            "smallest >= 128-bit-secure ring for the model")
     ivhe_public_key_cid: str | None = Field(None, description="ivhe-insecure only: CID of the initiator's IVHE "
                                             "public key (the initiator sets it when it publishes)")
     ivhe_p: int = Field(128, ge=2, le=1 << 10, description="ivhe-insecure only: weights are scaled by p")

@@ -1,0 +1,74 @@
+"""The roles' evaluation door: limits a task sets on CKKS parameters, and IVHE (ivhe-insecure mode)
+round trips and refusals. The lifecycles in test_roles_lifecycle.py run these end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coopml.he import UnsupportedLayerError
+from coopml.models import build_model
+from coopml.roles import evaluation
+from coopml.roles.evaluation import EvaluationError
+
+SHAPE = (1, 28, 28)
+
+
+def test_a_model_needing_a_larger_ring_than_the_task_accepts_is_refused_by_name():
+    model = build_model("table4-square")
+    need = evaluation.offer_params(model, SHAPE)["poly_modulus_degree"]
+    evaluation.check_evaluable(model, SHAPE, need)                     # exactly enough: fine
+    with pytest.raises(EvaluationError, match=f"ring degree {need}"):
+        evaluation.check_evaluable(model, SHAPE, need // 2)
+
+
+def test_a_verifier_refuses_an_offer_above_the_tasks_ring_limit():
+    model = build_model("table4")
+    params = evaluation.offer_params(model, SHAPE)
+    qs = evaluation.build_queries(np.zeros((10, *SHAPE), np.float32), np.zeros(10, np.int64), None, 0,
+                                  np.random.default_rng(0))
+    with pytest.raises(EvaluationError, match="exceeds"):
+        evaluation.encrypt_queries(qs, params, params["poly_modulus_degree"] // 2)
+
+
+def test_ckks_refuses_a_relu_network_naming_the_layer():
+    with pytest.raises(UnsupportedLayerError, match="ReLU"):
+        evaluation.check_evaluable(build_model("table1-c1"), SHAPE)
+
+
+@pytest.fixture(scope="module")
+def ivhe_keys():
+    return evaluation.ivhe_keygen(seed=3)
+
+
+def test_ivhe_scores_match_the_float_model_within_the_audit_tolerance(ivhe_keys):
+    secret, public = ivhe_keys
+    torch_model = build_model("table4", seed=1).eval()
+    x = np.random.default_rng(0).random((50, *SHAPE)).astype(np.float32)
+    blob = evaluation.ivhe_encrypt_model(torch_model, SHAPE, public, 128, 1000)
+    ct = evaluation.ivhe_evaluate(blob, public, SHAPE, x)
+    scores = evaluation.ivhe_scores(blob, SHAPE, evaluation.ivhe_decrypt(secret, ct, 100), 50, 10)
+    assert evaluation.reproduces(evaluation.plaintext_scores(torch_model, x), scores)
+
+
+def test_ivhe_refusals_are_clear_errors(ivhe_keys):
+    secret, public = ivhe_keys
+    _, other_public = evaluation.ivhe_keygen(seed=4)
+    model = build_model("table4", seed=1).eval()
+    blob = evaluation.ivhe_encrypt_model(model, SHAPE, public, 128, 1000)
+    x = np.zeros((5, *SHAPE), np.float32)
+    with pytest.raises(EvaluationError, match="not encrypted under the task's public key"):
+        evaluation.ivhe_evaluate(blob, other_public, SHAPE, x)
+    with pytest.raises(EvaluationError, match="inputs"):
+        evaluation.ivhe_evaluate(blob, public, (1, 14, 14), x)
+    with pytest.raises(EvaluationError, match="IVHE"):                 # BatchNorm has no integer form
+        evaluation.ivhe_encrypt_model(build_model("fc-sigmoid"), SHAPE, public, 128, 1000)
+    ct = evaluation.ivhe_evaluate(blob, public, SHAPE, x)
+    with pytest.raises(EvaluationError, match="larger than"):          # the oracle bounds what it decrypts
+        evaluation.ivhe_decrypt(secret, ct, 4)
+    with pytest.raises(EvaluationError):
+        evaluation.ivhe_decrypt(secret, b"garbage" * 10, 100)
+    with pytest.raises(EvaluationError, match="rows"):
+        evaluation.ivhe_scores(blob, SHAPE, evaluation.ivhe_decrypt(secret, ct, 100), 6, 10)
+    with pytest.raises(EvaluationError):
+        evaluation.ivhe_scores(blob, SHAPE, b"\x93NUMPY garbage", 5, 10)
