@@ -423,17 +423,13 @@ class Initiator(Agent):
 
     def _finish(self, info: Any) -> bool:
         self._settle_abandoned_ballots()
-        if self.client.owed(self.address):
-            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
         bought = self.state.facts("bought", Bought)
         history = self.state.get("fusion_history", [])
         acc = history[-1].get("test_accuracy") if history else None
-        self.summary = (f"task {self.task_id}: bought {len(bought)} model(s); MetaModel at "
-                        f"{self.workdir / METAMODEL_FILE}" + (f", test accuracy {acc:.2%}" if acc else "")
-                        if bought else f"task {self.task_id}: no model bought; escrow refunded")
-        self.done = True
-        self.log(LogEvent.DONE, human=self.summary, fusion_history=history)
-        return True
+        summary = (f"task {self.task_id}: bought {len(bought)} model(s); MetaModel at "
+                   f"{self.workdir / METAMODEL_FILE}" + (f", test accuracy {acc:.2%}" if acc else "")
+                   if bought else f"task {self.task_id}: no model bought; escrow refunded")
+        return self.finish(summary, fusion_history=history)
 
     def _settle_abandoned_ballots(self) -> None:
         """A drawn verifier that vanished never settles its ballot: its fee and deposit would stay

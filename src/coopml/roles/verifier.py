@@ -526,14 +526,9 @@ class Verifier(Agent):
             return True
         if me.verifier and not me.verifier_left and not me.slashed and me.open_assignments == 0:
             self.client.leave_task(self.task_id)
-        if self.client.owed(self.address):
-            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
         votes = ", ".join(f"model {a.model_id}: {Vote(a.vote).name if a.vote else '-'}" for a in asgs.values())
         deposit = "deposit BURNT (a vote was never revealed)" if me.slashed else "deposit back"
-        self.summary = f"verified {len(asgs)} model(s) ({votes or 'none drawn'}); {deposit}"
-        self.done = True
-        self.log(LogEvent.DONE, human=self.summary)
-        return True
+        return self.finish(f"verified {len(asgs)} model(s) ({votes or 'none drawn'}); {deposit}")
 
     def _finish(self, summary: str) -> bool:
         return self.finish(summary)
