@@ -30,7 +30,7 @@ from coopml.sim.lifecycle import (
     InitiatorPlan,
     LifecyclePlan,
     VerifierPlan,
-    fast_forward,
+    next_deadline,
     prepare,
     tiny_plan,
 )
@@ -47,13 +47,14 @@ class Crash(BaseException):
 
 def small_plan(verifiers: int, initiator: str = "coopml.roles.initiator:Initiator") -> LifecyclePlan:
     """One honest contributor (all ten classes), `verifiers` verifiers, all of them drawn; 40 CKKS
-    queries per verifier: the smallest task whose model is approved on its merits."""
+    queries per verifier: the smallest task whose model is approved on its merits. A short dispute
+    window: the buyer stops waiting for missing audit reports 15 s (blocks) before it ends."""
     return tiny_plan([ContributorPlan(labels=list(range(10)), n_train=300, epochs=3)],
                      [VerifierPlan(n_verify=100) for _ in range(verifiers)],
                      InitiatorPlan(n_train=200, n_audit=16, fusion_epochs=2, fusion_augment=0, n_test=200,
                                    agent=initiator),
                      verification={"queries": 40, "max_queries": 64, "audit_per_request": 8},
-                     criterion={"min_gain": -1.0})
+                     criterion={"min_gain": -1.0}, windows={"dispute_s": 20})
 
 
 class Network:
@@ -128,7 +129,9 @@ class Network:
                     time.sleep(0.05)
                 continue
             idle += 1
-            if idle >= 3 and fast_forward(self.chain, self.coop, self.task_id):
+            due = next_deadline(self.coop, self.task_id)   # a past announce deadline counts: not a wait
+            if idle >= 3 and due is not None and due > self.chain.now():
+                self.chain.increase_time(due - self.chain.now())
                 idle = 0
             elif idle >= 30:
                 return
@@ -144,6 +147,9 @@ class Network:
         for ev in self.events("Burnt"):
             out.setdefault(self.setup.names.get(ev["from"], ev["from"]), []).append(BurnReason(ev["reason"]))
         return out
+
+    def withdrawn(self, name: str) -> int:
+        return sum(e["amount"] for e in self.events("Withdrawn") if e["account"] == self.address(name))
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """The args of every `name` event the contract emitted."""
@@ -207,3 +213,25 @@ def test_a_verifier_resends_the_request_or_commit_a_crash_lost_and_its_vote_coun
     assert not net.coop.member(net.task_id, verifier).slashed and "verifier1" not in net.burnt()
     assert net.coop.owed(verifier) == 0 and net.logged("verifier1", LogEvent.WITHDRAWN)   # fee and deposit out
     assert all(a.done for a in net.agents.values())
+
+
+# ------------------------------------------------------------------------------ 2. contributor
+
+
+@pytest.mark.timeout(300)
+def test_a_contributor_finalizes_its_model_when_verifiers_and_buyer_are_gone(network):
+    """The buyer publishes and falls silent; the one drawn verifier reveals its approval and
+    vanishes before the reveal window ends. Nobody else is left to tally the vote: the contributor
+    finalizes its own model after the reveal deadline, delivers, and is paid reward and deposit."""
+    net = network(small_plan(verifiers=1, initiator=SILENT_INITIATOR))
+    net.vanish_after = {"verifier1": LogEvent.REVEALED}
+    contributor = net.agents["contributor1"]
+    net.run(until=lambda: contributor.done)
+
+    assert net.gone == {"verifier1"} and net.logged("verifier1", LogEvent.REVEALED)
+    m = net.coop.model(1)
+    assert (m.status, m.reveals, m.approve) == (ModelStatus.RELEASED, 1, 1), (m.status.name, m.reveals, m.approve)
+    terms = net.coop.task(net.task_id).terms
+    assert net.withdrawn("contributor1") == terms.reward_per_model + terms.contributor_deposit
+    assert contributor.done and "RELEASED" in contributor.summary, contributor.summary
+    assert not net.burnt()
