@@ -235,3 +235,42 @@ def test_a_contributor_finalizes_its_model_when_verifiers_and_buyer_are_gone(net
     assert net.withdrawn("contributor1") == terms.reward_per_model + terms.contributor_deposit
     assert contributor.done and "RELEASED" in contributor.summary, contributor.summary
     assert not net.burnt()
+
+
+# ------------------------------------------------------------------------------ 3. initiator
+
+
+@pytest.mark.timeout(300)
+def test_the_initiator_settles_the_ballots_of_drawn_verifiers_that_vanished(network):
+    """Three verifiers are drawn: one honest; one reveals its approval and vanishes before it
+    settles its ballot; one registers and is never heard of again. The model is approved and
+    bought; when the initiator finishes, it has settled both abandoned ballots: the revealed one's
+    fee is owed to it (with its deposit free to take back), the silent one's fee and deposit are
+    burnt. Nothing of the task stays locked."""
+    net = network(small_plan(verifiers=3))
+    net.vanish_after = {"verifier2": LogEvent.REVEALED, "verifier3": LogEvent.REGISTERED}
+    net.run()
+
+    assert net.gone == {"verifier2", "verifier3"}
+    assert all(a.done for n, a in net.agents.items() if n not in net.gone)
+    m = net.coop.model(1)
+    assert (m.status, m.reveals, m.approve) == (ModelStatus.RELEASED, 2, 2), (m.status.name, m.reveals, m.approve)
+    names = {net.address(n): n for n in ("verifier1", "verifier2", "verifier3")}
+    drawn = [names[v] for v in net.coop.selected_verifiers(1)]
+    assert sorted(drawn) == ["verifier1", "verifier2", "verifier3"]
+    unsettled = [n for n in drawn if not net.coop.ballot(1, net.address(n)).settled]
+    assert not unsettled, f"ballots left unsettled (fee and deposit locked): {unsettled}"
+    terms = net.coop.task(net.task_id).terms
+    # revealed, then gone: its fee is owed to it; its deposit is no longer at stake
+    v2 = net.address("verifier2")
+    assert net.coop.owed(v2) == terms.verifier_fee
+    me = net.coop.member(net.task_id, v2)
+    assert me.open_assignments == 0 and not me.slashed, me
+    # never revealed: fee and deposit burnt (paid to nobody)
+    assert net.burnt() == {"verifier3": [BurnReason.FEE_NOT_EARNED, BurnReason.VERIFIER_SLASHED]}, net.burnt()
+    assert net.coop.member(net.task_id, net.address("verifier3")).slashed
+    # the vanished verifier that revealed comes back: its deposit and fee are there to take
+    back = net.coop.as_(v2)
+    back.leave_task(net.task_id)
+    assert back.withdraw() == terms.verifier_fee + terms.verifier_deposit
+    assert net.coop.task(net.task_id).locked == 0
