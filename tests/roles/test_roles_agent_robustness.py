@@ -174,3 +174,37 @@ def test_an_initiator_round_reads_only_the_models_still_in_play(tmp_path):
     ini.jobs.shutdown()
     ini.state.close()
 
+
+def test_verifiers_draw_only_as_a_backstop():
+    """The contributor and the initiator draw a model as soon as its target block is mined; the
+    verifiers only if it is still undrawn DRAW_BACKSTOP_BLOCKS later — else every verifier of the
+    task sent the same draw into the same block and all but one paid for a revert."""
+    from types import SimpleNamespace
+
+    from coopml.chain import ModelStatus
+    from coopml.roles.verifier import DRAW_BACKSTOP_BLOCKS, Verifier
+
+    drawn: list[int] = []
+    block = {"n": 0}
+
+    class State:
+        def facts(self, kind, cls):
+            return {"7": object()}
+
+        def get(self, key, default=None):
+            return None
+
+        def set(self, key, value):
+            raise AssertionError("the model is still undrawn")
+
+    v = Verifier.__new__(Verifier)
+    v.state = State()
+    v.client = SimpleNamespace(model=lambda mid: SimpleNamespace(status=ModelStatus.AWAITING_DRAW, draw_block=10),
+                               draw_verifiers=drawn.append)
+    v.chain = SimpleNamespace(block_number=lambda: block["n"])
+    for n in range(11, 11 + DRAW_BACKSTOP_BLOCKS):
+        block["n"] = n
+        assert v._help_draws() is False and drawn == []     # the interested parties' turn
+    block["n"] = 11 + DRAW_BACKSTOP_BLOCKS
+    assert v._help_draws() is True and drawn == [7]
+    assert 11 + DRAW_BACKSTOP_BLOCKS < 10 + 256                 # long before the draw would be cancelled
