@@ -171,6 +171,7 @@ def run_threads(plan: Any, workdir: Path, timeout: float) -> dict[str, Any]:
         for name in setup.agents:
             if name != "initiator":
                 start(name, task_id)
+        settled: set[int] = set()
         while True:
             if time.monotonic() - t0 > timeout:
                 raise CoopmlError(f"not finished within {timeout} s; still running: "
@@ -183,7 +184,7 @@ def run_threads(plan: Any, workdir: Path, timeout: float) -> dict[str, Any]:
             with lock:
                 checked = {r.model for n, r in records if n == "initiator" and r.model is not None
                            and r.event in (LogEvent.MODEL_RECEIVED, LogEvent.DISPUTED)}
-            skip_used_windows(chain, coop, task_id, checked)
+            skip_used_windows(chain, coop, task_id, checked, settled)
             time.sleep(0.25)
         wall = time.monotonic() - t0
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -317,4 +318,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BaseException:  # noqa: BLE001 - report, then exit without joining threads
+        import traceback
+        traceback.print_exc()
+        os._exit(1)      # agent and job threads may still run: do not wait for them at exit
