@@ -278,13 +278,37 @@ def summarise(n: int, out: dict[str, Any]) -> dict[str, Any]:
             "fusion": [(len(h["members"]), h.get("test_accuracy")) for h in result.fusion_history]}
 
 
+# which contract actions belong to one model's verification, to its delivery, or to a participant
+VERIFY_ACTIONS = ("announceModel", "drawVerifiers", "commitVote", "revealVote", "finalizeModel", "settleVote",
+                  "postMessage")
+DELIVERY_ACTIONS = ("deliverKey", "finalizeDelivery")
+
+
+def gas_split(s: dict[str, Any]) -> dict[str, float]:
+    """Gas per announced model for its verification (announce, draw, votes, finalization, ballots,
+    every message — offers, requests, responses, audit reports), per bought model for its delivery,
+    and per participant for joining, leaving and withdrawing; from the per-action totals."""
+    g = s["gas_by_action"]
+
+    def total(names: tuple[str, ...]) -> float:
+        return sum(g[k]["count"] * g[k]["mean"] for k in names if k in g)
+    other = set(g) - set(VERIFY_ACTIONS) - set(DELIVERY_ACTIONS)
+    participants = 1 + s["N"] + s["verifiers"]
+    return {"verify_per_model": total(VERIFY_ACTIONS) / max(1, s["models"]),
+            "delivery_per_bought": total(DELIVERY_ACTIONS) / max(1, s["bought"]),
+            "other_per_participant": total(tuple(other)) / participants}
+
+
 def print_row(s: dict[str, Any]) -> None:
     print(f"\n=== N = {s['N']} contributors, {s['verifiers']} verifiers (3 per model) ===")
     print(f"wall {s['wall_s']:.1f} s; models {s['models']}: bought {s['bought']}, rejected {s['rejected']}, "
           f"other {s['other']}; {s['txs']} contract txs in {s['blocks']} blocks; reverted (races, paid): "
           f"{s['reverted'] or 'none'}")
     print(f"load average (1, 5, 15 min) at start {s['load'][0]}, at end {s['load'][1]}")
-    print(f"gas total {s['gas_total']:,}; per model {s['gas_per_model']:,.0f}")
+    split = gas_split(s)
+    print(f"gas total {s['gas_total']:,}; per model {s['gas_per_model']:,.0f} (verification per model "
+          f"{split['verify_per_model']:,.0f}, delivery per bought model {split['delivery_per_bought']:,.0f}, "
+          f"publish/join/leave/withdraw/close per participant {split['other_per_participant']:,.0f})")
     for k, v in s["gas_by_action"].items():
         print(f"  {k:22s} x{v['count']:4d}  mean {v['mean']:>11,.0f}")
     print(f"CPU: agents {s['agents_cpu']:.1f} s, whole process {s['process_cpu']:.1f} s; max RSS {s['max_rss_mb']:.0f} MB")
@@ -302,7 +326,7 @@ def print_row(s: dict[str, Any]) -> None:
 def print_growth(rows: list[dict[str, Any]]) -> None:
     base = rows[0]
     print(f"\n=== growth vs N = {base['N']} ===")
-    print("   N   V   wall s  x      gas/model  x     agents CPU-s  x    CPU-s/agent  "
+    print("   N   V   wall s  x      gas/model  x   verify gas/model  x     agents CPU-s  x    CPU-s/agent  "
           "verifier idle CPU-s/min  contributor idle CPU-s/min  bought/models")
     for s in rows:
         n_agents = 1 + s["N"] + s["verifiers"]
@@ -310,6 +334,8 @@ def print_growth(rows: list[dict[str, Any]]) -> None:
         vl, cl = s["per_role"]["verifier"]["idle_per_min"], s["per_role"]["contributor"]["idle_per_min"]
         print(f"  {s['N']:2d}  {s['verifiers']:2d}  {s['wall_s']:7.1f} {s['wall_s'] / base['wall_s']:4.1f}  "
               f"{s['gas_per_model']:11,.0f} {s['gas_per_model'] / base['gas_per_model']:4.2f}  "
+              f"{gas_split(s)['verify_per_model']:14,.0f} "
+              f"{gas_split(s)['verify_per_model'] / gas_split(base)['verify_per_model']:4.2f}  "
               f"{s['agents_cpu']:9.1f} {s['agents_cpu'] / base['agents_cpu']:5.1f}  "
               f"{s['agents_cpu'] / n_agents:8.1f} ({s['agents_cpu'] / n_agents / (base['agents_cpu'] / b_agents):3.1f}x)  "
               f"{vl:13.3f}  {cl:26.3f}  {s['bought']:9d}/{s['models']}")
