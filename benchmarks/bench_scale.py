@@ -132,6 +132,20 @@ def _run_agent(run: AgentRun, setup: Any, task_id: int | None, sink: Any) -> Non
         run.wall = time.monotonic() - t0
 
 
+def serialize_ast_parse() -> None:
+    """CPython 3.11 can fail `ast.parse` run from several threads at once ("SystemError: AST
+    constructor recursion depth mismatch", seen in np.load's header parsing when 30 agents load
+    their data together): one parse at a time. Separate processes never share this."""
+    import ast
+    lock = threading.Lock()
+    parse = ast.parse
+
+    def locked(*a: Any, **k: Any) -> Any:
+        with lock:
+            return parse(*a, **k)
+    ast.parse = locked  # type: ignore[assignment]
+
+
 def limit_ckks(slots: int) -> None:
     """At most `slots` CKKS computations (a contributor's pre-payment check and parameter offer,
     query encryption, encrypted evaluation, decryption) at once in this process: on separate
@@ -361,6 +375,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(1)
     limit_ckks(args.ckks_slots)
+    serialize_ast_parse()
     out = args.out or Path(tempfile.mkdtemp(prefix="coopml-bench-scale-"))
     rows = []
     for n in args.n:
