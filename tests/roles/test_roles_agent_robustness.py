@@ -125,3 +125,86 @@ def test_terms_beyond_the_spending_limits_are_refused_before_paying():
     with pytest.raises(TermsRefused, match="max_deposit_to_reward"):
         check_deposit("contributor", 5 * 10**18, 10**17, SpendingLimits(max_deposit_wei=10 * 10**18))
     check_deposit("contributor", 10**17, 10**18, limits)
+
+
+def test_an_initiator_round_reads_only_the_models_still_in_play(tmp_path):
+    """A settled model (terminal status) never changes: once seen, the initiator's rounds stop
+    reading it from the chain, so a round's cost follows the models in play, not every model the
+    task ever had (before: two contract reads per model per round, O(N^2) over a task)."""
+    from types import SimpleNamespace
+
+    from coopml.chain import ModelStatus
+    from coopml.roles.agent import Jobs
+    from coopml.roles.initiator import Initiator
+    from coopml.roles.state import Fact
+
+    statuses = {mid: ModelStatus.RELEASED for mid in range(1, 41)} | {41: ModelStatus.VERIFYING}
+    reads: list[int] = []
+
+    class Client:
+        def task(self, task_id):
+            return SimpleNamespace(closed=False, terms=SimpleNamespace(announce_deadline=10_000, verifiers_per_model=3))
+
+        def model(self, mid):
+            reads.append(mid)
+            return SimpleNamespace(status=statuses[mid], reveals=0, reveal_deadline=9_000)
+
+    ini = Initiator.__new__(Initiator)       # only what a round touches
+    ini.client, ini.jobs = Client(), Jobs()
+    ini.chain = SimpleNamespace(now=lambda: 100, block_number=lambda: 10)
+    ini.state = AgentState(tmp_path / "state.sqlite")
+    ini.state.set("task_id", 1)
+    ini.cfg = SimpleNamespace(close_when_models=None)
+    ini.log = EventLog(Role.INITIATOR, "initiator", lambda rec: None)
+    ini._view = SimpleNamespace(info=SimpleNamespace(terms=SimpleNamespace(verifiers_per_model=3)))
+    ini._collect_fusion = ini._serve_decryptions = lambda: False
+    ini.sweep_inbox = lambda relevant: None
+    for mid in statuses:
+        ini.state.add("model", mid, Fact())
+    assert ini.step() is False
+    assert set(reads) == set(statuses)           # the first round learns which models are settled
+    reads.clear()
+    ini.step()
+    assert set(reads) == {41}                    # later rounds read only the one still verifying
+    statuses[41] = ModelStatus.REJECTED
+    ini.step()
+    reads.clear()
+    ini.step()
+    assert reads == []
+    ini.jobs.shutdown()
+    ini.state.close()
+
+
+def test_verifiers_draw_only_as_a_backstop():
+    """The contributor and the initiator draw a model as soon as its target block is mined; the
+    verifiers only if it is still undrawn DRAW_BACKSTOP_BLOCKS later — else every verifier of the
+    task sent the same draw into the same block and all but one paid for a revert."""
+    from types import SimpleNamespace
+
+    from coopml.chain import ModelStatus
+    from coopml.roles.verifier import DRAW_BACKSTOP_BLOCKS, Verifier
+
+    drawn: list[int] = []
+    block = {"n": 0}
+
+    class State:
+        def facts(self, kind, cls):
+            return {"7": object()}
+
+        def get(self, key, default=None):
+            return None
+
+        def set(self, key, value):
+            raise AssertionError("the model is still undrawn")
+
+    v = Verifier.__new__(Verifier)
+    v.state = State()
+    v.client = SimpleNamespace(model=lambda mid: SimpleNamespace(status=ModelStatus.AWAITING_DRAW, draw_block=10),
+                               draw_verifiers=drawn.append)
+    v.chain = SimpleNamespace(block_number=lambda: block["n"])
+    for n in range(11, 11 + DRAW_BACKSTOP_BLOCKS):
+        block["n"] = n
+        assert v._help_draws() is False and drawn == []     # the interested parties' turn
+    block["n"] = 11 + DRAW_BACKSTOP_BLOCKS
+    assert v._help_draws() is True and drawn == [7]
+    assert 11 + DRAW_BACKSTOP_BLOCKS < 10 + 256                 # long before the draw would be cancelled

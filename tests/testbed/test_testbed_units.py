@@ -229,3 +229,10 @@ def test_window_shortcut_never_jumps_over_another_models_deadline():
                  model(ModelStatus.DELIVERED, 1, 902, dispute_deadline=1062)]
     assert not skip_used_windows(chain, coop, 1, {1}) and chain.t == 1000
     assert skip_used_windows(chain, coop, 1, {1, 2}) and chain.t == 1061
+    # the runner's `settled` cache: a model in a terminal status is read once, then never again
+    reads: list[int] = []
+    models[:] = [model(ModelStatus.RELEASED, 1, 900), model(ModelStatus.VERIFYING, 0, 2000)]
+    counting = NS(task=coop.task, model_count=coop.model_count, model=lambda mid: reads.append(mid) or models[mid - 1])
+    settled: set[int] = set()
+    assert not skip_used_windows(chain, counting, 1, set(), settled) and settled == {1} and reads == [1, 2]
+    assert not skip_used_windows(chain, counting, 1, set(), settled) and reads == [1, 2, 2]

@@ -177,14 +177,24 @@ class Initiator(Agent):
         info = self.client.task(self.task_id)
         acted = False
         for mid in map(int, self.state.facts("model", Fact)):
-            acted = self._advance(mid) or acted
+            if not self._settled(mid):
+                acted = self._advance(mid) or acted
         acted = self._collect_fusion() or acted
         acted = self._serve_decryptions() or acted
         self.sweep_inbox(self._expects)
         return self._maybe_close(info) or acted
 
+    def _settled(self, mid: int) -> bool:
+        """Whether the model reached a terminal status: remembered once seen (a terminal status never
+        changes), so a round reads the chain only for the models still in play — not for every
+        model the task ever had, which made each round's cost grow with the task's size."""
+        return bool(self.state.get(f"terminal:{mid}"))
+
     def _advance(self, mid: int) -> bool:
         m = self.client.model(mid)
+        if m.status in TERMINAL:
+            self.state.set(f"terminal:{mid}", True)
+            return False
         now = self.now()
         if m.status == ModelStatus.AWAITING_DRAW and self.chain.block_number() > m.draw_block:
             self.client.draw_verifiers(mid)
@@ -403,8 +413,8 @@ class Initiator(Agent):
 
     def _maybe_close(self, info: Any) -> bool:
         assert self.task_id is not None
-        models = {mid: self.client.model(int(mid)) for mid in self.state.facts("model", Fact)}
-        settled = [m for m in models.values() if m.status in TERMINAL]
+        models = self.state.facts("model", Fact)
+        settled = [mid for mid in models if self._settled(int(mid)) or self._now_settled(int(mid))]
         if info.closed:
             if len(settled) < len(models) or self.jobs.busy():
                 return False
@@ -418,6 +428,13 @@ class Initiator(Agent):
                 if exc.name != "TaskClosed":
                     raise
             self.log(LogEvent.CLOSED)
+            return True
+        return False
+
+    def _now_settled(self, mid: int) -> bool:
+        """Read a model not yet known to be settled; True (and remembered) if it now is."""
+        if self.client.model(mid).status in TERMINAL:
+            self.state.set(f"terminal:{mid}", True)
             return True
         return False
 

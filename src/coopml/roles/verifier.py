@@ -55,6 +55,7 @@ from coopml.storage import Store
 FAILED = {ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE, ModelStatus.CANCELLED, ModelStatus.FORFEITED,
           ModelStatus.REFUNDED}
 TERMINAL = FAILED | {ModelStatus.RELEASED}
+DRAW_BACKSTOP_BLOCKS = 4   # verifiers draw a model only if it is still undrawn this many blocks after the target
 
 
 class Stage(enum.StrEnum):
@@ -188,8 +189,12 @@ class Verifier(Agent):
         return self._queries
 
     def _help_draws(self) -> bool:
-        """Anyone may draw a model's verifiers once its target block is mined; every agent does, so a
-        contributor cannot stall its own draw to wait for a better one (P1)."""
+        """Anyone may draw a model's verifiers once its target block is mined. The contributor and the
+        initiator draw at once; verifiers are the backstop, a few blocks later (`DRAW_BACKSTOP_BLOCKS`),
+        so that one who stalls still cannot wait for a better draw (P1: the seed is fixed by then, and
+        past 256 blocks the model is cancelled) — and so that the V verifiers of a task do not all send
+        the same draw into the same block, all but one of them reverting and paying for it (with 25
+        verifiers that wasted gas on every model)."""
         acted = False
         for mid in list(self.state.facts("announced", Fact)):
             if self.state.get(f"drawn:{mid}"):
@@ -198,7 +203,7 @@ class Verifier(Agent):
             if m.status != ModelStatus.AWAITING_DRAW:
                 self.state.set(f"drawn:{mid}", True)
                 continue
-            if self.chain.block_number() > m.draw_block:
+            if self.chain.block_number() > m.draw_block + DRAW_BACKSTOP_BLOCKS:
                 try:
                     self.client.draw_verifiers(int(mid))
                     acted = True

@@ -328,7 +328,8 @@ def fast_forward(chain: Chain, coop: TaskClient, task_id: int) -> bool:
     return True
 
 
-def skip_used_windows(chain: Chain, coop: TaskClient, task_id: int, checked: set[int]) -> bool:
+def skip_used_windows(chain: Chain, coop: TaskClient, task_id: int, checked: set[int],
+                      settled: set[int] | None = None) -> bool:
     """Dev-chain shortcut: move the clock past windows nobody has anything left to do in — a
     model's reveal window once every drawn verifier has revealed (the contract would already
     accept its finalization; the agents wait for the window's end), a delivered model's dispute
@@ -336,17 +337,24 @@ def skip_used_windows(chain: Chain, coop: TaskClient, task_id: int, checked: set
     model of the task is in such a window and no more models can be announced, so the jump takes
     no time from anybody (another model's vote, delivery or check). True if the clock moved.
     Checking every other model matters: with two models delivered together, skipping the first
-    one's dispute window alone would end the second's before the buyer checked it."""
+    one's dispute window alone would end the second's before the buyer checked it.
+    `settled` (the runner keeps it between calls): model ids of the task known to be in a terminal
+    status, which never changes — not read again, so a call costs the models in play, not all."""
     now = chain.now()
     task = coop.task(task_id)
     ends: list[int] = []
     n_models = 0
     for mid in range(1, coop.model_count() + 1):
+        if settled is not None and mid in settled:
+            n_models += 1
+            continue
         m = coop.model(mid)
         if m.task_id != task_id:
             continue
         n_models += 1
         if m.status in TERMINAL:
+            if settled is not None:
+                settled.add(mid)
             continue
         if m.status == ModelStatus.VERIFYING and m.reveals >= task.terms.verifiers_per_model:
             ends.append(m.reveal_deadline)
@@ -512,6 +520,7 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
             if name != "initiator":
                 procs[name] = _spawn(name, command(name, task_id), workdir, record)
         seen = 0
+        settled: set[int] = set()
         while True:
             if time.monotonic() - t0 > timeout:
                 raise CoopmlError(f"lifecycle did not finish within {timeout} s")
@@ -535,7 +544,7 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
             with lock:
                 checked = {r.model for n, r in records if n == "initiator" and r.model is not None
                            and r.event in (LogEvent.MODEL_RECEIVED, LogEvent.DISPUTED)}
-            skip_used_windows(chain, coop, task_id, checked)
+            skip_used_windows(chain, coop, task_id, checked, settled)
             time.sleep(0.25)
         summaries = {}
         with lock:
