@@ -52,6 +52,9 @@ class CaseStudyConfig(BaseModel):
     # `transport_precision` is the headline one (reported as 'ours' and in Fig. 12)
     transport_precision: Precision = "int8"
     cs3_precisions: list[Precision] = ["fp32", "fp16", "int8"]
+    # FedAvg's headline run ships float32 (the paper's baseline); each further precision listed here
+    # is an extra FedAvg run with the same encoding both ways, the like-for-like comparison
+    fedavg_precisions: list[Precision] = ["fp32", "int8"]
     threads: int = 2
     case_study_4: CaseStudy4Config | None = CaseStudy4Config.full()   # None: skip Case Study IV
 
@@ -62,6 +65,7 @@ class CaseStudyConfig(BaseModel):
                    verify_threshold=0.8,
                    fusion=FusionConfig.tuned(augment_copies=2, max_epochs=80, patience=10),
                    fedavg_rounds=2, fedavg_local_epochs=3, cs3_precisions=["fp32", "int8"],
+                   fedavg_precisions=["fp32"],
                    case_study_4=CaseStudy4Config.reduced())
 
     @classmethod
@@ -112,6 +116,14 @@ class OursVariant(BaseModel):
     verified: list[str]
 
 
+class FedAvgVariant(BaseModel):
+    """FedAvg with weights shipped at one precision both ways (sim.transport)."""
+    precision: str
+    accuracy: float
+    bytes_total: int
+    round_accuracy: list[float]
+
+
 class ScenarioResult(BaseModel):
     name: str
     ours_accuracy: float             # the headline variant (CaseStudyConfig.transport_precision)
@@ -122,6 +134,7 @@ class ScenarioResult(BaseModel):
     fedavg_bytes: int
     fedavg_round_accuracy: list[float]
     fedavg_parties: list[PartyBytes] = []
+    fedavg: list[FedAvgVariant] = []  # every FedAvg precision measured, the float32 headline first
 
 
 class CaseStudy3Result(BaseModel):
@@ -326,14 +339,19 @@ def run_case_study_3(cfg: CaseStudyConfig) -> CaseStudy3Result:
     for title, shards in scenarios.items():
         variants = _our_paradigm(shards, "verifiers", names[1:], cfg, test)
         head = next(v for v in variants if v.precision == cfg.transport_precision)
-        _, fed = run_fedavg(cfg.fedavg_arch, [shards[n].train for n in names], cfg.fedavg_rounds,
-                            cfg.fedavg_local_epochs, test, lr=cfg.contributor_lr, seed=cfg.seed)
+        feds = [run_fedavg(cfg.fedavg_arch, [shards[n].train for n in names], cfg.fedavg_rounds,
+                           cfg.fedavg_local_epochs, test, lr=cfg.contributor_lr, seed=cfg.seed, precision=p)[1]
+                for p in ["fp32", *(p for p in cfg.fedavg_precisions if p != "fp32")]]
+        fed = feds[0]
         rows.append(ScenarioResult(name=title, ours_accuracy=head.accuracy, ours_bytes=head.bytes_total,
                                    ours_verified=head.verified, ours=variants,
                                    fedavg_accuracy=fed.accuracy, fedavg_bytes=fed.bytes_total,
                                    fedavg_round_accuracy=fed.round_accuracy,
                                    fedavg_parties=_fedavg_parties(["initiator (client)", *names[1:]],
-                                                                  cfg.fedavg_rounds, model_bytes)))
+                                                                  cfg.fedavg_rounds, model_bytes),
+                                   fedavg=[FedAvgVariant(precision=f.precision, accuracy=f.accuracy,
+                                                         bytes_total=f.bytes_total, round_accuracy=f.round_accuracy)
+                                           for f in feds]))
     return CaseStudy3Result(scenarios=rows, model_bytes=model_bytes, seconds=time.perf_counter() - t0)
 
 

@@ -268,6 +268,15 @@ def write_report(out_dir: str | Path, results: CaseStudiesResult) -> Path:
         for v in s.ours:
             md.append(f"| {s.name} | {v.precision} | {_pct(v.accuracy)} | {_mib(v.bytes_total)} | "
                       f"{v.bytes_total / s.fedavg_bytes:.3f}x | {', '.join(v.verified) or '-'} |")
+    if any(len(s.fedavg) > 1 for s in results.cs3.scenarios):
+        md += ["", ("FedAvg above ships float32, as in the paper. The like-for-like baseline ships FedAvg's "
+                    "weights with the same encoding both ways (clients train from, and the server averages, "
+                    "the weights received):"), "",
+               "| scenario | FedAvg shipped as | accuracy | MiB | per round |", "|---|---|---|---|---|"]
+        for s in results.cs3.scenarios:
+            for f in s.fedavg:
+                md.append(f"| {s.name} | {f.precision} | {_pct(f.accuracy)} | {_mib(f.bytes_total)} | "
+                          f"{' / '.join(_pct(a) for a in f.round_accuracy)} |")
     md += ["", "Bytes per party (MiB sent / received), 'ours' as above:", ""]
     for s in results.cs3.scenarios:
         rows = [(f"ours: {p.party}", p) for p in next((v.parties for v in s.ours
