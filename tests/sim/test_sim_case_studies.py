@@ -72,6 +72,7 @@ def test_case_study_3_sanity(reduced):
         assert int8.bytes_total < 0.3 * fp32.bytes_total                 # int8 weights: a quarter, plus scales
         assert s.ours_bytes == int8.bytes_total and s.ours_bytes < s.fedavg_bytes
         assert 0.5 < s.fedavg_accuracy <= 1 and len(s.fedavg_round_accuracy) == cfg.fedavg_rounds
+        assert [f.precision for f in s.fedavg] == ["fp32"] and s.fedavg[0].bytes_total == s.fedavg_bytes
         assert s.ours_verified and 0.5 < s.ours_accuracy <= 1
 
 
