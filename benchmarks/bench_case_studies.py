@@ -2,12 +2,16 @@
 
     .venv/bin/python benchmarks/bench_case_studies.py [--out bench-out/case-studies] [--seed 0]
     .venv/bin/python benchmarks/bench_case_studies.py --cs2-seeds 0 1 2
+    .venv/bin/python benchmarks/bench_case_studies.py --only cs3 [--out bench-out/cs3]
 
 The first writes the report (markdown + PNGs + results.json) and prints the headline figures and
 ratios (about 40 min on 2 free cores). The second repeats only Case Study II (Table V's 'Original'
 column) over several seeds -- new contributors, shards and fusion each time -- and prints the mean
 and spread against the paper, since single-seed differences under ~0.5 points are noise
-(about 5 min per seed).
+(about 5 min per seed). The third runs only Case Study III at the full config, writes
+OUT/cs3.json and prints, per scenario and shipping precision, accuracy, bytes per party, the
+ratio ours/FedAvg and whether the goal (<= GOAL_RATIO of FedAvg's bytes at >= FedAvg's accuracy)
+is met.
 """
 
 from __future__ import annotations
@@ -17,8 +21,17 @@ import statistics
 import time
 from pathlib import Path
 
-from coopml.sim.case_studies import PAPER_TABLE_V_ORIGINAL, CaseStudyConfig, run_all, run_case_study_2
+from coopml.sim.case_studies import (
+    PAPER_TABLE_V_ORIGINAL,
+    CaseStudy3Result,
+    CaseStudyConfig,
+    run_all,
+    run_case_study_2,
+    run_case_study_3,
+)
 from coopml.sim.report import write_report
+
+GOAL_RATIO = 0.15      # ours / FedAvg bytes, at >= FedAvg's accuracy, in both scenarios
 
 
 def main() -> None:
@@ -26,9 +39,24 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-out/case-studies"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cs2-seeds", type=int, nargs="+", help="only Case Study II, once per seed")
+    ap.add_argument("--only", choices=["cs3"], help="run only this case study (full config)")
+    ap.add_argument("--fedavg-precisions", nargs="+", choices=["fp32", "fp16", "int8"],
+                    help="with --only cs3: FedAvg runs (default: the full config's)")
     args = ap.parse_args()
     if args.cs2_seeds:
         cs2_over_seeds(args.cs2_seeds)
+        return
+    if args.only == "cs3":
+        cfg = CaseStudyConfig.full().model_copy(update={"seed": args.seed, "case_study_4": None})
+        if args.fedavg_precisions:
+            cfg = cfg.model_copy(update={"fedavg_precisions": args.fedavg_precisions})
+        t0 = time.perf_counter()
+        cs3 = run_case_study_3(cfg)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cs3.json").write_text(cs3.model_dump_json(indent=1))
+        print(f"Case Study III only, full config, seed {args.seed}: {args.out / 'cs3.json'} "
+              f"({time.perf_counter() - t0:.0f} s)")
+        print_cs3(cs3, cfg)
         return
     t0 = time.perf_counter()
     res = run_all(CaseStudyConfig.full().model_copy(update={"seed": args.seed}))
@@ -43,14 +71,51 @@ def main() -> None:
     ours = res.cs2.fused["strategy II"]
     print("CS II strategy II minus paper Table V 'Original' (points):",
           " / ".join(f"{100 * a - p:+.1f}" for a, p in zip(ours, PAPER_TABLE_V_ORIGINAL)))
-    for s in res.cs3.scenarios:
-        print(f"CS III {s.name}: ours {100 * s.ours_accuracy:.1f} % / {s.ours_bytes / 2**20:.1f} MiB, "
-              f"FedAvg {100 * s.fedavg_accuracy:.1f} % / {s.fedavg_bytes / 2**20:.1f} MiB, "
-              f"bytes ratio FedAvg/ours {s.fedavg_bytes / s.ours_bytes:.1f}x")
+    print_cs3(res.cs3, res.config)
     if res.cs4 is not None:      # details: benchmarks/bench_case_study4.py
         for r8 in res.cs4.table8:
             print(f"CS IV Table VIII {r8.arch} {r8.strategy}: encrypted/plaintext {r8.ratio[1]:.1f}x CPU "
                   f"(vs exact-integer plaintext {r8.ratio_exact[1]:.1f}x)")
+
+
+def print_cs3(cs3: CaseStudy3Result, cfg: CaseStudyConfig) -> None:
+    """Per scenario and precision: accuracy, bytes per party, ours/FedAvg, and the goal verdict."""
+    def mib(b: int) -> str:
+        return f"{b / 2**20:.3f}"
+
+    met, like = [], []
+    for s in cs3.scenarios:
+        fed = " ".join(f"{p.party} {mib(p.sent)}/{mib(p.received)}" for p in s.fedavg_parties)
+        print(f"CS III {s.name}: FedAvg {100 * s.fedavg_accuracy:.2f} % / {mib(s.fedavg_bytes)} MiB "
+              f"(float32; per party sent/received MiB: {fed})")
+        for f in s.fedavg[1:]:
+            print(f"CS III {s.name}: FedAvg[{f.precision}] (same encoding both ways) {100 * f.accuracy:.2f} % / "
+                  f"{mib(f.bytes_total)} MiB; per round " + " / ".join(f"{100 * a:.1f}" for a in f.round_accuracy))
+        for v in s.ours:
+            same = next((f for f in s.fedavg if f.precision == v.precision), None)
+            if same is not None and v.precision == cfg.transport_precision:
+                like.append(v.bytes_total <= GOAL_RATIO * same.bytes_total and v.accuracy >= same.accuracy)
+            if same is not None and v.precision != "fp32":
+                print(f"CS III {s.name}: like for like, ours[{v.precision}]/FedAvg[{v.precision}] bytes "
+                      f"{v.bytes_total / same.bytes_total:.3f}x ({v.storage}; shared storage node "
+                      f"{v.bytes_shared_node / same.bytes_total:.3f}x), accuracy "
+                      f"{100 * (v.accuracy - same.accuracy):+.2f} points")
+            ratio = v.bytes_total / s.fedavg_bytes
+            ok = ratio <= GOAL_RATIO and v.accuracy >= s.fedavg_accuracy
+            if v.precision == cfg.transport_precision:
+                met.append(ok)
+            per = " ".join(f"{p.party} {mib(p.sent)}/{mib(p.received)}" for p in v.parties)
+            print(f"CS III {s.name}: ours[{v.precision}] {100 * v.accuracy:.2f} % / {mib(v.bytes_total)} MiB "
+                  f"({v.storage}), ours/FedAvg bytes {ratio:.3f}x, accuracy "
+                  f"{100 * (v.accuracy - s.fedavg_accuracy):+.2f} points, goal {'met' if ok else 'NOT met'}; "
+                  f"via a shared storage node {mib(v.bytes_shared_node)} MiB = "
+                  f"{v.bytes_shared_node / s.fedavg_bytes:.3f}x; verified {','.join(v.verified) or '-'}; "
+                  f"per party sent/received MiB: {per}")
+    print(f"CS III goal (<= {GOAL_RATIO}x FedAvg bytes at >= FedAvg accuracy, headline {cfg.transport_precision}, "
+          f"both scenarios): {'MET' if met and all(met) else 'NOT MET'}")
+    if len(like) == len(cs3.scenarios) and cfg.transport_precision != "fp32":
+        print(f"CS III like for like (FedAvg also {cfg.transport_precision}, <= {GOAL_RATIO}x its bytes at >= its "
+              f"accuracy, both scenarios): {'MET' if all(like) else 'NOT MET'}")
 
 
 def cs2_over_seeds(seeds: list[int]) -> None:

@@ -62,16 +62,22 @@ def test_case_study_3_sanity(reduced):
         assert sum(p.sent + p.received for p in s.fedavg_parties if p.party != "server") == s.fedavg_bytes
         assert [v.precision for v in s.ours] == cfg.cs3_precisions
         fp32 = s.ours[0]
-        # three uploads, three verifier downloads (body + head), the initiator fetches accepted bodies only
+        # three verifier fetches (body + head), the initiator fetches accepted bodies only, each pulled from
+        # the contributor's own node (cs3_storage="own-node"); a shared storage node adds the three uploads
         body = sum(v.numel() * 4 for k, v in build_model(cfg.fedavg_arch).state_dict().items() if k.startswith("body."))
-        assert 6 * cs.model_bytes < fp32.bytes_total < 9 * cs.model_bytes
+        assert cfg.cs3_storage == "own-node" and fp32.storage == "own-node"
+        assert 3 * cs.model_bytes < fp32.bytes_total == fp32.bytes_own_node < 6 * cs.model_bytes
+        assert abs(fp32.bytes_shared_node - fp32.bytes_own_node - 3 * cs.model_bytes) < 3 * 1024   # 3 uploads
         assert {p.party for p in fp32.parties} >= {"contributor1", "verifier", "initiator"}
-        assert next(p for p in fp32.parties if p.party == "initiator").received >= len(fp32.verified) * body
-        assert fp32.bytes_total == sum(p.sent + p.received for p in fp32.parties)
+        initiator = next(p for p in fp32.parties if p.party == "initiator")
+        assert initiator.received >= len(fp32.verified) * body
+        readers = sum(p.received for p in fp32.parties)
+        assert fp32.bytes_total == readers == sum(p.sent for p in fp32.parties)      # each crossing once
         int8 = next(v for v in s.ours if v.precision == "int8")
         assert int8.bytes_total < 0.3 * fp32.bytes_total                 # int8 weights: a quarter, plus scales
         assert s.ours_bytes == int8.bytes_total and s.ours_bytes < s.fedavg_bytes
         assert 0.5 < s.fedavg_accuracy <= 1 and len(s.fedavg_round_accuracy) == cfg.fedavg_rounds
+        assert [f.precision for f in s.fedavg] == ["fp32"] and s.fedavg[0].bytes_total == s.fedavg_bytes
         assert s.ours_verified and 0.5 < s.ours_accuracy <= 1
 
 

@@ -61,3 +61,15 @@ def test_fedavg_run_learns_and_counts_bytes_each_way(mnist_train, mnist_test):
     assert res.bytes_total == 8 * size
     assert len(res.round_accuracy) == 2 and res.accuracy == res.round_accuracy[-1]
     assert res.accuracy > 0.5 and res.round_accuracy[1] > res.round_accuracy[0]   # random: ~10 %
+
+
+def test_fedavg_int8_ships_a_quarter_and_still_learns(mnist_train, mnist_test):
+    """The like-for-like baseline for Case Study III: FedAvg with the same int8 encoding both ways."""
+    shards = make_shards(mnist_train, [ShardSpec(f"c{i}", tuple(range(10)), 300, 10) for i in range(2)], seed=3)
+    test = mnist_test.subset(np.arange(1000))
+    clients = [shards["c0"].train, shards["c1"].train]
+    _, fp32 = run_fedavg("table4", clients, rounds=1, local_epochs=1, test=test, seed=0)
+    _, int8 = run_fedavg("table4", clients, rounds=1, local_epochs=1, test=test, seed=0, precision="int8")
+    assert int8.precision == "int8" and int8.bytes_down == int8.bytes_up
+    assert 0.2 * fp32.bytes_total < int8.bytes_total < 0.3 * fp32.bytes_total
+    assert int8.accuracy > 0.5

@@ -17,6 +17,7 @@ import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -52,6 +53,14 @@ class CaseStudyConfig(BaseModel):
     # `transport_precision` is the headline one (reported as 'ours' and in Fig. 12)
     transport_precision: Precision = "int8"
     cs3_precisions: list[Precision] = ["fp32", "fp16", "int8"]
+    # where a shipped model waits for its readers: "own-node" (as deployed, docs/testbed.md: every
+    # party runs its own IPFS node, a reader pulls the blocks from the contributor's, so each byte
+    # crosses the network once per reader) or "shared-node" (one storage node the contributor
+    # uploads to first: one extra crossing per model). Both are always measured; this is the headline.
+    cs3_storage: Literal["own-node", "shared-node"] = "own-node"
+    # FedAvg's headline run ships float32 (the paper's baseline); each further precision listed here
+    # is an extra FedAvg run with the same encoding both ways, the like-for-like comparison
+    fedavg_precisions: list[Precision] = ["fp32", "int8"]
     threads: int = 2
     case_study_4: CaseStudy4Config | None = CaseStudy4Config.full()   # None: skip Case Study IV
 
@@ -62,6 +71,7 @@ class CaseStudyConfig(BaseModel):
                    verify_threshold=0.8,
                    fusion=FusionConfig.tuned(augment_copies=2, max_epochs=80, patience=10),
                    fedavg_rounds=2, fedavg_local_epochs=3, cs3_precisions=["fp32", "int8"],
+                   fedavg_precisions=["fp32"],
                    case_study_4=CaseStudy4Config.reduced())
 
     @classmethod
@@ -107,9 +117,20 @@ class OursVariant(BaseModel):
     """Our paradigm with members shipped at one precision (sim.transport)."""
     precision: str
     accuracy: float
-    bytes_total: int                 # every transfer once: uploads + downloads through storage
+    bytes_total: int                 # every network crossing once, storage as CaseStudyConfig.cs3_storage
     parties: list[PartyBytes]
     verified: list[str]
+    storage: str = "shared-node"
+    bytes_own_node: int = 0          # readers pull from the contributor's node: what the readers receive
+    bytes_shared_node: int = 0       # + each model uploaded once to a storage node
+
+
+class FedAvgVariant(BaseModel):
+    """FedAvg with weights shipped at one precision both ways (sim.transport)."""
+    precision: str
+    accuracy: float
+    bytes_total: int
+    round_accuracy: list[float]
 
 
 class ScenarioResult(BaseModel):
@@ -122,6 +143,7 @@ class ScenarioResult(BaseModel):
     fedavg_bytes: int
     fedavg_round_accuracy: list[float]
     fedavg_parties: list[PartyBytes] = []
+    fedavg: list[FedAvgVariant] = []  # every FedAvg precision measured, the float32 headline first
 
 
 class CaseStudy3Result(BaseModel):
@@ -261,9 +283,11 @@ def _our_paradigm(shards: dict[str, LabelShard], init_name: str, contributors: S
     model against the criterion, the initiator fuses the accepted ones (strategy II) -- once per
     shipping precision in `cfg.cs3_precisions`, each time on exactly the weights received.
 
-    Bytes (sim.transport): each contributor uploads its model to storage as two objects (body and
-    head); the verifier downloads both, the initiator only the bodies of accepted models (fusion
-    reads features, never heads). No data moves; on-chain transactions are not counted."""
+    Bytes (sim.transport): each contributor stores its model as two objects (body and head); the
+    verifier fetches both, the initiator only the bodies of accepted models (fusion reads features,
+    never heads). With `cs3_storage="own-node"` the objects stay on the contributor's own node and
+    each fetch crosses the network once; with "shared-node" the contributor first uploads both to a
+    storage node. No data moves; on-chain transactions are not counted."""
     init = shards[init_name]
     trained = []
     for i, name in enumerate(contributors):
@@ -281,6 +305,7 @@ def _ship_verify_fuse(trained: Sequence[tuple[str, tuple[int, ...], FeatureModel
     parties = {name: PartyBytes(party=name, sent=0, received=0) for name, _, _ in trained}
     verifier = PartyBytes(party="verifier", sent=0, received=0)
     initiator = PartyBytes(party="initiator", sent=0, received=0)
+    served: dict[str, int] = {}
     accepted, labels, verified = [], [], []
     for name, labs, model in trained:
         state, sizes = ship(model.state_dict(), precision)
@@ -289,17 +314,25 @@ def _ship_verify_fuse(trained: Sequence[tuple[str, tuple[int, ...], FeatureModel
         received.eval()
         parties[name].sent += sizes["body"] + sizes["head"]
         verifier.received += sizes["body"] + sizes["head"]
+        served[name] = sizes["body"] + sizes["head"]
         if evaluate(received, init.verify, labs) >= cfg.verify_threshold:
             initiator.received += sizes["body"]
+            served[name] += sizes["body"]
             accepted.append(received)
             labels.append(labs)
             verified.append(name)
+    uploads = sum(p.sent for p in parties.values())          # to a shared storage node
+    own_node = verifier.received + initiator.received        # pulled from the contributors' nodes
+    if cfg.cs3_storage == "own-node":                       # a contributor sends what its readers fetch
+        for p in parties.values():
+            p.sent = served[p.party]
     rows = [*parties.values(), verifier, initiator]
-    total = sum(p.sent + p.received for p in rows)
     acc = float("nan")
     if accepted:
         acc = evaluate(fuse(accepted, init.train, init.verify, "II", cfg.fusion, labels=labels), test)
-    return OursVariant(precision=precision, accuracy=acc, bytes_total=total, parties=rows, verified=verified)
+    return OursVariant(precision=precision, accuracy=acc, parties=rows, verified=verified, storage=cfg.cs3_storage,
+                       bytes_total=own_node if cfg.cs3_storage == "own-node" else uploads + own_node,
+                       bytes_own_node=own_node, bytes_shared_node=uploads + own_node)
 
 
 def _fedavg_parties(names: Sequence[str], rounds: int, model_bytes: int) -> list[PartyBytes]:
@@ -307,6 +340,13 @@ def _fedavg_parties(names: Sequence[str], rounds: int, model_bytes: int) -> list
     per_client = rounds * model_bytes
     clients = [PartyBytes(party=n, sent=per_client, received=per_client) for n in names]
     return [*clients, PartyBytes(party="server", sent=per_client * len(names), received=per_client * len(names))]
+
+
+def _fedavg_runs(cfg: CaseStudyConfig) -> list[Precision]:
+    """The float32 headline first, then each further FedAvg precision asked for."""
+    out: list[Precision] = ["fp32"]
+    out += [p for p in cfg.fedavg_precisions if p not in out]
+    return out
 
 
 def run_case_study_3(cfg: CaseStudyConfig) -> CaseStudy3Result:
@@ -326,14 +366,19 @@ def run_case_study_3(cfg: CaseStudyConfig) -> CaseStudy3Result:
     for title, shards in scenarios.items():
         variants = _our_paradigm(shards, "verifiers", names[1:], cfg, test)
         head = next(v for v in variants if v.precision == cfg.transport_precision)
-        _, fed = run_fedavg(cfg.fedavg_arch, [shards[n].train for n in names], cfg.fedavg_rounds,
-                            cfg.fedavg_local_epochs, test, lr=cfg.contributor_lr, seed=cfg.seed)
+        feds = [run_fedavg(cfg.fedavg_arch, [shards[n].train for n in names], cfg.fedavg_rounds,
+                           cfg.fedavg_local_epochs, test, lr=cfg.contributor_lr, seed=cfg.seed, precision=p)[1]
+                for p in _fedavg_runs(cfg)]
+        fed = feds[0]
         rows.append(ScenarioResult(name=title, ours_accuracy=head.accuracy, ours_bytes=head.bytes_total,
                                    ours_verified=head.verified, ours=variants,
                                    fedavg_accuracy=fed.accuracy, fedavg_bytes=fed.bytes_total,
                                    fedavg_round_accuracy=fed.round_accuracy,
                                    fedavg_parties=_fedavg_parties(["initiator (client)", *names[1:]],
-                                                                  cfg.fedavg_rounds, model_bytes)))
+                                                                  cfg.fedavg_rounds, model_bytes),
+                                   fedavg=[FedAvgVariant(precision=f.precision, accuracy=f.accuracy,
+                                                         bytes_total=f.bytes_total, round_accuracy=f.round_accuracy)
+                                           for f in feds]))
     return CaseStudy3Result(scenarios=rows, model_bytes=model_bytes, seconds=time.perf_counter() - t0)
 
 

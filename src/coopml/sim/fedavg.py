@@ -3,8 +3,10 @@
 Every round the server sends the global weights to all clients (the paper's Case Study III
 ignores client sampling), each client trains `local_epochs` epochs on its own data with Adam,
 and the server replaces the global weights by the average weighted by client sample counts:
-w <- sum_k n_k / n * w_k. Communication is counted as the serialized (safetensors, float32)
-size of the state dict each way.
+w <- sum_k n_k / n * w_k. Communication is counted as the serialized (safetensors) size of the
+state dict each way: float32 by default, or encoded at `precision` (sim.transport, the same
+encodings Case Study III offers our paradigm), in which case the clients train from, and the
+server averages, exactly the weights received.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from coopml.data.datasets import Dataset
 from coopml.errors import CoopmlError
 from coopml.models import build_model, evaluate
 from coopml.models.architectures import FeatureModel
-from coopml.sim.transport import state_bytes
+from coopml.sim.transport import Precision, decode_state, encode_state, state_bytes
 
 State = Mapping[str, torch.Tensor]
 __all__ = ["FedAvgResult", "fedavg_aggregate", "local_train", "run_fedavg", "state_bytes"]
@@ -63,6 +65,7 @@ class FedAvgResult:
     accuracy: float                  # global model on the evaluation set after the last round
     bytes_down: int                  # server -> clients, all rounds
     bytes_up: int                    # clients -> server, all rounds
+    precision: str = "fp32"          # how weights travelled both ways
     round_accuracy: list[float] = field(default_factory=list)
 
     @property
@@ -71,23 +74,25 @@ class FedAvgResult:
 
 
 def run_fedavg(arch: str, clients: Sequence[Dataset], rounds: int, local_epochs: int, test: Dataset,
-               lr: float = 1e-3, batch_size: int = 50, seed: int = 0) -> tuple[FeatureModel, FedAvgResult]:
+               lr: float = 1e-3, batch_size: int = 50, seed: int = 0, precision: Precision = "fp32",
+               ) -> tuple[FeatureModel, FedAvgResult]:
     """Run FedAvg from one shared random initialisation; return the global model and the tally."""
     global_model = build_model(arch, seed)
     weights = [float(len(c)) for c in clients]
-    result = FedAvgResult(0.0, 0, 0)
+    result = FedAvgResult(0.0, 0, 0, precision=precision)
     for r in range(rounds):
-        global_state = {k: v.clone() for k, v in global_model.state_dict().items()}
-        size = state_bytes(global_state)
+        sent = encode_state(global_model.state_dict(), precision)
+        size = state_bytes(sent)
+        global_state = decode_state(sent)            # what every client receives
         states = []
         for k, data in enumerate(clients):
             result.bytes_down += size
             local = build_model(arch)
             local.load_state_dict(global_state)
             local_train(local, data, local_epochs, lr, batch_size, seed=seed * 1000 + r * 10 + k)
-            state = local.state_dict()
-            result.bytes_up += state_bytes(state)
-            states.append(state)
+            up = encode_state(local.state_dict(), precision)
+            result.bytes_up += state_bytes(up)
+            states.append(decode_state(up))          # what the server receives
         global_model.load_state_dict(fedavg_aggregate(states, weights))
         result.round_accuracy.append(evaluate(global_model, test))
     result.accuracy = result.round_accuracy[-1] if result.round_accuracy else evaluate(global_model, test)
