@@ -166,7 +166,8 @@ def limit_ckks(slots: int) -> None:
                 finally:
                     held.depth = 0
         return call
-    for name in ("check_evaluable", "offer_params", "encrypt_queries", "evaluate_encrypted", "decrypt_scores"):
+    for name in ("check_evaluable", "offer_params", "compile_scores", "encrypt_queries", "evaluate_encrypted",
+                 "decrypt_scores"):
         setattr(evaluation, name, limited(getattr(evaluation, name)))
 
 

@@ -72,6 +72,7 @@ def test_value_test_rejects_a_permuted_copy_and_buys_new_classes(tmp_path):
 def assert_poison_recorded(workdir, nodes: list[str]) -> None:
     """Every message each node received ended with a recorded decision."""
     from coopml.roles.agent import InboxMessage
+    from coopml.roles.messages import MessageKind
     from coopml.roles.state import AgentState
     for node in nodes:
         st = AgentState(workdir / node / "state.sqlite")
@@ -80,7 +81,8 @@ def assert_poison_recorded(workdir, nodes: list[str]) -> None:
         ignored = [d for d in st.decisions("inbox:").values() if d.outcome.value in ("ignored", "rejected")]
         st.close()
         assert inbox and not undecided, (node, len(inbox), undecided[:3])
-        assert len(ignored) >= 16, (node, len(ignored))
+        # SpammingVerifier sends every message kind at least once to each node (and more per model)
+        assert len(ignored) >= len(MessageKind), (node, len(ignored))
 
 
 @pytest.mark.timeout(1800)

@@ -56,6 +56,7 @@ class Contributor(Agent):
         self.log.task = cfg.task_id
         self._view: TaskView | None = None
         self._record: ModelRecord | None = None
+        self._ckks_plan: Any = None             # the committed model compiled for CKKS (see _scores_plan)
 
     # ------------------------------------------------------------------ hooks (sim overrides these)
 
@@ -256,7 +257,7 @@ class Contributor(Agent):
                 params = self.state.get("offer_params")
                 if params is None:
                     params = evaluation.offer_params(self.scoring_model(self.record()),
-                                                     tuple(view.manifest.input.shape))
+                                                     tuple(view.manifest.input.shape), self._scores_plan(view))
                     self.state.set("offer_params", params)
                 cid = self.store.put(messages.encode(EvalOffer(task_id=self.task_id, model_id=mid, params=params)))
                 self.client.post_message(self.task_id, mid, v, int(MessageKind.EVAL_OFFER), cid)
@@ -289,7 +290,8 @@ class Contributor(Agent):
             return Decision(outcome=Outcome.REJECTED, reason=f"{header.n_queries} queries exceed the task's maximum")
         ctx, batch = self.fetch(header.context_cid), self.fetch(header.batch_cid)
         outputs, n = evaluation.evaluate_encrypted(self.scoring_model(self.record()), tuple(view.manifest.input.shape),
-                                                   ctx, batch, view.manifest.verification.max_queries)
+                                                   ctx, batch, view.manifest.verification.max_queries,
+                                                   self._scores_plan(view))
         reply = EvalResponse(task_id=self.task_id, model_id=mid, request_cid=req.cid, n_queries=n,
                              labels=self.record().labels)
         cid = self.store.put(messages.encode(reply, (outputs,)))
@@ -316,6 +318,13 @@ class Contributor(Agent):
             self.handle(item, send, model=mid, deadline=m.verify_deadline)
             acted = True
         return acted
+
+    def _scores_plan(self, view: TaskView) -> Any:
+        """The committed model compiled for CKKS, once (the offer and every verifier's request use it)."""
+        if self._ckks_plan is None:
+            self._ckks_plan = evaluation.compile_scores(self.scoring_model(self.record()),
+                                                        tuple(view.manifest.input.shape))
+        return self._ckks_plan
 
     def _ivhe_encrypt(self, view: TaskView, model: torch.nn.Module) -> bytes:
         ver = view.manifest.verification

@@ -85,17 +85,25 @@ class ScoresOnly(torch.nn.Module):
         return self.body(x)
 
 
-def offer_params(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+def compile_scores(model: torch.nn.Module, input_shape: tuple[int, ...]) -> Any:
+    """Contributor: its model (class scores only) compiled for CKKS — the costly step (seconds, ~1 GB
+    peak for Table IV); compile once per model and pass the plan to `offer_params` and
+    `evaluate_encrypted`. Raises UnsupportedLayerError naming the first layer CKKS cannot evaluate."""
+    from coopml.he import ckks
+    return ckks.compile_model(ScoresOnly(model), input_shape)
+
+
+def offer_params(model: torch.nn.Module, input_shape: tuple[int, ...], plan: Any = None) -> dict[str, Any]:
     """Contributor: the smallest 128-bit-secure CKKS parameters that evaluate its model (public).
     Raises UnsupportedLayerError naming the first layer CKKS cannot evaluate."""
     from coopml.he import ckks
-    params = ckks.params_for(ckks.compile_model(ScoresOnly(model), input_shape))
+    params = ckks.params_for(plan if plan is not None else compile_scores(model, input_shape))
     return params.model_dump(mode="json")
 
 
 def check_evaluable(model: torch.nn.Module, input_shape: tuple[int, ...], max_degree: int = MAX_POLY_DEGREE) -> None:
     """Raise (naming the layer) if CKKS cannot evaluate this model, or only with a ring larger than the
-    task's verifiers accept; cheap, run before any payment."""
+    task's verifiers accept; run before any payment (one compilation: seconds, not minutes)."""
     degree = int(offer_params(model, input_shape)["poly_modulus_degree"])
     if degree > max_degree:
         raise EvaluationError(f"the model needs CKKS ring degree {degree}; this task's verifiers accept at most "
@@ -136,13 +144,15 @@ def decrypt_scores(secret: bytes, outputs: bytes, n_queries: int, num_classes: i
 
 
 def evaluate_encrypted(model: torch.nn.Module, input_shape: tuple[int, ...], public_context: bytes,
-                       batch: bytes, max_queries: int) -> tuple[bytes, int]:
-    """Contributor: evaluate its own model on a verifier's encrypted images; (outputs, n)."""
+                       batch: bytes, max_queries: int, plan: Any = None) -> tuple[bytes, int]:
+    """Contributor: evaluate its own model on a verifier's encrypted images; (outputs, n). `plan`:
+    the model's `compile_scores` (compiled here if not given)."""
     from coopml.he import ckks
     enc = ckks.EncryptedBatch.from_bytes(batch, public_context)
     if enc.count > max_queries:
         raise EvaluationError(f"request holds {enc.count} images, more than the task's max_queries={max_queries}")
-    plan = ckks.compile_model(ScoresOnly(model), input_shape)
+    if plan is None:
+        plan = compile_scores(model, input_shape)
     return ckks.evaluate(plan, enc).to_bytes(), enc.count
 
 

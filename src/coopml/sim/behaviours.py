@@ -186,9 +186,12 @@ class SpammingVerifier(Verifier):
                 continue
             valid = messages.encode(EvalOffer(task_id=self.task_id, model_id=mid + 1000,
                                               params={"poly_modulus_degree": 2048}))
-            for i, blob in enumerate([os.urandom(64), valid[:-3], b"CMLM" + bytes([1, 99]) + b"\xff" * 20, valid]):
-                for kind in MessageKind:
-                    self.client.post_message(self.task_id, mid, to, int(kind), self.store.put(blob + bytes([i, kind])))
+            blobs = [os.urandom(64), valid[:-3], b"CMLM" + bytes([1, 99]) + b"\xff" * 20, valid]
+            # every kind once, the four kinds of garbage in turn (each on two kinds): every message is a
+            # transaction, i.e. chain time, and a flood must not by itself run the verify window out
+            for k, kind in enumerate(MessageKind):
+                i = k % len(blobs)
+                self.client.post_message(self.task_id, mid, to, int(kind), self.store.put(blobs[i] + bytes([i, kind])))
             self.state.set(key, True)
             acted = True
         return acted
