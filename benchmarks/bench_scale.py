@@ -176,7 +176,7 @@ def run_threads(plan: Any, workdir: Path, timeout: float) -> dict[str, Any]:
     from coopml.chain.processes import start_anvil
     from coopml.errors import CoopmlError
     from coopml.roles.log import LogEvent
-    from coopml.sim.lifecycle import prepare, read_outcome, skip_used_windows
+    from coopml.sim.lifecycle import checked_by_initiator, prepare, read_outcome, skip_used_windows
 
     workdir.mkdir(parents=True, exist_ok=True)
     records: list[tuple[str, Any]] = []
@@ -227,8 +227,7 @@ def run_threads(plan: Any, workdir: Path, timeout: float) -> dict[str, Any]:
             if all(not r.thread.is_alive() for r in runs.values() if r.thread):
                 break
             with lock:
-                checked = {r.model for n, r in records if n == "initiator" and r.model is not None
-                           and r.event in (LogEvent.MODEL_RECEIVED, LogEvent.DISPUTED)}
+                checked = checked_by_initiator(records)
             skip_used_windows(chain, coop, task_id, checked, settled)
             time.sleep(0.25)
         wall = time.monotonic() - t0

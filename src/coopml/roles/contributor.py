@@ -13,6 +13,7 @@ without a single `if behaviour == ...` here.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -301,19 +302,24 @@ class Contributor(Agent):
 
     def _send_keys(self, mid: int, m: Any) -> bool:
         """Plaintext mode: the envelope key to each drawn verifier, sealed to its box key."""
-        acted = False
         key = self.read_secret("model_key")
         assert key is not None
+        return self._seal_to_drawn(mid, m, MessageKind.MODEL_KEY, "model-key", lambda: messages.encode(
+            ModelKey(task_id=self.task_id, model_id=mid, key=key.hex())))
+
+    def _seal_to_drawn(self, mid: int, m: Any, kind: MessageKind, label: str, body: Callable[[], bytes]) -> bool:
+        """Once to each drawn verifier whose box key is known: `body()` sealed to that key (context
+        `label:mid`), announced as `kind`. One recorded item per verifier: a restart never re-sends."""
+        acted = False
         for verifier in self.client.selected_verifiers(mid):
-            item = f"model-key:{mid}:{verifier}"
+            item = f"{label}:{mid}:{verifier}"
             box = self.state.fact("box", verifier, BoxFact)
             if box is None or self.state.decision(item) is not None:
                 continue
 
             def send(v: str = verifier, b: BoxFact = box) -> Decision:
-                body = messages.encode(ModelKey(task_id=self.task_id, model_id=mid, key=key.hex()))
-                cid = self.store.put(seal(bytes.fromhex(b.box_key), body, f"model-key:{mid}".encode()))
-                self.client.post_message(self.task_id, mid, v, int(MessageKind.MODEL_KEY), cid)
+                cid = self.store.put(seal(bytes.fromhex(b.box_key), body(), f"{label}:{mid}".encode()))
+                self.client.post_message(self.task_id, mid, v, int(kind), cid)
                 return Decision(outcome=Outcome.DONE)
             self.handle(item, send, model=mid, deadline=m.verify_deadline)
             acted = True
@@ -337,26 +343,13 @@ class Contributor(Agent):
         """ivhe-insecure mode (the paper's flow): the model, first layer encrypted under the initiator's
         IVHE key, to each drawn verifier, sealed to its box key (never readable by the initiator from
         the store: it holds the IVHE secret key)."""
-        acted = False
-        for verifier in self.client.selected_verifiers(mid):
-            item = f"ivhe-model:{mid}:{verifier}"
-            box = self.state.fact("box", verifier, BoxFact)
-            if box is None or self.state.decision(item) is not None:
-                continue
-
-            def send(v: str = verifier, b: BoxFact = box) -> Decision:
-                blob = self.read_secret("ivhe_model")
-                if blob is None:
-                    blob = self._ivhe_encrypt(view, self.scoring_model(self.record()))
-                    self.write_secret("ivhe_model", blob)
-                body = messages.encode(IvheModel(task_id=self.task_id, model_id=mid, labels=self.record().labels),
-                                       (blob,))
-                cid = self.store.put(seal(bytes.fromhex(b.box_key), body, f"ivhe-model:{mid}".encode()))
-                self.client.post_message(self.task_id, mid, v, int(MessageKind.IVHE_MODEL), cid)
-                return Decision(outcome=Outcome.DONE)
-            self.handle(item, send, model=mid, deadline=m.verify_deadline)
-            acted = True
-        return acted
+        def body() -> bytes:
+            blob = self.read_secret("ivhe_model")
+            if blob is None:
+                blob = self._ivhe_encrypt(view, self.scoring_model(self.record()))
+                self.write_secret("ivhe_model", blob)
+            return messages.encode(IvheModel(task_id=self.task_id, model_id=mid, labels=self.record().labels), (blob,))
+        return self._seal_to_drawn(mid, m, MessageKind.IVHE_MODEL, "ivhe-model", body)
 
     # ------------------------------------------------------------------ the end
 

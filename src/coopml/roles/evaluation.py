@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from coopml.errors import CoopmlError
+from coopml.errors import CoopmlError, HEError
 
 
 class EvaluationError(CoopmlError):
@@ -211,7 +211,6 @@ def ivhe_encrypt_model(model: torch.nn.Module, input_shape: tuple[int, ...], pub
                        q: int) -> bytes:
     """Contributor: its model (class scores only) with the first layer encrypted under the task's key.
     Raises EvaluationError naming what IVHE cannot evaluate (checked before paying)."""
-    from coopml.errors import HEError
     from coopml.he import encrypt_model, to_bytes
     try:
         enc = encrypt_model(_ivhe_public_key(public_key), ScoresOnly(model), p, q, "element-wise",
@@ -221,7 +220,9 @@ def ivhe_encrypt_model(model: torch.nn.Module, input_shape: tuple[int, ...], pub
     return to_bytes(enc)
 
 
-def _ivhe_model(blob: bytes, input_shape: tuple[int, ...], key_id: str) -> Any:
+def _ivhe_model(blob: bytes, input_shape: tuple[int, ...], key_id: str | None = None) -> Any:
+    """An encrypted model this mode can evaluate: well-formed, element-wise, the task's input shape
+    and (if `key_id`) encrypted under the task's key; EvaluationError otherwise."""
     from coopml.he import EncryptedModel, HEFormatError, check_model, from_bytes
     try:
         enc = from_bytes(blob, "encrypted-model", where="IVHE model")
@@ -233,14 +234,13 @@ def _ivhe_model(blob: bytes, input_shape: tuple[int, ...], key_id: str) -> Any:
         raise EvaluationError(f"IVHE model uses strategy {enc.strategy!r}; this mode takes element-wise")
     if tuple(enc.input_shape) != tuple(input_shape):
         raise EvaluationError(f"IVHE model takes inputs {enc.input_shape}, the task's are {tuple(input_shape)}")
-    if enc.key_id != key_id:
+    if key_id is not None and enc.key_id != key_id:
         raise EvaluationError("IVHE model is not encrypted under the task's public key")
     return enc
 
 
 def ivhe_evaluate(model_blob: bytes, public_key: bytes, input_shape: tuple[int, ...], x: np.ndarray) -> bytes:
     """Verifier: the encrypted model on its own (plaintext) query images; the output ciphertext."""
-    from coopml.errors import HEError
     from coopml.he import PairOutputs, encrypted_infer, scale_inputs, to_bytes
     enc = _ivhe_model(model_blob, input_shape, _ivhe_public_key(public_key).key_id)
     try:
@@ -256,7 +256,6 @@ def ivhe_decrypt(secret_key: bytes, ciphertext: bytes, max_rows: int) -> bytes:
     """Initiator: THE DECRYPTION ORACLE of the paper's design — decrypts any well-formed ciphertext
     under its key of at most `max_rows` rows and MAX_IVHE_OUTPUTS words (it cannot tell a ciphertext
     of outputs from one of weights). Returns the words as an int64 .npy."""
-    from coopml.errors import HEError
     from coopml.he import Ciphertext, HEFormatError, SecretKey, decrypt, from_bytes
     sk = from_bytes(secret_key, "secret-key")
     assert isinstance(sk, SecretKey)
@@ -282,14 +281,11 @@ def ivhe_scores(model_blob: bytes, input_shape: tuple[int, ...], plain: bytes, n
                 num_classes: int) -> np.ndarray:
     """Verifier: class scores (N, classes) from the initiator's decrypted words (finishing a nonlinear
     network on plaintext integers, as the paper's verifier does)."""
-    from coopml.errors import HEError
-    from coopml.he import EncryptedModel, HEFormatError, check_model, finish_outputs, from_bytes
+    from coopml.he import finish_outputs
+    enc = _ivhe_model(model_blob, input_shape)
     try:
-        enc = from_bytes(model_blob, "encrypted-model", where="IVHE model")
-        assert isinstance(enc, EncryptedModel)
-        check_model(enc, "IVHE model")
         words = np.load(io.BytesIO(plain), allow_pickle=False)
-    except (HEFormatError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         raise EvaluationError(f"decrypted outputs are not readable: {exc}") from None
     if not isinstance(words, np.ndarray) or words.dtype != np.int64 or words.ndim < 2 or len(words) != n_queries:
         shape = getattr(words, "shape", None)

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +48,7 @@ from coopml.chain import (
 )
 from coopml.data import TABLE_III
 from coopml.errors import CoopmlError
-from coopml.roles.log import LogRecord, parse_record
+from coopml.roles.log import LogEvent, LogRecord, parse_record
 from coopml.sim import slots
 from coopml.task import TaskManifest, builtin_manifest
 
@@ -328,6 +328,13 @@ def fast_forward(chain: Chain, coop: TaskClient, task_id: int) -> bool:
     return True
 
 
+def checked_by_initiator(records: Iterable[tuple[str, LogRecord]]) -> set[int]:
+    """Models the initiator has checked after delivery (received, or disputed): the `checked` that
+    `skip_used_windows` takes, from the (node name, record) log every runner collects."""
+    return {r.model for n, r in records if n == "initiator" and r.model is not None
+            and r.event in (LogEvent.MODEL_RECEIVED, LogEvent.DISPUTED)}
+
+
 def skip_used_windows(chain: Chain, coop: TaskClient, task_id: int, checked: set[int],
                       settled: set[int] | None = None) -> bool:
     """Dev-chain shortcut: move the clock past windows nobody has anything left to do in — a
@@ -468,7 +475,6 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
     `event` (once), then start it again with the same config: it must resume from chain state.
     `timeout` only guards the test harness; the nodes themselves follow the chain's deadlines."""
     from coopml.chain.processes import start_anvil, start_embedded_node
-    from coopml.roles.log import LogEvent
 
     t0 = time.monotonic()
     workdir = Path(workdir)
@@ -542,8 +548,7 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
             if all(p.popen.poll() == 0 for p in procs.values()):
                 break
             with lock:
-                checked = {r.model for n, r in records if n == "initiator" and r.model is not None
-                           and r.event in (LogEvent.MODEL_RECEIVED, LogEvent.DISPUTED)}
+                checked = checked_by_initiator(records)
             skip_used_windows(chain, coop, task_id, checked, settled)
             time.sleep(0.25)
         summaries = {}

@@ -209,6 +209,7 @@ class Driver:
         from coopml.chain import deploy
         from coopml.sim.lifecycle import (
             LifecyclePlan,
+            checked_by_initiator,
             prepare,
             read_outcome,
             skip_used_windows,
@@ -251,8 +252,7 @@ class Driver:
             if spec.shortcuts:
                 try:
                     with self.lock:
-                        checked = {r.model for n, r in self.records if n == "initiator" and r.model is not None
-                                   and r.event in (LogEvent.MODEL_RECEIVED, LogEvent.DISPUTED)}
+                        checked = checked_by_initiator(self.records)
                     skip_used_windows(chain, coop, task_id, checked)
                 except (CoopmlError, OSError) as exc:   # the operator's own link may be busy: try again
                     self.note("driver", {"event": "retry", "error": str(exc)[:200]})
