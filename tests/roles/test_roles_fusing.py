@@ -117,3 +117,26 @@ def test_export_needs_only_the_metamodel_file(setup, tmp_path):
     assert r.exit_code == 2 and "--config" in r.output
     with pytest.raises(ExportError, match="no MetaModel yet"):
         rebuild_metamodel(tmp_path / "missing.safetensors")
+
+
+def test_a_cancelled_refit_keeps_its_models_queued_and_one_refit_covers_the_batch(setup, tmp_path):
+    """The initiator stops a running refit when another model is bought meanwhile: nothing of the
+    cancelled fit is kept but the members' cached features, and the next fit covers both."""
+    from coopml.fusion import FusionCancelled
+
+    cfg, manifest = setup
+    fusion = InitiatorFusion(cfg.model_copy(update={"workdir": tmp_path}), manifest, tmp_path)
+    fusion.add(5, build_model("table4", 0), [0, 1, 2, 3, 4])
+    calls = []
+
+    def stop_during_the_fit() -> bool:     # let the features finish, stop in the fit's first epoch
+        calls.append(1)
+        return len(calls) > 3
+    with pytest.raises(FusionCancelled):
+        fusion.fit(stop_during_the_fit)
+    assert fusion.known(5) and fusion.fused_ids() == set() and not fusion.path.exists()
+    assert len(fusion.fuser.pending) == 1 and fusion.fuser.pending[0] in fusion.fuser.cache
+    fusion.add(7, build_model("table4", 1), [5, 6, 7, 8, 9])
+    both = fusion.fit()
+    assert both["members"] == [5, 7] and both["warm_start"] is False and fusion.path.is_file()
+    assert len(fusion.fuser.history) == 1

@@ -16,6 +16,7 @@ otherwise (missing, damaged, another task) every bought model is fused again fro
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,18 +122,19 @@ class InitiatorFusion:
         self._queued.add(model_id)
         self._ids[id(queued)] = model_id
 
-    def fit(self) -> dict[str, Any]:
+    def fit(self, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """One refit over everything queued (none if nothing new is usable); writes the MetaModel
         file; a JSON-able summary. A model whose features fail (shape, NaN, its own error) is
-        listed under `rejected` with the reason and left out."""
+        listed under `rejected` with the reason and left out. `should_stop()` turning true raises
+        FusionCancelled: queued models stay queued, features already computed stay cached."""
         t0 = time.perf_counter()
         before = len(self.fuser.rejected)
-        feature_seconds = self.fuser.prepare()
+        feature_seconds = self.fuser.prepare(should_stop)
         rejected = {self._ids.get(id(m), -1): why for m, why in self.fuser.rejected[before:]}
         self._queued -= set(rejected)
         out: dict[str, Any] = {"rejected": {str(k): v[:300] for k, v in rejected.items()}}
         if self.fuser.pending:
-            meta: MetaModel | None = self.fuser.fit()
+            meta: MetaModel | None = self.fuser.fit(should_stop)
             assert meta is not None
             save_metamodel(meta, self.path)
             timing = self.fuser.history[-1]
@@ -174,7 +176,8 @@ def open_metamodel(path: str | Path, manifest: TaskManifest | None = None) -> Me
 
 
 def fuse_members(cfg: InitiatorConfig, view: TaskView, members: list[Bought], keys: dict[int, bytes], store: Store,
-                 contract: str, workdir: Path, fusion: InitiatorFusion | None = None) -> dict[str, Any]:
+                 contract: str, workdir: Path, fusion: InitiatorFusion | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Open each bought model not yet in `fusion` from the store (checked against its on-chain
     envelope hash), queue it and refit; `fusion` None: a fresh one (resumed from the file)."""
     from coopml.roles.verifier import open_committed
@@ -187,4 +190,4 @@ def fuse_members(cfg: InitiatorConfig, view: TaskView, members: list[Bought], ke
         hdr, body = open_committed(store.get(b.cid), keys[b.model_id], bytes.fromhex(b.envelope_hash), contract,
                                    view.info.task_id)
         fusion.add(b.model_id, load_delivered(hdr, body, spec), list(b.labels))
-    return fusion.fit()
+    return fusion.fit(should_stop)

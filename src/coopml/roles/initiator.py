@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ import torch
 
 from coopml.chain import ChainEvent, ModelStatus, TaskTerms, key_commitment
 from coopml.errors import ContractRevert, CoopmlError, DataError, ModelFileError
+from coopml.fusion import FusionCancelled
 from coopml.roles import evaluation, messages, package
 from coopml.roles.agent import Agent, AgentStopped, InboxMessage
 from coopml.roles.config import InitiatorConfig
@@ -70,6 +73,8 @@ class Initiator(Agent):
         self.box = BoxKeyPair.from_bytes(box)
         self._view: TaskView | None = None
         self._fusion: InitiatorFusion | None = None     # created on the fusion job's thread
+        self._fusing: set[int] = set()                  # the models the running fusion job covers
+        self._fuse_cancel = threading.Event()           # set: that job stops and a new one covers all
         self.log.task = self.task_id
 
     # ------------------------------------------------------------------ task
@@ -364,6 +369,9 @@ class Initiator(Agent):
             history = self.state.get("fusion_history", [])
             try:
                 result = done.result()
+            except FusionCancelled:                  # newer arrivals: one refit covers them all
+                self.state.attempts("fusion").next_at = 0.0
+                return self._collect_fusion()
             except self._transient as exc:          # the store was briefly unreachable: try again later
                 self.log(LogEvent.RETRY, item="fusion", error=f"{type(exc).__name__}: {exc}"[:300])
                 return False
@@ -389,14 +397,22 @@ class Initiator(Agent):
                            f"({result.get('seconds', 0):.1f} s)")
             return True
         pending = [b for b in self.state.facts("bought", Bought).values() if not b.fused]
+        if self.jobs.running("fuse"):
+            # a model bought while a refit runs would wait for it and then need its own refit: stop
+            # this one instead (features already computed stay cached) and refit once for all
+            if any(b.model_id not in self._fusing for b in pending):
+                self._fuse_cancel.set()
+            return False
         retry = self.state.attempts("fusion")
-        if pending and not self.jobs.running("fuse") and time.monotonic() >= retry.next_at:
+        if pending and time.monotonic() >= retry.next_at:
             retry.next_at = time.monotonic() + 5.0
             members = sorted(self.state.facts("bought", Bought).values(), key=lambda b: b.model_id)
-            self.jobs.submit("fuse", lambda: self._fuse(members))
+            self._fusing = {b.model_id for b in members}
+            self._fuse_cancel = cancel = threading.Event()
+            self.jobs.submit("fuse", lambda: self._fuse(members, cancel.is_set))
         return False
 
-    def _fuse(self, members: list[Bought]) -> dict[str, Any]:
+    def _fuse(self, members: list[Bought], should_stop: Callable[[], bool]) -> dict[str, Any]:
         """On the job thread: queue the bought models the fuser lacks and refit (incremental: each
         new model costs its features once plus a warm-started refit of the fusion network)."""
         from coopml.roles.fusing import InitiatorFusion, fuse_members
@@ -407,7 +423,7 @@ class Initiator(Agent):
                          reason=f"not resuming from the MetaModel file: {self._fusion.resume_refused}"[:400])
         keys = {b.model_id: self.read_secret(f"model_key_{b.model_id}") or b"" for b in members}
         return fuse_members(self.cfg, self.view, members, keys, self.store, self.client.address, self.workdir,
-                            self._fusion)
+                            self._fusion, should_stop)
 
     # ------------------------------------------------------------------ closing
 

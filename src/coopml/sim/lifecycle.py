@@ -5,9 +5,9 @@ node's data as a pinned file, a task manifest, one JSON config per node (no keys
 and then runs them:
 - `run_in_process`: every agent in this process on one embedded EVM, stepped round-robin (fast;
   used by tests of protocol outcomes); agents get their dependencies directly;
-- `run_processes`: every agent its own OS process (`coopml initiator|contributor|verifier`)
-  against a chain node (anvil by default, or the embedded node) and a store on 127.0.0.1 (the
-  demo; used by the kill -9 test).
+- `run_processes`: every agent its own OS process (`coopml initiator|contributor|verifier`,
+  forked from a preloaded image: `coopml.sim.launcher`) against a chain node (anvil by default,
+  or the embedded node) and a store on 127.0.0.1 (the demo; used by the kill -9 test).
 Misbehaving nodes are different agent classes (coopml.sim.behaviours), named by import path.
 
 Dev-chain shortcuts, two, both on the clock only (nodes still act only on what the chain says):
@@ -24,9 +24,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -48,7 +45,7 @@ from coopml.chain import (
 )
 from coopml.data import TABLE_III
 from coopml.errors import CoopmlError
-from coopml.roles.log import LogEvent, LogRecord, parse_record
+from coopml.roles.log import LogEvent, LogRecord
 from coopml.sim import slots
 from coopml.task import TaskManifest, builtin_manifest
 
@@ -253,6 +250,7 @@ class LifecycleResult:
     restarts: dict[str, int] = field(default_factory=dict)
     summaries: dict[str, str] = field(default_factory=dict)   # node -> its one human line
     total_burnt_eth: float = 0.0
+    launcher_cpu_seconds: float | None = None   # run_processes: the fork server's shared imports
 
     def by_contributor(self, name: str) -> ModelOutcome:
         return next(m for m in self.models if m.contributor == name)
@@ -442,32 +440,6 @@ def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable[[LogRecord]
 
 # ------------------------------------------------------------------------------ processes
 
-@dataclass
-class _Proc:
-    name: str
-    cmd: list[str]
-    popen: subprocess.Popen[str]
-    log_path: Path
-    restarts: int = 0
-
-
-def _spawn(name: str, cmd: list[str], workdir: Path, on_record: Callable[[str, LogRecord], None]) -> _Proc:
-    log_path = workdir / name / "stderr.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    with open(log_path, "ab") as err:  # the child keeps its own descriptor
-        popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, text=True)
-
-    def pump(p: subprocess.Popen[str] = popen) -> None:
-        assert p.stdout is not None
-        for line in p.stdout:
-            rec = parse_record(line)
-            if rec is not None:
-                on_record(name, rec)
-    threading.Thread(target=pump, daemon=True).start()
-    return _Proc(name, cmd, popen, log_path)
-
-
 def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", "embedded"] = "anvil",
                   storage: Literal["local", "ipfs"] = "local", on_record: Callable[[str, LogRecord], None] | None = None,
                   kill_at: dict[str, str] | None = None, block_time: float = 1.0, timeout: float = 3600) -> LifecycleResult:
@@ -475,8 +447,10 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
     `event` (once), then start it again with the same config: it must resume from chain state.
     `timeout` only guards the test harness; the nodes themselves follow the chain's deadlines."""
     from coopml.chain.processes import start_anvil, start_embedded_node
+    from coopml.sim.launcher import AgentProcess, launcher_cpu_seconds, start_agent, warm_up
 
     t0 = time.monotonic()
+    warm_up()   # the nodes' shared imports load while the chain node starts and the task is prepared
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     kill_at = dict(kill_at or {})
@@ -494,7 +468,7 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
 
     node = start_anvil(block_time=block_time) if backend == "anvil" else start_embedded_node(block_time=block_time)
     daemon = None
-    procs: dict[str, _Proc] = {}
+    procs: dict[str, AgentProcess] = {}
     try:
         if storage == "ipfs":
             from coopml.storage.daemon import start_daemon
@@ -505,18 +479,17 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
         chain = Chain.rpc(node.url)
         coop = deploy(chain, chain.dev_accounts()[0])
         setup = prepare(plan, workdir, chain, coop, node.url, store)
-        exe = [sys.executable, "-m", "coopml.cli.main"]
 
         def command(name: str, task_id: int | None) -> list[str]:
             role = "initiator" if name == "initiator" else name.rstrip("0123456789")
-            cmd = exe + [role, "--config", str(setup.paths[name]), "--agent", setup.agents[name], "--name", name]
+            cmd = [role, "--config", str(setup.paths[name]), "--agent", setup.agents[name], "--name", name]
             return cmd + (["--task-id", str(task_id)] if task_id is not None else [])
 
-        procs["initiator"] = _spawn("initiator", command("initiator", None), workdir, record)
+        procs["initiator"] = start_agent("initiator", command("initiator", None), workdir / "initiator", record)
         task_id = None
         while task_id is None:
-            if procs["initiator"].popen.poll() not in (None, 0):
-                raise CoopmlError(f"initiator exited: {procs['initiator'].log_path.read_text()[-1500:]}")
+            if procs["initiator"].poll() not in (None, 0):
+                raise CoopmlError(f"initiator exited: {procs['initiator'].stderr_tail()}")
             if time.monotonic() - t0 > 300:
                 raise CoopmlError("the initiator did not publish a task within 300 s")
             with lock:
@@ -524,7 +497,7 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
             time.sleep(0.1)
         for name in setup.agents:
             if name != "initiator":
-                procs[name] = _spawn(name, command(name, task_id), workdir, record)
+                procs[name] = start_agent(name, command(name, task_id), workdir / name, record)
         seen = 0
         settled: set[int] = set()
         while True:
@@ -536,16 +509,13 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
                 if kill_at.get(name) == rec.event.value:
                     del kill_at[name]
                     p = procs[name]
-                    os.kill(p.popen.pid, signal.SIGKILL)
-                    p.popen.wait()
-                    restarted = _spawn(name, p.cmd, workdir, record)
-                    restarted.restarts = p.restarts + 1
-                    procs[name] = restarted
-            failed = {n: p for n, p in procs.items() if p.popen.poll() not in (None, 0)}
+                    p.kill()    # a real SIGKILL of the node's process
+                    procs[name] = start_agent(name, p.argv, workdir / name, record, restarts=p.restarts + 1)
+            failed = {n: p for n, p in procs.items() if p.poll() not in (None, 0)}
             if failed:
                 n, p = next(iter(failed.items()))
-                raise CoopmlError(f"{n} exited with code {p.popen.returncode}: {p.log_path.read_text()[-1500:]}")
-            if all(p.popen.poll() == 0 for p in procs.values()):
+                raise CoopmlError(f"{n} exited with code {p.poll()}: {p.stderr_tail()}")
+            if all(p.poll() == 0 for p in procs.values()):
                 break
             with lock:
                 checked = checked_by_initiator(records)
@@ -558,12 +528,11 @@ def run_processes(plan: LifecyclePlan, workdir: Path, backend: Literal["anvil", 
                     summaries[n] = r.human
         result = read_outcome(chain, coop, task_id, setup, time.monotonic() - t0, summaries)
         result.restarts = {n: p.restarts for n, p in procs.items() if p.restarts}
+        result.launcher_cpu_seconds = launcher_cpu_seconds()
         return result
     finally:
         for p in procs.values():
-            if p.popen.poll() is None:
-                p.popen.kill()
-                p.popen.wait()
+            p.kill()
         if daemon is not None:
             daemon.stop()
         node.stop()
