@@ -74,3 +74,37 @@ def test_augment_distorts_each_image_but_keeps_the_digit(mnist_train):
     moved = (out - x).abs().flatten(1).sum(1)
     assert moved.min() > 0 and len(set(moved.round(decimals=2).tolist())) > 32   # a different distortion per image
     assert (out.flatten(1).sum(1) / x.flatten(1).sum(1)).sub(1).abs().max() < 0.35   # ink roughly preserved
+
+
+class ViewingCNN(torch.nn.Module):
+    """A user model that `.view`s an activation: cannot run channels-last, must still train."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 28 * 28, 10)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.fc(h.view(h.size(0), -1))
+
+
+def test_training_gives_contiguous_weights_back_and_keeps_models_that_cannot_run_channels_last(mnist_train, tmp_path):
+    from coopml.models import save_model
+    from coopml.models.training import fast_layout
+
+    shard = make_shards(mnist_train, [ShardSpec("a", (0, 1), 100, 100)], seed=0)["a"]
+    x = shard.train.tensors()[0][:2]
+    cnn = build_model("table4", seed=0)
+    with fast_layout(cnn, x):
+        assert cnn.body[2].weight.is_contiguous(memory_format=torch.channels_last)
+        assert not cnn.body[2].weight.is_contiguous()
+    assert all(p.is_contiguous() for p in cnn.parameters())
+    res = train_model(cnn, shard.train, shard.verify, TrainConfig(max_epochs=2, patience=2), labels=(0, 1))
+    assert res.best_val_accuracy > 0.9 and all(p.is_contiguous() for p in cnn.parameters())
+    save_model(cnn, tmp_path / "m.safetensors", [0, 1])   # safetensors refuses non-contiguous tensors
+
+    viewing = ViewingCNN()
+    with fast_layout(viewing, x):
+        assert viewing.conv.weight.is_contiguous()          # left in the default layout
+    train_model(viewing, shard.train, shard.verify, TrainConfig(max_epochs=1, patience=1), labels=(0, 1))
