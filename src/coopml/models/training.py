@@ -56,13 +56,47 @@ def _restrict(logits: torch.Tensor, labels: Sequence[int] | None) -> torch.Tenso
     return logits + mask
 
 
+def _layout(model: torch.nn.Module, fmt: torch.memory_format) -> None:
+    model.to(memory_format=fmt)  # type: ignore[call-overload]  # the stubs lack this documented keyword
+
+
+@contextmanager
+def fast_layout(model: torch.nn.Module, probe: torch.Tensor) -> Iterator[None]:
+    """Run a convolutional model with its 4-d weights in channels-last layout, then give them back
+    contiguous (files need contiguous tensors). Same values, another memory order: oneDNN's NHWC
+    kernels make the Table IV CNN's training 2.3x and its forward pass 1.7x cheaper on one core
+    (NCHW average pooling alone was 30 % of a step). A model that cannot run that way (e.g. it
+    calls `.view` on an activation) is left as it is: `probe`, a couple of its inputs, decides."""
+    use = any(p.dim() == 4 for p in model.parameters())
+    if use:
+        was_training = model.training
+        _layout(model, torch.channels_last)
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(probe)
+        except Exception:  # noqa: BLE001 - any failure just means: keep the default layout
+            use = False
+            _layout(model, torch.contiguous_format)
+        finally:
+            model.train(was_training)
+    try:
+        yield
+    finally:
+        if use:
+            _layout(model, torch.contiguous_format)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, labels: Sequence[int] | None = None,
             batch_size: int = 1000) -> torch.Tensor:
     """Predicted classes; with `labels`, only those classes can be predicted."""
     model.eval()
-    out = [_restrict(model(x[i:i + batch_size]), labels).argmax(1) for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    if len(x) == 0:
+        return torch.empty(0, dtype=torch.long)
+    with fast_layout(model, x[:2]):
+        out = [_restrict(model(x[i:i + batch_size]), labels).argmax(1) for i in range(0, len(x), batch_size)]
+    return torch.cat(out)
 
 
 def evaluate(model: torch.nn.Module, data: Dataset, labels: Sequence[int] | None = None) -> float:
@@ -94,37 +128,6 @@ def check_fits(model: torch.nn.Module, data: Dataset) -> None:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelDefinitionError(f"model returns {got} for {len(x)} inputs; the data has {spec.num_classes} "
                                    f"classes, so logits must be ({len(x)}, {spec.num_classes})")
-
-
-def _layout(model: torch.nn.Module, fmt: torch.memory_format) -> None:
-    model.to(memory_format=fmt)  # type: ignore[call-overload]  # the stubs lack this documented keyword
-
-
-@contextmanager
-def fast_layout(model: torch.nn.Module, probe: torch.Tensor) -> Iterator[None]:
-    """Run a convolutional model with its 4-d weights in channels-last layout, then give them back
-    contiguous (files need contiguous tensors). Same values, another memory order: oneDNN's NHWC
-    kernels make the Table IV CNN's training 2.3x and its forward pass 1.7x cheaper on one core
-    (NCHW average pooling alone was 30 % of a step). A model that cannot run that way (e.g. it
-    calls `.view` on an activation) is left as it is: `probe`, a couple of its inputs, decides."""
-    use = any(p.dim() == 4 for p in model.parameters())
-    if use:
-        was_training = model.training
-        _layout(model, torch.channels_last)
-        try:
-            model.eval()
-            with torch.no_grad():
-                model(probe)
-        except Exception:  # noqa: BLE001 - any failure just means: keep the default layout
-            use = False
-            _layout(model, torch.contiguous_format)
-        finally:
-            model.train(was_training)
-    try:
-        yield
-    finally:
-        if use:
-            _layout(model, torch.contiguous_format)
 
 
 def train_model(model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig | None = None,
