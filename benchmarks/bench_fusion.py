@@ -1,6 +1,6 @@
 """Live-lifecycle fusion cost: refit time per arrival at demo sizes, and the accuracy it buys.
 
-    .venv/bin/python benchmarks/bench_fusion.py [--baseline] [--threads 2]
+    .venv/bin/python benchmarks/bench_fusion.py [--baseline] [--threads 2] [--seeds 0 1 2]
 
 The demo's initiator (the full `sim.lifecycle.table3_plan`: its data slot of 2000 images split
 1000 train + 1000 validation, seed 0) buys three Table IV models trained on the Table III label
@@ -13,6 +13,11 @@ to a `FusionWorker` at once (one refit covers the batch). `--baseline` also time
 initiator did before (a from-scratch `fuse` with `FusionConfig.tuned(max_epochs=40,
 patience=8)` per arrival; minutes).
 
+`--seeds 0 1 2` repeats everything per seed (the initiator's and contributors' data shards, the
+contributors' training and the fusion seed; seed 0 is the single run above) and ends with each
+preset's test accuracy as mean +- sd over the seeds for the 1-, 2- and 3-member MetaModels and the
+three-at-once fit, with the mean seconds. `--member-cache DIR` keeps the trained contributors.
+
 Timings depend on the machine's load: the load average is printed with the figures.
 """
 
@@ -21,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -45,14 +52,30 @@ def initiator_data(seed: int = 0) -> tuple[Dataset, Dataset]:
     return split(node_data("mnist", 0, NODES, None, 2 * N_TRAIN, seed), 0.5, seed=seed)
 
 
-def demo_members(seed: int = 0) -> list[TorchMember]:
+def demo_members(seed: int = 0, cache: Path | None = None) -> list[TorchMember]:
     members = []
     for i, spec in enumerate(TABLE_III):
-        train, val = split(node_data("mnist", 1 + i, NODES, list(spec.labels), 2 * N_TRAIN, seed), 0.5, seed=i)
         model = build_model("table4", seed + i)
-        train_model(model, train, val, TrainConfig(max_epochs=30, patience=4, seed=seed + i), labels=spec.labels)
+        path = cache / f"seed{seed}-member{i}.pt" if cache is not None else None
+        if path is not None and path.exists():
+            model.load_state_dict(torch.load(path))
+        else:
+            train, val = split(node_data("mnist", 1 + i, NODES, list(spec.labels), 2 * N_TRAIN, seed), 0.5, seed=i)
+            train_model(model, train, val, TrainConfig(max_epochs=30, patience=4, seed=seed + i), labels=spec.labels)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(model.state_dict(), path)
         members.append(TorchMember(model, spec.labels))
     return members
+
+
+def _stages(stages: list[dict]) -> str:
+    return " ".join(f"{st['best_epoch']}/{st['epochs']}" for st in stages)
+
+
+def _mean_sd(xs: list[float]) -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.fmean(xs):6.2f} +- {sd:4.2f}"
 
 
 def main() -> None:
@@ -61,46 +84,72 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the demo runs each node with 1)")
     ap.add_argument("--presets", nargs="+", default=["live"],
                     help="FusionConfig presets to time: a classmethod name, or name:JSON overrides")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="data shards + contributors + fusion seed per run; a summary over them at the end")
+    ap.add_argument("--member-cache", type=Path, default=None, help="directory keeping the trained contributors")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    members = demo_members()
-    train, val = initiator_data(0)
     test = load_dataset("mnist", "test")
-    print(f"3 Table IV contributors trained in {time.perf_counter() - t0:.0f} s")
-    for name in args.presets:
-        preset, _, overrides = name.partition(":")
-        cfg = getattr(FusionConfig, preset)(**(json.loads(overrides) if overrides else {}))
-        fuser = IncrementalFuser(train, val, "II", cfg)
-        total = cpu = 0.0
-        print(f"\npreset {name}: {cfg.model_dump(exclude_defaults=True)}")
-        print("  members  new-member features (s)  fit (s)  total (s)  CPU (s)  warm  val %   test %")
-        for m in members:
-            fuser.add(m)
-            meta = fuser.fit()
-            t = fuser.history[-1]
-            total += t.seconds
-            cpu += t.cpu_seconds
-            print(f"  {t.members:7d}  {t.feature_seconds:24.1f}  {t.fit_seconds:7.1f}  {t.seconds:9.1f}  {t.cpu_seconds:7.1f}  "
-                  f"{'yes' if t.warm_start else 'no ':4s}  {100 * t.val_accuracy:5.1f}  {100 * evaluate(meta, test):6.2f}")
-        print(f"  all three refits: {total:.1f} s wall, {cpu:.1f} s CPU")
-        worker = FusionWorker(IncrementalFuser(train, val, "II", cfg))
-        t1 = time.perf_counter()
-        for m in members:
-            worker.submit(m)
-        meta = worker.wait()
-        worker.close()
-        assert meta is not None
-        print(f"  worker, three arrivals at once: {time.perf_counter() - t1:.1f} s for "
-              f"{len(worker.fuser.history)} fit(s) -> {len(meta.members)} members, "
-              f"test {100 * evaluate(meta, test):.2f} %")
-    if args.baseline:
-        old = FusionConfig.tuned(max_epochs=40, patience=8, augment_copies=8)
-        print("\nbefore: from-scratch fuse per arrival, FusionConfig.tuned(max_epochs=40, patience=8)")
-        for k in range(1, 4):
+    # per preset: rows of [test % 1, 2, 3 members, test % three at once, last refit s, three-at-once s,
+    # val % 1, 2, 3 members (the selection pass's: what a preset may be chosen on)]
+    summary: dict[str, list[list[float]]] = {name: [] for name in args.presets}
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        members = demo_members(seed, args.member_cache)
+        train, val = initiator_data(seed)
+        print(f"\n=== seed {seed}: 3 Table IV contributors ready in {time.perf_counter() - t0:.0f} s")
+        for name in args.presets:
+            preset, _, overrides = name.partition(":")
+            extra = json.loads(overrides) if overrides else {}
+            cfg = getattr(FusionConfig, preset)(**({"seed": seed} if seed else {}), **extra)
+            fuser = IncrementalFuser(train, val, "II", cfg)
+            total = cpu = 0.0
+            row: list[float] = []
+            vals: list[float] = []
+            print(f"\npreset {name}: {cfg.model_dump(exclude_defaults=True)}")
+            print("  members  new-member features (s)  fit (s)  total (s)  CPU (s)  warm  val %   test %  "
+                  "stages: best/run epochs")
+            for m in members:
+                fuser.add(m)
+                meta = fuser.fit()
+                t = fuser.history[-1]
+                total += t.seconds
+                cpu += t.cpu_seconds
+                row.append(100 * evaluate(meta, test))
+                vals.append(100 * t.val_accuracy)
+                print(f"  {t.members:7d}  {t.feature_seconds:24.1f}  {t.fit_seconds:7.1f}  {t.seconds:9.1f}  "
+                      f"{t.cpu_seconds:7.1f}  {'yes' if t.warm_start else 'no ':4s}  {100 * t.val_accuracy:5.1f}  "
+                      f"{row[-1]:6.2f}  {_stages(t.stages)}")
+            last = fuser.history[-1].seconds
+            print(f"  all three refits: {total:.1f} s wall, {cpu:.1f} s CPU")
+            worker = FusionWorker(IncrementalFuser(train, val, "II", cfg))
             t1 = time.perf_counter()
-            meta = fuse(members[:k], train, val, "II", old)
-            print(f"  {k} member(s): {time.perf_counter() - t1:.1f} s, test {100 * evaluate(meta, test):.2f} %")
+            for m in members:
+                worker.submit(m)
+            meta = worker.wait()
+            worker.close()
+            at_once = time.perf_counter() - t1
+            assert meta is not None
+            row.append(100 * evaluate(meta, test))
+            print(f"  worker, three arrivals at once: {at_once:.1f} s for "
+                  f"{len(worker.fuser.history)} fit(s) -> {len(meta.members)} members, test {row[-1]:.2f} %")
+            summary[name].append(row + [last, at_once] + vals)
+        if args.baseline:
+            old = FusionConfig.tuned(max_epochs=40, patience=8, augment_copies=8, **({"seed": seed} if seed else {}))
+            print("\nbefore: from-scratch fuse per arrival, FusionConfig.tuned(max_epochs=40, patience=8)")
+            for k in range(1, 4):
+                t1 = time.perf_counter()
+                meta = fuse(members[:k], train, val, "II", old)
+                print(f"  {k} member(s): {time.perf_counter() - t1:.1f} s, test {100 * evaluate(meta, test):.2f} %")
+    if len(args.seeds) > 1:
+        print(f"\ntest % over seeds {args.seeds} (mean +- sd); seconds: mean")
+        print("  preset                 1 member         2 members        3 members        three at once    "
+              "3rd refit s  at once s  val % 1 / 2 / 3")
+        for name, rows in summary.items():
+            cols = list(zip(*rows))
+            print(f"  {name[:22]:22s} " + " ".join(f"{_mean_sd(list(c)):16s}" for c in cols[:4])
+                  + f" {statistics.fmean(cols[4]):11.1f}  {statistics.fmean(cols[5]):9.1f}  "
+                  + " / ".join(f"{statistics.fmean(c):.2f}" for c in cols[6:]))
     print(f"\nload average while measuring: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
           f"({os.cpu_count()} cores, torch threads {args.threads})")
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from coopml.fusion import (
+    FeatureCache,
     FusionCancelled,
     FusionConfig,
     FusionWorker,
@@ -118,3 +119,53 @@ def test_block_branch_starts_at_zero_and_is_stored(fusion_members, tmp_path):
     again = load_metamodel(save_metamodel(meta, tmp_path / "b.safetensors"))
     xt, _ = test.tensors()
     assert torch.equal(again.predict(xt[:500]), meta.predict(xt[:500]))
+
+
+def test_affine_members_features_as_one_matmul(fusion_members):
+    """A Table IV member (conv, avgpool only) is one affine map: the cache computes its features
+    with a matmul (equal up to rounding) and runs the member on the unit inputs and a probe only;
+    a member with a nonlinearity (Table I CNN) runs over every input as before."""
+    (low, _, mixed), init, _ = _members(fusion_members)
+    assert low.affine_map((1, 28, 28)) is not None and mixed.affine_map((1, 28, 28)) is None
+    cfg = FAST.model_copy(update={"affine_features": True})
+    fast, slow = IncrementalFuser(init.train, init.verify, "II", cfg).cache, FeatureCache(init.train, init.verify, FAST)
+    n_inputs = 2 * len(init.train) + 2 * len(init.verify)
+    for m in (low, mixed):
+        m.seen = 0
+        fast.add(m)
+    assert low.seen == 785 + 64                                   # unit inputs + the agreement probe
+    assert mixed.seen == n_inputs
+    slow.add(low)
+    for got, want in ((fast._entries[0].train, slow._entries[0].train), (fast._entries[0].val, slow._entries[0].val)):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_epoch_buffers_match_the_plain_loop():
+    """`_epoch` gathers into reused buffers: the same weights as gathering fresh tensors."""
+    from coopml.fusion.metamodel import DROPOUT_BANK, FusionHead, _dropout_bank, _epoch
+
+    def plain(head, opt, gen, ftr, ytr, cfg):
+        head.train()
+        bank = _dropout_bank(ftr.shape[1], cfg.feature_dropout, gen)
+        perm = torch.randperm(len(ftr), generator=gen)
+        for i in range(0, len(ftr), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            mask = bank[torch.randint(0, DROPOUT_BANK, (len(idx),), generator=gen)]
+            loss = torch.nn.functional.cross_entropy(head(ftr[idx], mask), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    cfg = FusionConfig(batch_size=64, feature_dropout=0.3)
+    ftr, ytr = torch.randn(300, 40), torch.randint(0, 4, (300,))
+    heads = []
+    for run in (_epoch, plain):
+        head = FusionHead("II", 4, cfg, seed=0)
+        head.append(20, (0, 1, 2, 3))
+        head.append(20, (0, 1))
+        opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            run(head, opt, gen, ftr, ytr, cfg)
+        heads.append(head)
+    assert all(torch.equal(a, b) for a, b in zip(heads[0].state_dict().values(), heads[1].state_dict().values()))

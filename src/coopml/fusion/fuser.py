@@ -12,6 +12,7 @@ covers the whole batch.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import threading
 import time
@@ -71,6 +72,7 @@ class FeatureCache:
                               f"{list(xtr.shape)}: set augment_copies=0")
         self.input_shape: tuple[int, ...] = tuple(int(s) for s in xtr.shape[1:])
         self.activation = cfg.feature_activation
+        self.affine = cfg.affine_features
         gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
         self._train_x = [xtr] + [random_affine(xtr, gen) for _ in range(copies)]
         val_copies = copies if cfg.refit_on_all else 0
@@ -92,6 +94,7 @@ class FeatureCache:
         if member in self:
             return 0.0
         t0 = time.perf_counter()
+        amap = self._affine_map(member) if self.affine else None
         parts = []
         for xs in (self._train_x, self._val_x):
             out = []
@@ -99,15 +102,36 @@ class FeatureCache:
                 for i in range(0, len(x), 1000):
                     if should_stop is not None and should_stop():
                         raise FusionCancelled("feature extraction cancelled by the caller")
-                    out.append(self._features(member, x[i:i + 1000]))
+                    out.append(self._features(member, x[i:i + 1000], amap))
             parts.append(torch.cat(out))
         seconds = time.perf_counter() - t0
         self._entries.append(_Entry(member, parts[0], parts[1], seconds))
         return seconds
 
-    def _features(self, member: FeatureExtractor, x: torch.Tensor) -> torch.Tensor:
+    def _affine_map(self, member: FeatureExtractor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The member's features as one affine map (`TorchMember.affine_map`), when it has one,
+        it pays (more cached inputs than input values) and it agrees with `features` on a few
+        inputs; else None (the member runs over every input)."""
+        get = getattr(member, "affine_map", None)
+        n = sum(len(x) for x in self._train_x + self._val_x)
+        if not callable(get) or n <= math.prod(self.input_shape):
+            return None
+        amap = get(self.input_shape)
+        if amap is None or amap[0].shape != (math.prod(self.input_shape), member.feature_dim):
+            return None
+        probe = self._train_x[0][:64]
         with torch.no_grad():
-            f = torch.as_tensor(member.features(x)).float()
+            want = torch.as_tensor(member.features(probe)).float()
+        got = torch.addmm(amap[1], probe.flatten(1), amap[0])
+        if want.shape != got.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * (1 + float(want.abs().max()))):
+            return None
+        return amap
+
+    def _features(self, member: FeatureExtractor, x: torch.Tensor,
+                  amap: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            f = (torch.addmm(amap[1], x.flatten(1), amap[0]) if amap is not None
+                 else torch.as_tensor(member.features(x)).float())
         if f.dim() != 2 or f.shape != (len(x), member.feature_dim):
             raise FusionError(f"member {member!r} returned features of shape {tuple(f.shape)} for {len(x)} "
                               f"inputs, expected ({len(x)}, {member.feature_dim})")

@@ -16,6 +16,7 @@ loading validates the graph again before onnxruntime runs it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast, runtime_checkable
@@ -49,6 +50,11 @@ class FeatureExtractor(Protocol):
     def labels(self) -> Sequence[int]: ...
 
     def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+# layers that keep a body affine (eval mode): x -> x W + b overall
+_AFFINE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.AvgPool1d, nn.AvgPool2d, nn.Flatten, nn.Identity)
+_AFFINE_MAX_INPUT = 4096     # inputs wider than this: the unit-input pass and W cost more than they save
 
 
 class TorchMember:
@@ -102,6 +108,24 @@ class TorchMember:
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    @torch.no_grad()
+    def affine_map(self, input_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(W, b) with `features(x) == x.flatten(1) @ W + b` up to float rounding, when the body is
+        a chain of affine layers only (convolutions, average pooling, linear layers: Table IV);
+        else None. Found by running the body on 0 and the unit inputs: one pass over
+        prod(input_shape) + 1 inputs, after which features cost one matmul per batch."""
+        body = self.model.body
+        dim = math.prod(int(s) for s in input_shape)
+        if not isinstance(body, nn.Sequential) or not 0 < dim <= _AFFINE_MAX_INPUT:
+            return None
+        for layer in body:
+            if not isinstance(layer, _AFFINE_LAYERS) or getattr(layer, "padding_mode", "zeros") != "zeros":
+                return None
+        basis = torch.cat([torch.zeros(1, dim), torch.eye(dim)]).view(dim + 1, *input_shape)
+        out = torch.cat([self.features(basis[i:i + 256]) for i in range(0, dim + 1, 256)]).float()
+        bias = out[0].clone()
+        return out[1:] - bias, bias
 
     def __repr__(self) -> str:
         return f"TorchMember({self.arch}, labels={list(self.labels)})"

@@ -95,7 +95,7 @@ class InitiatorConfig(NodeConfig):
                                           "outputs bind what verifiers evaluated to what is delivered)")
     n_audit: int = Field(64, ge=0, le=4096)
     val_fraction: float = Field(0.5, gt=0, lt=1)
-    fusion_epochs: int = Field(40, ge=1, description="epochs of a fusion fit from scratch (early-stopped); "
+    fusion_epochs: int = Field(30, ge=1, description="epochs of a fusion fit from scratch (early-stopped); "
                                "a warm-started refit after a new model gets half")
     fusion_augment: int = Field(4, ge=0, description="augmented copies of the initiator's images for fusion "
                                 "(image tasks only)")

@@ -74,7 +74,7 @@ class InitiatorPlan(BaseModel):
     agent: str = "coopml.roles.initiator:Initiator"
     n_train: int = 1000          # the initiator's own data for the fusion head (plus as many held out)
     n_audit: int = 64
-    fusion_epochs: int = 40      # FusionConfig.live: warm-started refits get half
+    fusion_epochs: int = 30      # FusionConfig.live: warm-started refits get half
     fusion_augment: int = 4
     n_test: int | None = None    # MNIST test images to report the MetaModel on (None: all)
 
@@ -101,7 +101,7 @@ def table3_plan(reduced: bool = False, **manifest: dict[str, Any]) -> LifecycleP
     contributors = [ContributorPlan(labels=list(spec.labels), n_train=n, epochs=6 if reduced else 30, seed=i)
                     for i, spec in enumerate(TABLE_III)]
     verifiers = [VerifierPlan(n_verify=500 if reduced else 1000) for _ in range(3)]
-    initiator = InitiatorPlan(n_train=n, fusion_epochs=8 if reduced else 40, fusion_augment=1 if reduced else 4,
+    initiator = InitiatorPlan(n_train=n, fusion_epochs=8 if reduced else 30, fusion_augment=1 if reduced else 4,
                               n_test=2000 if reduced else None)
     overrides: dict[str, dict[str, Any]] = {"windows": dev_windows(),
                                             "criterion": {"min_accuracy": 0.7 if reduced else 0.85}}
