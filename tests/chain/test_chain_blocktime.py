@@ -69,3 +69,14 @@ def test_lifecycle_with_one_second_blocks(timed_chain):
     assert names.count("ModelFinalized") == 2 and names.count("KeyDelivered") == 1
     assert names.count("VerifiersDrawn") == 2
     world.assert_solvent()
+
+
+def test_fund_many_sends_every_transfer_before_awaiting_any(timed_chain):
+    """Setting up seven nodes cost seven blocks (seven seconds here) when each transfer was awaited."""
+    from eth_account import Account
+
+    chain = timed_chain
+    targets = {Account.create().address: (i + 1) * 10**15 for i in range(5)}
+    receipts = chain.fund_many(targets)
+    assert {a: chain.balance(a) for a in targets} == targets
+    assert len({r["blockNumber"] for r in receipts}) <= 2      # awaited one by one: five blocks

@@ -29,6 +29,7 @@ from coopml.data.spec import InputSpec
 from coopml.errors import CoopmlError, ModelFileError
 from coopml.models.architectures import FeatureModel
 from coopml.models.registry import architecture_names, build_architecture
+from coopml.models.training import fast_layout
 
 
 class FusionError(CoopmlError):
@@ -97,13 +98,15 @@ class TorchMember:
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The body's output (channels-last inside when the model allows: `fast_layout`)."""
         body = self.model.body
-        if isinstance(body, nn.Sequential) and len(body) > 1 and isinstance(body[-1], nn.Flatten):
-            maps = body[:-1](x)
-            if maps.dim() == 4:
-                self._feature_shape = tuple(int(s) for s in maps.shape[1:])
-            return maps.flatten(1)
-        return self.model.features(x)
+        with fast_layout(self.model, x[:2]):
+            if isinstance(body, nn.Sequential) and len(body) > 1 and isinstance(body[-1], nn.Flatten):
+                maps = body[:-1](x)
+                if maps.dim() == 4:
+                    self._feature_shape = tuple(int(s) for s in maps.shape[1:])
+                return maps.flatten(1)
+            return self.model.features(x)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from coopml.models.registry import (
     register_architecture,
     unregister_architecture,
 )
-from coopml.models.training import TrainConfig, TrainResult, check_fits, evaluate, train_model
+from coopml.models.training import TrainConfig, TrainResult, check_fits, evaluate, fast_layout, train_model
 from coopml.models.user import TorchModelRef, build_user_model, load_factory
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "check_fits",
     "evaluate",
     "export_onnx",
+    "fast_layout",
     "find_layer",
     "load_factory",
     "load_model",

@@ -169,6 +169,7 @@ def prepare(plan: LifecyclePlan, workdir: Path, chain: Chain, coop: TaskClient, 
     nc, nv = len(plan.contributors), len(plan.verifiers)
     total = 1 + nc + nv
     setup = Setup(workdir, {}, {}, {}, {}, manifest=manifest)
+    funds: dict[str, int] = {}
 
     def node(name: str, agent: str, extra: dict[str, Any]) -> None:
         password = secrets.token_hex(16)
@@ -179,7 +180,7 @@ def prepare(plan: LifecyclePlan, workdir: Path, chain: Chain, coop: TaskClient, 
         with os.fdopen(fd, "w") as f:
             f.write(password)
         address = account.address
-        chain.fund(address, plan.fund_eth * ETHER)
+        funds[address] = plan.fund_eth * ETHER
         if keep_keys:
             setup.keys[name] = keystore.unlock(address, password).key
         cfg = {"chain": chain_url, "contract": coop.address, "from_block": coop.deploy_block, "store": store,
@@ -220,6 +221,7 @@ def prepare(plan: LifecyclePlan, workdir: Path, chain: Chain, coop: TaskClient, 
             "data": slots.write_npz(data, data_dir / f"contributor{i + 1}.npz").model_dump(mode="json"),
             "model": {"arch": c.arch}, "labels": sorted(src.labels),
             "train": {"max_epochs": src.epochs, "patience": 5, "seed": src.seed}})
+    chain.fund_many(funds)
     return setup
 
 
