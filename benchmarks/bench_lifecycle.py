@@ -29,7 +29,7 @@ def _first(records: list[dict[str, Any]], node: str | None = None, event: str | 
     return min(ts) if ts else None
 
 
-def breakdown(records: list[dict[str, Any]], t_spawn: float | None) -> None:
+def breakdown(records: list[dict[str, Any]], t_spawn: float | None, launcher_cpu: float | None = None) -> None:
     nodes = sorted({r["node"] for r in records})
     t_start = t_spawn if t_spawn is not None else min(r["t"] for r in records)
     t_end = max(r["t"] for r in records)
@@ -39,6 +39,12 @@ def breakdown(records: list[dict[str, Any]], t_spawn: float | None) -> None:
     print("\nphase (critical path)                         wall s")
     startup = max(v for v in started.values() if v is not None) - t_start if t_spawn is not None else float("nan")
     print(f"  start-up (spawn -> last node running)        {startup:6.1f}")
+    if t_spawn is not None and started.get("initiator") is not None:
+        print(f"    of which: chain node, contract, node setup -> initiator running  "
+              f"{started['initiator'] - t_start:5.1f}")
+        pub = _first(records, "initiator", "published")
+        if pub is not None:
+            print(f"              initiator running -> task published                 {pub - started['initiator']:5.1f}")
     contributors = [n for n in nodes if n.startswith("contributor")]
     train = {}
     for c in contributors:
@@ -86,6 +92,9 @@ def breakdown(records: list[dict[str, Any]], t_spawn: float | None) -> None:
             print(f"  {n:12s}  {f['cpu_s']:6.1f}   {f['loop_wall_s']:11.1f}   {f['max_rss_mb']:10.1f}")
         else:
             print(f"  {n:12s}  (no resources record: killed or an older agent)")
+    if launcher_cpu is not None:
+        total_cpu += launcher_cpu
+        print(f"  launcher      {launcher_cpu:6.1f}   (the preloaded image every node is forked from: shared imports)")
     print(f"  all agents    {total_cpu:6.1f} CPU s (the chain node and store are not counted)")
 
     verify = [t["evaluated"] - t["requested"] for t in per_model.values() if "evaluated" in t and "requested" in t]
@@ -106,16 +115,18 @@ def main() -> None:
         records = [json.loads(line) for line in args.journal.read_text().splitlines() if line.strip()]
         breakdown(records, None)
         return
+    from coopml.sim.launcher import warm_up
+    t_spawn = time.time()       # as `coopml demo`: the nodes' image loads while this process imports
+    warm_up()
     from coopml.sim.lifecycle import run_processes, table3_plan
     out = args.out or Path(tempfile.mkdtemp(prefix="coopml-bench-lifecycle-"))
-    t_spawn = time.time()
     result = run_processes(table3_plan(reduced=args.reduced), out, backend="embedded" if args.embedded else "anvil")
     records = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if line.strip()]
     print(f"task {result.task_id}: " + ", ".join(f"model {m.model_id} {m.status}" for m in result.models))
     for h in result.fusion_history:
         if h.get("test_accuracy") is not None:
             print(f"MetaModel with {len(h['members'])} model(s): {h['test_accuracy']:.2%}")
-    breakdown(records, t_spawn)
+    breakdown(records, t_spawn, result.launcher_cpu_seconds)
     print(f"\nrun directory: {out}")
 
 

@@ -166,6 +166,8 @@ def demo(
                                      "NOT confidential: docs/threat-model.md)"),
 ) -> None:
     """The main job: 1 initiator, 3 contributors, 3 verifiers as separate processes, real MNIST, full lifecycle."""
+    from coopml.sim.launcher import warm_up
+    warm_up()       # the nodes' shared imports load while this process loads its own
     import shutil
     import typing
 
