@@ -140,3 +140,22 @@ def test_a_cancelled_refit_keeps_its_models_queued_and_one_refit_covers_the_batc
     both = fusion.fit()
     assert both["members"] == [5, 7] and both["warm_start"] is False and fusion.path.is_file()
     assert len(fusion.fuser.history) == 1
+
+
+def test_the_test_report_uses_each_members_cached_features_and_matches_a_full_evaluation(setup, tmp_path):
+    """The initiator's after-refit test report computes each member's test features once, through
+    the fuser's cache (an affine member: one matrix product), and says what a full pass says."""
+    from coopml.models import evaluate
+
+    cfg, manifest = setup
+    fusion = InitiatorFusion(cfg.model_copy(update={"workdir": tmp_path, "fusion_augment": 2}), manifest, tmp_path)
+    fusion.add(5, build_model("table4", 0), [0, 1, 2, 3, 4])
+    first = fusion.fit()
+    member = fusion.fuser.current.members[0]
+    assert next(e.affine for e in fusion.fuser.cache._entries if e.member is member) is not None
+    assert first["test_accuracy"] == pytest.approx(evaluate(fusion.fuser.current, fusion.test), abs=2 / len(fusion.test))
+    cached = fusion._test_features[id(member)]
+    fusion.add(7, build_model("table4", 1), [5, 6, 7, 8, 9])
+    second = fusion.fit()
+    assert fusion._test_features[id(member)] is cached           # not computed again
+    assert second["test_accuracy"] == pytest.approx(evaluate(fusion.fuser.current, fusion.test), abs=2 / len(fusion.test))

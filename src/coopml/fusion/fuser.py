@@ -50,6 +50,7 @@ class _Entry:
     train: torch.Tensor          # [(1 + copies) * n_train, D], activated
     val: torch.Tensor            # [(1 + val copies) * n_val, D], clean val first
     seconds: float
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None     # checked (W, b), see _affine_map
 
 
 class FeatureCache:
@@ -105,8 +106,14 @@ class FeatureCache:
                     out.append(self._features(member, x[i:i + 1000], amap))
             parts.append(torch.cat(out))
         seconds = time.perf_counter() - t0
-        self._entries.append(_Entry(member, parts[0], parts[1], seconds))
+        self._entries.append(_Entry(member, parts[0], parts[1], seconds, amap))
         return seconds
+
+    def features(self, member: FeatureExtractor, x: torch.Tensor) -> torch.Tensor:
+        """`member`'s activated features on other inputs `x` (e.g. a test set) the way the cache
+        computes them: one matrix product when the member's affine map was found and checked."""
+        amap = next((e.affine for e in self._entries if e.member is member), None)
+        return torch.cat([self._features(member, x[i:i + 1000], amap) for i in range(0, len(x), 1000)])
 
     def _affine_map(self, member: FeatureExtractor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The member's features as one affine map (`TorchMember.affine_map`), when it has one,

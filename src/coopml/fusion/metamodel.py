@@ -516,6 +516,19 @@ class MetaModel(nn.Module):
         """The concatenated feature layer f_c, normalised with the stats of the last fit."""
         return (self.raw_features(x) - self.feat_mean) / self.feat_std
 
+    @torch.no_grad()
+    def logits_from_features(self, fc: torch.Tensor) -> torch.Tensor:
+        """Logits from f_c as `raw_features` gives it (members' features, activated, concatenated):
+        for a caller that already holds the members' features (`FeatureCache.features`)."""
+        if fc.dim() != 2 or fc.shape[1] != self.feature_dim:
+            raise FusionError(f"features of shape {tuple(fc.shape)}; this MetaModel takes [N, {self.feature_dim}]")
+        was = self.training
+        self.eval()
+        try:
+            return self.head((fc - self.feat_mean) / self.feat_std)
+        finally:
+            self.train(was)
+
     def head(self, fc: torch.Tensor) -> torch.Tensor:
         heads = self.fusion_heads
         if len(heads) == 1:
