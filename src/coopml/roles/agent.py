@@ -26,7 +26,7 @@ import os
 import resource
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +39,7 @@ from coopml.roles.state import AgentState, Decision, Fact, Outcome
 from coopml.storage import Store
 
 # Reverts after which this node can never do what it set out to do: stop with a clear message.
+BROADCAST = "0x" + "00" * 20     # a message's `to` when it is for every node that expects it
 PERMANENT_REVERTS = frozenset({"UnknownTask", "InitiatorCannotParticipate", "IncorrectDeposit", "IncorrectEscrow",
                                "InvalidTerms", "TaskClosed", "AnnounceWindowOver"})
 
@@ -208,7 +209,8 @@ class Agent:
 
     def _on_chain_event(self, ev: ChainEvent) -> None:
         try:
-            if ev.name == "Message" and ev.args.get("to") == self.address:
+            to = ev.args.get("to")
+            if ev.name == "Message" and (to == self.address or (to == BROADCAST and self.takes_broadcast(ev.args))):
                 a = ev.args
                 self.state.add("inbox", f"{ev.block_number}:{ev.log_index}",
                                InboxMessage(model_id=int(a["modelId"]), sender=a["sender"], kind=int(a["kind"]),
@@ -219,6 +221,12 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - a poison event must not stop the node
             self.log(LogEvent.DECISION, outcome=Outcome.IGNORED, item=f"event:{ev.name}@{ev.block_number}",
                      reason=f"{type(exc).__name__}: {exc}"[:300])
+
+    def takes_broadcast(self, message: Mapping[str, Any]) -> bool:
+        """Whether a message to nobody in particular (`to` = the zero address; every node sees it)
+        goes into this node's inbox. Only what the role expects from that sender right now: one
+        transaction must not fill every node's inbox."""
+        return False
 
     # ------------------------------------------------------------------ items others control
 

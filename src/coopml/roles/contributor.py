@@ -26,7 +26,7 @@ from coopml.data import Dataset
 from coopml.errors import ContractRevert
 from coopml.models import TrainConfig, train_model
 from coopml.roles import evaluation, messages, package
-from coopml.roles.agent import Agent, AgentStopped, InboxMessage
+from coopml.roles.agent import BROADCAST, Agent, AgentStopped, InboxMessage
 from coopml.roles.config import ContributorConfig
 from coopml.roles.datasets import split
 from coopml.roles.log import EventLog, LogEvent, Role
@@ -247,25 +247,24 @@ class Contributor(Agent):
         return False
 
     def _send_offers(self, view: TaskView, mid: int, m: Any) -> bool:
-        """To each drawn verifier: the public CKKS parameters this model needs."""
-        acted = False
-        for verifier in self.client.selected_verifiers(mid):
-            item = f"offer:{mid}:{verifier}"
-            if self.state.decision(item) is not None:
-                continue
+        """The public CKKS parameters this model needs, once for all drawn verifiers: one message
+        to every node (`BROADCAST`; only this model's drawn verifiers take it), not one transaction
+        per verifier awaited one after another."""
+        item = f"offer:{mid}"
+        if self.state.decision(item) is not None:
+            return False
+        self.handle(item, partial(self._post_offer, view, mid, BROADCAST), model=mid, deadline=m.verify_deadline)
+        return True
 
-            def send(v: str = verifier) -> Decision:
-                params = self.state.get("offer_params")
-                if params is None:
-                    params = evaluation.offer_params(self.scoring_model(self.record()),
-                                                     tuple(view.manifest.input.shape), self._scores_plan(view))
-                    self.state.set("offer_params", params)
-                cid = self.store.put(messages.encode(EvalOffer(task_id=self.task_id, model_id=mid, params=params)))
-                self.client.post_message(self.task_id, mid, v, int(MessageKind.EVAL_OFFER), cid)
-                return Decision(outcome=Outcome.DONE)
-            self.handle(item, send, model=mid, deadline=m.verify_deadline)
-            acted = True
-        return acted
+    def _post_offer(self, view: TaskView, mid: int, to: str) -> Decision:
+        params = self.state.get("offer_params")
+        if params is None:
+            params = evaluation.offer_params(self.scoring_model(self.record()), tuple(view.manifest.input.shape),
+                                             self._scores_plan(view))
+            self.state.set("offer_params", params)
+        cid = self.store.put(messages.encode(EvalOffer(task_id=self.task_id, model_id=mid, params=params)))
+        self.client.post_message(self.task_id, mid, to, int(MessageKind.EVAL_OFFER), cid)
+        return Decision(outcome=Outcome.DONE)
 
     def _answer_requests(self, view: TaskView, mid: int, m: Any) -> bool:
         acted = False

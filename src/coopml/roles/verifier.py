@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -285,6 +286,13 @@ class Verifier(Agent):
             return msg.sender == self.view.info.initiator
         return msg.sender == asg.contributor and msg.kind in (
             MessageKind.EVAL_OFFER, MessageKind.EVAL_RESPONSE, MessageKind.MODEL_KEY, MessageKind.IVHE_MODEL)
+
+    def takes_broadcast(self, message: Mapping[str, Any]) -> bool:
+        """The offer of a model this node was drawn for, from that model's contributor (contributors
+        broadcast it: its CKKS parameters are public and the same for every drawn verifier)."""
+        asg = self.state.fact("assignment", message.get("modelId"), Assignment)
+        return (message.get("kind") == int(MessageKind.EVAL_OFFER) and asg is not None
+                and asg.stage == Stage.SELECTED and message.get("sender") == asg.contributor)
 
     def _request(self, view: TaskView, asg: Assignment, m: Any) -> bool:
         """Plaintext mode: wait for the key. CKKS mode: on the contributor's offer, encrypt our queries

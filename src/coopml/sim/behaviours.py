@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from coopml.chain import Vote
 from coopml.data import Dataset
 from coopml.models import TrainConfig
 from coopml.roles import messages
+from coopml.roles.agent import BROADCAST
 from coopml.roles.contributor import Contributor
 from coopml.roles.initiator import Initiator
 from coopml.roles.messages import EvalOffer, MessageKind
@@ -47,18 +49,20 @@ class SilentContributor(Contributor):
 
 
 class SelectiveContributor(Contributor):
-    """Makes its offer to every drawn verifier but the one with the lowest address: that verifier
-    votes reject and must not be punished for it (P3: nobody chooses whom to slash)."""
+    """Makes its offer to every drawn verifier but the one with the lowest address (one addressed
+    offer each instead of the broadcast): that verifier votes reject and must not be punished for it
+    (P3: nobody chooses whom to slash)."""
 
     def _send_offers(self, view: Any, mid: int, m: Any) -> bool:
-        shunned = min(self.client.selected_verifiers(mid))
-        real = self.client.selected_verifiers
-        # the misbehaviour patches the client's view for one call (an instance attribute, not the class)
-        self.client.selected_verifiers = lambda model_id: [v for v in real(model_id) if v != shunned]  # type: ignore[method-assign]
-        try:
-            return super()._send_offers(view, mid, m)
-        finally:
-            self.client.selected_verifiers = real  # type: ignore[method-assign]
+        drawn = self.client.selected_verifiers(mid)
+        acted = False
+        for v in drawn:
+            item = f"offer:{mid}:{v}"
+            if v == min(drawn) or self.state.decision(item) is not None:
+                continue
+            self.handle(item, partial(self._post_offer, view, mid, v), model=mid, deadline=m.verify_deadline)
+            acted = True
+        return acted
 
 
 class LyingContributor(Contributor):
@@ -168,7 +172,7 @@ class FalseDisputeInitiator(Initiator):
 
 class SpammingVerifier(Verifier):
     """An honest verifier that also posts malformed messages of every kind to every other node of
-    the task: random bytes, a truncated message, an unknown kind, a well-formed message about
+    the task and as broadcasts: random bytes, a truncated message, an unknown kind, a well-formed message about
     another model. Every receiver must record a decision and carry on (P6)."""
 
     def step(self) -> bool:
@@ -180,6 +184,7 @@ class SpammingVerifier(Verifier):
         targets.update({self.client.model(m).contributor: m for m in announced})
         targets.update({v: max(announced, default=0) for v in self.client.verifier_pool(self.task_id)
                         if v != self.address})
+        targets[BROADCAST] = max(announced, default=0)   # and to everyone at once: nobody may take it
         for to, mid in sorted(targets.items()):
             key = f"spammed:{to}:{mid}"
             if self.state.get(key):
