@@ -139,6 +139,9 @@ def test_fedavg_clients_hold_exactly_the_contributors_training_data(tmp_path):
         def fund(self, address, amount):
             pass
 
+        def fund_many(self, amounts):
+            return []
+
     plan = make_plan(2, 1, "tiny", block_time=1)
     setup = prepare(plan, tmp_path, _Chain(), _Coop(), "http://127.0.0.1:8545", "http://127.0.0.1:5001")
     job = fedavg_job(plan, rounds=1, local_epochs=1, n_test=10)
