@@ -95,3 +95,20 @@ def test_confirmations_hold_events_back_until_deep_enough(world):
     assert cursor.poll() == []
     world.chain.mine()
     assert [e.name for e in cursor.poll()] == ["TaskPublished"]
+
+
+def test_increase_time_after_a_long_pause_never_travels_backwards():
+    """eth-tester's pending block carries the wall-clock time of its creation: after a pause longer
+    than the step, `now() + seconds` lies before it and eth-tester refused ("Space time continuum
+    distortion") — the chain invariant machine failed that way on a slow step."""
+    import time
+
+    from coopml.chain import Chain
+
+    chain = Chain.embedded()
+    chain.mine()
+    time.sleep(5)        # the next block still carries the time before the pause, the pending one after it
+    chain.mine()
+    before = chain.now()
+    chain.increase_time(1)
+    assert chain.now() >= before + 1

@@ -191,8 +191,11 @@ class Chain:
         """Move the chain clock forward and mine a block (eth-tester time travel / evm_increaseTime)."""
         if self._tester is not None:
             with self._lock:
-                # eth-tester mines the travelling block one second before the target
-                self._tester.time_travel(self.now() + int(seconds) + 1)
+                # eth-tester mines the travelling block one second before the target; its pending
+                # block already carries the wall-clock time when that is later than the last block:
+                # never travel to before it (eth-tester refuses; "at least `seconds`" is the contract)
+                pending = int(self._tester.get_block_by_number("pending")["timestamp"])
+                self._tester.time_travel(max(self.now() + int(seconds) + 1, pending + 1))
         else:
             self.w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [int(seconds)])
             self.mine()
