@@ -108,3 +108,19 @@ def test_training_gives_contiguous_weights_back_and_keeps_models_that_cannot_run
     with fast_layout(viewing, x):
         assert viewing.conv.weight.is_contiguous()          # left in the default layout
     train_model(viewing, shard.train, shard.verify, TrainConfig(max_epochs=1, patience=1), labels=(0, 1))
+
+
+def test_fast_layout_probes_a_model_once():
+    """Fusion members call `fast_layout` per chunk of images: the probe pass that decides the layout
+    runs once per model, and a model that failed it is not probed (nor converted) again."""
+    from coopml.models.training import fast_layout
+
+    x = torch.rand(2, 1, 28, 28)
+    for model, expect_cl in ((build_model("table4", seed=0), True), (ViewingCNN(), False)):
+        calls = []
+        model.register_forward_pre_hook(lambda *_, c=calls: c.append(1))
+        for _ in range(3):
+            with fast_layout(model, x):
+                weight = [p for p in model.parameters() if p.dim() == 4][-1]
+                assert weight.is_contiguous() != expect_cl, weight.shape   # channels-last, or left alone
+        assert len(calls) == 1, type(model).__name__

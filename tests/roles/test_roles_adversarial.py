@@ -102,6 +102,27 @@ def test_liveness_without_the_initiator_and_poison_messages(tmp_path):
     shunned = next(v for v, vote in first.votes.items() if vote == "REJECT")
     assert shunned not in r.burnt and r.withdrawn_eth[shunned] == pytest.approx(r.withdrawn_eth["verifier1"])
     assert set(r.burnt) == {"contributor2"}
+    _assert_broadcasts_reach_only_their_verifiers(r)
+
+
+def _assert_broadcasts_reach_only_their_verifiers(r) -> None:
+    """One broadcast transaction must not fill every inbox (P6): a node takes a broadcast only when
+    it is a drawn verifier of that model and the sender is that model's contributor. The spammer
+    broadcast garbage of every kind; none of it may be in anybody's inbox."""
+    from coopml.roles.agent import InboxMessage
+    from coopml.roles.state import AgentState
+
+    address = {name: a.lower() for a, name in r.names.items()}
+    spammer = address["verifier3"]          # the plan's SpammingVerifier
+    sellers = {m.model_id: address[m.contributor] for m in r.models}
+    garbage_seen = 0
+    for name in address:
+        inbox = AgentState(r.workdir / name / "state.sqlite").facts("inbox", InboxMessage).values()
+        for msg in inbox:
+            if msg.broadcast:
+                assert name.startswith("verifier") and msg.sender.lower() == sellers.get(msg.model_id), (name, msg)
+            garbage_seen += msg.sender.lower() == spammer
+    assert garbage_seen > 0, "nobody got the spammer's addressed garbage: the check above proves nothing"
 
 
 @pytest.mark.timeout(1800)

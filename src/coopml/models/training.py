@@ -57,6 +57,7 @@ def _restrict(logits: torch.Tensor, labels: Sequence[int] | None) -> torch.Tenso
 
 
 _LAYOUT_DEPTH = "_coopml_layout_depth"
+_LAYOUT_OK = "_coopml_channels_last_ok"      # the probe's verdict, once per model
 
 
 def _layout(model: torch.nn.Module, fmt: torch.memory_format) -> None:
@@ -69,22 +70,18 @@ def fast_layout(model: torch.nn.Module, probe: torch.Tensor) -> Iterator[None]:
     contiguous (files need contiguous tensors). Same values, another memory order: oneDNN's NHWC
     kernels make the Table IV CNN's training 2.3x and its forward pass 1.7x cheaper on one core
     (NCHW average pooling alone was 30 % of a step). A model that cannot run that way (e.g. it
-    calls `.view` on an activation) is left as it is: `probe`, a couple of its inputs, decides.
-    Nested uses (training evaluates every epoch) leave the layout to the outermost one."""
+    calls `.view` on an activation) is left as it is: `probe`, a couple of its inputs, decides
+    once per model (the verdict is remembered on the model: fusion members call this per chunk of
+    images). Nested uses (training evaluates every epoch) leave the layout to the outermost one."""
     depth = getattr(model, _LAYOUT_DEPTH, 0)
-    use = depth == 0 and any(p.dim() == 4 for p in model.parameters())
+    use = depth == 0 and getattr(model, _LAYOUT_OK, True) and any(p.dim() == 4 for p in model.parameters())
     if use:
-        was_training = model.training
         _layout(model, torch.channels_last)
-        try:
-            model.eval()
-            with torch.no_grad():
-                model(probe)
-        except Exception:  # noqa: BLE001 - any failure just means: keep the default layout
-            use = False
-            _layout(model, torch.contiguous_format)
-        finally:
-            model.train(was_training)
+        if not hasattr(model, _LAYOUT_OK):
+            object.__setattr__(model, _LAYOUT_OK, _runs(model, probe))
+            if not getattr(model, _LAYOUT_OK):
+                use = False
+                _layout(model, torch.contiguous_format)
     object.__setattr__(model, _LAYOUT_DEPTH, depth + 1)
     try:
         yield
@@ -92,6 +89,25 @@ def fast_layout(model: torch.nn.Module, probe: torch.Tensor) -> Iterator[None]:
         object.__setattr__(model, _LAYOUT_DEPTH, depth)
         if use:
             _layout(model, torch.contiguous_format)
+
+
+def _runs(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether the model's forward pass takes `x` without raising (eval mode, no gradients)."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        return True
+    except Exception:  # noqa: BLE001 - any failure just means: keep the default layout
+        return False
+    finally:
+        model.train(was_training)
+
+
+def probe_inputs(data: Dataset) -> torch.Tensor:
+    """The first two inputs of `data`: enough to see whether a model runs on them."""
+    return data.subset(np.arange(min(2, len(data)))).tensors()[0]
 
 
 @torch.no_grad()
@@ -120,7 +136,7 @@ def evaluate(model: torch.nn.Module, data: Dataset, labels: Sequence[int] | None
 def check_fits(model: torch.nn.Module, data: Dataset) -> None:
     """The model takes the data's inputs and gives one logit per class of its InputSpec."""
     spec = data.input_spec
-    x = data.subset(np.arange(min(2, len(data)))).tensors()[0]
+    x = probe_inputs(data)
     was_training = model.training
     model.eval()
     try:
@@ -150,7 +166,7 @@ def train_model(model: torch.nn.Module, train: Dataset, val: Dataset, cfg: Train
     if cfg.augment and not train.input_spec.is_image:
         raise DataError(f"augment distorts images; this data is {train.input_spec.describe()}")
     check_fits(model, train)
-    with fast_layout(model, train.subset(np.arange(min(2, len(train)))).tensors()[0]):
+    with fast_layout(model, probe_inputs(train)):
         return _train(model, train, val, cfg, labels, on_epoch)
 
 

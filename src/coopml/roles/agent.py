@@ -38,8 +38,8 @@ from coopml.roles.log import EventLog, LogEvent, Role
 from coopml.roles.state import AgentState, Decision, Fact, Outcome
 from coopml.storage import Store
 
-# Reverts after which this node can never do what it set out to do: stop with a clear message.
 BROADCAST = "0x" + "00" * 20     # a message's `to` when it is for every node that expects it
+# Reverts after which this node can never do what it set out to do: stop with a clear message.
 PERMANENT_REVERTS = frozenset({"UnknownTask", "InitiatorCannotParticipate", "IncorrectDeposit", "IncorrectEscrow",
                                "InvalidTerms", "TaskClosed", "AnnounceWindowOver"})
 
@@ -127,12 +127,14 @@ class Jobs:
 
 
 class InboxMessage(Fact):
-    """A `Message` event addressed to this node (the payload is in the store at `cid`)."""
+    """A `Message` event addressed to this node, or a broadcast it took (the payload is in the
+    store at `cid`)."""
 
     model_id: int
     sender: str
     kind: int
     cid: str
+    broadcast: bool = False     # sent to `BROADCAST`: kept so an audit can see what a node let in
 
 
 class Agent:
@@ -214,7 +216,7 @@ class Agent:
                 a = ev.args
                 self.state.add("inbox", f"{ev.block_number}:{ev.log_index}",
                                InboxMessage(model_id=int(a["modelId"]), sender=a["sender"], kind=int(a["kind"]),
-                                            cid=a["cid"]))
+                                            cid=a["cid"], broadcast=to == BROADCAST))
             self.on_event(ev)
         except self._transient:
             raise
