@@ -98,10 +98,11 @@ class Waiter:
 
 class Jobs:
     """Long computations (training, fusion, encrypted evaluation) off the event loop, one at a time,
-    so the node keeps answering events and deadlines while it computes."""
+    so the node keeps answering events and deadlines while it computes. With several `workers`:
+    transactions nobody waits on in the loop (`Agent.sends`), each awaiting its own receipt."""
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coopml-job")
+    def __init__(self, workers: int = 1, name: str = "coopml-job") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._futures: dict[str, Future[Any]] = {}
 
     def submit(self, key: str, fn: Callable[[], Any]) -> None:
@@ -154,6 +155,9 @@ class Agent:
                                   from_block=from_block, confirmations=confirmations)
         self.waiter = waiter or Waiter()
         self.jobs = Jobs()
+        # messages posted off the loop: on 1-second blocks, awaiting each receipt in turn made the
+        # n-th of n answers (or requests) wait n blocks; now the next one is computed meanwhile
+        self.sends = Jobs(workers=4, name="coopml-send")
         self.done = False
         self.summary = ""   # the one human line a node ends with
         self._transient = _transient_errors()
@@ -195,7 +199,7 @@ class Agent:
                 progressed = self.run_once()
                 if self.done:
                     break
-                if progressed or self.jobs.busy():
+                if progressed or self.jobs.busy() or self.sends.busy():
                     self.waiter.wait(True)
                 else:                                   # idle: sleep until the chain moves (cheap back-off)
                     try:
@@ -203,6 +207,7 @@ class Agent:
                     except self._transient:
                         self.waiter.wait(False)
         finally:
+            self.sends.shutdown()
             self.jobs.shutdown()
             usage = resource.getrusage(resource.RUSAGE_SELF)
             self.log(LogEvent.RESOURCES, cpu_s=round(usage.ru_utime + usage.ru_stime, 2),
@@ -326,6 +331,7 @@ class Agent:
         return self.store.get(cid)
 
     def close(self) -> None:
+        self.sends.shutdown()
         self.jobs.shutdown()
         self.state.close()
 

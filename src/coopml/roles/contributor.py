@@ -137,6 +137,8 @@ class Contributor(Agent):
                     self._ivhe_encrypt(view, self.build_model(view))
                 except evaluation.EvaluationError as exc:
                     raise AgentStopped(str(exc)) from None
+            if self.state.get("prepared") is None:   # train while the registration waits for its block
+                self.jobs.submit("train", lambda: self._prepare(view))
             self.client.register_contributor(self.task_id)
             self.log(LogEvent.REGISTERED, deposit_wei=info.terms.contributor_deposit)
             return True
@@ -208,6 +210,9 @@ class Contributor(Agent):
                 self.client.draw_verifiers(mid)
                 self.log(LogEvent.DRAWN, model=mid)
                 return True
+            if view.manifest.verification.mode == "ckks" and self.state.get("offer_params") is None:
+                self._offer_params(view)     # compile while the draw block is sealed: the offer goes out at once
+                return True
             return False
         if m.status == ModelStatus.VERIFYING:
             if now > m.reveal_deadline:
@@ -256,12 +261,17 @@ class Contributor(Agent):
         self.handle(item, partial(self._post_offer, view, mid, BROADCAST), model=mid, deadline=m.verify_deadline)
         return True
 
-    def _post_offer(self, view: TaskView, mid: int, to: str) -> Decision:
+    def _offer_params(self, view: TaskView) -> dict[str, Any]:
+        """The CKKS parameters of the committed model (compiled once: seconds of CPU)."""
         params = self.state.get("offer_params")
         if params is None:
             params = evaluation.offer_params(self.scoring_model(self.record()), tuple(view.manifest.input.shape),
                                              self._scores_plan(view))
             self.state.set("offer_params", params)
+        return dict(params)
+
+    def _post_offer(self, view: TaskView, mid: int, to: str) -> Decision:
+        params = self._offer_params(view)
         cid = self.store.put(messages.encode(EvalOffer(task_id=self.task_id, model_id=mid, params=params)))
         self.client.post_message(self.task_id, mid, to, int(MessageKind.EVAL_OFFER), cid)
         return Decision(outcome=Outcome.DONE)
@@ -270,12 +280,22 @@ class Contributor(Agent):
         acted = False
         self.sweep_inbox(lambda msg: msg.kind == MessageKind.EVAL_REQUEST and msg.model_id == mid)
         for ident, req in self.inbox().items():
-            self.handle(f"inbox:{ident}", partial(self._answer, view, mid, m, req), model=mid,
+            if self.sends.running(f"inbox:{ident}"):
+                continue
+            self.handle(f"inbox:{ident}", partial(self._answer, view, mid, m, req, f"inbox:{ident}"), model=mid,
                         deadline=m.verify_deadline)
             acted = True
         return acted
 
-    def _answer(self, view: TaskView, mid: int, m: Any, req: InboxMessage) -> Decision:
+    def _answer(self, view: TaskView, mid: int, m: Any, req: InboxMessage, item: str = "") -> Decision | None:
+        """Evaluate one request under its verifier's key and post the answer on a sender thread (the
+        next request is evaluated while this one waits for its block); DONE once it is mined."""
+        sent = self.sends.pop(item)
+        if sent is not None:
+            sent.result()              # a failed post re-raises: transient -> retried, revert -> logged
+            return Decision(outcome=Outcome.DONE)
+        if self.sends.running(item):
+            return None
         if req.sender not in self.client.selected_verifiers(mid):
             return Decision(outcome=Outcome.IGNORED, reason="sender was not drawn for this model")
         if self.now() > m.verify_deadline:
@@ -295,9 +315,12 @@ class Contributor(Agent):
         reply = EvalResponse(task_id=self.task_id, model_id=mid, request_cid=req.cid, n_queries=n,
                              labels=self.record().labels)
         cid = self.store.put(messages.encode(reply, (outputs,)))
-        self.client.post_message(self.task_id, mid, req.sender, int(MessageKind.EVAL_RESPONSE), cid)
-        self.log(LogEvent.ANSWERED, model=mid, verifier=req.sender, queries=n, bytes=len(outputs))
-        return Decision(outcome=Outcome.DONE)
+
+        def post() -> None:
+            self.client.post_message(self.task_id, mid, req.sender, int(MessageKind.EVAL_RESPONSE), cid)
+            self.log(LogEvent.ANSWERED, model=mid, verifier=req.sender, queries=n, bytes=len(outputs))
+        self.sends.submit(item, post)
+        return None
 
     def _send_keys(self, mid: int, m: Any) -> bool:
         """Plaintext mode: the envelope key to each drawn verifier, sealed to its box key."""

@@ -432,12 +432,15 @@ class Initiator(Agent):
         models = self.state.facts("model", Fact)
         settled = [mid for mid in models if self._settled(int(mid)) or self._now_settled(int(mid))]
         if info.closed:
-            if len(settled) < len(models) or self.jobs.busy():
+            if len(settled) < len(models):
                 return False
+            if self.jobs.busy() or not all(b.fused for b in self.state.facts("bought", Bought).values()):
+                return self._withdraw_owed()      # the refit needs no open task; it ends the node
             return self._finish(info)
         enough = self.cfg.close_when_models is not None and len(settled) >= self.cfg.close_when_models
-        if (enough or self.now() > info.terms.announce_deadline) and len(settled) == len(models) \
-                and not self.jobs.busy() and all(b.fused for b in self.state.facts("bought", Bought).values()):
+        # closing does not wait for the refit of bought models (it needs nothing from the chain): the
+        # verifiers and this node can take their money while it runs
+        if (enough or self.now() > info.terms.announce_deadline) and len(settled) == len(models):
             try:
                 self.client.close_task(self.task_id)
             except ContractRevert as exc:
@@ -446,6 +449,13 @@ class Initiator(Agent):
             self.log(LogEvent.CLOSED)
             return True
         return False
+
+    def _withdraw_owed(self) -> bool:
+        """Take what the contract owes this node now (the escrow refund once the task is closed)."""
+        if not self.client.owed(self.address):
+            return False
+        self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
+        return True
 
     def _now_settled(self, mid: int) -> bool:
         """Read a model not yet known to be settled; True (and remembered) if it now is."""

@@ -234,6 +234,11 @@ class Verifier(Agent):
                 return self._commit(asg, Vote.REJECT, ["the contributor made no valid evaluation offer in time"])
             if asg.stage == Stage.REQUESTED:
                 if asg.request_cid is not None and self.state.get(f"request_posted:{mid}") is None:
+                    if self.sends.running(f"request:{mid}"):
+                        return False
+                    failed = self.sends.pop(f"request:{mid}")
+                    if failed is not None:
+                        failed.result()         # why the post failed (logged by the loop); then re-post
                     self._post_request(mid, *self._request_route(view, asg), asg.request_cid)
                     return True
                 if self._read_inbox(view, asg, m):
@@ -335,9 +340,12 @@ class Verifier(Agent):
 
     def _post_request(self, mid: int, to: str, kind: MessageKind, cid: str) -> None:
         """Post the request, then remember it was posted: a crash in between re-posts the same CID on
-        restart (the receiver answers each request message; a duplicate costs it one more answer)."""
-        self.client.post_message(self.task_id, mid, to, int(kind), cid)
-        self.state.set(f"request_posted:{mid}", cid)
+        restart (the receiver answers each request message; a duplicate costs it one more answer).
+        On a sender thread: the next model's queries are encrypted while this one waits for its block."""
+        def post() -> None:
+            self.client.post_message(self.task_id, mid, to, int(kind), cid)
+            self.state.set(f"request_posted:{mid}", cid)
+        self.sends.submit(f"request:{mid}", post)
 
     def _read_inbox(self, view: TaskView, asg: Assignment, m: Any) -> bool:
         ivhe = view.manifest.verification.mode == "ivhe-insecure"
