@@ -208,3 +208,68 @@ def test_verifiers_draw_only_as_a_backstop():
     block["n"] = 11 + DRAW_BACKSTOP_BLOCKS
     assert v._help_draws() is True and drawn == [7]
     assert 11 + DRAW_BACKSTOP_BLOCKS < 10 + 256                 # long before the draw would be cancelled
+
+
+def test_the_initiator_closes_and_withdraws_while_its_last_refit_runs(tmp_path):
+    """Refitting bought models needs nothing from the chain: once every model is settled the
+    initiator closes the task (so verifiers can take their money) and withdraws its refund while
+    the refit runs, and ends only when the refit is in (before: close waited for the refit)."""
+    import threading
+    from types import SimpleNamespace
+
+    from coopml.chain import ModelStatus
+    from coopml.roles.agent import Jobs
+    from coopml.roles.initiator import Bought, Initiator
+    from coopml.roles.state import Fact
+
+    calls: list[str] = []
+    closed = threading.Event()
+
+    class Client:
+        def task(self, task_id):
+            return SimpleNamespace(closed=closed.is_set(),
+                                   terms=SimpleNamespace(announce_deadline=10_000, verifiers_per_model=3))
+
+        def model(self, mid):
+            return SimpleNamespace(status=ModelStatus.RELEASED)
+
+        def close_task(self, task_id):
+            calls.append("close")
+            closed.set()
+
+        def owed(self, address):
+            return 0 if "withdraw" in calls or not closed.is_set() else 5
+
+        def withdraw(self):
+            calls.append("withdraw")
+            return 5
+
+    records: list[LogRecord] = []
+    ini = Initiator.__new__(Initiator)
+    ini.client, ini.jobs, ini.address, ini.workdir = Client(), Jobs(), "0x" + "22" * 20, tmp_path
+    ini.chain = SimpleNamespace(now=lambda: 100, block_number=lambda: 10)
+    ini.state = AgentState(tmp_path / "state.sqlite")
+    ini.state.set("task_id", 1)
+    ini.cfg = SimpleNamespace(close_when_models=1)
+    ini.log = EventLog(Role.INITIATOR, "initiator", records.append)
+    ini._collect_fusion = ini._serve_decryptions = lambda: False
+    ini._settle_abandoned_ballots = lambda: None
+    ini.sweep_inbox = lambda relevant: None
+    ini.done = False
+    ini.state.add("model", 1, Fact())
+    ini.state.put("bought", 1, Bought(model_id=1, labels=[0], cid="x", envelope_hash="00"))
+    refit = threading.Event()
+    ini.jobs.submit("fuse", refit.wait)
+
+    assert ini.step() and calls == ["close"]              # closes although the refit runs
+    assert ini.step() and calls == ["close", "withdraw"]  # and takes its refund meanwhile
+    assert not ini.step() and not ini.done                # nothing more until the refit is in
+    refit.set()
+    while ini.jobs.busy():
+        time.sleep(0.01)
+    assert not ini.step() and not ini.done                # a bought model not yet in the MetaModel
+    ini.state.put("bought", 1, Bought(model_id=1, labels=[0], cid="x", envelope_hash="00", fused=True))
+    assert ini.step() and ini.done
+    assert [r.event for r in records].count(LogEvent.WITHDRAWN) == 1
+    ini.jobs.shutdown()
+    ini.state.close()
