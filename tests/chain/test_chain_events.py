@@ -86,6 +86,26 @@ def test_wait_for_activity_sleeps_until_there_are_events(world):
     assert only_models.wait_for_activity(0.2, min_interval=0.05) is False  # events, but not its names
 
 
+def test_wait_for_activity_ends_when_woken(world):
+    """An agent asleep until the chain moves must wake at once when its own computation (training,
+    a refit, a posted message) ends, not at its next poll."""
+    import threading
+    import time as _time
+
+    cursor = EventCursor(world.chain, world.coop.address, from_block=world.deploy_block)
+    cursor.poll()
+    wake = threading.Event()
+    timer = threading.Timer(0.2, wake.set)
+    t0 = _time.monotonic()
+    timer.start()
+    try:
+        assert cursor.wait_for_activity(30, min_interval=5, max_interval=5, wake=wake) is True
+    finally:
+        timer.join()
+    assert _time.monotonic() - t0 < 3 and not wake.is_set()     # woken, not polled; and cleared
+    assert cursor.wait_for_activity(0.2, min_interval=0.05, wake=wake) is False
+
+
 def test_confirmations_hold_events_back_until_deep_enough(world):
     cursor = EventCursor(world.chain, world.coop.address, from_block=world.deploy_block, confirmations=2)
     world.publish(n_verifiers=0, n_contributors=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -150,12 +151,14 @@ class EventCursor:
         self.save()
         return len(events)
 
-    def wait_for_activity(self, timeout: float, min_interval: float = 0.2, max_interval: float = 2.0) -> bool:
+    def wait_for_activity(self, timeout: float, min_interval: float = 0.2, max_interval: float = 2.0,
+                          wake: threading.Event | None = None) -> bool:
         """Sleep until this cursor has new (confirmed) events to poll/drain — True — or until
         `timeout` seconds passed — False. Cheap when idle: the poll interval doubles from
         `min_interval` up to `max_interval` while nothing for this cursor happens; blocks with
         nothing for it are skipped for good (as a poll would). A node that is briefly
-        unreachable is waited for, not raised, until the timeout."""
+        unreachable is waited for, not raised, until the timeout. `wake` (set by another thread,
+        e.g. when a computation finished) ends the wait at once — True — and is cleared."""
         deadline = time.monotonic() + timeout
         interval = min_interval
         topics = [[HexBytes(t).to_0x_hex() for t, ev in self._events.items() if ev.event_name in self.names]] \
@@ -174,7 +177,11 @@ class EventCursor:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            time.sleep(min(interval, remaining))
+            if wake is None:
+                time.sleep(min(interval, remaining))
+            elif wake.wait(min(interval, remaining)):
+                wake.clear()
+                return True
             interval = min(interval * 2, max_interval)
 
     def _is_new(self, log: Any) -> bool:

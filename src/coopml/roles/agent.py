@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import os
 import resource
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -87,8 +88,10 @@ class Waiter:
     """Sleeps between rounds: short right after progress, backing off to `slowest` while idle, so an
     idle agent costs almost nothing (a block number read every couple of seconds)."""
 
-    def __init__(self, fastest: float = 0.1, slowest: float = 2.0) -> None:
-        self.fastest, self.slowest = fastest, slowest
+    def __init__(self, fastest: float = 0.1, slowest: float = 2.0, poll: float = 0.5) -> None:
+        # poll: the longest gap between two block-number reads while waiting for the chain (one
+        # cheap call; 2 s made every hop of a model's path wait up to 2 s after its block)
+        self.fastest, self.slowest, self.poll = fastest, slowest, poll
         self.interval = fastest
 
     def wait(self, progressed: bool, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -101,13 +104,16 @@ class Jobs:
     so the node keeps answering events and deadlines while it computes. With several `workers`:
     transactions nobody waits on in the loop (`Agent.sends`), each awaiting its own receipt."""
 
-    def __init__(self, workers: int = 1, name: str = "coopml-job") -> None:
+    def __init__(self, workers: int = 1, name: str = "coopml-job", done: threading.Event | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._futures: dict[str, Future[Any]] = {}
+        self._done = done            # set when any job ends: the idle loop wakes at once
 
     def submit(self, key: str, fn: Callable[[], Any]) -> None:
         if key not in self._futures:
-            self._futures[key] = self._pool.submit(fn)
+            f = self._futures[key] = self._pool.submit(fn)
+            if self._done is not None:
+                f.add_done_callback(lambda _: self._done.set() if self._done is not None else None)
 
     def running(self, key: str) -> bool:
         f = self._futures.get(key)
@@ -154,10 +160,12 @@ class Agent:
         self.cursor = EventCursor(self.chain, client.address, state_path=self.workdir / "cursor.json",
                                   from_block=from_block, confirmations=confirmations)
         self.waiter = waiter or Waiter()
-        self.jobs = Jobs()
+        # set when a job or a send ends: the loop, asleep until the chain moves, wakes at once
+        self._job_ended = threading.Event()
+        self.jobs = Jobs(done=self._job_ended)
         # messages posted off the loop: on 1-second blocks, awaiting each receipt in turn made the
         # n-th of n answers (or requests) wait n blocks; now the next one is computed meanwhile
-        self.sends = Jobs(workers=4, name="coopml-send")
+        self.sends = Jobs(workers=4, name="coopml-send", done=self._job_ended)
         self.done = False
         self.summary = ""   # the one human line a node ends with
         self._transient = _transient_errors()
@@ -199,11 +207,16 @@ class Agent:
                 progressed = self.run_once()
                 if self.done:
                     break
-                if progressed or self.jobs.busy() or self.sends.busy():
+                if progressed:
                     self.waiter.wait(True)
-                else:                                   # idle: sleep until the chain moves (cheap back-off)
+                else:
+                    # nothing to do: sleep until the chain has events for this node or a job or send
+                    # ends (before, a busy job meant a full round of contract reads every 0.1 s,
+                    # e.g. through all of training, on the cores the training needed); polls at most
+                    # `Waiter.poll` apart, so a node reacts within a fraction of a block
                     try:
-                        self.cursor.wait_for_activity(self.waiter.slowest)
+                        self.cursor.wait_for_activity(self.waiter.slowest, max_interval=self.waiter.poll,
+                                                      wake=self._job_ended)
                     except self._transient:
                         self.waiter.wait(False)
         finally:
