@@ -104,6 +104,15 @@ def test_wait_for_activity_ends_when_woken(world):
         timer.join()
     assert _time.monotonic() - t0 < 3 and not wake.is_set()     # woken, not polled; and cleared
     assert cursor.wait_for_activity(0.2, min_interval=0.05, wake=wake) is False
+    # a block the caller waits for ends the wait although it carries nothing for this cursor
+    target = world.chain.block_number() + 1
+    timer = threading.Timer(0.2, world.chain.mine)
+    timer.start()
+    try:
+        assert cursor.wait_for_activity(30, min_interval=0.05, max_interval=0.1, until_block=target) is True
+    finally:
+        timer.join()
+    assert world.chain.block_number() >= target
 
 
 def test_confirmations_hold_events_back_until_deep_enough(world):

@@ -204,7 +204,9 @@ def test_verifiers_draw_only_as_a_backstop():
     v.chain = SimpleNamespace(block_number=lambda: block["n"])
     for n in range(11, 11 + DRAW_BACKSTOP_BLOCKS):
         block["n"] = n
+        v._wake_block = None
         assert v._help_draws() is False and drawn == []     # the interested parties' turn
+        assert v._wake_block == 11 + DRAW_BACKSTOP_BLOCKS    # and it sleeps until its own turn's block
     block["n"] = 11 + DRAW_BACKSTOP_BLOCKS
     assert v._help_draws() is True and drawn == [7]
     assert 11 + DRAW_BACKSTOP_BLOCKS < 10 + 256                 # long before the draw would be cancelled

@@ -152,13 +152,15 @@ class EventCursor:
         return len(events)
 
     def wait_for_activity(self, timeout: float, min_interval: float = 0.2, max_interval: float = 2.0,
-                          wake: threading.Event | None = None) -> bool:
+                          wake: threading.Event | None = None, until_block: int | None = None) -> bool:
         """Sleep until this cursor has new (confirmed) events to poll/drain — True — or until
         `timeout` seconds passed — False. Cheap when idle: the poll interval doubles from
         `min_interval` up to `max_interval` while nothing for this cursor happens; blocks with
         nothing for it are skipped for good (as a poll would). A node that is briefly
         unreachable is waited for, not raised, until the timeout. `wake` (set by another thread,
-        e.g. when a computation finished) ends the wait at once — True — and is cleared."""
+        e.g. when a computation finished) ends the wait at once — True — and is cleared; so does
+        block `until_block` (a block the caller waits for although it may carry no event for it,
+        e.g. the one after which a draw is allowed)."""
         deadline = time.monotonic() + timeout
         interval = min_interval
         topics = [[HexBytes(t).to_0x_hex() for t, ev in self._events.items() if ev.event_name in self.names]] \
@@ -172,6 +174,8 @@ class EventCursor:
                         return True
                     self.next_block = end + 1
                     self.save()
+                if until_block is not None and head >= until_block:
+                    return True
             except ChainUnavailable:
                 pass  # the node restarts: keep waiting until the timeout
             remaining = deadline - time.monotonic()

@@ -162,6 +162,7 @@ class Agent:
         self.waiter = waiter or Waiter()
         # set when a job or a send ends: the loop, asleep until the chain moves, wakes at once
         self._job_ended = threading.Event()
+        self._wake_block: int | None = None      # see wake_at
         self.jobs = Jobs(done=self._job_ended)
         # messages posted off the loop: on 1-second blocks, awaiting each receipt in turn made the
         # n-th of n answers (or requests) wait n blocks; now the next one is computed meanwhile
@@ -181,7 +182,13 @@ class Agent:
 
     # ------------------------------------------------------------------ loop
 
+    def wake_at(self, block: int) -> None:
+        """This round waits for block `block` although it may carry no event for this node (a draw
+        allowed after it): the idle loop wakes when it is mined, not at its next timeout."""
+        self._wake_block = block if self._wake_block is None else min(self._wake_block, block)
+
     def run_once(self) -> bool:
+        self._wake_block = None
         try:
             n = self.cursor.drain(self._on_chain_event)
             return self.step() or n > 0
@@ -216,7 +223,7 @@ class Agent:
                     # `Waiter.poll` apart, so a node reacts within a fraction of a block
                     try:
                         self.cursor.wait_for_activity(self.waiter.slowest, max_interval=self.waiter.poll,
-                                                      wake=self._job_ended)
+                                                      wake=self._job_ended, until_block=self._wake_block)
                     except self._transient:
                         self.waiter.wait(False)
         finally:

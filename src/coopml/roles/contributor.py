@@ -213,6 +213,7 @@ class Contributor(Agent):
             if view.manifest.verification.mode == "ckks" and self.state.get("offer_params") is None:
                 self._offer_params(view)     # compile while the draw block is sealed: the offer goes out at once
                 return True
+            self.wake_at(m.draw_block + 1)
             return False
         if m.status == ModelStatus.VERIFYING:
             if now > m.reveal_deadline:

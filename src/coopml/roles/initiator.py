@@ -201,9 +201,11 @@ class Initiator(Agent):
             self.state.set(f"terminal:{mid}", True)
             return False
         now = self.now()
-        if m.status == ModelStatus.AWAITING_DRAW and self.chain.block_number() > m.draw_block:
-            self.client.draw_verifiers(mid)
-            return True
+        if m.status == ModelStatus.AWAITING_DRAW:
+            if self.chain.block_number() > m.draw_block:
+                self.client.draw_verifiers(mid)
+                return True
+            self.wake_at(m.draw_block + 1)
         # the contract finalizes as soon as every drawn verifier revealed: no need to wait out the window
         if m.status == ModelStatus.VERIFYING and (now > m.reveal_deadline
                                                   or m.reveals >= self.view.info.terms.verifiers_per_model):

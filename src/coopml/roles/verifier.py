@@ -210,6 +210,8 @@ class Verifier(Agent):
                     acted = True
                 except ContractRevert as exc:
                     self.log(LogEvent.REVERT, model=int(mid), error=exc.name)
+            else:
+                self.wake_at(m.draw_block + DRAW_BACKSTOP_BLOCKS + 1)
         return acted
 
     # ------------------------------------------------------------------ one assignment
