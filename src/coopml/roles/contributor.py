@@ -288,7 +288,7 @@ class Contributor(Agent):
             acted = True
         return acted
 
-    def _answer(self, view: TaskView, mid: int, m: Any, req: InboxMessage, item: str = "") -> Decision | None:
+    def _answer(self, view: TaskView, mid: int, m: Any, req: InboxMessage, item: str) -> Decision | None:
         """Evaluate one request under its verifier's key and post the answer on a sender thread (the
         next request is evaluated while this one waits for its block); DONE once it is mined."""
         sent = self.sends.pop(item)
