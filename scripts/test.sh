@@ -29,6 +29,8 @@ if [ "${COOPML_TESTBED_AFTER:-0}" != 1 ]; then
   tb_log="$(mktemp)"
   "$PY" -m pytest "${testbed[@]}" >"$tb_log" 2>&1 &
   tb_pid=$!
+  # interrupted: stop it too, as Ctrl-C would (SIGINT: pytest tears its testbed down), and wait
+  trap '[ -z "$tb_pid" ] || { kill -INT "$tb_pid" 2>/dev/null; wait "$tb_pid"; } || true' EXIT
 fi
 "$PY" -m pytest -n "${COOPML_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --ignore=tests/testbed \
   --durations=25 || status=$?
@@ -36,6 +38,7 @@ echo "main part: $(( $(date +%s) - start )) s wall"
 if [ -n "$tb_pid" ]; then
   tb_status=0
   wait "$tb_pid" || tb_status=$?
+  tb_pid=""
   cat "$tb_log"
   rm -f "$tb_log"
   [ "$tb_status" = 0 ] || status=$tb_status
