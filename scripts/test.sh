@@ -29,8 +29,9 @@ if [ "${COOPML_TESTBED_AFTER:-0}" != 1 ]; then
   tb_log="$(mktemp)"
   "$PY" -m pytest "${testbed[@]}" >"$tb_log" 2>&1 &
   tb_pid=$!
-  # interrupted: stop it too, as Ctrl-C would (SIGINT: pytest tears its testbed down), and wait
-  trap '[ -z "$tb_pid" ] || { kill -INT "$tb_pid" 2>/dev/null; wait "$tb_pid"; } || true' EXIT
+  # interrupted: a background job of a script ignores SIGINT, so the testbed finishes and tears
+  # its namespaces down on its own; do not leave it orphaned, wait for it
+  trap '[ -z "$tb_pid" ] || wait "$tb_pid" || true' EXIT
 fi
 "$PY" -m pytest -n "${COOPML_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --ignore=tests/testbed \
   --durations=25 || status=$?
