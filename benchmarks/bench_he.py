@@ -70,7 +70,7 @@ def _verifier_accuracy(enc, sk, data, labels) -> float:
 
 def table5(epochs: int = 30, seed: int = 0, n_test: int | None = None, scale: float = 1.0,
            fusion_epochs: int = 200, ps: tuple[int, ...] = (1 << 7, 1 << 5), q: int = 1000,
-           verbose: bool = True) -> Table5:
+           verbose: bool = True, augment_copies: int = 8) -> Table5:
     torch.manual_seed(seed)
     pool = load_dataset("mnist", "train")
     test = load_dataset("mnist", "test")
@@ -98,7 +98,7 @@ def table5(epochs: int = 30, seed: int = 0, n_test: int | None = None, scale: fl
             print(f"  trained {spec.name}: own-label test {row['original'] * 100:.1f} %", flush=True)
     init = shards[INITIATOR.name]
     # the case-study fusion preset (docs/fusion.md): plain eqs. 7-12 on linear Table IV features cap near 87 %
-    cfg = FusionConfig.tuned(max_epochs=fusion_epochs, seed=seed)
+    cfg = FusionConfig.tuned(max_epochs=fusion_epochs, augment_copies=augment_copies, seed=seed)
     for n in range(1, len(models) + 1):
         name = "{" + ",".join(str(j + 1) for j in range(n)) + "}"
         row = {"name": name,

@@ -5,8 +5,12 @@ import os
 import pytest
 import torch
 
-# Two cores shared by the whole suite: keep torch from oversubscribing them.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores shared by the whole suite: keep torch from oversubscribing them. Under pytest-xdist each
+# worker takes its share of the cores (scripts/test.sh: 2 workers on 2 cores, one thread each);
+# two threads per worker would put four busy threads on two cores, and OpenMP's waiting threads
+# spin, so the same tests cost more CPU.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(scope="session")
@@ -21,18 +25,39 @@ def mnist_test():
     return load_dataset("mnist", "test")
 
 
-# The longest test files, longest first (`--durations` of a CI run). With `--dist loadfile` a worker
-# takes whole files in collection order, so a long file collected last is the suite's tail while
-# the other worker idles; starting them first lets the short files fill in around them.
-LONGEST_FIRST = (
-    "tests/sim/test_sim_case_studies.py",
-    "tests/roles/test_roles_adversarial.py",
-    "tests/he/test_he_table5.py",
-    "tests/roles/test_roles_processes.py",
-    "tests/roles/test_roles_lifecycle.py",
-)
+# Scheduling. scripts/test.sh runs `-n 2 --dist loadfile --no-loadscope-reorder`: a worker takes
+# whole files (module fixtures such as one lifecycle run shared by several tests stay in one
+# process), one at a time in collection order. The longest files are collected first, longest
+# first, so the short ones fill in around them at the end; a long file collected last would be the
+# suite's tail while the other worker idles. (Without --no-loadscope-reorder xdist re-sorts the
+# files by their number of tests and this order is lost. `--dist loadgroup` cannot split a file
+# instead: xdist 3.8 sets `item._nodeid`, which pytest 9 no longer reads, so its groups are ignored.)
+# Seconds per file: the main phase's `--durations` on the 2-core machine (see docs/performance.md,
+# "The test command"); only the order matters.
+LONGEST_FIRST = {
+    "tests/sim/test_sim_case_studies.py": 170,
+    "tests/roles/test_roles_adversarial.py": 100,
+    "tests/cli/test_cli_deployment.py": 85,
+    "tests/roles/test_roles_lifecycle.py": 80,
+    "tests/roles/test_roles_processes.py": 72,
+    "tests/chain/test_chain_adversarial.py": 70,
+    "tests/roles/test_roles_adversarial_copies.py": 63,
+    "tests/roles/test_roles_recovery.py": 60,
+    "tests/he/test_ckks.py": 60,
+    "tests/he/test_he_table5.py": 55,
+    "tests/chain/test_chain_analysis.py": 55,
+    "tests/storage/test_storage_ipfs.py": 55,
+    "tests/fusion/test_fusion_file.py": 45,
+    "tests/test_static_checks.py": 45,
+    "tests/roles/test_roles_adversarial_disputes.py": 40,
+    "tests/roles/test_roles_adversarial_liveness.py": 38,
+    "tests/cli/test_cli_foundation.py": 38,
+    "tests/chain/test_chain_lifecycle.py": 30,
+    "tests/chain/test_chain_invariant.py": 30,
+    "tests/fusion/test_fusion_metamodel.py": 20,
+    "tests/chain/test_transactions.py": 20,
+}
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))   # stable: the rest keep order
+    items.sort(key=lambda item: -LONGEST_FIRST.get(item.nodeid.split("::")[0], 0))   # stable: the rest keep order

@@ -1,0 +1,41 @@
+"""Hostile participants against the real agents on a real EVM, with real models and real CKKS
+verification (docs/threat-model.md). Each scenario is one small task with several attackers at
+once; the assertions are the properties, read from the chain. This file: a re-seller's permuted copy
+and a verifier flooding every node with malformed messages."""
+
+from __future__ import annotations
+
+import pytest
+from adversarial_plans import _c, _v
+
+from coopml.sim.lifecycle import run_in_process, tiny_plan
+
+
+@pytest.mark.timeout(1800)
+def test_value_test_rejects_a_permuted_copy_and_buys_new_classes(tmp_path):
+    """A re-seller announces another contributor's model with its hidden channels permuted (same
+    outputs, new hash): only one of the two is bought; a model that adds classes is bought. A
+    verifier floods every node with malformed messages meanwhile: all record decisions and go on."""
+    plan = tiny_plan([_c([0, 1, 2, 3, 4], seed=7), _c([0, 1, 2, 3, 4], "CopyingContributor", same_data_as=0),
+                      _c([5, 6, 7, 8, 9], seed=3)], [_v(), _v(), _v("SpammingVerifier")])
+    r = run_in_process(plan, tmp_path)
+    status = {m.contributor: m.status for m in r.models}
+    assert sorted([status["contributor1"], status["contributor2"]]) == ["REJECTED", "RELEASED"], status
+    assert status["contributor3"] == "RELEASED", status
+    assert_poison_recorded(tmp_path, ["initiator", "contributor1", "contributor3", "verifier1", "verifier2"])
+
+
+def assert_poison_recorded(workdir, nodes: list[str]) -> None:
+    """Every message each node received ended with a recorded decision."""
+    from coopml.roles.agent import InboxMessage
+    from coopml.roles.messages import MessageKind
+    from coopml.roles.state import AgentState
+    for node in nodes:
+        st = AgentState(workdir / node / "state.sqlite")
+        inbox = st.facts("inbox", InboxMessage)
+        undecided = [i for i in inbox if st.decision(f"inbox:{i}") is None]
+        ignored = [d for d in st.decisions("inbox:").values() if d.outcome.value in ("ignored", "rejected")]
+        st.close()
+        assert inbox and not undecided, (node, len(inbox), undecided[:3])
+        # SpammingVerifier sends every message kind at least once to each node (and more per model)
+        assert len(ignored) >= len(MessageKind), (node, len(ignored))
