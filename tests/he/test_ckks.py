@@ -109,6 +109,19 @@ def test_params_for_is_secure_and_seal_agrees(arch):
     assert params.complex_packing == (arch == "table4")
 
 
+@pytest.mark.parametrize("arch", ["table4", "table4-square", "fc-sigmoid"])
+def test_the_float32_check_plan_sizes_the_same_parameters(arch):
+    """A contributor checks its model before paying with a float32 fold (~9x cheaper); it must pick
+    the parameters the exact plan picks, and its values must be close (not used to evaluate)."""
+    model = build_model(arch, seed=0)
+    exact, rough = compile_model(model, (1, 28, 28)), compile_model(model, (1, 28, 28), exact=False)
+    assert params_for(rough) == params_for(exact)
+    x = np.random.default_rng(1).random((5, 1, 28, 28))
+    for e, r in zip(exact.forward_plain(x), rough.forward_plain(x), strict=True):
+        assert np.allclose(e, r, rtol=1e-4, atol=1e-4 * np.abs(e).max())
+        assert not np.array_equal(e, r)          # it is the cheap fold, not the exact one
+
+
 # ---------------------------------------------------------------- compiler
 
 

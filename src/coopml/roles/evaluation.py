@@ -85,12 +85,13 @@ class ScoresOnly(torch.nn.Module):
         return self.body(x)
 
 
-def compile_scores(model: torch.nn.Module, input_shape: tuple[int, ...]) -> Any:
+def compile_scores(model: torch.nn.Module, input_shape: tuple[int, ...], exact: bool = True) -> Any:
     """Contributor: its model (class scores only) compiled for CKKS — the costly step (seconds, ~1 GB
     peak for Table IV); compile once per model and pass the plan to `offer_params` and
-    `evaluate_encrypted`. Raises UnsupportedLayerError naming the first layer CKKS cannot evaluate."""
+    `evaluate_encrypted`. Raises UnsupportedLayerError naming the first layer CKKS cannot evaluate.
+    `exact=False`: a float32 fold, ~9x cheaper, good for checking and sizing only."""
     from coopml.he import ckks
-    return ckks.compile_model(ScoresOnly(model), input_shape)
+    return ckks.compile_model(ScoresOnly(model), input_shape, exact=exact)
 
 
 def offer_params(model: torch.nn.Module, input_shape: tuple[int, ...], plan: Any = None) -> dict[str, Any]:
@@ -103,8 +104,9 @@ def offer_params(model: torch.nn.Module, input_shape: tuple[int, ...], plan: Any
 
 def check_evaluable(model: torch.nn.Module, input_shape: tuple[int, ...], max_degree: int = MAX_POLY_DEGREE) -> None:
     """Raise (naming the layer) if CKKS cannot evaluate this model, or only with a ring larger than the
-    task's verifiers accept; run before any payment (one compilation: seconds, not minutes)."""
-    degree = int(offer_params(model, input_shape)["poly_modulus_degree"])
+    task's verifiers accept; run before any payment. A float32 fold (`compile_scores(exact=False)`):
+    the untrained model's parameters only size the check, the offer compiles the trained one exactly."""
+    degree = int(offer_params(model, input_shape, compile_scores(model, input_shape, exact=False))["poly_modulus_degree"])
     if degree > max_degree:
         raise EvaluationError(f"the model needs CKKS ring degree {degree}; this task's verifiers accept at most "
                               f"{max_degree} (verification.poly_modulus_degree)")

@@ -145,15 +145,22 @@ def power_chain(degrees: tuple[int, ...]) -> dict[int, tuple[int, int]]:
     return dict(sorted(need.items()))
 
 
-def _affine(layers: list[nn.Module], in_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """Matrix (out, in) and bias of a run of affine layers, by evaluating them on the unit basis."""
+def _affine(layers: list[nn.Module], in_shape: tuple[int, ...],
+            exact: bool = True) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Matrix (out, in) and bias of a run of affine layers, by evaluating them on the unit basis:
+    in float64 (`exact`), or in float32 channels-last, ~9x cheaper (Table IV: 0.18 instead of 1.67
+    CPU-s) and ~1e-6 relative off: enough to size parameters, not to evaluate with."""
     k = int(np.prod(in_shape))
-    seq = nn.Sequential(*layers).double().eval()
+    dtype = torch.float64 if exact else torch.float32
+    seq = nn.Sequential(*layers).to(dtype).eval()
     with torch.no_grad():
-        basis = torch.cat([torch.zeros(1, k, dtype=torch.float64), torch.eye(k, dtype=torch.float64)])
-        out = seq(basis.reshape(k + 1, *in_shape))
+        basis = torch.cat([torch.zeros(1, k, dtype=dtype), torch.eye(k, dtype=dtype)]).reshape(k + 1, *in_shape)
+        if not exact and basis.dim() == 4:
+            seq = seq.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # documented keyword
+            basis = basis.contiguous(memory_format=torch.channels_last)
+        out = seq(basis)
     out_shape = tuple(out.shape[1:])
-    flat = out.reshape(k + 1, -1).numpy()
+    flat = out.reshape(k + 1, -1).double().numpy()
     bias = flat[0].copy()
     return (flat[1:] - bias).T.copy(), bias, out_shape
 
@@ -175,9 +182,10 @@ def _interval_power(lo: np.ndarray, hi: np.ndarray, d: int) -> tuple[np.ndarray,
 
 
 def compile_model(model: nn.Module, input_shape: tuple[int, ...],
-                  input_range: tuple[float, float] = (0.0, 1.0)) -> HePlan:
+                  input_range: tuple[float, float] = (0.0, 1.0), exact: bool = True) -> HePlan:
     """Check every layer, fold affine runs and activations, bound every value; raises
-    UnsupportedLayerError naming the first layer CKKS cannot evaluate."""
+    UnsupportedLayerError naming the first layer CKKS cannot evaluate. `exact=False` folds in
+    float32 (see `_affine`): a plan to check a model and size its parameters, not to evaluate."""
     body_mod, head_mod = getattr(model, "body", None), getattr(model, "head", None)
     if isinstance(body_mod, nn.Module) and isinstance(head_mod, nn.Module):
         body = _leaves(body_mod, "body")
@@ -240,7 +248,7 @@ def compile_model(model: nn.Module, input_shape: tuple[int, ...],
 
     for name, layer in body_layers:
         if isinstance(layer, PolyActivation):
-            a, b, shape_out = _affine(segment, shape) if segment else (np.eye(int(np.prod(shape))),
+            a, b, shape_out = _affine(segment, shape, exact) if segment else (np.eye(int(np.prod(shape))),
                                                                       np.zeros(int(np.prod(shape))), shape)
             coeffs = tuple(float(c) for c in layer.coefficients)
             powers = tuple(d for d in range(1, len(coeffs)) if coeffs[d] != 0.0)
@@ -254,12 +262,12 @@ def compile_model(model: nn.Module, input_shape: tuple[int, ...],
             segment.append(layer)
     # features: the tail of the body; logits: head(features). One final block for both.
     if segment:
-        fa, fb, fshape = _affine(segment, shape)
+        fa, fb, fshape = _affine(segment, shape, exact)
     else:
         n_in = int(np.prod(shape))
         fa, fb, fshape = np.eye(n_in), np.zeros(n_in), shape
     feature_dim = fa.shape[0]
-    ha, hb, _ = _affine(head_layers, (feature_dim,) if len(fshape) == 1 else fshape)
+    ha, hb, _ = _affine(head_layers, (feature_dim,) if len(fshape) == 1 else fshape, exact)
     if ha.shape[1] != feature_dim:
         raise PlanError(f"head expects {ha.shape[1]} inputs, the body produces {feature_dim}")
     num_classes = ha.shape[0]
