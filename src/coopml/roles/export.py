@@ -171,4 +171,11 @@ def load_onnx_metamodel(path: Path) -> tuple[Any, InputSpec]:
         raise ExportError(f"{path}: not a coopml MetaModel export (no {META_INPUT_SPEC} metadata); "
                           "use `coopml export` to make one")
     spec = InputSpec.model_validate_json(props[META_INPUT_SPEC])
-    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]), spec
+    # one thread, no pool: a MetaModel is small, and a `coopml predict` on a busy machine once ended
+    # with "terminate called without an active exception" (SIGABRT) at interpreter exit, after its
+    # output; onnxruntime's pool thread is the only extra thread such a process has (not reproduced
+    # in 42 further runs, idle and loaded, so this removes the suspect rather than a proven cause)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]), spec
