@@ -73,7 +73,6 @@ def predict(
     session, spec = load_onnx_metamodel(model)
     raw, names = load_samples(inputs, spec, label_column)
     scores = session.run([SCORES], {"input": spec.apply(raw)})[0]
-    del session       # released here, not among the interpreter's exit-time destructors
     top = np.argmax(scores, axis=1)
     if as_json:
         for name, k, s in zip(names, top, scores):

@@ -85,8 +85,8 @@ class WorkdirLock:
 
 
 class Waiter:
-    """Sleeps between rounds: short right after progress, backing off to `slowest` while idle, so an
-    idle agent costs almost nothing (a block number read every couple of seconds)."""
+    """Sleeps between rounds: short right after progress; idle, the loop waits for chain activity up
+    to `slowest` seconds, reading the block number at most `poll` seconds apart (one cheap call)."""
 
     def __init__(self, fastest: float = 0.1, slowest: float = 2.0, poll: float = 0.5) -> None:
         # poll: the longest gap between two block-number reads while waiting for the chain (one
@@ -112,8 +112,9 @@ class Jobs:
     def submit(self, key: str, fn: Callable[[], Any]) -> None:
         if key not in self._futures:
             f = self._futures[key] = self._pool.submit(fn)
-            if self._done is not None:
-                f.add_done_callback(lambda _: self._done.set() if self._done is not None else None)
+            done = self._done
+            if done is not None:
+                f.add_done_callback(lambda _: done.set())
 
     def running(self, key: str) -> bool:
         f = self._futures.get(key)
@@ -335,11 +336,17 @@ class Agent:
     def finish(self, summary: str, **fields: Any) -> bool:
         """This node's part of the task is over: withdraw what the contract owes it, keep `summary`
         (the one human line it ends with) and log DONE (with `fields`). True: it acted."""
-        if self.client.owed(self.address):
-            self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
+        self.withdraw_owed()
         self.summary = summary
         self.done = True
         self.log(LogEvent.DONE, human=summary, **fields)
+        return True
+
+    def withdraw_owed(self) -> bool:
+        """Take what the contract owes this node now; True if there was something to take."""
+        if not self.client.owed(self.address):
+            return False
+        self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
         return True
 
     def now(self) -> int:

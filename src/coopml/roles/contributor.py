@@ -290,13 +290,12 @@ class Contributor(Agent):
 
     def _answer(self, view: TaskView, mid: int, m: Any, req: InboxMessage, item: str) -> Decision | None:
         """Evaluate one request under its verifier's key and post the answer on a sender thread (the
-        next request is evaluated while this one waits for its block); DONE once it is mined."""
+        next request is evaluated while this one waits for its block); DONE once it is mined. The
+        caller skips items whose post is still running."""
         sent = self.sends.pop(item)
         if sent is not None:
             sent.result()              # a failed post re-raises: transient -> retried, revert -> logged
             return Decision(outcome=Outcome.DONE)
-        if self.sends.running(item):
-            return None
         if req.sender not in self.client.selected_verifiers(mid):
             return Decision(outcome=Outcome.IGNORED, reason="sender was not drawn for this model")
         if self.now() > m.verify_deadline:

@@ -437,7 +437,7 @@ class Initiator(Agent):
             if len(settled) < len(models):
                 return False
             if self.jobs.busy() or not all(b.fused for b in self.state.facts("bought", Bought).values()):
-                return self._withdraw_owed()      # the refit needs no open task; it ends the node
+                return self.withdraw_owed()       # the refund, while the refit (it needs no open task) runs
             return self._finish(info)
         enough = self.cfg.close_when_models is not None and len(settled) >= self.cfg.close_when_models
         # closing does not wait for the refit of bought models (it needs nothing from the chain): the
@@ -451,13 +451,6 @@ class Initiator(Agent):
             self.log(LogEvent.CLOSED)
             return True
         return False
-
-    def _withdraw_owed(self) -> bool:
-        """Take what the contract owes this node now (the escrow refund once the task is closed)."""
-        if not self.client.owed(self.address):
-            return False
-        self.log(LogEvent.WITHDRAWN, wei=self.client.withdraw())
-        return True
 
     def _now_settled(self, mid: int) -> bool:
         """Read a model not yet known to be settled; True (and remembered) if it now is."""
