@@ -1,7 +1,7 @@
 """Full-size Case Studies I-IV (the documented benchmark; CI runs the reduced preset as a test).
 
     .venv/bin/python benchmarks/bench_case_studies.py [--out bench-out/case-studies] [--seed 0]
-    .venv/bin/python benchmarks/bench_case_studies.py --cs2-seeds 0 1 2
+    .venv/bin/python benchmarks/bench_case_studies.py --cs2-seeds 0 1 2 [--cs2-strategies II] [--threads 1]
     .venv/bin/python benchmarks/bench_case_studies.py --only cs3 [--out bench-out/cs3]
 
 The first writes the report (markdown + PNGs + results.json) and prints the headline figures and
@@ -39,12 +39,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-out/case-studies"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cs2-seeds", type=int, nargs="+", help="only Case Study II, once per seed")
+    ap.add_argument("--cs2-strategies", nargs="+", choices=["I", "II"], default=["I", "II"],
+                    help="with --cs2-seeds: the fusion strategies to fit (each costs a full fit per prefix)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the full config's)")
     ap.add_argument("--only", choices=["cs3"], help="run only this case study (full config)")
     ap.add_argument("--fedavg-precisions", nargs="+", choices=["fp32", "fp16", "int8"],
                     help="with --only cs3: FedAvg runs (default: the full config's)")
     args = ap.parse_args()
     if args.cs2_seeds:
-        cs2_over_seeds(args.cs2_seeds)
+        cs2_over_seeds(args.cs2_seeds, args.cs2_strategies, args.threads)
         return
     if args.only == "cs3":
         cfg = CaseStudyConfig.full().model_copy(update={"seed": args.seed, "case_study_4": None})
@@ -118,11 +121,16 @@ def print_cs3(cs3: CaseStudy3Result, cfg: CaseStudyConfig) -> None:
               f"accuracy, both scenarios): {'MET' if all(like) else 'NOT MET'}")
 
 
-def cs2_over_seeds(seeds: list[int]) -> None:
+def cs2_over_seeds(seeds: list[int], strategies: list[str], threads: int | None = None) -> None:
     runs: dict[str, list[list[float]]] = {}
+    base = CaseStudyConfig.full()
+    print(f"Case Study II fusion: strategies {' and '.join(strategies)}, {base.cs2_fusion!r}", flush=True)
     for seed in seeds:
         t0 = time.perf_counter()
-        res = run_case_study_2(CaseStudyConfig.full().model_copy(update={"seed": seed}))
+        update: dict[str, object] = {"seed": seed, "cs2_strategies": strategies}
+        if threads is not None:
+            update["threads"] = threads
+        res = run_case_study_2(base.model_copy(update=update))
         for method, accs in {**res.fused, "initiator only": [res.initiator_only] * 3,
                             "initiator tuned": [res.initiator_only_tuned] * 3}.items():
             runs.setdefault(method, []).append([100 * a for a in accs])
@@ -136,6 +144,8 @@ def cs2_over_seeds(seeds: list[int]) -> None:
         cols = list(zip(*per_seed))
         sd = (lambda c: statistics.stdev(c) if len(c) > 1 else 0.0)  # noqa: E731
         print(f"  {method:15s} " + " / ".join(f"{statistics.mean(c):.2f} +- {sd(c):.2f}" for c in cols))
+    if "strategy II" not in runs:
+        return
     ours = [statistics.mean(c) for c in zip(*runs["strategy II"])]
     print("  strategy II minus paper (points): " + " / ".join(f"{a - p:+.2f}" for a, p in zip(ours, PAPER_TABLE_V_ORIGINAL)))
 

@@ -363,6 +363,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--timeout", type=float, default=5400)
     ap.add_argument("--ckks-slots", type=int, default=3, help="CKKS computations at once in this process")
+    ap.add_argument("--verify-window", type=int, default=1800,
+                    help="seconds verifiers have per model (1800: at N = 50 on one shared 2-core box this was too short)")
     ap.add_argument("--report", type=Path, nargs="+", help="only print the tables of earlier runs' nN.json files")
     args = ap.parse_args()
     if args.report:
@@ -380,7 +382,7 @@ def main() -> None:
     rows = []
     for n in args.n:
         t = time.monotonic()
-        s = summarise(n, run_threads(scale_plan(n), out / f"n{n}", args.timeout))
+        s = summarise(n, run_threads(scale_plan(n, verify_s=args.verify_window), out / f"n{n}", args.timeout))
         rows.append(s)
         (out / f"n{n}.json").write_text(json.dumps(s, indent=1, default=str))
         print_row(s)

@@ -169,3 +169,52 @@ def test_epoch_buffers_match_the_plain_loop():
             run(head, opt, gen, ftr, ytr, cfg)
         heads.append(head)
     assert all(torch.equal(a, b) for a, b in zip(heads[0].state_dict().values(), heads[1].state_dict().values()))
+
+
+def test_joint_branch_starts_at_zero_grows_with_members_and_is_stored(fusion_members, tmp_path):
+    """The joint branch convolves all members' maps stacked (two Table IV members: 32 channels
+    of 7x7), adds nothing before training, keeps its function when a member joins (new input
+    channels and hidden units start at zero), survives the MetaModel file, and falls back to an
+    MLP over f_c when a member has no maps (Table I)."""
+    shards, models, test = fusion_members
+    init = shards["initiator"]
+    cfg = FAST.model_copy(update={"joint_branch": "auto", "joint_width": 8, "augment_copies": 0})
+    low, high = (TorchMember(models[k], shards[k].spec.labels) for k in ("low", "high"))
+    meta = MetaModel([low], None, "II", cfg)
+    meta.fit(init.train, init.verify)
+    head = meta.fusion_heads[0]
+    assert head.joint is not None and head.joint.maps == (16, 7, 7)
+    assert head.joint.last.weight.abs().sum() > 0                 # trained in stage 2
+    x, _ = init.verify.tensors()
+    f1 = meta.member_features(x[:64])
+    with torch.no_grad():
+        before = head.joint(f1)
+    meta._append(high)
+    high.features(x[:1])                                          # its map shape is known once it ran
+    meta.build_branches()
+    grown = meta.fusion_heads[0].joint
+    assert grown is not None and grown.maps == (32, 7, 7) and grown.last.out_features == head.hidden_dim
+    with torch.no_grad():
+        after = grown(torch.cat([f1, torch.randn(64, 784)], 1) * torch.cat([torch.ones(784), torch.zeros(784)]))
+    assert torch.allclose(after[:, :before.shape[1]], before, atol=1e-5)
+    assert torch.equal(after[:, before.shape[1]:], torch.zeros(64, after.shape[1] - before.shape[1]))
+    meta.fit(init.train, init.verify)
+    assert evaluate(meta, test) > 0.75
+    again = load_metamodel(save_metamodel(meta, tmp_path / "j.safetensors"))
+    xt, _ = test.tensors()
+    assert torch.equal(again.predict(xt[:500]), meta.predict(xt[:500]))
+    mixed = MetaModel([low, TorchMember(models["mixed"], shards["mixed"].spec.labels)], None, "II", cfg)
+    mixed.member_features(x[:8])
+    mixed.build_branches()
+    joint = mixed.fusion_heads[0].joint
+    assert joint is not None and joint.maps is None and isinstance(joint.inner, torch.nn.Linear)
+    # FusionConfig.spatial(): convs where members have maps, nothing for flat members
+    maps_only = MetaModel([low, TorchMember(models["mixed"], shards["mixed"].spec.labels)], None, "II",
+                          FusionConfig.spatial(augment_copies=0, max_epochs=2, patience=1))
+    maps_only.build_branches()
+    spatial = maps_only.fusion_heads[0]
+    assert spatial.joint is None and isinstance(spatial.branches[0][1], torch.nn.Conv2d)
+    assert not list(spatial.branches[1].parameters())
+    f = maps_only.member_features(x[:16])
+    with torch.no_grad():
+        assert torch.equal(spatial.branches[1](f[:, 784:]), torch.zeros(16, len(shards["mixed"].spec.labels)))

@@ -68,9 +68,17 @@ class FusionConfig(BaseModel):
     # start on train + val for those epochs: every labelled image of the initiator ends up used
     refit_on_all: bool = False
     # extension: a nonlinear branch inside each member's block ("auto": conv over spatial features,
-    # MLP over flat ones); its output layer starts at zero so the start is still eqs. 9-10
-    block_branch: Literal["none", "auto", "mlp"] = "none"
+    # MLP over flat ones; "maps": conv over spatial features, none for flat ones); its output
+    # layer starts at zero so the start is still eqs. 9-10
+    block_branch: Literal["none", "auto", "mlp", "maps"] = "none"
     branch_width: int = Field(32, ge=1)
+    # extension: one branch over all members' features together, feeding every hidden unit: a
+    # conv over their stacked feature maps when all have maps of one H x W ("maps": only then;
+    # "auto": else an MLP over f_c); it crosses blocks, so strategy II trains it in stage 2 only
+    # (like A's off-diagonal blocks)
+    joint_branch: Literal["none", "maps", "auto"] = "none"
+    joint_width: int = Field(64, ge=1)
+    joint_depth: int = Field(1, ge=1, le=4)      # 3x3 conv layers (maps) or hidden layers (MLP)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     ensemble: int = Field(1, ge=1)              # independently initialised heads, softmax averaged
     # warm start (IncrementalFuser): epochs per stage when the previous head is kept; None = as cold
@@ -88,6 +96,16 @@ class FusionConfig(BaseModel):
         base: dict[str, object] = {"feature_activation": "relu", "augment_copies": 8, "feature_dropout": 0.3,
                                    "refit_on_all": True}
         return cls.model_validate({**base, **overrides})
+
+    @classmethod
+    def spatial(cls, **overrides: object) -> FusionConfig:
+        """`tuned()` plus conv branches over members' feature maps (Table IV's 16 x 7 x 7 pooled
+        maps: one per member's block and one over all members' maps stacked), 16 augmented
+        copies, batches of 200 at lr 2e-3. Chosen on validation accuracy for Case Study II
+        (docs/fusion.md, ablation); members with flat features get no branch."""
+        base: dict[str, object] = {"block_branch": "maps", "joint_branch": "maps", "augment_copies": 16,
+                                   "batch_size": 200, "lr": 2e-3}
+        return cls.tuned(**{**base, **overrides})
 
     @classmethod
     def live(cls, **overrides: object) -> FusionConfig:
@@ -129,6 +147,81 @@ def _branch(width: int, feature_dim: int, feature_shape: Sequence[int] | None, o
     return nn.Sequential(*layers)
 
 
+class _NoBranch(nn.Module):
+    """The block branch of a member that gets none (`block_branch="maps"`, flat features): zeros."""
+
+    def __init__(self, out: int) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(len(x), self.out)
+
+
+def _stacked_maps(shapes: Sequence[tuple[int, ...] | None]) -> tuple[int, int, int] | None:
+    """(sum of channels, H, W) when every member's features are (C, H, W) maps of one H x W."""
+    if not shapes or any(s is None or len(s) != 3 for s in shapes):
+        return None
+    hw = {tuple(s[1:]) for s in shapes if s is not None}
+    if len(hw) != 1:
+        return None
+    h, w = hw.pop()
+    return (sum(int(s[0]) for s in shapes if s is not None), int(h), int(w)) if min(h, w) >= 2 else None
+
+
+class JointBranch(nn.Module):
+    """g(f_c): a 3x3 conv + 2x2 max-pool over all members' feature maps stacked channel-wise
+    (or an MLP over f_c when they are not maps of one size), added to every hidden unit. The
+    output layer starts at zero; `grow` adds input channels / hidden units with zero weights,
+    so a warm-started head computes the same function after a member joins."""
+
+    def __init__(self, width: int, feature_dims: Sequence[int], shapes: Sequence[tuple[int, ...] | None],
+                 out: int, depth: int = 1) -> None:
+        super().__init__()
+        self.width, self.depth = width, depth
+        self.maps = _stacked_maps(shapes)
+        self.shapes = [tuple(s) if s is not None else None for s in shapes]
+        self.feature_dims = list(feature_dims)
+        if self.maps is not None:
+            c, h, w = self.maps
+            self.inner: nn.Conv2d | nn.Linear = nn.Conv2d(c, width, 3, padding=1)
+            self.deeper = nn.ModuleList([nn.Conv2d(width, width, 3, padding=1) for _ in range(depth - 1)])
+            self.last = nn.Linear(width * math.ceil(h / 2) * math.ceil(w / 2), out)
+        else:
+            self.inner = nn.Linear(sum(feature_dims), width)
+            self.deeper = nn.ModuleList([nn.Linear(width, width) for _ in range(depth - 1)])
+            self.last = nn.Linear(width, out)
+        nn.init.zeros_(self.last.weight)
+        nn.init.zeros_(self.last.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.maps is None:
+            z = F.relu(self.inner(x))
+        else:
+            z = F.relu(self.inner(x.reshape(len(x), *self.maps)))   # members' maps are contiguous in f_c
+        for layer in self.deeper:
+            z = F.relu(layer(z))
+        if self.maps is not None:
+            z = torch.flatten(F.max_pool2d(z, 2, ceil_mode=True), 1)
+        return self.last(z)
+
+    @torch.no_grad()
+    def grown(self, feature_dims: Sequence[int], shapes: Sequence[tuple[int, ...] | None], out: int) -> JointBranch:
+        """This branch for more members: same function on the old inputs and hidden units."""
+        new = JointBranch(self.width, feature_dims, shapes, out, self.depth)
+        if (self.maps is None) != (new.maps is None) or (self.maps and new.maps and self.maps[1:] != new.maps[1:]):
+            return new   # the layout changed (a member without maps joined): restart at zero
+        old_in, old_out = self.inner.weight.shape[1], self.last.weight.shape[0]
+        new.inner.weight.zero_()
+        new.inner.weight[:, :old_in] = self.inner.weight
+        if new.inner.bias is not None and self.inner.bias is not None:
+            new.inner.bias.copy_(self.inner.bias)
+        new.deeper.load_state_dict(self.deeper.state_dict())
+        new.last.weight[:old_out] = self.last.weight
+        new.last.bias[:old_out] = self.last.bias
+        return new
+
+
 class FusionHead(nn.Module):
     """The fusion network on normalised f_c: h = f_c A + a (+ g_i(f_i) on block i), y = h B + b.
 
@@ -152,6 +245,7 @@ class FusionHead(nn.Module):
         self.register_buffer("mask_A", torch.zeros(0, 0))
         self.register_buffer("mask_B", torch.zeros(0, num_classes))
         self.branches = nn.ModuleList()
+        self.joint: JointBranch | None = None
         self.label_sets: list[tuple[int, ...]] = []
         self.feature_dims: list[int] = []
         self.feature_shapes: list[tuple[int, ...] | None] = []
@@ -199,16 +293,33 @@ class FusionHead(nn.Module):
         self.feature_shapes.append(None)
 
     def build_branches(self, shapes: Sequence[Sequence[int] | None]) -> None:
-        """Create the block branches still missing (one per member, in order)."""
-        if self.cfg.block_branch == "none":
-            return
-        for i in range(len(self.branches), len(self.feature_dims)):
-            given = shapes[i]
+        """Create the block branches still missing (one per member, in order) and grow the joint
+        branch to every member."""
+        for i, given in enumerate(shapes[:len(self.feature_dims)]):
             shape = tuple(int(s) for s in given) if given is not None else None
             if shape is not None and math.prod(shape) != self.feature_dims[i]:
                 raise FusionError(f"member {i}: feature shape {shape} does not hold {self.feature_dims[i]} features")
-            self.feature_shapes[i] = shape
-            use_shape = shape if self.cfg.block_branch == "auto" else None
+            if shape is not None or i >= len(self.branches):
+                self.feature_shapes[i] = shape
+        joint = self.cfg.joint_branch
+        if joint == "maps" and _stacked_maps(self.feature_shapes) is None:
+            self.joint = None   # a member without maps of the same size: no joint branch
+        elif joint != "none" and (self.joint is None or self.joint.shapes != self.feature_shapes):
+            with torch.random.fork_rng():
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._gen)))
+                if self.joint is None:
+                    self.joint = JointBranch(self.cfg.joint_width, self.feature_dims, self.feature_shapes,
+                                             self.hidden_dim, self.cfg.joint_depth)
+                else:
+                    self.joint = self.joint.grown(self.feature_dims, self.feature_shapes, self.hidden_dim)
+        if self.cfg.block_branch == "none":
+            return
+        for i in range(len(self.branches), len(self.feature_dims)):
+            shape = self.feature_shapes[i]
+            if self.cfg.block_branch == "maps" and (shape is None or len(shape) != 3):
+                self.branches.append(_NoBranch(len(self.label_sets[i])))   # flat features: no branch
+                continue
+            use_shape = shape if self.cfg.block_branch in ("auto", "maps") else None
             with torch.random.fork_rng():   # torch's layer init draws from the global RNG: keep it untouched
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._gen)))
                 self.branches.append(_branch(self.cfg.branch_width, self.feature_dims[i], use_shape,
@@ -234,6 +345,8 @@ class FusionHead(nn.Module):
                 parts.append(br(x[:, f0:f0 + width]))
                 f0 += width
             h = h + torch.cat(parts, 1)
+        if self.joint is not None:
+            h = h + self.joint(x)
         if self.cfg.hidden_activation == "relu":
             h = F.relu(h)
         return h @ B + self.b_bias
@@ -243,7 +356,8 @@ class FusionHead(nn.Module):
         A member's branch belongs to its block, so it trains in both stages."""
         head = [p for p in (self.A, self.a_bias) if p.requires_grad] + list(self.branches.parameters())
         out = [p for p in (self.B, self.b_bias) if p.requires_grad]
-        return [(0.0, head), (1.0, head + out)] if self.strategy == "II" else [(1.0, head + out)]
+        joint = list(self.joint.parameters()) if self.joint is not None else []
+        return [(0.0, head), (1.0, head + out + joint)] if self.strategy == "II" else [(1.0, head + out + joint)]
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.state_dict().items()}

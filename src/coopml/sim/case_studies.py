@@ -45,6 +45,10 @@ class CaseStudyConfig(BaseModel):
     contributor_lr: float = 1e-3
     verify_threshold: float = 0.9                  # paper: a private model passes at 90 % (own labels)
     fusion: FusionConfig = FusionConfig.tuned()
+    # Case Study II's members (Table IV) expose 16 x 7 x 7 feature maps: its fusion adds conv
+    # branches over them (chosen on validation accuracy; docs/fusion.md, ablation)
+    cs2_fusion: FusionConfig = FusionConfig.spatial()
+    cs2_strategies: list[Strategy] = ["I", "II"]
     fedavg_rounds: int = Field(5, ge=1)
     fedavg_local_epochs: int = Field(20, ge=1)
     fedavg_arch: str = "table1-c1"                 # "a three-layer CNN" for every party, both paradigms
@@ -72,6 +76,7 @@ class CaseStudyConfig(BaseModel):
         return cls(preset="reduced", threads=1, scale=0.3, test_samples=2000, contributor_epochs=8, contributor_patience=3,
                    verify_threshold=0.8,
                    fusion=FusionConfig.tuned(augment_copies=2, max_epochs=40, patience=5),
+                   cs2_fusion=FusionConfig.spatial(augment_copies=2, max_epochs=40, patience=5),
                    fedavg_rounds=2, fedavg_local_epochs=3, cs3_precisions=["fp32", "int8"],
                    fedavg_precisions=["fp32"],
                    case_study_4=CaseStudy4Config.reduced())
@@ -198,18 +203,18 @@ def _initiator_only(arch: str, shard: LabelShard, cfg: CaseStudyConfig, test: Da
 
 
 def _fusion_curve(models: Sequence[FeatureModel], labels: Sequence[Sequence[int]], init: LabelShard,
-                  cfg: CaseStudyConfig, test: Dataset, strategies: Sequence[Strategy] = ("I", "II"),
+                  fusion: FusionConfig, test: Dataset, strategies: Sequence[Strategy] = ("I", "II"),
                   ) -> dict[str, list[float]]:
     """Accuracy as the models arrive one at a time ({1}, {1,2}, ...), per method. Each MetaModel
     is fitted from scratch; the members' features on the initiator's data are computed once."""
     out: dict[str, list[float]] = {f"strategy {s}": [] for s in strategies}
     out["late fusion"] = []
     members = [TorchMember(m, labs) for m, labs in zip(models, labels)]
-    cache = FeatureCache(init.train, init.verify, cfg.fusion)
+    cache = FeatureCache(init.train, init.verify, fusion)
     for k in range(1, len(models) + 1):
         cache.add(members[k - 1])
         for s in strategies:
-            meta = MetaModel(members[:k], None, s, cfg.fusion)
+            meta = MetaModel(members[:k], None, s, fusion)
             meta.fit_cached(cache)
             out[f"strategy {s}"].append(evaluate(meta, test))
         out["late fusion"].append(evaluate(LateFusion(models[:k], labels[:k]), test))
@@ -222,7 +227,8 @@ def _setup(cfg: CaseStudyConfig) -> None:
 
 
 def _label_subset_study(cfg: CaseStudyConfig, specs: Sequence[ShardSpec], init_name: str,
-                        archs: Sequence[str]) -> tuple[list[ContributorRow], dict[str, list[float]], tuple[float, float]]:
+                        archs: Sequence[str], fusion: FusionConfig,
+                        strategies: Sequence[Strategy] = ("I", "II")) -> tuple[list[ContributorRow], dict[str, list[float]], tuple[float, float]]:
     """Train one contributor per arch on its label shard, fuse them as they arrive, and train the
     initiator's stand-alone baseline (same arch as contributor 1) on the initiator's shard."""
     _setup(cfg)
@@ -234,7 +240,7 @@ def _label_subset_study(cfg: CaseStudyConfig, specs: Sequence[ShardSpec], init_n
         model, row = _train_contributor(name, arch, shards[name], cfg, cfg.seed + i, test)
         models.append(model)
         rows.append(row)
-    fused = _fusion_curve(models, [r.labels for r in rows], shards[init_name], cfg, test)
+    fused = _fusion_curve(models, [r.labels for r in rows], shards[init_name], fusion, test, strategies)
     return rows, fused, _initiator_only(archs[0], shards[init_name], cfg, test)
 
 
@@ -242,7 +248,7 @@ def _label_subset_study(cfg: CaseStudyConfig, specs: Sequence[ShardSpec], init_n
 def run_case_study_1(cfg: CaseStudyConfig) -> CaseStudy1Result:
     """Table I CNNs on the Table II split, fused by strategies I and II (Figs. 10-11)."""
     t0 = time.perf_counter()
-    rows, fused, alone = _label_subset_study(cfg, TABLE_II, "verifiers", TABLE1_ARCHS)
+    rows, fused, alone = _label_subset_study(cfg, TABLE_II, "verifiers", TABLE1_ARCHS, cfg.fusion)
     return CaseStudy1Result(contributors=rows, fused=fused, initiator_only=alone[0], initiator_only_tuned=alone[1],
                             seconds=time.perf_counter() - t0)
 
@@ -251,7 +257,8 @@ def run_case_study_1(cfg: CaseStudyConfig) -> CaseStudy1Result:
 def run_case_study_2(cfg: CaseStudyConfig) -> CaseStudy2Result:
     """Table IV models on the Table III split, fused by strategy II: Table V's 'Original' column."""
     t0 = time.perf_counter()
-    rows, fused, alone = _label_subset_study(cfg, (INITIATOR,) + TABLE_III, "initiator", ("table4",) * 3)
+    rows, fused, alone = _label_subset_study(cfg, (INITIATOR,) + TABLE_III, "initiator", ("table4",) * 3,
+                                             cfg.cs2_fusion, cfg.cs2_strategies)
     return CaseStudy2Result(contributors=rows, fused=fused, initiator_only=alone[0], initiator_only_tuned=alone[1],
                             seconds=time.perf_counter() - t0)
 

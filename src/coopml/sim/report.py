@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from coopml.fusion import FusionConfig
 from coopml.sim.case_studies import PAPER_TABLE_V_ORIGINAL, CaseStudiesResult
 from coopml.sim.case_study4 import CaseStudy4Result
 
@@ -239,6 +240,7 @@ def write_report(out_dir: str | Path, results: CaseStudiesResult) -> Path:
         *_fused_table(results.cs1), "",
         f"({results.cs1.seconds:.0f} s)", "",
         "## Case Study II (Table IV models, Table III split; Table V 'Original' column)", "",
+        _cs2_fusion_note(cfg.fusion, cfg.cs2_fusion), "",
         *_contributor_table(results.cs2.contributors), "",
         *_fused_table(results.cs2, PAPER_TABLE_V_ORIGINAL), "",
         f"({results.cs2.seconds:.0f} s)", "",
@@ -295,3 +297,12 @@ def write_report(out_dir: str | Path, results: CaseStudiesResult) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
+
+
+def _cs2_fusion_note(base: FusionConfig, cs2: FusionConfig) -> str:
+    """What Case Study II's fusion does beyond the settings above (its members have feature maps)."""
+    changed = {k: v for k, v in cs2.model_dump().items() if base.model_dump().get(k) != v}
+    if not changed:
+        return "Fusion as above."
+    return ("Fusion as above, except (Table IV members expose 16 x 7 x 7 feature maps; conv branches "
+            "over them, `FusionConfig.spatial()`): " + ", ".join(f"{k} = {v}" for k, v in changed.items()) + ".")
