@@ -22,9 +22,10 @@ the fusion network trains on cached tensors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -78,7 +79,6 @@ class FusionConfig(BaseModel):
     # (like A's off-diagonal blocks)
     joint_branch: Literal["none", "maps", "auto"] = "none"
     joint_width: int = Field(64, ge=1)
-    joint_depth: int = Field(1, ge=1, le=4)      # 3x3 conv layers (maps) or hidden layers (MLP)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     ensemble: int = Field(1, ge=1)              # independently initialised heads, softmax averaged
     # warm start (IncrementalFuser): epochs per stage when the previous head is kept; None = as cold
@@ -171,44 +171,39 @@ def _stacked_maps(shapes: Sequence[tuple[int, ...] | None]) -> tuple[int, int, i
 
 class JointBranch(nn.Module):
     """g(f_c): a 3x3 conv + 2x2 max-pool over all members' feature maps stacked channel-wise
-    (or an MLP over f_c when they are not maps of one size), added to every hidden unit. The
-    output layer starts at zero; `grow` adds input channels / hidden units with zero weights,
-    so a warm-started head computes the same function after a member joins."""
+    (or an MLP over f_c when they are not maps of one size), added to every hidden unit — the
+    layers of `_branch`, over all members at once (built here, conv before output layer, so that
+    seeded results stay as measured). The output layer starts at zero; `grown` adds input
+    channels / hidden units with zero weights, so a warm-started head computes the same function
+    after a member joins."""
 
     def __init__(self, width: int, feature_dims: Sequence[int], shapes: Sequence[tuple[int, ...] | None],
-                 out: int, depth: int = 1) -> None:
+                 out: int) -> None:
         super().__init__()
-        self.width, self.depth = width, depth
+        self.width = width
         self.maps = _stacked_maps(shapes)
         self.shapes = [tuple(s) if s is not None else None for s in shapes]
         self.feature_dims = list(feature_dims)
         if self.maps is not None:
             c, h, w = self.maps
             self.inner: nn.Conv2d | nn.Linear = nn.Conv2d(c, width, 3, padding=1)
-            self.deeper = nn.ModuleList([nn.Conv2d(width, width, 3, padding=1) for _ in range(depth - 1)])
             self.last = nn.Linear(width * math.ceil(h / 2) * math.ceil(w / 2), out)
         else:
             self.inner = nn.Linear(sum(feature_dims), width)
-            self.deeper = nn.ModuleList([nn.Linear(width, width) for _ in range(depth - 1)])
             self.last = nn.Linear(width, out)
         nn.init.zeros_(self.last.weight)
         nn.init.zeros_(self.last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.maps is None:
-            z = F.relu(self.inner(x))
-        else:
-            z = F.relu(self.inner(x.reshape(len(x), *self.maps)))   # members' maps are contiguous in f_c
-        for layer in self.deeper:
-            z = F.relu(layer(z))
-        if self.maps is not None:
-            z = torch.flatten(F.max_pool2d(z, 2, ceil_mode=True), 1)
-        return self.last(z)
+            return self.last(F.relu(self.inner(x)))
+        z = F.relu(self.inner(x.reshape(len(x), *self.maps)))   # members' maps are contiguous in f_c
+        return self.last(torch.flatten(F.max_pool2d(z, 2, ceil_mode=True), 1))
 
     @torch.no_grad()
     def grown(self, feature_dims: Sequence[int], shapes: Sequence[tuple[int, ...] | None], out: int) -> JointBranch:
         """This branch for more members: same function on the old inputs and hidden units."""
-        new = JointBranch(self.width, feature_dims, shapes, out, self.depth)
+        new = JointBranch(self.width, feature_dims, shapes, out)
         if (self.maps is None) != (new.maps is None) or (self.maps and new.maps and self.maps[1:] != new.maps[1:]):
             return new   # the layout changed (a member without maps joined): restart at zero
         old_in, old_out = self.inner.weight.shape[1], self.last.weight.shape[0]
@@ -216,7 +211,6 @@ class JointBranch(nn.Module):
         new.inner.weight[:, :old_in] = self.inner.weight
         if new.inner.bias is not None and self.inner.bias is not None:
             new.inner.bias.copy_(self.inner.bias)
-        new.deeper.load_state_dict(self.deeper.state_dict())
         new.last.weight[:old_out] = self.last.weight
         new.last.bias[:old_out] = self.last.bias
         return new
@@ -305,11 +299,10 @@ class FusionHead(nn.Module):
         if joint == "maps" and _stacked_maps(self.feature_shapes) is None:
             self.joint = None   # a member without maps of the same size: no joint branch
         elif joint != "none" and (self.joint is None or self.joint.shapes != self.feature_shapes):
-            with torch.random.fork_rng():
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._gen)))
+            with self._own_rng():
                 if self.joint is None:
                     self.joint = JointBranch(self.cfg.joint_width, self.feature_dims, self.feature_shapes,
-                                             self.hidden_dim, self.cfg.joint_depth)
+                                             self.hidden_dim)
                 else:
                     self.joint = self.joint.grown(self.feature_dims, self.feature_shapes, self.hidden_dim)
         if self.cfg.block_branch == "none":
@@ -320,10 +313,17 @@ class FusionHead(nn.Module):
                 self.branches.append(_NoBranch(len(self.label_sets[i])))   # flat features: no branch
                 continue
             use_shape = shape if self.cfg.block_branch in ("auto", "maps") else None
-            with torch.random.fork_rng():   # torch's layer init draws from the global RNG: keep it untouched
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._gen)))
+            with self._own_rng():
                 self.branches.append(_branch(self.cfg.branch_width, self.feature_dims[i], use_shape,
                                              len(self.label_sets[i])))
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Layers built inside draw their init from this head's generator: torch's layer init
+        draws from the global RNG, which stays untouched."""
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._gen)))
+            yield
 
     def effective(self) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.gamma
@@ -353,7 +353,8 @@ class FusionHead(nn.Module):
 
     def stages(self) -> list[tuple[float, list[nn.Parameter]]]:
         """(gamma, trainable parameters) per stage: eqs. 11-12's two stages, or one for strategy I.
-        A member's branch belongs to its block, so it trains in both stages."""
+        A member's branch belongs to its block, so it trains in both stages; the joint branch
+        crosses blocks, so it trains in stage 2 only."""
         head = [p for p in (self.A, self.a_bias) if p.requires_grad] + list(self.branches.parameters())
         out = [p for p in (self.B, self.b_bias) if p.requires_grad]
         joint = list(self.joint.parameters()) if self.joint is not None else []

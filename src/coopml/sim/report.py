@@ -301,7 +301,8 @@ def write_report(out_dir: str | Path, results: CaseStudiesResult) -> Path:
 
 def _cs2_fusion_note(base: FusionConfig, cs2: FusionConfig) -> str:
     """What Case Study II's fusion does beyond the settings above (its members have feature maps)."""
-    changed = {k: v for k, v in cs2.model_dump().items() if base.model_dump().get(k) != v}
+    before = base.model_dump()
+    changed = {k: v for k, v in cs2.model_dump().items() if before.get(k) != v}
     if not changed:
         return "Fusion as above."
     return ("Fusion as above, except (Table IV members expose 16 x 7 x 7 feature maps; conv branches "
