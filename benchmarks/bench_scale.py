@@ -13,7 +13,7 @@ images) per encrypted CKKS evaluation; the initiator fuses with 2 epochs on 200 
 Every agent is the production role class with its own keystore, config, chain connection
 (`Chain.rpc`, its own transaction manager), store handle, state and workdir lock, exactly as
 `coopml contributor|verifier|initiator` builds it (`roles.runner.open_node`), and runs its own
-`Agent.run` loop (the real idle back-off: `cursor.wait_for_activity`) — but as a thread of this
+`Agent.run` loop (the real idle wait: `cursor.wait_for_block`, a step only when due) — but as a thread of this
 one process, not as 1 + N + V processes: each agent process costs ~277 MB RSS and ~5 CPU-s just
 to import torch and the roles (measured: `/usr/bin/time -v python -c "import coopml.roles...,
 torch"`), so N = 50 (76 processes) would need ~21 GB and ~6 CPU-minutes of start-up on a 2-core
@@ -104,11 +104,11 @@ def _run_agent(run: AgentRun, setup: Any, task_id: int | None, sink: Any) -> Non
                     run.job_cpu += time.thread_time() - c
             submit(key, job)
         agent.jobs.submit = timed_submit  # type: ignore[method-assign]
-        run_once, wait = agent.run_once, agent.cursor.wait_for_activity
+        run_once, wait = agent.run_once, agent.cursor.wait_for_block
 
-        def timed_run_once() -> bool:
+        def timed_run_once(**kw: Any) -> bool:
             c = time.thread_time()
-            progressed = run_once()
+            progressed = run_once(**kw)
             if not progressed:
                 run.idle_cpu += time.thread_time() - c
             return progressed
@@ -120,7 +120,7 @@ def _run_agent(run: AgentRun, setup: Any, task_id: int | None, sink: Any) -> Non
             finally:
                 run.idle_cpu += time.thread_time() - c
         agent.run_once = timed_run_once  # type: ignore[method-assign]
-        agent.cursor.wait_for_activity = timed_wait  # type: ignore[method-assign]
+        agent.cursor.wait_for_block = timed_wait  # type: ignore[method-assign]
         run.summary = agent.run()
         run.done = True
     except BaseException as exc:  # noqa: BLE001 - reported by the runner

@@ -275,3 +275,152 @@ def test_the_initiator_closes_and_withdraws_while_its_last_refit_runs(tmp_path):
     assert [r.event for r in records].count(LogEvent.WITHDRAWN) == 1
     ini.jobs.shutdown()
     ini.state.close()
+
+
+def test_an_idle_node_steps_only_for_what_wakes_it(tmp_path):
+    """The loop's rounds (`run_once(only_if_due=True)`, what `Agent.run` calls) read every new
+    block's events but step only for an event the role's `wakes` accepts, a message into its inbox,
+    a block or chain time it registered, a job that ended, a retry that is due, or the safety net.
+    Before, every event of the contract made every node step (5-10 chain reads each): a task's
+    other nodes' traffic — or anyone's flood of transactions — cost every node O(events) rounds."""
+    import threading
+
+    from coopml.chain import TaskTerms
+
+    class Watcher(Agent):
+        role = Role.VERIFIER
+        idle_step_s = 3600.0
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.steps = 0
+            self.deadline: int | None = None
+            self.block: int | None = None
+
+        def wakes(self, ev):
+            return ev.args.get("initiator") == self.address     # only tasks this node publishes
+
+        def step(self):
+            self.steps += 1
+            if self.deadline is not None:
+                self.wake_after(self.deadline)
+            if self.block is not None:
+                self.wake_at(self.block)
+            return False
+
+    chain = Chain.embedded()
+    coop = deploy(chain, chain.dev_accounts()[0])
+    me, other = chain.dev_accounts()[1], chain.dev_accounts()[2]
+    client = TaskClient(chain, coop.address, me, deploy_block=coop.deploy_block)
+    w = Watcher(client=client, store=open_store(str(tmp_path / "store")), state=AgentState(tmp_path / "s.sqlite"),
+                workdir=tmp_path, log=EventLog(Role.VERIFIER, "watcher", lambda rec: None),
+                from_block=coop.deploy_block)
+
+    def publish(account: str) -> None:
+        terms = TaskTerms(reward_per_model=10**18, verifier_fee=10**16, contributor_deposit=10**17,
+                          verifier_deposit=5 * 10**16, max_models=1, verifiers_per_model=3,
+                          announce_deadline=chain.now() + 3600, verify_window=600, reveal_window=600,
+                          delivery_window=600, dispute_window=600)
+        TaskClient(chain, coop.address, account).publish_task(b"\x01" * 32, "bafy-x", b"\x02" * 32, terms)
+
+    def rnd() -> int:
+        before = w.steps
+        w.run_once(only_if_due=True)
+        return w.steps - before
+
+    assert rnd() == 1                       # the first round steps
+    assert rnd() == 0                       # nothing new
+    for _ in range(3):
+        publish(other)                      # another party's traffic: read, not stepped on
+    assert rnd() == 0 and w.cursor.next_block == chain.block_number() + 1
+    publish(me)                             # an event the role follows
+    assert rnd() == 1 and rnd() == 0
+    assert w.run_once() is False and w.steps == 3   # a forced round (tests, drivers) always steps
+
+    w.deadline = chain.now() + 100           # a deadline registered by the step ...
+    w.run_once()
+    assert rnd() == 0
+    chain.increase_time(50)
+    assert rnd() == 0                       # ... is not yet past
+    chain.increase_time(60)
+    assert rnd() == 1                       # ... now it is
+    w.deadline = None
+    assert rnd() == 0
+
+    w.block = chain.block_number() + 2       # a block registered by the step (a draw's target)
+    w.run_once()
+    publish(other)
+    assert rnd() == 0
+    publish(other)
+    assert rnd() == 1
+    w.block = None
+    assert rnd() == 0
+
+    done = threading.Event()
+    w.jobs.submit("work", done.set)          # a job ending
+    done.wait(5)
+    time.sleep(0.1)
+    assert rnd() == 1 and rnd() == 0
+
+    calls = []
+
+    def flaky() -> Decision:                 # a retry's back-off ending
+        calls.append(1)
+        raise StorageUnavailable("not yet")
+    w.handle("inbox:1", flaky, deadline=chain.now() + 3600)
+    w.state.attempts("inbox:1").next_at = time.monotonic() + 0.2
+    w.handle("inbox:1", flaky)               # still backing off: registers when to come back
+    w._step_due = False
+    assert rnd() == 0
+    time.sleep(0.25)
+    assert rnd() == 1
+
+    w.idle_step_s = 0.2                      # the safety net
+    assert rnd() == 0
+    time.sleep(0.25)
+    assert rnd() == 1
+    w.close()
+
+
+def test_contributors_and_verifiers_wake_for_their_own_models_only():
+    """What a contributor (model 5) and a verifier (drawn for model 5) step for: their model's
+    ballot and status, the task's end, what names them; not another model's events, not messages
+    between other nodes (a node's own messages wake it through its inbox)."""
+    from types import SimpleNamespace
+
+    from coopml.chain import ChainEvent
+    from coopml.roles.contributor import Contributor
+    from coopml.roles.verifier import Assignment, Verifier
+
+    me, them = "0x" + "11" * 20, "0x" + "22" * 20
+
+    def ev(name: str, **args) -> ChainEvent:
+        return ChainEvent(name, args, 1, 0, "0x")
+
+    c = Contributor.__new__(Contributor)
+    c.address, c.task_id = me, 1
+    c.state = SimpleNamespace(get=lambda key, default=None: None)        # not announced yet
+    assert c.wakes(ev("VerifierRegistered", taskId=1, verifier=them))     # an announcement may now pass
+    assert not c.wakes(ev("ModelAnnounced", taskId=1, modelId=4, contributor=them))
+    assert c.wakes(ev("ModelAnnounced", taskId=1, modelId=5, contributor=me))
+    c.state = SimpleNamespace(get=lambda key, default=None: 5 if key == "model_id" else None)
+    for wake in (ev("VoteCommitted", modelId=5, verifier=them), ev("ModelFinalized", taskId=1, modelId=5),
+                 ev("TaskClosedEvent", taskId=1, returned=0), ev("Credited", account=me, amount=1)):
+        assert c.wakes(wake), wake
+    for quiet in (ev("VoteCommitted", modelId=6, verifier=them), ev("ModelAnnounced", taskId=1, modelId=6, contributor=them),
+                  ev("VerifierRegistered", taskId=1, verifier=them), ev("Message", taskId=1, modelId=5, to=them),
+                  ev("TaskClosedEvent", taskId=2, returned=0), ev("Credited", account=them, amount=1)):
+        assert not c.wakes(quiet), quiet
+
+    v = Verifier.__new__(Verifier)
+    v.address, v.task_id = me, 1
+    drawn = {"5": Assignment(model_id=5, contributor=them)}
+    v.state = SimpleNamespace(fact=lambda kind, key, cls: drawn.get(str(key)))
+    for wake in (ev("VerifierSelected", taskId=1, modelId=7, verifier=me), ev("VoteCommitted", modelId=5, verifier=them),
+                 ev("KeyRevealed", modelId=5, key=b""), ev("ModelAnnounced", taskId=1, modelId=8, contributor=them),
+                 ev("TaskClosedEvent", taskId=1, returned=0)):
+        assert v.wakes(wake), wake
+    for quiet in (ev("VerifierSelected", taskId=1, modelId=7, verifier=them), ev("VoteCommitted", modelId=6, verifier=them),
+                  ev("Message", taskId=1, modelId=5, to=them), ev("ModelFinalized", taskId=1, modelId=6),
+                  ev("ModelAnnounced", taskId=2, modelId=9, contributor=them)):
+        assert not v.wakes(quiet), quiet

@@ -188,6 +188,31 @@ class EventCursor:
                 return True
             interval = min(interval * 2, max_interval)
 
+    def wait_for_block(self, timeout: float, min_interval: float = 0.2, max_interval: float = 2.0,
+                       wake: threading.Event | None = None) -> bool:
+        """Sleep until a block this cursor has not read yet is mined (or `wake` is set, which is then
+        cleared) — True — or `timeout` seconds passed — False. One `eth_blockNumber` per wake-up,
+        the interval doubling from `min_interval` to `max_interval`; the new block's events are read
+        by the next `drain`, once (`wait_for_activity` read them here and again in `drain`). A node
+        that is briefly unreachable is waited for until the timeout."""
+        deadline = time.monotonic() + timeout
+        interval = min_interval
+        while True:
+            try:
+                if self._head() >= self.next_block:
+                    return True
+            except ChainUnavailable:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if wake is None:
+                time.sleep(min(interval, remaining))
+            elif wake.wait(min(interval, remaining)):
+                wake.clear()
+                return True
+            interval = min(interval * 2, max_interval)
+
     def _is_new(self, log: Any) -> bool:
         return self.last is None or (int(log["blockNumber"]), int(log["logIndex"])) > self.last
 

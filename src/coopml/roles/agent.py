@@ -15,6 +15,14 @@ Robustness rules (docs/threat-model.md, P6):
   and the state re-read; a revert that means this node can never proceed (unknown task, terms it
   cannot accept) stops the node at once with a message for a person.
 
+Waking (docs/performance.md, "Idle agents at scale"): an idle node reads every new block's events
+(facts are recorded for all of them) but steps only when something it follows may have changed —
+an event that `wakes` it (its own model, a ballot it sits on, a message into its inbox), a block
+or chain time it registered (`wake_at`, `wake_after`: a draw block, a deadline), a job or send
+that ended, a retry that is due — or, as a safety net, `idle_step_s` after its last step. With
+every node stepping on every event, a task's N nodes did O(N) chain reads per event, O(N^2) over
+the task: at N = 50 half the CPU of the one-box run went to such rounds.
+
 Agents receive their dependencies (the task client, the store, the state, the log), so one agent
 can be unit-tested against fakes.
 """
@@ -104,17 +112,17 @@ class Jobs:
     so the node keeps answering events and deadlines while it computes. With several `workers`:
     transactions nobody waits on in the loop (`Agent.sends`), each awaiting its own receipt."""
 
-    def __init__(self, workers: int = 1, name: str = "coopml-job", done: threading.Event | None = None) -> None:
+    def __init__(self, workers: int = 1, name: str = "coopml-job", on_done: Callable[[], None] | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._futures: dict[str, Future[Any]] = {}
-        self._done = done            # set when any job ends: the idle loop wakes at once
+        self._on_done = on_done      # called when any job ends: the idle loop wakes at once
 
     def submit(self, key: str, fn: Callable[[], Any]) -> None:
         if key not in self._futures:
             f = self._futures[key] = self._pool.submit(fn)
-            done = self._done
-            if done is not None:
-                f.add_done_callback(lambda _: done.set())
+            on_done = self._on_done
+            if on_done is not None:
+                f.add_done_callback(lambda _: on_done())
 
     def running(self, key: str) -> bool:
         f = self._futures.get(key)
@@ -147,6 +155,11 @@ class InboxMessage(Fact):
 
 class Agent:
     role: ClassVar[Role]
+    # the longest an idle node goes without a step when nothing it knows of is due: a safety net for
+    # a condition no event or registered deadline announces. A role that overrides `wakes` and
+    # registers its deadlines can afford a long one; the default (every 2 s, any event wakes) is
+    # how every role behaved before.
+    idle_step_s: ClassVar[float] = 2.0
 
     def __init__(self, *, client: TaskClient, store: Store, state: AgentState, workdir: Path,
                  log: EventLog | None = None, confirmations: int = 0, from_block: int = 0,
@@ -164,18 +177,34 @@ class Agent:
         # set when a job or a send ends: the loop, asleep until the chain moves, wakes at once
         self._job_ended = threading.Event()
         self._wake_block: int | None = None      # see wake_at
-        self.jobs = Jobs(done=self._job_ended)
+        self._wake_times: list[int] = []         # see wake_after
+        self._wake_wall: float | None = None     # a retry's back-off ends (monotonic)
+        self._step_due = True                    # the last step acted, failed, or never ran
+        self._woken = False                      # an event since the last step that `wakes` this node
+        self._last_step = 0.0                    # monotonic
+        self._job_flag = threading.Event()       # a job or send ended since the last step
+        self.jobs = Jobs(on_done=self._a_job_ended)
         # messages posted off the loop: on 1-second blocks, awaiting each receipt in turn made the
         # n-th of n answers (or requests) wait n blocks; now the next one is computed meanwhile
-        self.sends = Jobs(workers=4, name="coopml-send", done=self._job_ended)
+        self.sends = Jobs(workers=4, name="coopml-send", on_done=self._a_job_ended)
         self.done = False
         self.summary = ""   # the one human line a node ends with
         self._transient = _transient_errors()
+
+    def _a_job_ended(self) -> None:
+        self._job_flag.set()        # the next round steps (it collects the result)
+        self._job_ended.set()       # and the idle wait ends now
 
     # ------------------------------------------------------------------ to implement
 
     def on_event(self, ev: ChainEvent) -> None:
         """Record what an event tells this node (idempotent: events can be re-delivered)."""
+
+    def wakes(self, ev: ChainEvent) -> bool:
+        """Whether this event (already recorded by `on_event`) may make a step do something now. A
+        message into this node's inbox always wakes it. Default: every event (a role overriding
+        this must register, with `wake_at` / `wake_after`, every block and deadline it waits for)."""
+        return True
 
     def step(self) -> bool:
         """Do whatever is due now, judged from chain state and local facts; True if anything happened."""
@@ -188,11 +217,49 @@ class Agent:
         allowed after it): the idle loop wakes when it is mined, not at its next timeout."""
         self._wake_block = block if self._wake_block is None else min(self._wake_block, block)
 
-    def run_once(self) -> bool:
-        self._wake_block = None
+    def wake_after(self, *deadlines: int) -> None:
+        """This round waits for chain time to pass these deadlines (a window closing, a margin before
+        one): the idle loop steps once the latest block's timestamp is past the earliest of them.
+        Zero (unset) deadlines are ignored."""
+        self._wake_times.extend(int(d) for d in deadlines if d)
+
+    def run_once(self, *, only_if_due: bool = False) -> bool:
+        """One round: take the new events, then step — always (tests and drivers), or, as `run`
+        does, `only_if_due` (see the module docstring). True if it acted."""
+        return self._round(force=not only_if_due)
+
+    def _due(self) -> bool:
+        """Whether an idle round should step: see the module docstring."""
+        if self._step_due or self._woken or self._job_flag.is_set():
+            return True
+        if time.monotonic() - self._last_step >= self.idle_step_s:
+            return True
+        if self._wake_wall is not None and time.monotonic() >= self._wake_wall:
+            return True
+        if self._wake_block is not None and self.cursor.next_block - 1 >= self._wake_block:
+            return True                           # the head as of the drain above: no read
+        # only deadlines still ahead at the last step were kept: one timestamp read
+        return bool(self._wake_times) and self.chain.now() > min(self._wake_times)
+
+    def _round(self, force: bool = False) -> bool:
         try:
             n = self.cursor.drain(self._on_chain_event)
-            return self.step() or n > 0
+            if not force and not self._due():
+                return False
+            now = self.chain.now() if not force else None
+            self._wake_block, self._wake_times, self._wake_wall = None, [], None
+            self._woken = False
+            self._job_flag.clear()
+            self._last_step = time.monotonic()
+            self._step_due = True                 # stays set if the step raises: the next round retries
+            progressed = self.step()
+            self._step_due = progressed
+            # keep only what is still ahead of this step (a role may re-register what it saw pass)
+            if now is not None:
+                self._wake_times = [d for d in self._wake_times if d >= now]
+            if self._wake_block is not None and self._wake_block <= self.cursor.next_block - 1:
+                self._wake_block = None
+            return progressed or (force and n > 0)
         except ContractRevert as exc:
             if exc.name in PERMANENT_REVERTS:
                 self.log(LogEvent.FAILED, error=exc.name, human=str(exc))
@@ -212,19 +279,20 @@ class Agent:
         t0 = time.monotonic()
         try:
             while not self.done and not stop():
-                progressed = self.run_once()
+                progressed = self.run_once(only_if_due=True)
                 if self.done:
                     break
                 if progressed:
                     self.waiter.wait(True)
                 else:
-                    # nothing to do: sleep until the chain has events for this node or a job or send
-                    # ends (before, a busy job meant a full round of contract reads every 0.1 s,
-                    # e.g. through all of training, on the cores the training needed); polls at most
-                    # `Waiter.poll` apart, so a node reacts within a fraction of a block
+                    # nothing to do: sleep until a new block is mined (its events are read next
+                    # round; a step follows only if one is due) or a job or send ends (before, a
+                    # busy job meant a full round of contract reads every 0.1 s, e.g. through all of
+                    # training, on the cores the training needed); polls at most `Waiter.poll`
+                    # apart, so a node reacts within a fraction of a block
                     try:
-                        self.cursor.wait_for_activity(self.waiter.slowest, max_interval=self.waiter.poll,
-                                                      wake=self._job_ended, until_block=self._wake_block)
+                        self.cursor.wait_for_block(self.waiter.slowest, max_interval=self.waiter.poll,
+                                                   wake=self._job_ended)
                     except self._transient:
                         self.waiter.wait(False)
         finally:
@@ -238,12 +306,16 @@ class Agent:
     def _on_chain_event(self, ev: ChainEvent) -> None:
         try:
             to = ev.args.get("to")
+            inboxed = False
             if ev.name == "Message" and (to == self.address or (to == BROADCAST and self.takes_broadcast(ev.args))):
                 a = ev.args
                 self.state.add("inbox", f"{ev.block_number}:{ev.log_index}",
                                InboxMessage(model_id=int(a["modelId"]), sender=a["sender"], kind=int(a["kind"]),
                                             cid=a["cid"], broadcast=to == BROADCAST))
+                inboxed = True
             self.on_event(ev)
+            if inboxed or self.wakes(ev):
+                self._woken = True
         except self._transient:
             raise
         except Exception as exc:  # noqa: BLE001 - a poison event must not stop the node
@@ -267,6 +339,7 @@ class Agent:
             return known
         att = self.state.attempts(item)
         if time.monotonic() < att.next_at:
+            self._wake_wall = att.next_at if self._wake_wall is None else min(self._wake_wall, att.next_at)
             return None
         try:
             decision = fn()
@@ -277,6 +350,7 @@ class Agent:
                 att.count += 1
                 att.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 att.next_at = time.monotonic() + min(30.0, 0.5 * 2 ** min(att.count, 6))
+                self._wake_wall = att.next_at if self._wake_wall is None else min(self._wake_wall, att.next_at)
                 self.log(LogEvent.RETRY, model=model, item=item, error=att.last_error)
                 return None
         except ContractRevert:

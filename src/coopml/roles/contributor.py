@@ -47,6 +47,7 @@ class BoxFact(Fact):
 
 class Contributor(Agent):
     role = Role.CONTRIBUTOR
+    idle_step_s = 15.0      # `wakes` + the deadlines `step` registers say when; this is a safety net
 
     def __init__(self, cfg: ContributorConfig, *, client: Any, store: Store, state: AgentState,
                  log: EventLog | None = None, **kw: Any) -> None:
@@ -110,12 +111,29 @@ class Contributor(Agent):
         elif ev.name == "VerifierSelected" and a["modelId"] == self.model_id:
             self.state.add("selected", a["verifier"], Fact())
 
+    def wakes(self, ev: ChainEvent) -> bool:
+        """Events about this node's own model, the task's end, what names this node, and — before
+        its model is announced — a verifier joining (an announcement refused for too few verifiers
+        is retried then). Not other contributors' models, not other nodes' messages (its own come
+        through the inbox): at N = 50 those were most of the task's events."""
+        a = ev.args
+        if ev.name == "Message":
+            return False
+        if self.model_id is not None and "modelId" in a:
+            return int(a["modelId"]) == self.model_id
+        if "taskId" in a and a["taskId"] != self.task_id:
+            return False
+        if self.address in (a.get("account"), a.get("contributor"), a.get("from")):
+            return True
+        return ev.name == "TaskClosedEvent" or (self.model_id is None and ev.name == "VerifierRegistered")
+
     # ------------------------------------------------------------------ step
 
     def step(self) -> bool:
         view = self.view
         info = self.client.task(self.task_id)
         me = self.client.member(self.task_id, self.address)
+        self.wake_after(info.terms.announce_deadline)
         open_for_models = not info.closed and self.now() <= info.terms.announce_deadline
         if not me.contributor:
             if not open_for_models:
@@ -205,6 +223,8 @@ class Contributor(Agent):
     def _follow(self, view: TaskView, mid: int) -> bool:
         m = self.client.model(mid)
         now = self.now()
+        self.wake_after(m.verify_deadline, m.reveal_deadline, m.delivery_deadline, m.dispute_deadline,
+                        m.response_deadline)
         if m.status == ModelStatus.AWAITING_DRAW:
             if self.chain.block_number() > m.draw_block:
                 self.client.draw_verifiers(mid)

@@ -85,6 +85,7 @@ class Assignment(Fact):
 
 class Verifier(Agent):
     role = Role.VERIFIER
+    idle_step_s = 15.0      # `wakes` + the deadlines `step` registers say when; this is a safety net
 
     def __init__(self, cfg: VerifierConfig, *, client: Any, store: Store, state: AgentState,
                  log: EventLog | None = None, **kw: Any) -> None:
@@ -134,12 +135,30 @@ class Verifier(Agent):
         elif ev.name == "KeyRevealed" and self.state.fact("assignment", a["modelId"], Assignment) is not None:
             self.state.set(f"revealed_key:{a['modelId']}", bytes(a["key"]).hex())
 
+    def wakes(self, ev: ChainEvent) -> bool:
+        """Events about the models this node was drawn for (its ballots), its own draw, a new
+        model (a backstop draw to schedule), the task's end and what names this node; not other
+        models' ballots, not other nodes' messages (its own come through the inbox)."""
+        a = ev.args
+        if ev.name == "Message":
+            return False
+        if "taskId" in a and a["taskId"] != self.task_id:
+            return False
+        if ev.name in ("ModelAnnounced", "TaskClosedEvent"):
+            return True
+        if ev.name == "VerifierSelected":
+            return bool(a["verifier"] == self.address)
+        if "modelId" in a:
+            return self.state.fact("assignment", a["modelId"], Assignment) is not None
+        return self.address in (a.get("account"), a.get("verifier"), a.get("from"))
+
     # ------------------------------------------------------------------ step
 
     def step(self) -> bool:
         view = self.view
         info = self.client.task(self.task_id)
         me = self.client.member(self.task_id, self.address)
+        self.wake_after(info.terms.announce_deadline)
         if not me.verifier:
             if info.closed or self.now() > info.terms.announce_deadline or me.verifier_left:
                 return self._finish("the task closed before this node joined" if not me.verifier_left else "left the task")
@@ -216,13 +235,20 @@ class Verifier(Agent):
 
     # ------------------------------------------------------------------ one assignment
 
+    def _late_from(self, m: Any) -> int:
+        """When a verifier stops waiting for the contributor and votes on what it has: a margin
+        before the verify deadline, so the commit is mined in time."""
+        return int(m.verify_deadline) - max(15, self.view.info.terms.verify_window // 5)
+
     def _late(self, m: Any) -> bool:
-        margin = max(15, self.view.info.terms.verify_window // 5)
-        return self.now() >= m.verify_deadline - margin
+        return self.now() >= self._late_from(m)
 
     def _advance(self, view: TaskView, asg: Assignment) -> bool:
         mid = asg.model_id
         m = self.client.model(mid)
+        if m.verify_deadline:
+            self.wake_after(self._late_from(m) - 1, m.verify_deadline)
+        self.wake_after(m.reveal_deadline, m.delivery_deadline, m.dispute_deadline, m.response_deadline)
         if asg.stage == Stage.SETTLED:
             return self._dispute(view, asg, m)
         if m.status == ModelStatus.VERIFYING:
