@@ -141,3 +141,31 @@ def test_increase_time_after_a_long_pause_never_travels_backwards():
     before = chain.now()
     chain.increase_time(1)
     assert chain.now() >= before + 1
+
+
+def test_wait_for_block_returns_on_any_new_block_and_leaves_its_events_to_drain(world):
+    """The agents' idle wait: one block-number read per wake-up, True once a block the cursor has
+    not read is mined (events or not: the agent's deadlines move with chain time), the events left
+    for `drain` to read once; a `wake` ends it at once; a timeout returns False."""
+    import threading
+    import time as _time
+
+    cursor = EventCursor(world.chain, world.coop.address, from_block=world.deploy_block)
+    cursor.poll()
+    assert cursor.wait_for_block(0.2, min_interval=0.05) is False
+    world.chain.mine()                                # an empty block: still a new block
+    assert cursor.wait_for_block(5, min_interval=0.05) is True
+    assert cursor.drain(lambda ev: None) == 0 and cursor.wait_for_block(0.1, min_interval=0.05) is False
+    world.publish(n_verifiers=0, n_contributors=0)
+    assert cursor.wait_for_block(5, min_interval=0.05) is True
+    seen: list[str] = []
+    assert cursor.drain(lambda ev: seen.append(ev.name)) >= 1 and "TaskPublished" in seen
+    wake = threading.Event()
+    timer = threading.Timer(0.2, wake.set)
+    t0 = _time.monotonic()
+    timer.start()
+    try:
+        assert cursor.wait_for_block(30, min_interval=5, max_interval=5, wake=wake) is True
+    finally:
+        timer.join()
+    assert _time.monotonic() - t0 < 3 and not wake.is_set()

@@ -161,48 +161,40 @@ class EventCursor:
         e.g. when a computation finished) ends the wait at once — True — and is cleared; so does
         block `until_block` (a block the caller waits for although it may carry no event for it,
         e.g. the one after which a draw is allowed)."""
-        deadline = time.monotonic() + timeout
-        interval = min_interval
         topics = [[HexBytes(t).to_0x_hex() for t, ev in self._events.items() if ev.event_name in self.names]] \
             if self.names else None
-        while True:
-            try:
-                head = self._head()
-                while head >= self.next_block:
-                    end = min(head, self.next_block + self.max_span - 1)
-                    if any(self._is_new(log) for log in self._logs(self.next_block, end, topics)):
-                        return True
-                    self.next_block = end + 1
-                    self.save()
-                if until_block is not None and head >= until_block:
+
+        def ready() -> bool:
+            head = self._head()
+            while head >= self.next_block:
+                end = min(head, self.next_block + self.max_span - 1)
+                if any(self._is_new(log) for log in self._logs(self.next_block, end, topics)):
                     return True
-            except ChainUnavailable:
-                pass  # the node restarts: keep waiting until the timeout
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            if wake is None:
-                time.sleep(min(interval, remaining))
-            elif wake.wait(min(interval, remaining)):
-                wake.clear()
-                return True
-            interval = min(interval * 2, max_interval)
+                self.next_block = end + 1
+                self.save()
+            return until_block is not None and head >= until_block
+        return self._sleep_until(ready, timeout, min_interval, max_interval, wake)
 
     def wait_for_block(self, timeout: float, min_interval: float = 0.2, max_interval: float = 2.0,
                        wake: threading.Event | None = None) -> bool:
         """Sleep until a block this cursor has not read yet is mined (or `wake` is set, which is then
         cleared) — True — or `timeout` seconds passed — False. One `eth_blockNumber` per wake-up,
         the interval doubling from `min_interval` to `max_interval`; the new block's events are read
-        by the next `drain`, once (`wait_for_activity` read them here and again in `drain`). A node
+        by the next `drain`, once (`wait_for_activity` reads them here and again in `drain`). A node
         that is briefly unreachable is waited for until the timeout."""
+        return self._sleep_until(lambda: self._head() >= self.next_block, timeout, min_interval, max_interval, wake)
+
+    @staticmethod
+    def _sleep_until(ready: Callable[[], bool], timeout: float, min_interval: float, max_interval: float,
+                     wake: threading.Event | None) -> bool:
         deadline = time.monotonic() + timeout
         interval = min_interval
         while True:
             try:
-                if self._head() >= self.next_block:
+                if ready():
                     return True
             except ChainUnavailable:
-                pass
+                pass  # the node restarts: keep waiting until the timeout
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
