@@ -73,6 +73,9 @@ class AgentRun:
     idle_cpu: float = 0.0     # loop CPU in rounds that did nothing + waiting for chain activity
     job_cpu: float = 0.0
     wall: float = 0.0
+    rounds: int = 0           # loop rounds (each drains the new events)
+    steps: int = 0            # of which stepped (the role's chain reads and actions)
+    rpcs: int = 0             # JSON-RPC requests over the agent's own connection (all threads)
     error: BaseException | None = None
     done: bool = False
     summary: str = ""
@@ -104,9 +107,24 @@ def _run_agent(run: AgentRun, setup: Any, task_id: int | None, sink: Any) -> Non
                     run.job_cpu += time.thread_time() - c
             submit(key, job)
         agent.jobs.submit = timed_submit  # type: ignore[method-assign]
-        run_once, wait = agent.run_once, agent.cursor.wait_for_block
+        manager = agent.chain.w3.manager      # web3 caches the provider's make_request: count here
+        make_request, step = manager._make_request, agent.step
+
+        def counted_request(*a: Any, **k: Any) -> Any:
+            run.rpcs += 1
+            return make_request(*a, **k)
+
+        def counted_step() -> bool:
+            run.steps += 1
+            return step()
+        manager._make_request = counted_request  # type: ignore[method-assign]
+        agent.step = counted_step  # type: ignore[method-assign]
+        # the idle wait `Agent.run` uses (wait_for_activity before the loop stepped only when due)
+        wait_name = "wait_for_block" if hasattr(agent.cursor, "wait_for_block") else "wait_for_activity"
+        run_once, wait = agent.run_once, getattr(agent.cursor, wait_name)
 
         def timed_run_once(**kw: Any) -> bool:
+            run.rounds += 1
             c = time.thread_time()
             progressed = run_once(**kw)
             if not progressed:
@@ -120,7 +138,7 @@ def _run_agent(run: AgentRun, setup: Any, task_id: int | None, sink: Any) -> Non
             finally:
                 run.idle_cpu += time.thread_time() - c
         agent.run_once = timed_run_once  # type: ignore[method-assign]
-        agent.cursor.wait_for_block = timed_wait  # type: ignore[method-assign]
+        setattr(agent.cursor, wait_name, timed_wait)
         run.summary = agent.run()
         run.done = True
     except BaseException as exc:  # noqa: BLE001 - reported by the runner
@@ -278,7 +296,10 @@ def summarise(n: int, out: dict[str, Any]) -> dict[str, Any]:
                           "loop_per_min": statistics.mean(r.loop_cpu / (r.wall / 60) for r in rs if r.wall > 0),
                           "idle_mean": statistics.mean(r.idle_cpu for r in rs),
                           "idle_per_min": statistics.mean(r.idle_cpu / (r.wall / 60) for r in rs if r.wall > 0),
-                          "wall_mean": statistics.mean(r.wall for r in rs)}
+                          "wall_mean": statistics.mean(r.wall for r in rs),
+                          "rounds_mean": statistics.mean(r.rounds for r in rs),
+                          "steps_mean": statistics.mean(r.steps for r in rs),
+                          "rpcs_per_min": statistics.mean(r.rpcs / (r.wall / 60) for r in rs if r.wall > 0)}
     return {"N": n, "verifiers": len(roles["verifier"]), "wall_s": wall, "models": len(statuses),
             "bought": statuses.count("RELEASED"), "rejected": statuses.count("REJECTED"),
             "other": len(statuses) - statuses.count("RELEASED") - statuses.count("REJECTED"),
@@ -327,11 +348,12 @@ def print_row(s: dict[str, Any]) -> None:
         print(f"  {k:22s} x{v['count']:4d}  mean {v['mean']:>11,.0f}")
     print(f"CPU: agents {s['agents_cpu']:.1f} s, whole process {s['process_cpu']:.1f} s; max RSS {s['max_rss_mb']:.0f} MB")
     print("  role          n   CPU-s mean (max)   loop CPU-s mean (max)   CPU-s per wall-min   "
-          "idle CPU-s   idle CPU-s per wall-min   wall s")
+          "idle CPU-s   idle CPU-s per wall-min   wall s   rounds   steps   RPCs per wall-min")
     for role, p in sorted(s["per_role"].items()):
         print(f"  {role:11s} {p['n']:3d}   {p['cpu_mean']:7.1f} ({p['cpu_max']:6.1f})   {p['loop_mean']:9.2f} "
               f"({p['loop_max']:6.2f})   {p['cpu_mean'] / (p['wall_mean'] / 60):18.2f}   {p['idle_mean']:10.2f}   "
-              f"{p['idle_per_min']:23.3f}   {p['wall_mean']:6.1f}")
+              f"{p['idle_per_min']:23.3f}   {p['wall_mean']:6.1f}   {p.get('rounds_mean', 0):6.0f}   "
+              f"{p.get('steps_mean', 0):5.0f}   {p.get('rpcs_per_min', 0):17.0f}")
     if s["fusion"]:
         k, acc = s["fusion"][-1]
         print(f"  MetaModel: {k} models fused, test accuracy {acc if acc is None else f'{acc:.2%}'}")

@@ -187,6 +187,11 @@ class Chain:
     def block_number(self) -> int:
         return int(self.w3.eth.block_number)
 
+    def head(self) -> tuple[int, int]:
+        """The latest block's number and timestamp, in one read."""
+        block = self.w3.eth.get_block("latest")
+        return int(block["number"]), int(block["timestamp"])
+
     def increase_time(self, seconds: int) -> None:
         """Move the chain clock forward and mine a block (eth-tester time travel / evm_increaseTime)."""
         if self._tester is not None:

@@ -62,6 +62,9 @@ class EventCursor:
         self.max_span = max_span
         self.next_block = from_block
         self.last: tuple[int, int] | None = None
+        # the latest block's timestamp as of the last `fetch` (drain, poll): chain time for free
+        self.head_time: int | None = None
+        self._head_read_at = 0.0      # monotonic, the last head read
         self._events = {}
         for item in load_artifact("CoopML")["abi"]:
             if item["type"] == "event":
@@ -94,9 +97,14 @@ class EventCursor:
 
     # ------------------------------------------------------------------ polling
 
-    def _head(self) -> int:
-        """The newest block this cursor may read: `confirmations` blocks below the chain head."""
+    def _head(self, with_time: bool = False) -> int:
+        """The newest block this cursor may read: `confirmations` blocks below the chain head
+        (`with_time`: and keep the head's timestamp in `head_time`, in the same read)."""
         try:
+            self._head_read_at = time.monotonic()
+            if with_time:
+                number, self.head_time = self.chain.head()
+                return number - self.confirmations
             return self.chain.block_number() - self.confirmations
         except Exception as exc:
             if is_unavailable(exc):
@@ -116,7 +124,7 @@ class EventCursor:
 
     def fetch(self) -> tuple[list[ChainEvent], int]:
         """New events after the position (not yet marked) and the last block they cover."""
-        head = self._head()
+        head = self._head(with_time=True)
         events: list[ChainEvent] = []
         start = self.next_block
         while start <= head:
@@ -181,7 +189,14 @@ class EventCursor:
         cleared) — True — or `timeout` seconds passed — False. One `eth_blockNumber` per wake-up,
         the interval doubling from `min_interval` to `max_interval`; the new block's events are read
         by the next `drain`, once (`wait_for_activity` reads them here and again in `drain`). A node
-        that is briefly unreachable is waited for until the timeout."""
+        that is briefly unreachable is waited for until the timeout. Right after a read of the head
+        (a drain), the first read waits `min_interval`: the block just read is not news."""
+        if wake is not None and time.monotonic() - self._head_read_at < min_interval:
+            if wake.wait(min_interval):
+                wake.clear()
+                return True
+        elif time.monotonic() - self._head_read_at < min_interval:
+            time.sleep(min_interval)
         return self._sleep_until(lambda: self._head() >= self.next_block, timeout, min_interval, max_interval, wake)
 
     @staticmethod

@@ -238,15 +238,18 @@ class Agent:
             return True
         if self._wake_block is not None and self.cursor.next_block - 1 >= self._wake_block:
             return True                           # the head as of the drain above: no read
-        # only deadlines still ahead at the last step were kept: one timestamp read
-        return bool(self._wake_times) and self.chain.now() > min(self._wake_times)
+        # only deadlines still ahead at the last step were kept; chain time as of the drain: no read
+        return bool(self._wake_times) and self._chain_time() > min(self._wake_times)
+
+    def _chain_time(self) -> int:
+        return self.cursor.head_time if self.cursor.head_time is not None else self.chain.now()
 
     def _round(self, force: bool = False) -> bool:
         try:
             n = self.cursor.drain(self._on_chain_event)
             if not force and not self._due():
                 return False
-            now = self.chain.now() if not force else None
+            now = self._chain_time()
             self._wake_block, self._wake_times, self._wake_wall = None, [], None
             self._woken = False
             self._job_flag.clear()
@@ -255,8 +258,7 @@ class Agent:
             progressed = self.step()
             self._step_due = progressed
             # keep only what is still ahead of this step (a role may re-register what it saw pass)
-            if now is not None:
-                self._wake_times = [d for d in self._wake_times if d >= now]
+            self._wake_times = [d for d in self._wake_times if d >= now]
             if self._wake_block is not None and self._wake_block <= self.cursor.next_block - 1:
                 self._wake_block = None
             return progressed or (force and n > 0)
