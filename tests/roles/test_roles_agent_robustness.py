@@ -385,7 +385,8 @@ def test_an_idle_node_steps_only_for_what_wakes_it(tmp_path):
 def test_contributors_and_verifiers_wake_for_their_own_models_only():
     """What a contributor (model 5) and a verifier (drawn for model 5) step for: their model's
     ballot and status, the task's end, what names them; not another model's events, not messages
-    between other nodes (a node's own messages wake it through its inbox)."""
+    between other nodes (a node's own messages wake it through its inbox). The initiator: every
+    event of its task but others' messages."""
     from types import SimpleNamespace
 
     from coopml.chain import ChainEvent
@@ -424,3 +425,11 @@ def test_contributors_and_verifiers_wake_for_their_own_models_only():
                   ev("Message", taskId=1, modelId=5, to=them), ev("ModelFinalized", taskId=1, modelId=6),
                   ev("ModelAnnounced", taskId=2, modelId=9, contributor=them)):
         assert not v.wakes(quiet), quiet
+
+    from coopml.roles.initiator import Initiator
+    ini = Initiator.__new__(Initiator)
+    ini.state = SimpleNamespace(get=lambda key, default=None: 1 if key == "task_id" else default)
+    assert ini.wakes(ev("VoteRevealed", modelId=6, verifier=them, vote=1))
+    assert ini.wakes(ev("ModelAnnounced", taskId=1, modelId=8, contributor=them))
+    assert not ini.wakes(ev("Message", taskId=1, modelId=5, to=them))
+    assert not ini.wakes(ev("ModelAnnounced", taskId=2, modelId=9, contributor=them))
