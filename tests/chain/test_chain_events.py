@@ -169,3 +169,65 @@ def test_wait_for_block_returns_on_any_new_block_and_leaves_its_events_to_drain(
     finally:
         timer.join()
     assert _time.monotonic() - t0 < 3 and not wake.is_set()
+
+
+def test_pushed_heads_replace_polling_on_anvil(anvil_node):
+    """On a node with websockets (anvil) an idle cursor waits on pushed headers: no request while
+    it waits, none to learn the head, and no `eth_getLogs` for a block whose logs bloom proves the
+    contract logged nothing in it; a block with the contract's event is read."""
+    import threading
+
+    from coopml.chain import Chain, deploy
+    from coopml.chain.heads import bloom_may_contain
+
+    chain = Chain.rpc(anvil_node.url)
+    coop = deploy(chain, chain.dev_accounts()[0])
+    methods: list[str] = []
+    make_request = chain.w3.manager._make_request
+
+    def counted(method, params):
+        methods.append(str(method))
+        return make_request(method, params)
+    chain.w3.manager._make_request = counted  # type: ignore[method-assign]
+    cursor = EventCursor(chain, coop.address, from_block=coop.deploy_block)
+    cursor.poll()
+    assert cursor.wait_for_block(0.3) is False          # starts the subscription; nothing new
+    heads = chain.heads()
+    assert heads is not None and heads.alive
+    other = Chain.rpc(anvil_node.url)                    # another party's client mines and sends
+    methods.clear()
+    other.mine()
+    assert cursor.wait_for_block(10) is True
+    assert cursor.drain(lambda ev: None) == 0
+    assert methods == [], methods                         # an empty block cost this cursor nothing
+    bloom = heads.bloom(heads.latest[0])
+    assert bloom is not None and not bloom_may_contain(bloom, bytes.fromhex(coop.address[2:]))
+    from coopml.chain import TaskClient, TaskTerms
+    terms = TaskTerms(reward_per_model=10**18, verifier_fee=10**16, contributor_deposit=10**17,
+                      verifier_deposit=5 * 10**16, max_models=1, verifiers_per_model=3,
+                      announce_deadline=other.now() + 3600, verify_window=600, reveal_window=600,
+                      delivery_window=600, dispute_window=600)
+    TaskClient(other, coop.address, other.dev_accounts()[3]).publish_task(b"\x01" * 32, "bafy-x", b"\x02" * 32, terms)
+    assert cursor.wait_for_block(10) is True
+    seen: list[str] = []
+    assert cursor.drain(lambda ev: seen.append(ev.name)) == 1 and seen == ["TaskPublished"]
+    assert "eth_getLogs" in methods and "eth_blockNumber" not in methods and "eth_getBlockByNumber" not in methods
+    assert cursor.head_time is not None and abs(cursor.head_time - other.now()) <= 2
+    wake = threading.Event()
+    threading.Timer(0.2, wake.set).start()
+    assert cursor.wait_for_block(30, wake=wake) is True   # a job's end still wakes it
+    heads.close()
+
+
+def test_a_node_without_websockets_is_polled():
+    """The embedded chain (and any node with no websocket at its address) has no pushed heads:
+    `Chain.heads()` is None and the cursor polls."""
+    from coopml.chain import Chain
+    from coopml.chain.heads import HeadSubscription, websocket_url
+
+    assert Chain.embedded().heads() is None
+    assert websocket_url("http://127.0.0.1:8545") == "ws://127.0.0.1:8545"
+    assert websocket_url("https://node.example/rpc") == "wss://node.example/rpc"
+    assert websocket_url("ipc:///tmp/x") is None
+    refused = HeadSubscription("ws://127.0.0.1:9", open_timeout=1)   # nothing listens there
+    assert refused.wait_ready(5) is False and refused.unsupported

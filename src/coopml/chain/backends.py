@@ -29,6 +29,7 @@ from web3.exceptions import ContractLogicError, TransactionNotFound
 from web3.types import RPCEndpoint, TxParams, TxReceipt, Wei
 
 from coopml.chain.artifacts import load_artifact
+from coopml.chain.heads import HeadSubscription, websocket_url
 from coopml.chain.transactions import FeePolicy, TxJournal, TxManager, is_unavailable
 from coopml.errors import (
     ChainError,
@@ -103,6 +104,9 @@ class Chain:
         self.max_poll_interval = 0.1  # receipt polling backs off from 1 ms to this
         policy = fee_policy or FeePolicy(receipt_timeout_s=receipt_timeout)
         self.txm = TxManager(w3, journal, policy, expected_chain_id=chain_id, lock=self._lock)
+        self.url: str | None = None          # the JSON-RPC endpoint (rpc chains)
+        self._heads: HeadSubscription | None = None
+        self._heads_tried = False
 
     # ------------------------------------------------------------------ construction
 
@@ -131,7 +135,25 @@ class Chain:
         if chain_id is not None and actual != chain_id:
             raise WrongChain(f"wrong chain: configured chain id {chain_id}, the node at {url} serves {actual}",
                              chain_id, actual)
-        return cls(w3, "rpc", journal=journal, fee_policy=fee_policy, chain_id=chain_id)
+        chain = cls(w3, "rpc", journal=journal, fee_policy=fee_policy, chain_id=chain_id)
+        chain.url = url
+        return chain
+
+    def heads(self) -> HeadSubscription | None:
+        """Block headers pushed by the node over its websocket (started on first use, waiting up to
+        a few seconds for the subscription), or None: an embedded chain, or a node that serves no
+        websocket at the same address (its callers poll)."""
+        with self._lock:
+            if not self._heads_tried:
+                self._heads_tried = True
+                ws = websocket_url(self.url) if self.url else None
+                if ws is not None:
+                    self._heads = HeadSubscription(ws)
+            heads = self._heads
+        if heads is None:
+            return None
+        heads.wait_ready(heads.open_timeout + 1)
+        return heads if heads.unsupported is None else None
 
     # ------------------------------------------------------------------ accounts
 

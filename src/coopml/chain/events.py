@@ -23,6 +23,7 @@ from hexbytes import HexBytes
 
 from coopml.chain.artifacts import load_artifact
 from coopml.chain.backends import Chain
+from coopml.chain.heads import HeadSubscription, bloom_may_contain
 from coopml.chain.transactions import is_unavailable
 from coopml.errors import ChainError, ChainUnavailable
 
@@ -65,6 +66,10 @@ class EventCursor:
         # the latest block's timestamp as of the last `fetch` (drain, poll): chain time for free
         self.head_time: int | None = None
         self._head_read_at = 0.0      # monotonic, the last head read
+        self._heads: HeadSubscription | None = None   # pushed headers, once `wait_for_block` started them
+        self._heads_started = False
+        self._pushed = threading.Event()              # set on every pushed head (when no `wake` is given)
+        self._address_bytes = bytes.fromhex(self.address[2:])
         self._events = {}
         for item in load_artifact("CoopML")["abi"]:
             if item["type"] == "event":
@@ -124,11 +129,16 @@ class EventCursor:
 
     def fetch(self) -> tuple[list[ChainEvent], int]:
         """New events after the position (not yet marked) and the last block they cover."""
-        head = self._head(with_time=True)
+        head = self._pushed_head()
+        if head is None:
+            head = self._head(with_time=True)
         events: list[ChainEvent] = []
         start = self.next_block
         while start <= head:
             end = min(head, start + self.max_span - 1)
+            if self._surely_no_logs(start, end):
+                start = end + 1
+                continue
             logs = self._logs(start, end)
             for log in logs:
                 ev = self._decode(log)
@@ -183,6 +193,28 @@ class EventCursor:
             return until_block is not None and head >= until_block
         return self._sleep_until(ready, timeout, min_interval, max_interval, wake)
 
+    def _pushed_head(self) -> int | None:
+        """The newest block this cursor may read from the node's pushed headers (its timestamp
+        into `head_time`): no request. None when no subscription is live."""
+        heads = self._heads
+        latest = heads.latest if heads is not None and heads.alive else None
+        if latest is None:
+            return None
+        self.head_time = latest[1]
+        return latest[0] - self.confirmations
+
+    def _surely_no_logs(self, start: int, end: int) -> bool:
+        """Whether the pushed headers' logs blooms prove this contract logged nothing in blocks
+        start..end (then no `eth_getLogs`): a quiet contract costs an idle agent no request."""
+        heads = self._heads
+        if heads is None or end - start > 64:
+            return False
+        for n in range(start, end + 1):
+            bloom = heads.bloom(n)
+            if bloom is None or bloom_may_contain(bloom, self._address_bytes):
+                return False
+        return True
+
     def wait_for_block(self, timeout: float, min_interval: float = 0.2, max_interval: float = 2.0,
                        wake: threading.Event | None = None) -> bool:
         """Sleep until a block this cursor has not read yet is mined (or `wake` is set, which is then
@@ -190,7 +222,27 @@ class EventCursor:
         the interval doubling from `min_interval` to `max_interval`; the new block's events are read
         by the next `drain`, once (`wait_for_activity` reads them here and again in `drain`). A node
         that is briefly unreachable is waited for until the timeout. Right after a read of the head
-        (a drain), the first read waits `min_interval`: the block just read is not news."""
+        (a drain), the first read waits `min_interval`: the block just read is not news.
+
+        If the node pushes new headers (`Chain.heads`: a websocket subscription, started on the
+        first call), nothing is read at all: the wait ends on the pushed head (`wake`, or a private
+        event, is set by it). Polling takes over while the subscription is down."""
+        if not self._heads_started:
+            self._heads_started = True
+            self._heads = self.chain.heads()
+        heads = self._heads
+        if heads is not None and heads.alive:
+            signal = wake if wake is not None else self._pushed
+            heads.listen(signal)
+            if wake is None:
+                signal.clear()       # a push already seen is not news (a caller's `wake` may be: kept)
+            latest = heads.latest
+            if latest is not None and latest[0] - self.confirmations >= self.next_block:
+                return True
+            if signal.wait(timeout):
+                signal.clear()
+                return True          # a new head, a job's end, or the subscription dropped: a round decides
+            return False
         if wake is not None and time.monotonic() - self._head_read_at < min_interval:
             if wake.wait(min_interval):
                 wake.clear()
