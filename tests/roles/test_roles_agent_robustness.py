@@ -212,6 +212,35 @@ def test_verifiers_draw_only_as_a_backstop():
     assert 11 + DRAW_BACKSTOP_BLOCKS < 10 + 256                 # long before the draw would be cancelled
 
 
+
+def test_the_initiator_draws_only_if_the_contributor_has_not(tmp_path):
+    """The contributor draws its model at once; the initiator only INITIATOR_DRAW_DELAY_BLOCKS later
+    if it is still undrawn (both at once: one of them paid for a revert on nearly every model)."""
+    from types import SimpleNamespace
+
+    from coopml.chain import ModelStatus
+    from coopml.roles.initiator import INITIATOR_DRAW_DELAY_BLOCKS, Initiator
+    from coopml.roles.verifier import DRAW_BACKSTOP_BLOCKS
+
+    drawn: list[int] = []
+    block = {"n": 11}
+    ini = Initiator.__new__(Initiator)
+    ini.client = SimpleNamespace(model=lambda mid: SimpleNamespace(status=ModelStatus.AWAITING_DRAW, draw_block=10),
+                                 draw_verifiers=drawn.append)
+    ini.chain = SimpleNamespace(now=lambda: 100, block_number=lambda: block["n"])
+    ini.state = AgentState(tmp_path / "state.sqlite")
+    ini.log = EventLog(Role.INITIATOR, "initiator", lambda rec: None)
+    for n in range(11, 11 + INITIATOR_DRAW_DELAY_BLOCKS):
+        block["n"] = n
+        ini._wake_block = None
+        assert ini._advance(7) is False and drawn == []          # the contributor's turn
+        assert ini._wake_block == 11 + INITIATOR_DRAW_DELAY_BLOCKS
+    block["n"] = 11 + INITIATOR_DRAW_DELAY_BLOCKS
+    assert ini._advance(7) is True and drawn == [7]
+    assert 0 < INITIATOR_DRAW_DELAY_BLOCKS < DRAW_BACKSTOP_BLOCKS       # before the verifiers' backstop
+    ini.state.close()
+
+
 def test_the_initiator_closes_and_withdraws_while_its_last_refit_runs(tmp_path):
     """Refitting bought models needs nothing from the chain: once every model is settled the
     initiator closes the task (so verifiers can take their money) and withdraws its refund while

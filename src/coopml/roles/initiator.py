@@ -49,6 +49,10 @@ TERMINAL = {ModelStatus.RELEASED, ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE
             ModelStatus.FORFEITED, ModelStatus.REFUNDED}
 
 
+# the initiator draws a model's verifiers only if its contributor has not this many blocks after the
+# target (the contributor draws at once; verifiers are the last backstop, DRAW_BACKSTOP_BLOCKS)
+INITIATOR_DRAW_DELAY_BLOCKS = 2
+
 class Bought(Fact):
     model_id: int
     labels: list[int]
@@ -211,10 +215,12 @@ class Initiator(Agent):
             return False
         now = self.now()
         if m.status == ModelStatus.AWAITING_DRAW:
-            if self.chain.block_number() > m.draw_block:
+            # the contributor draws at once; the initiator a little later if it has not (else both
+            # sent the same draw into the same block and one paid for a revert, nearly every model)
+            if self.chain.block_number() > m.draw_block + INITIATOR_DRAW_DELAY_BLOCKS:
                 self.client.draw_verifiers(mid)
                 return True
-            self.wake_at(m.draw_block + 1)
+            self.wake_at(m.draw_block + INITIATOR_DRAW_DELAY_BLOCKS + 1)
         # the contract finalizes as soon as every drawn verifier revealed: no need to wait out the window
         if m.status == ModelStatus.VERIFYING and (now > m.reveal_deadline
                                                   or m.reveals >= self.view.info.terms.verifiers_per_model):

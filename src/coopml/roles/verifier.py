@@ -210,7 +210,7 @@ class Verifier(Agent):
 
     def _help_draws(self) -> bool:
         """Anyone may draw a model's verifiers once its target block is mined. The contributor and the
-        initiator draw at once; verifiers are the backstop, a few blocks later (`DRAW_BACKSTOP_BLOCKS`),
+        initiator draw first (the initiator 2 blocks later); verifiers are the backstop (`DRAW_BACKSTOP_BLOCKS`),
         so that one who stalls still cannot wait for a better draw (P1: the seed is fixed by then, and
         past 256 blocks the model is cancelled) — and so that the V verifiers of a task do not all send
         the same draw into the same block, all but one of them reverting and paying for it (with 25
