@@ -223,6 +223,10 @@ class Agent:
         Zero (unset) deadlines are ignored."""
         self._wake_times.extend(int(d) for d in deadlines if d)
 
+    def _wake_by(self, monotonic_t: float) -> None:
+        """A retry's back-off ends at `monotonic_t`: the idle loop steps then."""
+        self._wake_wall = monotonic_t if self._wake_wall is None else min(self._wake_wall, monotonic_t)
+
     def run_once(self, *, only_if_due: bool = False) -> bool:
         """One round: take the new events, then step — always (tests and drivers), or, as `run`
         does, `only_if_due` (see the module docstring). True if it acted."""
@@ -290,8 +294,9 @@ class Agent:
                     # nothing to do: sleep until a new block is mined (its events are read next
                     # round; a step follows only if one is due) or a job or send ends (before, a
                     # busy job meant a full round of contract reads every 0.1 s, e.g. through all of
-                    # training, on the cores the training needed); polls at most `Waiter.poll`
-                    # apart, so a node reacts within a fraction of a block
+                    # training, on the cores the training needed). With pushed heads the wait
+                    # reads nothing; else it polls at most `Waiter.poll` apart, so a node reacts
+                    # within a fraction of a block
                     try:
                         self.cursor.wait_for_block(self.waiter.slowest, max_interval=self.waiter.poll,
                                                    wake=self._job_ended)
@@ -341,7 +346,7 @@ class Agent:
             return known
         att = self.state.attempts(item)
         if time.monotonic() < att.next_at:
-            self._wake_wall = att.next_at if self._wake_wall is None else min(self._wake_wall, att.next_at)
+            self._wake_by(att.next_at)
             return None
         try:
             decision = fn()
@@ -352,7 +357,7 @@ class Agent:
                 att.count += 1
                 att.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 att.next_at = time.monotonic() + min(30.0, 0.5 * 2 ** min(att.count, 6))
-                self._wake_wall = att.next_at if self._wake_wall is None else min(self._wake_wall, att.next_at)
+                self._wake_by(att.next_at)
                 self.log(LogEvent.RETRY, model=model, item=item, error=att.last_error)
                 return None
         except ContractRevert:
