@@ -49,3 +49,19 @@ def _assert_broadcasts_reach_only_their_verifiers(r) -> None:
                 assert name.startswith("verifier") and msg.sender.lower() == sellers.get(msg.model_id), (name, msg)
             garbage_seen += msg.sender.lower() == spammer
     assert garbage_seen > 0, "nobody got the spammer's addressed garbage: the check above proves nothing"
+
+
+@pytest.mark.timeout(1200)
+def test_a_buyer_that_missed_the_dispute_window_still_gets_the_model_it_paid_for(tmp_path):
+    """The initiator looks at no delivered model while its dispute window is open (too slow or away,
+    as the initiator of the 50-model scale run was); the contributor finalizes the delivery and is
+    paid. The buyer must still open the model it paid for and fuse it: before, a model released
+    before its check was marked settled and never opened (at N = 50: 2 of 18 bought models fused)."""
+    plan = tiny_plan([_c([0, 1, 2, 3, 4])], [_v(), _v(), _v()],
+                     InitiatorPlan(n_train=300, n_audit=32, fusion_epochs=2, fusion_augment=0, n_test=500,
+                                   agent=f"{B}LateBuyerInitiator"), criterion={"min_gain": -1.0})
+    r = run_in_process(plan, tmp_path)
+    model = r.by_contributor("contributor1")
+    assert model.status == "RELEASED", model
+    assert r.withdrawn_eth["contributor1"] == pytest.approx(1.1)       # paid by the contract, as before
+    assert r.fusion_history and model.model_id in r.fusion_history[-1]["members"], r.fusion_history

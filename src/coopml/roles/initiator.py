@@ -211,6 +211,14 @@ class Initiator(Agent):
     def _advance(self, mid: int) -> bool:
         m = self.client.model(mid)
         if m.status in TERMINAL:
+            if m.status == ModelStatus.RELEASED and self.state.decision(f"delivery:{mid}") is None \
+                    and self.state.get(f"sealed_key:{mid}") is not None:
+                # released before this node checked it (it was slow or away through the dispute
+                # window): it paid for the model, so it opens and fuses it all the same — only the
+                # right to dispute is gone. Before, it was marked settled and never opened.
+                d = self.handle(f"delivery:{mid}", lambda: self._receive(mid, m), model=mid)
+                if d is None:
+                    return False
             self.state.set(f"terminal:{mid}", True)
             return False
         now = self.now()
@@ -258,16 +266,20 @@ class Initiator(Agent):
             self.client.model(msg.model_id).status not in TERMINAL
 
     def _receive(self, mid: int, m: Any) -> Decision | None:
-        """Open the delivered key, check it and the model; dispute what does not hold."""
+        """Open the delivered key, check it and the model; dispute what does not hold (while the
+        model is still DELIVERED: once released, what fails is recorded, not disputed)."""
         view = self.view
         sealed = self.state.get(f"sealed_key:{mid}")
         if sealed is None:
             return None
+        late = m.status != ModelStatus.DELIVERED
         try:
             key = open_sealed(self.box, bytes.fromhex(sealed), package.delivery_context(self.client.address, mid))
             if key_commitment(key) != bytes(m.key_commitment):
                 raise package.PackageError("delivered key does not match the commitment")
         except CoopmlError as exc:
+            if late:
+                return Decision(outcome=Outcome.REJECTED, reason=f"bad delivery found after release: {exc}"[:400])
             self.client.dispute_delivery(mid)
             self.log(LogEvent.DISPUTED, model=mid, kind="delivery", reason=str(exc))
             return Decision(outcome=Outcome.REJECTED, reason=f"bad delivery, disputed: {exc}")
@@ -278,6 +290,8 @@ class Initiator(Agent):
             model = load_delivered(hdr, body, view.manifest.input)
         except (package.PackageError, ModelFileError, SealError, DataError) as exc:
             # the key is the committed one, so what it opens is what was committed: unusable -> dispute
+            if late:
+                return Decision(outcome=Outcome.REJECTED, reason=f"unusable model found after release: {exc}"[:400])
             self.client.dispute_model(mid, key)
             self.log(LogEvent.DISPUTED, model=mid, kind="model", reason=str(exc)[:200])
             return Decision(outcome=Outcome.REJECTED, reason=f"delivered model unusable, disputed: {exc}"[:400])
@@ -294,6 +308,9 @@ class Initiator(Agent):
         mismatches = self._audit(view, mid, model, list(reports.values()), list(hdr.labels))
         for ident in reports:
             self.state.decide(f"inbox:{ident}", Decision(outcome=Outcome.DONE, chain_time=self.now()))
+        if mismatches * 2 > expected and late:      # not what was judged: not fused (too late to dispute)
+            return Decision(outcome=Outcome.REJECTED,
+                            reason=f"{mismatches} audit reports not reproduced, found after release: not fused")
         if mismatches * 2 > expected:
             self.client.dispute_model(mid, key)
             self.log(LogEvent.DISPUTED, model=mid, kind="model", mismatching_reports=mismatches)

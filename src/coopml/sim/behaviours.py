@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from coopml.chain import Vote
+from coopml.chain import ModelStatus, Vote
 from coopml.data import Dataset
 from coopml.models import TrainConfig
 from coopml.roles import messages
@@ -160,6 +160,17 @@ class SilentInitiator(Initiator):
             self.done = True
             self.summary = "silent initiator: the task went on without it"
         return False
+
+
+class LateBuyerInitiator(Initiator):
+    """Looks at no delivered model while its dispute window is open (a buyer too slow or away, as
+    the initiator of a 50-model task on one shared machine was): the contributor finalizes the
+    delivery and is paid. The buyer must still open and fuse the model it paid for."""
+
+    def _advance(self, mid: int) -> bool:
+        if self.client.model(mid).status == ModelStatus.DELIVERED:
+            return False
+        return super()._advance(mid)
 
 
 class FalseDisputeInitiator(Initiator):
