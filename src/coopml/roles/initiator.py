@@ -188,7 +188,26 @@ class Initiator(Agent):
 
     # ------------------------------------------------------------------ step
 
+    def _model(self, mid: int) -> Any:
+        """A model's on-chain record, read at most once per step: a round consulted each model up to
+        three times (its progress, its pending audit reports, the closing check), ~250 reads a
+        round at N = 50, which made the buyer's rounds ~10 s apart and its dispute windows run out.
+        Within a step a record may predate this node's own transaction; the next step re-reads."""
+        cache: dict[int, Any] | None = getattr(self, "_models_this_step", None)
+        if cache is None:                   # outside a step: always read
+            return self.client.model(mid)
+        if mid not in cache:
+            cache[mid] = self.client.model(mid)
+        return cache[mid]
+
     def step(self) -> bool:
+        self._models_this_step: dict[int, Any] | None = {}
+        try:
+            return self._step()
+        finally:
+            self._models_this_step = None
+
+    def _step(self) -> bool:
         if self.task_id is None:
             self.publish()
             return True
@@ -209,7 +228,7 @@ class Initiator(Agent):
         return bool(self.state.get(f"terminal:{mid}"))
 
     def _advance(self, mid: int) -> bool:
-        m = self.client.model(mid)
+        m = self._model(mid)
         if m.status in TERMINAL:
             if m.status == ModelStatus.RELEASED and self.state.decision(f"delivery:{mid}") is None \
                     and self.state.get(f"sealed_key:{mid}") is not None:
@@ -259,11 +278,11 @@ class Initiator(Agent):
             return False
         if msg.kind == MessageKind.DECRYPT_REQUEST:
             return self.view.manifest.verification.mode == "ivhe-insecure" and \
-                self.client.model(msg.model_id).status == ModelStatus.VERIFYING
+                self._model(msg.model_id).status == ModelStatus.VERIFYING
         if msg.kind != MessageKind.AUDIT_REPORT:
             return False
         return self.state.decision(f"delivery:{msg.model_id}") is None and \
-            self.client.model(msg.model_id).status not in TERMINAL
+            self._model(msg.model_id).status not in TERMINAL
 
     def _receive(self, mid: int, m: Any) -> Decision | None:
         """Open the delivered key, check it and the model; dispute what does not hold (while the
@@ -360,7 +379,7 @@ class Initiator(Agent):
         for ident, msg in self.inbox().items():
             if msg.kind != MessageKind.DECRYPT_REQUEST:
                 continue
-            m = self.client.model(msg.model_id)
+            m = self._model(msg.model_id)
             if m.status != ModelStatus.VERIFYING:
                 continue                                   # swept as not expected
             self.handle(f"inbox:{ident}", partial(self._decrypt_for, msg, m), model=msg.model_id,
@@ -486,7 +505,7 @@ class Initiator(Agent):
 
     def _now_settled(self, mid: int) -> bool:
         """Read a model not yet known to be settled; True (and remembered) if it now is."""
-        if self.client.model(mid).status in TERMINAL:
+        if self._model(mid).status in TERMINAL:
             self.state.set(f"terminal:{mid}", True)
             return True
         return False
