@@ -230,9 +230,14 @@ class Contributor(Agent):
                 self.client.draw_verifiers(mid)
                 self.log(LogEvent.DRAWN, model=mid)
                 return True
-            if view.manifest.verification.mode == "ckks" and self.state.get("offer_params") is None:
-                self._offer_params(view)     # compile while the draw block is sealed: the offer goes out at once
-                return True
+            if view.manifest.verification.mode == "ckks" and self.state.get("offer_params") is None \
+                    and not self.jobs.running("offer"):
+                # compile while the draw block is sealed, so the offer goes out at once — on the job
+                # thread: compiled in the loop it held the node for seconds past its draw block under
+                # load, and the initiator and verifiers (whose turns come later) sent the same draw
+                # into one block, all but one paying for a revert
+                self.jobs.pop("offer")
+                self.jobs.submit("offer", lambda: self._offer_params(view))
             self.wake_at(m.draw_block + 1)
             return False
         if m.status == ModelStatus.VERIFYING:
