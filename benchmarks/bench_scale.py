@@ -30,7 +30,9 @@ standing in for 76 machines: at most `--ckks-slots` (3) CKKS computations run at
 holds up to ~1 GB while it runs; N = 10 unthrottled peaked at 9.8 GB RSS, N = 50 passed 20 GB
 while its 50 contributors ran their pre-payment check at once), and the verify window is
 30 min (the dev default, 5 min, is shorter than this machine needs to run 150 encrypted
-evaluations; verifiers vote as soon as they have judged, so a long window costs no time).
+evaluations; verifiers vote as soon as they have judged, so a long window costs no time). N = 50
+needs `--verify-window 3600` here: TenSEAL holds the interpreter lock during its calls, so the one
+process runs all 150 evaluations (~1,900 CPU-s) on about one core (docs/chain.md, "Scale").
 """
 
 from __future__ import annotations
