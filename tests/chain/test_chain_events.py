@@ -231,3 +231,22 @@ def test_a_node_without_websockets_is_polled():
     assert websocket_url("ipc:///tmp/x") is None
     refused = HeadSubscription("ws://127.0.0.1:9", open_timeout=1)   # nothing listens there
     assert refused.wait_ready(5) is False and refused.unsupported
+
+
+def test_a_subscription_that_stops_pushing_is_not_trusted():
+    """A node that keeps the websocket open but stops pushing heads must not leave a node blind:
+    after a few typical gaps (at least 5 s) without a push the cursor reads the head over HTTP."""
+    import time as _time
+
+    from coopml.chain.heads import HeadSubscription
+
+    heads = HeadSubscription("ws://127.0.0.1:9", open_timeout=1)    # its thread gives up at once
+    heads.wait_ready(5)
+    heads.alive = True                                             # as if connected
+    for n in range(1, 4):
+        heads._push({"number": hex(n), "timestamp": hex(1000 + n), "logsBloom": "0x" + "00" * 256})
+    assert heads.fresh() and heads.latest == (3, 1003)
+    heads.latest_at = _time.monotonic() - 6
+    assert not heads.fresh()
+    heads._push({"number": hex(2), "timestamp": hex(1002)})         # an older head changes nothing
+    assert heads.latest == (3, 1003) and not heads.fresh()

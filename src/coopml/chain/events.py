@@ -197,7 +197,7 @@ class EventCursor:
         """The newest block this cursor may read from the node's pushed headers (its timestamp
         into `head_time`): no request. None when no subscription is live."""
         heads = self._heads
-        latest = heads.latest if heads is not None and heads.alive else None
+        latest = heads.latest if heads is not None and heads.fresh() else None
         if latest is None:
             return None
         self.head_time = latest[1]
@@ -231,7 +231,7 @@ class EventCursor:
             self._heads_started = True
             self._heads = self.chain.heads()
         heads = self._heads
-        if heads is not None and heads.alive:
+        if heads is not None and heads.fresh():
             signal = wake if wake is not None else self._pushed
             heads.listen(signal)
             if wake is None:

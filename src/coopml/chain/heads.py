@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -53,6 +54,8 @@ class HeadSubscription:
         self.url = url
         self.open_timeout = open_timeout
         self.latest: tuple[int, int] | None = None
+        self.latest_at = 0.0                    # monotonic time of the newest push
+        self._gap = 1.0                         # typical seconds between pushes (moving average)
         self.alive = False
         self.unsupported: str | None = None     # the first connection failed: this node is polled
         self._blooms: OrderedDict[int, bytes] = OrderedDict()
@@ -70,6 +73,12 @@ class HeadSubscription:
         """Wait for the first connection attempt; True if the subscription is live."""
         self._ready.wait(timeout)
         return self.alive
+
+    def fresh(self) -> bool:
+        """Live and pushing: the newest head came within a few typical gaps (at least 5 s). A node
+        that keeps the connection but stops pushing is then read over HTTP, not trusted to be idle."""
+        return self.alive and self.latest is not None and \
+            time.monotonic() - self.latest_at < max(5.0, 3 * self._gap)
 
     def listen(self, event: threading.Event) -> None:
         with self._lock:
@@ -93,9 +102,12 @@ class HeadSubscription:
     def _push(self, head: dict[str, Any]) -> None:
         number, timestamp = int(head["number"], 16), int(head["timestamp"], 16)
         bloom = bytes.fromhex(str(head.get("logsBloom", "0x"))[2:])
+        now = time.monotonic()
         with self._lock:
             if self.latest is None or number > self.latest[0]:
-                self.latest = (number, timestamp)
+                if self.latest is not None:
+                    self._gap = 0.8 * self._gap + 0.2 * min(60.0, now - self.latest_at)
+                self.latest, self.latest_at = (number, timestamp), now
             self._blooms[number] = bloom
             while len(self._blooms) > self.KEEP_BLOOMS:
                 self._blooms.popitem(last=False)
