@@ -4,6 +4,7 @@ missing or repeating events, and crash-safe drain."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -195,11 +196,21 @@ def test_pushed_heads_replace_polling_on_anvil(anvil_node):
     heads = chain.heads()
     assert heads is not None and heads.alive
     other = Chain.rpc(anvil_node.url)                    # another party's client mines and sends
-    methods.clear()
+
+    def pushed() -> None:                                 # the node's push reached the subscription
+        target = other.block_number()
+        deadline = time.monotonic() + 10
+        while (heads.latest is None or heads.latest[0] < target) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert heads.latest is not None and heads.latest[0] >= target and heads.fresh()
+
     other.mine()
+    pushed()
+    methods.clear()
     assert cursor.wait_for_block(10) is True
     assert cursor.drain(lambda ev: None) == 0
-    assert methods == [], methods                         # an empty block cost this cursor nothing
+    assert cursor.wait_for_block(0.3) is False           # waiting for the next push
+    assert methods == [], methods                         # an empty block and the wait cost nothing
     bloom = heads.bloom(heads.latest[0])
     assert bloom is not None and not bloom_may_contain(bloom, bytes.fromhex(coop.address[2:]))
     from coopml.chain import TaskClient, TaskTerms
@@ -208,6 +219,7 @@ def test_pushed_heads_replace_polling_on_anvil(anvil_node):
                       announce_deadline=other.now() + 3600, verify_window=600, reveal_window=600,
                       delivery_window=600, dispute_window=600)
     TaskClient(other, coop.address, other.dev_accounts()[3]).publish_task(b"\x01" * 32, "bafy-x", b"\x02" * 32, terms)
+    pushed()
     assert cursor.wait_for_block(10) is True
     seen: list[str] = []
     assert cursor.drain(lambda ev: seen.append(ev.name)) == 1 and seen == ["TaskPublished"]
