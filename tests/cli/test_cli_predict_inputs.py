@@ -55,3 +55,38 @@ def test_image_folder_any_layout(tmp_path):
         load_samples(tmp_path / "imgs", TAB)
     with pytest.raises(DataError, match="cannot tell the format"):
         load_samples(tmp_path / "imgs" / "notes.txt", TAB)
+
+
+def test_a_process_that_read_through_arrow_leaves_without_cxx_static_destructors(monkeypatch, capsys):
+    """apache/arrow#34314: Arrow's thread pools, torn down by C++ static destructors at exit, can
+    abort a finished `coopml predict` with SIGABRT. The CLI's exit runs Python's exit handlers,
+    flushes, and ends with os._exit and the command's status."""
+    import subprocess
+    import sys
+
+    import pyarrow  # noqa: F401 - loaded, as after reading a CSV
+
+    from coopml.cli import main as cli
+
+    class Left(Exception):
+        pass
+
+    ran: list[bool] = []
+    exits: list[int] = []
+
+    def fake_exit(status: int) -> None:
+        exits.append(status)
+        raise Left
+
+    monkeypatch.setattr(cli.atexit, "_run_exitfuncs", lambda: ran.append(True))
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    for code in (None, 0, 2, "a message"):
+        with pytest.raises(Left):
+            cli.leave(code)
+    assert exits == [0, 0, 2, 1] and len(ran) == 4
+    assert "a message" in capsys.readouterr().err
+    # in a real process: the status, the buffered output and the exit handlers all survive
+    script = ("import atexit, pyarrow; atexit.register(print, 'handler ran'); "
+              "from coopml.cli.main import leave; print('output', end=' '); leave(3)")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 3 and r.stdout.split() == ["output", "handler", "ran"], (r.returncode, r.stdout, r.stderr)
