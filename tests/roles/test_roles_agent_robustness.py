@@ -241,6 +241,42 @@ def test_the_initiator_draws_only_if_the_contributor_has_not(tmp_path):
     ini.state.close()
 
 
+def test_a_buyer_waiting_for_audit_reports_is_idle_until_its_wait_ends(tmp_path):
+    """A delivered model's check waits for the drawn verifiers' audit reports until a margin before
+    the dispute deadline. Waiting is not acting: before, the round said it acted, so the buyer
+    stepped back to back through the whole dispute window and the in-process dev chain never moved
+    its clock on (the IVHE scenarios waited the window out in real time). Now the round is idle,
+    the wait's end is registered, and the dev chain's clock stops there, before the deadline."""
+    from types import SimpleNamespace
+
+    from coopml.chain import ModelStatus
+    from coopml.roles.initiator import Initiator, audit_wait_ends
+    from coopml.sim.lifecycle import next_deadline
+
+    delivered = SimpleNamespace(status=ModelStatus.DELIVERED, task_id=1, dispute_deadline=1_000, verify_deadline=0,
+                                reveal_deadline=0, delivery_deadline=0, response_deadline=0)
+    terms = SimpleNamespace(dispute_window=300, verify_window=300, announce_deadline=0)
+    ini = Initiator.__new__(Initiator)
+    ini.client = SimpleNamespace(model=lambda mid: delivered)
+    ini.chain = SimpleNamespace(now=lambda: 100, block_number=lambda: 10)
+    ini.state = AgentState(tmp_path / "state.sqlite")
+    ini.log = EventLog(Role.INITIATOR, "initiator", lambda rec: None)
+    ini._wake_times = []
+    ends = audit_wait_ends(delivered.dispute_deadline, terms.dispute_window)
+
+    def waiting(mid, m):          # what `_receive` does while reports are missing
+        ini.wake_after(ends - 1)
+        return None
+
+    ini._receive = waiting
+    assert ini._advance(7) is False and ini._wake_times == [ends - 1]
+    assert 100 < ends <= delivered.dispute_deadline - 15
+    coop = SimpleNamespace(chain=SimpleNamespace(now=lambda: 100), model_count=lambda: 1, model=lambda mid: delivered,
+                           task=lambda task_id: SimpleNamespace(terms=terms, closed=True))
+    assert next_deadline(coop, 1) == ends          # the dev chain's next jump stops at the wait's end
+    ini.state.close()
+
+
 def test_the_initiator_closes_and_withdraws_while_its_last_refit_runs(tmp_path):
     """Refitting bought models needs nothing from the chain: once every model is settled the
     initiator closes the task (so verifiers can take their money) and withdraws its refund while

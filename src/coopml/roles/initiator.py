@@ -53,6 +53,13 @@ TERMINAL = {ModelStatus.RELEASED, ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE
 # target (the contributor draws at once; verifiers are the last backstop, DRAW_BACKSTOP_BLOCKS)
 INITIATOR_DRAW_DELAY_BLOCKS = 2
 
+
+def audit_wait_ends(dispute_deadline: int, dispute_window: int) -> int:
+    """Chain time at which the buyer stops waiting for drawn verifiers' audit reports on a delivered
+    model and checks it with those it has: late enough for the reports, early enough to dispute."""
+    return int(dispute_deadline) - max(15, int(dispute_window) // 3)
+
+
 class Bought(Fact):
     model_id: int
     labels: list[int]
@@ -262,7 +269,10 @@ class Initiator(Agent):
             if d is not None and now > m.dispute_deadline and d.outcome == Outcome.DONE:
                 self.client.finalize_delivery(mid)
                 return True
-            return d is None
+            # waiting (the key, the audit reports, a retry's back-off) is not acting: each of those
+            # registered what ends it. Reported as acting, it kept the node stepping back to back
+            # through the dispute window, and kept an in-process dev chain from moving its clock
+            return False
         if m.status in (ModelStatus.DELIVERY_DISPUTED, ModelStatus.MODEL_DISPUTED) and now > m.response_deadline:
             if m.status == ModelStatus.DELIVERY_DISPUTED:
                 self.client.resolve_dispute(mid)
@@ -321,8 +331,9 @@ class Initiator(Agent):
                     and r.sender not in {x.sender for x in reports.values()}:
                 reports[i] = r
         expected = len(self.client.selected_verifiers(mid))
-        margin = max(15, view.info.terms.dispute_window // 3)
-        if len(reports) < expected and self.now() < m.dispute_deadline - margin:
+        wait_ends = audit_wait_ends(m.dispute_deadline, view.info.terms.dispute_window)
+        if len(reports) < expected and self.now() < wait_ends:
+            self.wake_after(wait_ends - 1)                 # a report wakes it sooner (its inbox)
             return None                                    # wait for the verifiers' audit reports
         mismatches = self._audit(view, mid, model, list(reports.values()), list(hdr.labels))
         for ident in reports:

@@ -45,6 +45,7 @@ from coopml.chain import (
 )
 from coopml.data import TABLE_III
 from coopml.errors import CoopmlError
+from coopml.roles.initiator import audit_wait_ends
 from coopml.roles.log import LogEvent, LogRecord
 from coopml.sim import slots
 from coopml.task import TaskManifest, builtin_manifest
@@ -310,10 +311,11 @@ def next_deadline(coop: TaskClient, task_id: int) -> int | None:
         m = coop.model(mid)
         if m.task_id != task_id or m.status in TERMINAL:
             continue
-        window = coop.task(task_id).terms.verify_window
-        late = m.verify_deadline - max(15, window // 5)   # when verifiers stop waiting (roles.verifier._late)
+        terms = coop.task(task_id).terms
+        late = m.verify_deadline - max(15, terms.verify_window // 5)   # verifiers stop waiting (roles.verifier._late)
+        audit = audit_wait_ends(m.dispute_deadline, terms.dispute_window)   # the buyer stops waiting for reports
         due += [t for t in (late, m.verify_deadline + 1, m.reveal_deadline + 1, m.delivery_deadline + 1,
-                            m.dispute_deadline + 1, m.response_deadline + 1) if t > now]
+                            audit, m.dispute_deadline + 1, m.response_deadline + 1) if t > now]
     task = coop.task(task_id)
     if not task.closed:
         due.append(task.terms.announce_deadline + 1)
