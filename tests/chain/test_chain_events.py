@@ -87,23 +87,32 @@ def test_wait_for_activity_sleeps_until_there_are_events(world):
     assert only_models.wait_for_activity(0.2, min_interval=0.05) is False  # events, but not its names
 
 
+def _woken(wait, wake, after: float = 0.2) -> float:
+    """Seconds `wait()` took to return True while a timer sets `wake` after `after` seconds (a wait
+    that polls instead of waking takes its whole interval)."""
+    import threading
+    import time
+
+    timer = threading.Timer(after, wake.set)
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        assert wait() is True
+    finally:
+        timer.join()
+    return time.monotonic() - t0
+
+
 def test_wait_for_activity_ends_when_woken(world):
     """An agent asleep until the chain moves must wake at once when its own computation (training,
     a refit, a posted message) ends, not at its next poll."""
     import threading
-    import time as _time
 
     cursor = EventCursor(world.chain, world.coop.address, from_block=world.deploy_block)
     cursor.poll()
     wake = threading.Event()
-    timer = threading.Timer(0.2, wake.set)
-    t0 = _time.monotonic()
-    timer.start()
-    try:
-        assert cursor.wait_for_activity(30, min_interval=5, max_interval=5, wake=wake) is True
-    finally:
-        timer.join()
-    assert _time.monotonic() - t0 < 3 and not wake.is_set()     # woken, not polled; and cleared
+    assert _woken(lambda: cursor.wait_for_activity(30, min_interval=5, max_interval=5, wake=wake), wake) < 3
+    assert not wake.is_set()                                      # woken, not polled; and cleared
     assert cursor.wait_for_activity(0.2, min_interval=0.05, wake=wake) is False
     # a block the caller waits for ends the wait although it carries nothing for this cursor
     target = world.chain.block_number() + 1
@@ -149,7 +158,6 @@ def test_wait_for_block_returns_on_any_new_block_and_leaves_its_events_to_drain(
     not read is mined (events or not: the agent's deadlines move with chain time), the events left
     for `drain` to read once; a `wake` ends it at once; a timeout returns False."""
     import threading
-    import time as _time
 
     cursor = EventCursor(world.chain, world.coop.address, from_block=world.deploy_block)
     cursor.poll()
@@ -162,14 +170,8 @@ def test_wait_for_block_returns_on_any_new_block_and_leaves_its_events_to_drain(
     seen: list[str] = []
     assert cursor.drain(lambda ev: seen.append(ev.name)) >= 1 and "TaskPublished" in seen
     wake = threading.Event()
-    timer = threading.Timer(0.2, wake.set)
-    t0 = _time.monotonic()
-    timer.start()
-    try:
-        assert cursor.wait_for_block(30, min_interval=5, max_interval=5, wake=wake) is True
-    finally:
-        timer.join()
-    assert _time.monotonic() - t0 < 3 and not wake.is_set()
+    assert _woken(lambda: cursor.wait_for_block(30, min_interval=5, max_interval=5, wake=wake), wake) < 3
+    assert not wake.is_set()
 
 
 def test_pushed_heads_replace_polling_on_anvil(anvil_node):

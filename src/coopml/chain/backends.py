@@ -204,7 +204,7 @@ class Chain:
 
     def now(self) -> int:
         """Timestamp of the latest block (what `block.timestamp` was last)."""
-        return int(self.w3.eth.get_block("latest")["timestamp"])
+        return self.head()[1]
 
     def block_number(self) -> int:
         return int(self.w3.eth.block_number)

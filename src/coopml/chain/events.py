@@ -243,12 +243,12 @@ class EventCursor:
                 signal.clear()
                 return True          # a new head, a job's end, or the subscription dropped: a round decides
             return False
-        if wake is not None and time.monotonic() - self._head_read_at < min_interval:
-            if wake.wait(min_interval):
+        if time.monotonic() - self._head_read_at < min_interval:
+            if wake is None:
+                time.sleep(min_interval)
+            elif wake.wait(min_interval):
                 wake.clear()
                 return True
-        elif time.monotonic() - self._head_read_at < min_interval:
-            time.sleep(min_interval)
         return self._sleep_until(lambda: self._head() >= self.next_block, timeout, min_interval, max_interval, wake)
 
     @staticmethod

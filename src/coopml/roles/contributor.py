@@ -236,7 +236,12 @@ class Contributor(Agent):
                 # thread: compiled in the loop it held the node for seconds past its draw block under
                 # load, and the initiator and verifiers (whose turns come later) sent the same draw
                 # into one block, all but one paying for a revert
-                self.jobs.pop("offer")
+                done = self.jobs.pop("offer")
+                if done is not None and done.exception() is not None:
+                    # tried again here; if it fails again, sending the offer fails in the loop, where
+                    # the agent's error handling decides (retry, or stop with a message)
+                    exc = done.exception()
+                    self.log(LogEvent.RETRY, model=mid, item="offer", error=f"{type(exc).__name__}: {exc}"[:300])
                 self.jobs.submit("offer", lambda: self._offer_params(view))
             self.wake_at(m.draw_block + 1)
             return False
