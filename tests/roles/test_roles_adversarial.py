@@ -26,7 +26,7 @@ def test_cheating_sellers_gain_nothing(tmp_path):
                       _c(ALL, "RandomWeightsContributor"), _c(ALL, "WithholdingContributor"),
                       _c([5, 6, 7, 8, 9], "LabelInflatingContributor", seed=6)],
                      [_v(), _v(), _v("FlippingVerifier")], criterion={"min_gain": -1.0})
-    r = run_in_process(plan, tmp_path)
+    r = run_in_process(plan, tmp_path, node="anvil")
     status = {m.contributor: m.status for m in r.models}
     assert status == {"contributor1": "RELEASED", "contributor2": "REFUNDED", "contributor3": "REFUNDED",
                       "contributor4": "REJECTED", "contributor5": "FORFEITED", "contributor6": "REFUNDED"}, status

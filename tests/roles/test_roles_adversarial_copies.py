@@ -18,7 +18,7 @@ def test_value_test_rejects_a_permuted_copy_and_buys_new_classes(tmp_path):
     verifier floods every node with malformed messages meanwhile: all record decisions and go on."""
     plan = tiny_plan([_c([0, 1, 2, 3, 4], seed=7), _c([0, 1, 2, 3, 4], "CopyingContributor", same_data_as=0),
                       _c([5, 6, 7, 8, 9], seed=3)], [_v(), _v(), _v("SpammingVerifier")])
-    r = run_in_process(plan, tmp_path)
+    r = run_in_process(plan, tmp_path, node="anvil")
     status = {m.contributor: m.status for m in r.models}
     assert sorted([status["contributor1"], status["contributor2"]]) == ["REJECTED", "RELEASED"], status
     assert status["contributor3"] == "RELEASED", status

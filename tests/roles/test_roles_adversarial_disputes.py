@@ -17,7 +17,7 @@ def test_false_dispute_costs_the_buyer_and_a_silent_verifier_is_burnt(tmp_path):
     plan = tiny_plan([_c(ALL)], [_v(), _v(), _v("SilentVerifier")],
                      InitiatorPlan(n_train=300, n_audit=32, fusion_epochs=3, fusion_augment=0, n_test=1000,
                                    agent=f"{B}FalseDisputeInitiator"), criterion={"min_gain": -1.0})
-    r = run_in_process(plan, tmp_path)
+    r = run_in_process(plan, tmp_path, node="anvil")
     m = r.models[0]
     assert m.status == "RELEASED" and m.approve == 2, m
     # the contributor gets reward + deposit + the buyer's bond (= its deposit)

@@ -19,7 +19,7 @@ def test_liveness_without_the_initiator_and_poison_messages(tmp_path):
                      [_v(), _v(), _v("SpammingVerifier")],
                      InitiatorPlan(n_train=300, n_audit=32, fusion_epochs=3, fusion_augment=0, n_test=1000,
                                    agent=f"{B}SilentInitiator"), criterion={"min_gain": -1.0})
-    r = run_in_process(plan, tmp_path)
+    r = run_in_process(plan, tmp_path, node="anvil")
     first, second = r.by_contributor("contributor1"), r.by_contributor("contributor2")
     assert first.status == "RELEASED" and first.approve == 2 and first.reject == 1, first
     assert second.status == "REJECTED" and second.reject == 3, second
@@ -60,7 +60,7 @@ def test_a_buyer_that_missed_the_dispute_window_still_gets_the_model_it_paid_for
     plan = tiny_plan([_c([0, 1, 2, 3, 4])], [_v(), _v(), _v()],
                      InitiatorPlan(n_train=300, n_audit=32, fusion_epochs=2, fusion_augment=0, n_test=500,
                                    agent=f"{B}LateBuyerInitiator"), criterion={"min_gain": -1.0})
-    r = run_in_process(plan, tmp_path)
+    r = run_in_process(plan, tmp_path, node="anvil")
     model = r.by_contributor("contributor1")
     assert model.status == "RELEASED", model
     assert r.withdrawn_eth["contributor1"] == pytest.approx(1.1)       # paid by the contract, as before

@@ -106,7 +106,7 @@ def test_plaintext_mode_trusts_the_verifiers_and_says_so(tmp_path):
     plan = tiny_plan([ContributorPlan(labels=labels, n_train=300, epochs=3, seed=i, agent=HONEST)
                       for i, labels in enumerate([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])],
                      verification={"mode": "plaintext"})
-    r = run_in_process(plan, tmp_path)
+    r = run_in_process(plan, tmp_path, node="anvil")
     assert sorted(m.status for m in r.models) == ["RELEASED", "RELEASED"], r.models
     assert len(r.fusion_history[-1]["members"]) == 2
     path = next((r.workdir / "contributor1" / "model").rglob("*.safetensors"))
@@ -131,7 +131,7 @@ def test_ivhe_insecure_mode_runs_the_papers_flow(tmp_path):
     plan = tiny_plan([ContributorPlan(labels=labels, n_train=300, epochs=3, seed=i, agent=HONEST)
                       for i, labels in enumerate([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])],
                      verification={"mode": "ivhe-insecure"})
-    r = run_in_process(plan, tmp_path)
+    r = run_in_process(plan, tmp_path, node="anvil")
     assert sorted(m.status for m in r.models) == ["RELEASED", "RELEASED"], r.models
     for m in r.models:
         assert m.approve >= 2, m
@@ -154,7 +154,7 @@ def test_ivhe_insecure_mode_lets_a_verifier_decrypt_the_weights(tmp_path):
                      verifiers=[VerifierPlan(n_verify=300, agent="coopml.sim.behaviours:OracleAttackingVerifier"),
                                 VerifierPlan(n_verify=300), VerifierPlan(n_verify=300)],
                      verification={"mode": "ivhe-insecure"})
-    r = run_in_process(plan, tmp_path)
+    r = run_in_process(plan, tmp_path, node="anvil")
     stolen = list((r.workdir / "verifier1").glob("stolen_weights_*.npy"))
     assert len(stolen) == 1, stolen
     got = np.load(stolen[0])
@@ -172,7 +172,7 @@ def test_ivhe_insecure_mode_a_withholding_key_holder_cannot_burn_an_honest_depos
                      initiator=InitiatorPlan(n_train=300, n_audit=32, fusion_epochs=3, fusion_augment=0, n_test=1000,
                                              agent="coopml.sim.behaviours:SilentInitiator"),
                      verification={"mode": "ivhe-insecure"})
-    r = run_in_process(plan, tmp_path)
+    r = run_in_process(plan, tmp_path, node="anvil")
     assert [m.status for m in r.models] == ["INCONCLUSIVE"], r.models
     assert r.models[0].abstain == 3, r.models
     assert r.withdrawn_eth["contributor1"] == pytest.approx(0.1)       # its deposit, back

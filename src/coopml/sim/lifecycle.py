@@ -382,7 +382,20 @@ def skip_used_windows(chain: Chain, coop: TaskClient, task_id: int, checked: set
 # ------------------------------------------------------------------------------ in-process
 
 def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable[[LogRecord], None] | None = None,
-                   max_rounds: int = 20_000) -> LifecycleResult:
+                   max_rounds: int = 20_000, node: Literal["embedded", "anvil"] = "embedded") -> LifecycleResult:
+    """Every agent in this process, stepped round-robin on one chain: the in-process py-evm chain
+    (`node="embedded"`), or an auto-mining anvil on 127.0.0.1 (`node="anvil"`: the same contract
+    and agents, a Rust EVM behind JSON-RPC; the role scenarios spend much less CPU on the chain)."""
+    if node == "anvil":
+        from coopml.chain.processes import start_anvil
+
+        with start_anvil() as proc:
+            return _run_in_process(plan, workdir, Chain.rpc(proc.url), proc.url, log, max_rounds)
+    return _run_in_process(plan, workdir, Chain.embedded(), "embedded", log, max_rounds)
+
+
+def _run_in_process(plan: LifecyclePlan, workdir: Path, chain: Chain, chain_url: str,
+                    log: Callable[[LogRecord], None] | None, max_rounds: int) -> LifecycleResult:
     from coopml.roles.config import ContributorConfig, InitiatorConfig, NodeConfig, VerifierConfig, load_config
     from coopml.roles.log import EventLog, Role
     from coopml.roles.runner import load_agent_class
@@ -391,10 +404,9 @@ def run_in_process(plan: LifecyclePlan, workdir: Path, log: Callable[[LogRecord]
 
     t0 = time.monotonic()
     workdir = Path(workdir)
-    chain = Chain.embedded()
     coop = deploy(chain, chain.dev_accounts()[0])
     store_spec = str(workdir / "store")
-    setup = prepare(plan, workdir, chain, coop, "embedded", store_spec, keep_keys=True)
+    setup = prepare(plan, workdir, chain, coop, chain_url, store_spec, keep_keys=True)
     cfg_types: dict[Role, type[NodeConfig]] = {Role.INITIATOR: InitiatorConfig, Role.CONTRIBUTOR: ContributorConfig,
                                                Role.VERIFIER: VerifierConfig}
     sink = log or (lambda rec: None)
