@@ -22,7 +22,7 @@ def honest_run(tmp_path_factory):
     # three contributors with disjoint classes: each one adds value, so each one is bought
     plan = tiny_plan([ContributorPlan(labels=labels, n_train=300, epochs=3, seed=i, agent=HONEST)
                       for i, labels in enumerate([[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]])])
-    return run_in_process(plan, tmp_path_factory.mktemp("lifecycle"))
+    return run_in_process(plan, tmp_path_factory.mktemp("lifecycle"))   # the default: the in-process py-evm chain
 
 
 def test_every_honest_model_is_bought_and_paid_once(honest_run):

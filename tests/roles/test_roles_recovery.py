@@ -1,5 +1,5 @@
 """Recovery of the real agents on a real EVM (the real contract, real training and CKKS verification,
-reduced to a small task): a node killed between recording what it is about to send and sending it
+reduced to a small task; on anvil): a node killed between recording what it is about to send and sending it
 resends on restart; a model whose verifiers and buyer are gone is still finalized by its
 contributor; ballots of drawn verifiers that vanished are settled, never left locked.
 
@@ -19,6 +19,7 @@ import pytest
 
 from coopml.chain import Chain, EventCursor, ModelStatus, TaskClient, Vote, deploy
 from coopml.chain.client import BurnReason
+from coopml.chain.processes import start_anvil
 from coopml.roles.config import ContributorConfig, InitiatorConfig, VerifierConfig, load_config
 from coopml.roles.log import EventLog, LogEvent, LogRecord, Role
 from coopml.roles.messages import MessageKind
@@ -59,13 +60,15 @@ def small_plan(verifiers: int, initiator: str = "coopml.roles.initiator:Initiato
 
 
 class Network:
-    """Every node of one task, stepped in this process against one embedded EVM."""
+    """Every node of one task, stepped in this process against one auto-mining anvil (a real EVM
+    that costs the scenario far less CPU than the in-process py-evm chain)."""
 
     def __init__(self, plan: LifecyclePlan, workdir: Path) -> None:
-        self.chain = Chain.embedded()
+        self.node = start_anvil()
+        self.chain = Chain.rpc(self.node.url)
         self.coop = deploy(self.chain, self.chain.dev_accounts()[0])
         self.store = str(workdir / "store")
-        self.setup = prepare(plan, workdir, self.chain, self.coop, "embedded", self.store, keep_keys=True)
+        self.setup = prepare(plan, workdir, self.chain, self.coop, self.node.url, self.store, keep_keys=True)
         self.records: list[tuple[str, LogRecord]] = []
         self.vanish_after: dict[str, LogEvent] = {}
         self.gone: set[str] = set()
@@ -142,6 +145,7 @@ class Network:
         for name, agent in self.agents.items():
             if name not in self.gone:
                 agent.close()
+        self.node.stop()
 
     def burnt(self) -> dict[str, list[BurnReason]]:
         out: dict[str, list[BurnReason]] = {}

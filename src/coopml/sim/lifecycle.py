@@ -3,8 +3,9 @@
 A simulation sets nodes up the way real operators would — an encrypted keystore per node, each
 node's data as a pinned file, a task manifest, one JSON config per node (no keys in configs) —
 and then runs them:
-- `run_in_process`: every agent in this process on one embedded EVM, stepped round-robin (fast;
-  used by tests of protocol outcomes); agents get their dependencies directly;
+- `run_in_process`: every agent in this process on one chain (the embedded EVM, or an
+  auto-mining anvil), stepped round-robin (fast; used by tests of protocol outcomes); agents get
+  their dependencies directly;
 - `run_processes`: every agent its own OS process (`coopml initiator|contributor|verifier`,
   forked from a preloaded image: `coopml.sim.launcher`) against a chain node (anvil by default,
   or the embedded node) and a store on 127.0.0.1 (the demo; used by the kill -9 test).
