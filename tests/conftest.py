@@ -36,26 +36,26 @@ def mnist_test():
 # "The test command"); only the order matters.
 LONGEST_FIRST = {
     "tests/sim/test_sim_case_studies.py": 170,
-    "tests/roles/test_roles_adversarial.py": 100,
     "tests/cli/test_cli_deployment.py": 85,
     "tests/roles/test_roles_lifecycle.py": 80,
     "tests/roles/test_roles_processes.py": 72,
     "tests/chain/test_chain_adversarial.py": 70,
-    "tests/roles/test_roles_adversarial_copies.py": 63,
-    "tests/roles/test_roles_recovery.py": 60,
+    "tests/roles/test_roles_adversarial.py": 65,
     "tests/he/test_ckks.py": 60,
     "tests/he/test_he_table5.py": 55,
     "tests/chain/test_chain_analysis.py": 55,
     "tests/storage/test_storage_ipfs.py": 55,
+    "tests/roles/test_roles_recovery.py": 48,
     "tests/fusion/test_fusion_file.py": 45,
     "tests/test_static_checks.py": 45,
-    "tests/roles/test_roles_adversarial_disputes.py": 40,
+    "tests/roles/test_roles_adversarial_copies.py": 40,
     "tests/roles/test_roles_adversarial_liveness.py": 38,
     "tests/cli/test_cli_foundation.py": 38,
     "tests/chain/test_chain_lifecycle.py": 30,
     "tests/chain/test_chain_invariant.py": 30,
     "tests/fusion/test_fusion_metamodel.py": 20,
     "tests/chain/test_transactions.py": 20,
+    "tests/roles/test_roles_adversarial_disputes.py": 18,
 }
 
 
