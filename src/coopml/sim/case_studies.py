@@ -72,11 +72,13 @@ class CaseStudyConfig(BaseModel):
     def reduced(cls) -> CaseStudyConfig:
         """CI preset: real training on ~30 % shards, a few epochs; minutes on one core. Fusion stages
         of <= 40 epochs, patience 5 (were 80 / 10). Not fewer contributor epochs: with 6 instead
-        of 8, no skewed-shard model of Case Study III reaches the 80 % verification threshold."""
+        of 8, no skewed-shard model of Case Study III reaches the 80 % verification threshold.
+        Case Study II fuses by strategy II only, as the paper's does (Table V's 'Original'); the
+        full preset adds strategy I for comparison."""
         return cls(preset="reduced", threads=1, scale=0.3, test_samples=2000, contributor_epochs=8, contributor_patience=3,
                    verify_threshold=0.8,
                    fusion=FusionConfig.tuned(augment_copies=2, max_epochs=40, patience=5),
-                   cs2_fusion=FusionConfig.spatial(augment_copies=2, max_epochs=40, patience=5),
+                   cs2_fusion=FusionConfig.spatial(augment_copies=2, max_epochs=40, patience=5), cs2_strategies=["II"],
                    fedavg_rounds=2, fedavg_local_epochs=3, cs3_precisions=["fp32", "int8"],
                    fedavg_precisions=["fp32"],
                    case_study_4=CaseStudy4Config.reduced())
