@@ -122,6 +122,25 @@ def test_the_float32_check_plan_sizes_the_same_parameters(arch):
         assert not np.array_equal(e, r)          # it is the cheap fold, not the exact one
 
 
+def test_scores_folded_from_the_output_side_equal_the_forward_fold():
+    """A model's class scores (10 outputs of 784 inputs) are folded by one backward pass (row i =
+    gradient of score i) instead of 785 forward images: the same matrix as the forward fold of
+    the full model's logits, and the same scores as torch in float64."""
+    from coopml.roles.evaluation import ScoresOnly
+
+    model = build_model("table4", seed=3)
+    full = compile_model(model, (1, 28, 28))                  # 784 features -> forward over the basis
+    scores = compile_model(ScoresOnly(model), (1, 28, 28))    # 10 scores -> reverse mode
+    logits_rows = full.blocks[-1].matrix[full.feature_dim:]
+    got = scores.blocks[-1].matrix[scores.feature_dim:]
+    assert got.shape == logits_rows.shape == (10, 785)
+    assert np.abs(got - logits_rows).max() <= 1e-12 * np.abs(logits_rows).max()
+    x = np.random.default_rng(2).random((4, 1, 28, 28))
+    with torch.no_grad():
+        want = ScoresOnly(model).double()(torch.tensor(x)).numpy()
+    assert np.abs(scores.forward_plain(x)[1] - want).max() <= 1e-10 * np.abs(want).max()
+
+
 # ---------------------------------------------------------------- compiler
 
 

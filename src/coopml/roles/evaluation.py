@@ -86,10 +86,12 @@ class ScoresOnly(torch.nn.Module):
 
 
 def compile_scores(model: torch.nn.Module, input_shape: tuple[int, ...], exact: bool = True) -> Any:
-    """Contributor: its model (class scores only) compiled for CKKS — the costly step (seconds, ~1 GB
-    peak for Table IV); compile once per model and pass the plan to `offer_params` and
-    `evaluate_encrypted`. Raises UnsupportedLayerError naming the first layer CKKS cannot evaluate.
-    `exact=False`: a float32 fold, ~9x cheaper, good for checking and sizing only."""
+    """Contributor: its model (class scores only) compiled for CKKS — compile once per model and
+    pass the plan to `offer_params` and `evaluate_encrypted` (milliseconds for an affine model such
+    as Table IV, folded from its 10 scores; seconds and ~1 GB for one whose first activation sees
+    full-size feature maps, folded from its 785-image unit basis). Raises UnsupportedLayerError
+    naming the first layer CKKS cannot evaluate. `exact=False`: a float32 fold, for checking and
+    sizing only."""
     from coopml.he import ckks
     return ckks.compile_model(ScoresOnly(model), input_shape, exact=exact)
 
