@@ -83,6 +83,12 @@ class Assignment(Fact):
     dispute_voted: bool = False
 
 
+def verifier_wait_ends(verify_deadline: int, verify_window: int) -> int:
+    """Chain time at which a drawn verifier stops waiting for the contributor and votes on what it
+    has: a margin before the verify deadline, so the commit is mined in time."""
+    return int(verify_deadline) - max(15, int(verify_window) // 5)
+
+
 class Verifier(Agent):
     role = Role.VERIFIER
     idle_step_s = 15.0      # `wakes` + the deadlines `step` registers say when; this is a safety net
@@ -236,9 +242,7 @@ class Verifier(Agent):
     # ------------------------------------------------------------------ one assignment
 
     def _late_from(self, m: Any) -> int:
-        """When a verifier stops waiting for the contributor and votes on what it has: a margin
-        before the verify deadline, so the commit is mined in time."""
-        return int(m.verify_deadline) - max(15, self.view.info.terms.verify_window // 5)
+        return verifier_wait_ends(m.verify_deadline, self.view.info.terms.verify_window)
 
     def _late(self, m: Any) -> bool:
         return self.now() >= self._late_from(m)

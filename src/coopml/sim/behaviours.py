@@ -168,7 +168,7 @@ class LateBuyerInitiator(Initiator):
     delivery and is paid. The buyer must still open and fuse the model it paid for."""
 
     def _advance(self, mid: int) -> bool:
-        if self.client.model(mid).status == ModelStatus.DELIVERED:
+        if self._model(mid).status == ModelStatus.DELIVERED:   # the step's one read, shared with super()
             return False
         return super()._advance(mid)
 

@@ -48,6 +48,7 @@ from coopml.data import TABLE_III
 from coopml.errors import CoopmlError
 from coopml.roles.initiator import audit_wait_ends
 from coopml.roles.log import LogEvent, LogRecord
+from coopml.roles.verifier import verifier_wait_ends
 from coopml.sim import slots
 from coopml.task import TaskManifest, builtin_manifest
 
@@ -313,7 +314,7 @@ def next_deadline(coop: TaskClient, task_id: int) -> int | None:
         if m.task_id != task_id or m.status in TERMINAL:
             continue
         terms = coop.task(task_id).terms
-        late = m.verify_deadline - max(15, terms.verify_window // 5)   # verifiers stop waiting (roles.verifier._late)
+        late = verifier_wait_ends(m.verify_deadline, terms.verify_window)   # verifiers stop waiting
         audit = audit_wait_ends(m.dispute_deadline, terms.dispute_window)   # the buyer stops waiting for reports
         due += [t for t in (late, m.verify_deadline + 1, m.reveal_deadline + 1, m.delivery_deadline + 1,
                             audit, m.dispute_deadline + 1, m.response_deadline + 1) if t > now]
