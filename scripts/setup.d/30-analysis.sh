@@ -7,6 +7,8 @@ set -euo pipefail
 SLITHER_VERSION=0.11.6
 SLITHER_VENV="${COOPML_SLITHER_VENV:-$ROOT/.cache/slither-venv}"
 PY="${COOPML_PYTHON:-python3.11}"
+# shellcheck source=scripts/pyinstall.sh
+. "$ROOT/scripts/pyinstall.sh"
 # it must also run: a venv moved to another path keeps the old path in its scripts' #! lines
 if [ -x "$SLITHER_VENV/bin/slither" ] && [ "$(cat "$SLITHER_VENV/.coopml-version" 2>/dev/null)" = "$SLITHER_VERSION" ] \
    && "$SLITHER_VENV/bin/slither" --version >/dev/null 2>&1; then
@@ -14,6 +16,5 @@ if [ -x "$SLITHER_VENV/bin/slither" ] && [ "$(cat "$SLITHER_VENV/.coopml-version
 fi
 echo "[30-analysis] installing slither-analyzer $SLITHER_VERSION into $SLITHER_VENV"
 "$PY" -m venv --clear "$SLITHER_VENV"
-"$SLITHER_VENV/bin/pip" install -q --disable-pip-version-check "slither-analyzer==$SLITHER_VERSION" 2>&1 \
-  | { grep -v "^WARNING: Location 'file:" || true; }
+py_install "$SLITHER_VENV/bin/python" "slither-analyzer==$SLITHER_VERSION"
 echo "$SLITHER_VERSION" > "$SLITHER_VENV/.coopml-version"

@@ -8,6 +8,8 @@ set -euo pipefail
 OSKEN_VERSION=4.2.2
 OSKEN_VENV="${COOPML_OSKEN_VENV:-$ROOT/.cache/osken-venv}"
 PY="${COOPML_PYTHON:-python3.11}"
+# shellcheck source=scripts/pyinstall.sh
+. "$ROOT/scripts/pyinstall.sh"
 say() { echo "[40-testbed] $*"; }
 
 if [ "$(id -u)" != 0 ]; then
@@ -44,8 +46,7 @@ osken_ok() {
 if ! osken_ok; then
   say "installing os-ken==$OSKEN_VERSION into $OSKEN_VENV"
   { [ -x "$OSKEN_VENV/bin/python" ] || "$PY" -m venv "$OSKEN_VENV"; } \
-    && { "$OSKEN_VENV/bin/pip" install -q --disable-pip-version-check "os-ken==$OSKEN_VERSION" 2>&1 \
-         | { grep -v "^WARNING: Location 'file:" || true; }; } || true
+    && py_install "$OSKEN_VENV/bin/python" "os-ken==$OSKEN_VERSION" || true
   osken_ok || say "WARNING: os-ken is not usable in $OSKEN_VENV: the testbed will fall back to a Linux bridge"
 fi
 if osken_ok && command -v ovs-vswitchd >/dev/null && command -v iperf3 >/dev/null; then
