@@ -15,6 +15,6 @@ if [ -x "$SLITHER_VENV/bin/slither" ] && [ "$(cat "$SLITHER_VENV/.coopml-version
   exit 0
 fi
 echo "[30-analysis] installing slither-analyzer $SLITHER_VERSION into $SLITHER_VENV"
-"$PY" -m venv --clear "$SLITHER_VENV"
+make_venv "$PY" "$SLITHER_VENV"
 py_install "$SLITHER_VENV/bin/python" "slither-analyzer==$SLITHER_VERSION"
 echo "$SLITHER_VERSION" > "$SLITHER_VENV/.coopml-version"

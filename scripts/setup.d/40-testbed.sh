@@ -45,7 +45,7 @@ osken_ok() {
 }
 if ! osken_ok; then
   say "installing os-ken==$OSKEN_VERSION into $OSKEN_VENV"
-  { [ -x "$OSKEN_VENV/bin/python" ] || "$PY" -m venv "$OSKEN_VENV"; } \
+  { [ -x "$OSKEN_VENV/bin/python" ] || make_venv "$PY" "$OSKEN_VENV"; } \
     && py_install "$OSKEN_VENV/bin/python" "os-ken==$OSKEN_VERSION" || true
   osken_ok || say "WARNING: os-ken is not usable in $OSKEN_VENV: the testbed will fall back to a Linux bridge"
 fi
