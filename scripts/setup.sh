@@ -75,10 +75,28 @@ fi
 # 4. Datasets into the data cache, each file checked against its pinned sha256.
 "$VENV/bin/python" -m coopml.data.fetch
 
-# 5. Further steps contributed by layers (contracts, ...), run in name order.
+# 5. Further steps contributed by layers (contracts, ...). They depend on steps 1-4, not on each
+#    other, so they run at the same time (each waits on the network or apt as much as it computes);
+#    their output is printed in name order, and any failure fails the setup.
+step_pids=()
+step_logs=()
 for step in "$ROOT"/scripts/setup.d/*.sh; do
   [ -e "$step" ] || continue
   log "running ${step#$ROOT/}"
-  VENV="$VENV" ROOT="$ROOT" bash "$step"
+  step_log="$STAMP_DIR/$(basename "$step").log"
+  VENV="$VENV" ROOT="$ROOT" bash "$step" >"$step_log" 2>&1 &
+  step_pids+=("$!")
+  step_logs+=("$step_log")
 done
+failed=0
+for i in "${!step_pids[@]}"; do
+  step_status=0
+  wait "${step_pids[$i]}" || step_status=$?
+  cat "${step_logs[$i]}"
+  if [ "$step_status" != 0 ]; then
+    log "${step_logs[$i]##*/}: step failed (exit $step_status)"
+    failed=1
+  fi
+done
+[ "$failed" = 0 ] || exit 1
 log "ready"
