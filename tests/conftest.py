@@ -6,8 +6,8 @@ import pytest
 import torch
 
 # Two cores shared by the whole suite: keep torch from oversubscribing them. Under pytest-xdist each
-# worker takes its share of the cores (scripts/test.sh: 2 workers on 2 cores, one thread each);
-# two threads per worker would put four busy threads on two cores, and OpenMP's waiting threads
+# worker takes its share of the cores, at least one thread (scripts/test.sh: 3 workers on 2 cores,
+# one thread each); two threads per worker would put four or more busy threads on two cores, and OpenMP's waiting threads
 # spin, so the same tests cost more CPU.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
@@ -25,11 +25,11 @@ def mnist_test():
     return load_dataset("mnist", "test")
 
 
-# Scheduling. scripts/test.sh runs `-n 2 --dist loadfile --no-loadscope-reorder`: a worker takes
+# Scheduling. scripts/test.sh runs `-n 3 --dist loadfile --no-loadscope-reorder`: a worker takes
 # whole files (module fixtures such as one lifecycle run shared by several tests stay in one
 # process), one at a time in collection order. The longest files are collected first, longest
 # first, so the short ones fill in around them at the end; a long file collected last would be the
-# suite's tail while the other worker idles. (Without --no-loadscope-reorder xdist re-sorts the
+# suite's tail while the other workers idle. (Without --no-loadscope-reorder xdist re-sorts the
 # files by their number of tests and this order is lost. `--dist loadgroup` cannot split a file
 # instead: xdist 3.8 sets `item._nodeid`, which pytest 9 no longer reads, so its groups are ignored.)
 # Seconds per file: the main phase's `--durations` on the 2-core machine (see docs/performance.md,
