@@ -46,7 +46,8 @@ fi
 export COOPML_UV="$VENV/bin/uv"
 if ! stamp_ok python requirements.lock pyproject.toml; then
   log "installing Python packages (torch CPU wheel + uv with pip, requirements.lock with uv)"
-  pip_q --no-compile torch==2.13.0 "uv==$UV_VERSION"
+  pip_q --no-compile torch==2.13.0
+  pip_q --no-compile "uv==$UV_VERSION" || log "warning: uv $UV_VERSION not installed; pip installs everything (slower)"
   py_install "$VENV/bin/python" -r requirements.lock
   py_install "$VENV/bin/python" --no-deps -e .
   "$VENV/bin/python" -m compileall -q -j 0 "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
