@@ -31,8 +31,9 @@ holds up to ~1 GB while it runs; N = 10 unthrottled peaked at 9.8 GB RSS, N = 50
 while its 50 contributors ran their pre-payment check at once), and the verify window is
 30 min (the dev default, 5 min, is shorter than this machine needs to run 150 encrypted
 evaluations; verifiers vote as soon as they have judged, so a long window costs no time). N = 50
-needs `--verify-window 3600` here: TenSEAL holds the interpreter lock during its calls, so the one
-process runs all 150 evaluations (~1,900 CPU-s) on about one core (docs/chain.md, "Scale").
+fits it on the idle machine since 2026-11-30 (1,076 s, every model judged; it once needed
+`--verify-window 3600`: TenSEAL holds the interpreter lock during its calls, so the one process
+runs all 150 evaluations on about one core; docs/chain.md, "Scale").
 """
 
 from __future__ import annotations
@@ -388,7 +389,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=5400)
     ap.add_argument("--ckks-slots", type=int, default=3, help="CKKS computations at once in this process")
     ap.add_argument("--verify-window", type=int, default=1800,
-                    help="seconds verifiers have per model (1800: at N = 50 on one shared 2-core box this was too short)")
+                    help="seconds verifiers have per model (N = 50 on the idle 2-core box: 1800 is enough since 2026-11-30)")
     ap.add_argument("--report", type=Path, nargs="+", help="only print the tables of earlier runs' nN.json files")
     args = ap.parse_args()
     if args.report:
