@@ -19,6 +19,7 @@ import io
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,34 @@ TERMINAL = {ModelStatus.RELEASED, ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE
 # the initiator draws a model's verifiers only if its contributor has not this many blocks after the
 # target (the contributor draws at once; verifiers are the last backstop, DRAW_BACKSTOP_BLOCKS)
 INITIATOR_DRAW_DELAY_BLOCKS = 2
+
+# a model record read in an earlier step is read again when an event names the model, when one of
+# its deadlines (or its draw block) has passed since, or at the latest this long after the last read
+MODEL_RECHECK_S = 15.0
+
+
+@dataclass(frozen=True)
+class _SeenRecord:
+    """A model's on-chain record and when this node read it (chain time, block, monotonic clock)."""
+    record: Any
+    chain_time: int
+    block: int
+    monotonic: float
+
+    def may_have_moved(self, block: int, chain_time: int) -> bool:
+        """Whether the chain may now hold something else for this model although no event named it:
+        a deadline or the draw's delay passed since the read (what `_advance` acts on), or the
+        safety interval. Every change of a model record emits an event naming the model
+        (contracts/CoopML.sol: draws, votes, finalization, delivery, disputes, cancellation)."""
+        if time.monotonic() - self.monotonic >= MODEL_RECHECK_S:
+            return True
+        m = self.record
+        for deadline in (m.verify_deadline, m.reveal_deadline, m.delivery_deadline, m.dispute_deadline,
+                         m.response_deadline):
+            if deadline and self.chain_time <= deadline < chain_time:
+                return True
+        draw_due = m.draw_block + INITIATOR_DRAW_DELAY_BLOCKS
+        return bool(m.draw_block) and self.block <= draw_due < block
 
 
 def audit_wait_ends(dispute_deadline: int, dispute_window: int) -> int:
@@ -87,6 +116,9 @@ class Initiator(Agent):
         self._fusing: set[int] = set()                  # the models the running fusion job covers
         self._fuse_cancel = threading.Event()           # set: that job stops and a new one covers all
         self.log.task = self.task_id
+        self._seen_records: dict[int, _SeenRecord] = {}  # see _model
+        self._named_models: set[int] = set()             # named by an event since their record was read
+        self._step_head: tuple[int, int] | None = None   # (block, time) of the running step
 
     # ------------------------------------------------------------------ task
 
@@ -177,6 +209,8 @@ class Initiator(Agent):
                 and bytes(a["manifestHash"]).hex() == self.state.get("publishing"):
             self.state.set("task_id", int(a["taskId"]))
             self.log.task = int(a["taskId"])
+        if a.get("modelId") is not None and ev.name != "Message":   # messages change no record
+            self._named_models.add(int(a["modelId"]))   # votes, finalization, delivery, ...: see _model
         if self.task_id is None or a.get("taskId") != self.task_id:
             return
         if ev.name == "ModelAnnounced":
@@ -199,30 +233,64 @@ class Initiator(Agent):
         """A model's on-chain record, read at most once per step: a round consulted each model up to
         three times (its progress, its pending audit reports, the closing check), ~250 reads a
         round at N = 50, which made the buyer's rounds ~10 s apart and its dispute windows run out.
-        Within a step a record may predate this node's own transaction; the next step re-reads."""
+        Across steps a record is kept until an event names the model, one of its deadlines passes,
+        or MODEL_RECHECK_S: the buyer follows every model, and its idle rounds re-read every model
+        in play (141 of its 155 CPU-s at N = 50, 2,400 JSON-RPC requests a minute). Within a step a
+        record may predate this node's own transaction; a step that acted on a model forgets it."""
         cache: dict[int, Any] | None = getattr(self, "_models_this_step", None)
         if cache is None:                   # outside a step: always read
             return self.client.model(mid)
         if mid not in cache:
-            cache[mid] = self.client.model(mid)
+            cache[mid] = self._current_record(mid)
         return cache[mid]
+
+    def _current_record(self, mid: int) -> Any:
+        block, chain_time = self._head()
+        seen = self._seen_records.get(mid)
+        if seen is not None and mid not in self._named_models and not seen.may_have_moved(block, chain_time):
+            return seen.record
+        self._named_models.discard(mid)     # before the read: an event after it names the model again
+        record = self.client.model(mid)
+        self._seen_records[mid] = _SeenRecord(record, chain_time, block, time.monotonic())
+        return record
+
+    def _forget(self, mid: int) -> None:
+        self._seen_records.pop(mid, None)
+
+    def _head(self) -> tuple[int, int]:
+        """(block, chain time), read once per step (was one `eth_getBlock` per model in play)."""
+        if getattr(self, "_models_this_step", None) is None:     # outside a step: always read
+            return self.chain.block_number(), self.chain.now()
+        if self._step_head is None:
+            self._step_head = self.chain.head()
+        return self._step_head
+
+    def now(self) -> int:
+        """Chain time; within a step, the time of the block the step started at (deadlines are
+        judged against it: at worst a step acts one block later)."""
+        head = getattr(self, "_step_head", None)
+        return head[1] if head is not None else self.chain.now()
 
     def step(self) -> bool:
         self._models_this_step: dict[int, Any] | None = {}
+        self._step_head = None
         try:
             return self._step()
         finally:
             self._models_this_step = None
+            self._step_head = None
 
     def _step(self) -> bool:
         if self.task_id is None:
             self.publish()
             return True
         info = self.client.task(self.task_id)
+        self._head()
         acted = False
         for mid in map(int, self.state.facts("model", Fact)):
-            if not self._settled(mid):
-                acted = self._advance(mid) or acted
+            if not self._settled(mid) and self._advance(mid):
+                self._forget(mid)           # it sent a transaction for this model: read it afresh
+                acted = True
         acted = self._collect_fusion() or acted
         acted = self._serve_decryptions() or acted
         self.sweep_inbox(self._expects)
@@ -251,7 +319,7 @@ class Initiator(Agent):
         if m.status == ModelStatus.AWAITING_DRAW:
             # the contributor draws at once; the initiator a little later if it has not (else both
             # sent the same draw into the same block and one paid for a revert, nearly every model)
-            if self.chain.block_number() > m.draw_block + INITIATOR_DRAW_DELAY_BLOCKS:
+            if self._head()[0] > m.draw_block + INITIATOR_DRAW_DELAY_BLOCKS:
                 self.client.draw_verifiers(mid)
                 return True
             self.wake_at(m.draw_block + INITIATOR_DRAW_DELAY_BLOCKS + 1)
