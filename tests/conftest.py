@@ -7,8 +7,8 @@ import torch
 
 # Two cores shared by the whole suite: keep torch from oversubscribing them. Under pytest-xdist each
 # worker takes its share of the cores, at least one thread (scripts/test.sh: 3 workers on 2 cores,
-# one thread each); two threads per worker would put four or more busy threads on two cores, and OpenMP's waiting threads
-# spin, so the same tests cost more CPU.
+# one thread each); two threads per worker would put four or more busy threads on two cores, and
+# OpenMP's waiting threads spin, so the same tests cost more CPU.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 

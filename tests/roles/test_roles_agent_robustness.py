@@ -152,8 +152,8 @@ def _bare_initiator(tmp_path, client, clock):
 
 def _record(status, **deadlines):
     from types import SimpleNamespace
-    fields = dict(verify_deadline=0, reveal_deadline=9_000, delivery_deadline=0, dispute_deadline=0,
-                  response_deadline=0, draw_block=0)
+    fields = {"verify_deadline": 0, "reveal_deadline": 9_000, "delivery_deadline": 0, "dispute_deadline": 0,
+              "response_deadline": 0, "draw_block": 0}
     return SimpleNamespace(status=status, reveals=0, **(fields | deadlines))
 
 
@@ -304,7 +304,7 @@ def test_the_initiator_draws_only_if_the_contributor_has_not(tmp_path):
     ini = Initiator.__new__(Initiator)
     ini.client = SimpleNamespace(model=lambda mid: SimpleNamespace(status=ModelStatus.AWAITING_DRAW, draw_block=10),
                                  draw_verifiers=drawn.append)
-    ini.chain = SimpleNamespace(now=lambda: 100, block_number=lambda: block["n"])
+    ini.chain = SimpleNamespace(head=lambda: (block["n"], 100))
     ini.state = AgentState(tmp_path / "state.sqlite")
     ini.log = EventLog(Role.INITIATOR, "initiator", lambda rec: None)
     for n in range(11, 11 + INITIATOR_DRAW_DELAY_BLOCKS):
@@ -335,15 +335,14 @@ def test_a_buyer_waiting_for_audit_reports_is_idle_until_its_wait_ends(tmp_path)
     terms = SimpleNamespace(dispute_window=300, verify_window=300, announce_deadline=0)
     ini = Initiator.__new__(Initiator)
     ini.client = SimpleNamespace(model=lambda mid: delivered)
-    ini.chain = SimpleNamespace(now=lambda: 100, block_number=lambda: 10)
+    ini.chain = SimpleNamespace(head=lambda: (10, 100))
     ini.state = AgentState(tmp_path / "state.sqlite")
     ini.log = EventLog(Role.INITIATOR, "initiator", lambda rec: None)
     ini._wake_times = []
     ends = audit_wait_ends(delivered.dispute_deadline, terms.dispute_window)
 
-    def waiting(mid, m):          # what `_receive` does while reports are missing
+    def waiting(mid, m):          # what `_receive` does while reports are missing: no decision yet
         ini.wake_after(ends - 1)
-        return None
 
     ini._receive = waiting
     assert ini._advance(7) is False and ini._wake_times == [ends - 1]
@@ -362,8 +361,7 @@ def test_the_initiator_closes_and_withdraws_while_its_last_refit_runs(tmp_path):
     from types import SimpleNamespace
 
     from coopml.chain import ModelStatus
-    from coopml.roles.agent import Jobs
-    from coopml.roles.initiator import Bought, Initiator
+    from coopml.roles.initiator import Bought
     from coopml.roles.state import Fact
 
     calls: list[str] = []
@@ -389,17 +387,11 @@ def test_the_initiator_closes_and_withdraws_while_its_last_refit_runs(tmp_path):
             return 5
 
     records: list[LogRecord] = []
-    ini = Initiator.__new__(Initiator)
-    ini.client, ini.jobs, ini.address, ini.workdir = Client(), Jobs(), "0x" + "22" * 20, tmp_path
-    ini.chain = SimpleNamespace(now=lambda: 100, block_number=lambda: 10, head=lambda: (10, 100))
-    ini._seen_records, ini._named_models, ini._step_head = {}, set(), None
-    ini.state = AgentState(tmp_path / "state.sqlite")
-    ini.state.set("task_id", 1)
+    ini = _bare_initiator(tmp_path, Client(), {"time": 100, "block": 10})
+    ini.address, ini.workdir = "0x" + "22" * 20, tmp_path
     ini.cfg = SimpleNamespace(close_when_models=1)
     ini.log = EventLog(Role.INITIATOR, "initiator", records.append)
-    ini._collect_fusion = ini._serve_decryptions = lambda: False
     ini._settle_abandoned_ballots = lambda: None
-    ini.sweep_inbox = lambda relevant: None
     ini.done = False
     ini.state.add("model", 1, Fact())
     ini.state.put("bought", 1, Bought(model_id=1, labels=[0], cid="x", envelope_hash="00"))

@@ -254,22 +254,18 @@ class Initiator(Agent):
         self._seen_records[mid] = _SeenRecord(record, chain_time, block, time.monotonic())
         return record
 
-    def _forget(self, mid: int) -> None:
-        self._seen_records.pop(mid, None)
-
     def _head(self) -> tuple[int, int]:
         """(block, chain time), read once per step (was one `eth_getBlock` per model in play)."""
         if getattr(self, "_models_this_step", None) is None:     # outside a step: always read
-            return self.chain.block_number(), self.chain.now()
+            return self.chain.head()
         if self._step_head is None:
             self._step_head = self.chain.head()
         return self._step_head
 
     def now(self) -> int:
-        """Chain time; within a step, the time of the block the step started at (deadlines are
+        """Chain time; within a step, the time of the first head the step read (deadlines are
         judged against it: at worst a step acts one block later)."""
-        head = getattr(self, "_step_head", None)
-        return head[1] if head is not None else self.chain.now()
+        return self._head()[1]
 
     def step(self) -> bool:
         self._models_this_step: dict[int, Any] | None = {}
@@ -285,11 +281,10 @@ class Initiator(Agent):
             self.publish()
             return True
         info = self.client.task(self.task_id)
-        self._head()
         acted = False
         for mid in map(int, self.state.facts("model", Fact)):
             if not self._settled(mid) and self._advance(mid):
-                self._forget(mid)           # it sent a transaction for this model: read it afresh
+                self._seen_records.pop(mid, None)   # it sent a transaction for this model: read it afresh
                 acted = True
         acted = self._collect_fusion() or acted
         acted = self._serve_decryptions() or acted
