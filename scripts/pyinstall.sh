@@ -15,6 +15,13 @@ py_install() {
     fi
     echo "[setup] uv failed; installing $* with pip instead" >&2
   fi
+  pip_install "$py" "$@"
+}
+
+# pip_install PYTHON ARGS...: quiet pip into PYTHON's venv. pip here warns about every configured
+# local index folder that lacks a package; the filter keeps real messages, and pip's status.
+pip_install() {
+  local py=$1; shift
   "$py" -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
   return "${PIPESTATUS[0]}"
 }

@@ -9,8 +9,6 @@ VENV="$ROOT/.venv"
 STAMP_DIR="$ROOT/.cache/stamps"
 mkdir -p "$STAMP_DIR"
 
-# pip here warns about every configured local index folder that lacks a package; keep real messages.
-pip_q() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; return "${PIPESTATUS[0]}"; }
 # shellcheck source=scripts/pyinstall.sh
 . "$ROOT/scripts/pyinstall.sh"
 UV_VERSION=0.13.9
@@ -46,8 +44,8 @@ fi
 export COOPML_UV="$VENV/bin/uv"
 if ! stamp_ok python requirements.lock pyproject.toml; then
   log "installing Python packages (torch CPU wheel + uv with pip, requirements.lock with uv)"
-  pip_q --no-compile torch==2.13.0
-  pip_q --no-compile "uv==$UV_VERSION" || log "warning: uv $UV_VERSION not installed; pip installs everything (slower)"
+  pip_install "$VENV/bin/python" --no-compile torch==2.13.0
+  pip_install "$VENV/bin/python" --no-compile "uv==$UV_VERSION" || log "warning: uv $UV_VERSION not installed; pip installs everything (slower)"
   py_install "$VENV/bin/python" -r requirements.lock
   py_install "$VENV/bin/python" --no-deps -e .
   "$VENV/bin/python" -m compileall -q -j 0 "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
