@@ -151,10 +151,8 @@ def _bare_initiator(tmp_path, client, clock):
 
 
 def _record(status, **deadlines):
-    from types import SimpleNamespace
-    fields = {"verify_deadline": 0, "reveal_deadline": 9_000, "delivery_deadline": 0, "dispute_deadline": 0,
-              "response_deadline": 0, "draw_block": 0}
-    return SimpleNamespace(status=status, reveals=0, **(fields | deadlines))
+    from fakes import model_info
+    return model_info(status=status, **({"reveal_deadline": 9_000} | deadlines))
 
 
 def _counting_client(records, reads):
@@ -329,9 +327,9 @@ def test_a_buyer_waiting_for_audit_reports_is_idle_until_its_wait_ends(tmp_path)
     from coopml.chain import ModelStatus
     from coopml.roles.initiator import Initiator, audit_wait_ends
     from coopml.sim.lifecycle import next_deadline
+    from fakes import model_info
 
-    delivered = SimpleNamespace(status=ModelStatus.DELIVERED, task_id=1, dispute_deadline=1_000, verify_deadline=0,
-                                reveal_deadline=0, delivery_deadline=0, response_deadline=0)
+    delivered = model_info(status=ModelStatus.DELIVERED, dispute_deadline=1_000)
     terms = SimpleNamespace(dispute_window=300, verify_window=300, announce_deadline=0)
     ini = Initiator.__new__(Initiator)
     ini.client = SimpleNamespace(model=lambda mid: delivered)

@@ -197,6 +197,7 @@ def test_window_shortcut_never_jumps_over_another_models_deadline():
 
     from coopml.chain import ModelStatus
     from coopml.sim.lifecycle import skip_used_windows
+    from fakes import model_info
 
     class FakeChain:
         def __init__(self):
@@ -210,9 +211,8 @@ def test_window_shortcut_never_jumps_over_another_models_deadline():
             self.t += s
 
     def model(status, reveals, reveal_deadline, dispute_deadline=0):
-        return NS(task_id=1, status=status, reveals=reveals, verify_deadline=reveal_deadline - 60,
-                  reveal_deadline=reveal_deadline, delivery_deadline=0, dispute_deadline=dispute_deadline,
-                  response_deadline=0)
+        return model_info(status=status, reveals=reveals, verify_deadline=reveal_deadline - 60,
+                          reveal_deadline=reveal_deadline, dispute_deadline=dispute_deadline)
 
     terms = NS(verify_window=300, verifiers_per_model=1, announce_deadline=5000, max_models=2)
     models = [model(ModelStatus.VERIFYING, 1, 1300), model(ModelStatus.VERIFYING, 0, 1302)]

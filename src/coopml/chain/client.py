@@ -159,6 +159,13 @@ class ModelInfo:
     sealed_key_hash: bytes
     cid: str
 
+    @property
+    def deadlines(self) -> tuple[int, int, int, int, int]:
+        """The model's chain-time deadlines (0 = not set yet): verify, reveal, delivery, dispute,
+        response. One list for every party that asks whether one has passed or which is next."""
+        return (self.verify_deadline, self.reveal_deadline, self.delivery_deadline, self.dispute_deadline,
+                self.response_deadline)
+
 
 @dataclass(frozen=True)
 class MemberInfo:

@@ -75,8 +75,7 @@ class _SeenRecord:
         if time.monotonic() - self.monotonic >= MODEL_RECHECK_S:
             return True
         m = self.record
-        for deadline in (m.verify_deadline, m.reveal_deadline, m.delivery_deadline, m.dispute_deadline,
-                         m.response_deadline):
+        for deadline in m.deadlines:
             if deadline and self.chain_time <= deadline < chain_time:
                 return True
         draw_due = m.draw_block + INITIATOR_DRAW_DELAY_BLOCKS

@@ -316,8 +316,7 @@ def next_deadline(coop: TaskClient, task_id: int) -> int | None:
         terms = coop.task(task_id).terms
         late = verifier_wait_ends(m.verify_deadline, terms.verify_window)   # verifiers stop waiting
         audit = audit_wait_ends(m.dispute_deadline, terms.dispute_window)   # the buyer stops waiting for reports
-        due += [t for t in (late, m.verify_deadline + 1, m.reveal_deadline + 1, m.delivery_deadline + 1,
-                            audit, m.dispute_deadline + 1, m.response_deadline + 1) if t > now]
+        due += [t for t in (late, audit, *(d + 1 for d in m.deadlines)) if t > now]
     task = coop.task(task_id)
     if not task.closed:
         due.append(task.terms.announce_deadline + 1)
