@@ -5,6 +5,7 @@ contract), CPU seconds per agent and per wall-minute, and the growth against the
 
     nice -n 10 .venv/bin/python benchmarks/bench_scale.py                 # N = 3 10 50
     nice -n 10 .venv/bin/python benchmarks/bench_scale.py --n 3 10        # a quicker pass
+    .venv/bin/python benchmarks/bench_scale.py --processes 2              # agents dealt over 2 processes
 
 Small data per node: each contributor 120 training images (+120 held out for early stopping)
 of 5 classes, up to 8 epochs (patience 5) of the Table IV CNN; each verifier 150 of its own images (+16 audit
@@ -17,7 +18,10 @@ Every agent is the production role class with its own keystore, config, chain co
 one process, not as 1 + N + V processes: each agent process costs ~277 MB RSS and ~5 CPU-s just
 to import torch and the roles (measured: `/usr/bin/time -v python -c "import coopml.roles...,
 torch"`), so N = 50 (76 processes) would need ~21 GB and ~6 CPU-minutes of start-up on a 2-core
-machine with ~21 GB free and shared. Threads share one interpreter (the GIL: agents' Python
+machine with ~21 GB free and shared. `--processes P` is the middle ground: the contributors and
+verifiers are dealt round-robin over P processes (the initiator and the first share in this one;
+each other process builds its agents from their config files, runs them as threads and writes
+their figures as JSON), so P interpreter locks instead of one. Threads share one interpreter (the GIL: agents' Python
 work is serialised, their numpy/torch/CKKS work is not) and BLAS/torch are pinned to one thread,
 as `run_processes` pins its children. CPU per agent is measured per thread
 (`time.thread_time`): the agent's loop thread plus its job thread (training, encrypted
@@ -47,6 +51,8 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -192,7 +198,49 @@ def limit_ckks(slots: int) -> None:
         setattr(evaluation, name, limited(getattr(evaluation, name)))
 
 
-def run_threads(plan: Any, workdir: Path, timeout: float) -> dict[str, Any]:
+STATS_FIELDS = ("loop_cpu", "idle_cpu", "job_cpu", "wall", "rounds", "steps", "rpcs", "done", "summary")
+
+
+def run_worker(spec_path: Path) -> int:
+    """A child of `run_threads(processes > 1)`: run the agents named in the spec as threads of this
+    process until each has finished, then write their figures (and this process's CPU and peak
+    RSS) to the spec's `stats` file. JSON in and out; the agents build themselves from their
+    config files exactly as in the parent."""
+    from types import SimpleNamespace
+    spec = json.loads(spec_path.read_text())
+    import torch
+    torch.set_num_threads(1)
+    limit_ckks(spec["ckks_slots"])
+    serialize_ast_parse()
+    setup = SimpleNamespace(agents=spec["agents"], paths={k: Path(v) for k, v in spec["paths"].items()})
+    lock = threading.Lock()
+    journal = open(spec["events"], "a")  # noqa: SIM115
+
+    def sink(name: str, rec: Any) -> None:
+        with lock:
+            journal.write(json.dumps({"node": name, **rec.model_dump(mode="json")}) + "\n")
+            journal.flush()
+    runs = [AgentRun(name) for name in spec["agents"]]
+    for r in runs:
+        r.thread = threading.Thread(target=_run_agent, args=(r, setup, spec["task_id"], sink), name=r.name,
+                                    daemon=True)
+        r.thread.start()
+    while any(r.thread.is_alive() for r in runs if r.thread) and not any(r.error for r in runs):
+        time.sleep(0.25)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    stats = {"runs": {r.name: {**{f: getattr(r, f) for f in STATS_FIELDS},
+                               "error": None if r.error is None else repr(r.error)} for r in runs},
+             "process_cpu": usage.ru_utime + usage.ru_stime, "max_rss_mb": usage.ru_maxrss / 1024}
+    Path(spec["stats"]).write_text(json.dumps(stats, default=str))
+    journal.close()
+    return 1 if any(r.error for r in runs) else 0
+
+
+def run_threads(plan: Any, workdir: Path, timeout: float, processes: int = 1, ckks_slots: int = 3) -> dict[str, Any]:
+    """Run the lifecycle with every agent a thread of this process (`processes` = 1), or with the
+    contributors and verifiers dealt round-robin over `processes` processes (the initiator and the
+    first share stay here): a deployment runs one process per node; this shows what the one
+    shared interpreter lock costs without paying 1 + N + V imports of torch."""
     from coopml.chain import Chain, deploy
     from coopml.chain.processes import start_anvil
     from coopml.errors import CoopmlError
@@ -212,6 +260,7 @@ def run_threads(plan: Any, workdir: Path, timeout: float) -> dict[str, Any]:
 
     node = start_anvil(block_time=1.0)
     runs: dict[str, AgentRun] = {}
+    children: list[subprocess.Popen[bytes]] = []
     try:
         chain = Chain.rpc(node.url)
         coop = deploy(chain, chain.dev_accounts()[0])
@@ -234,9 +283,17 @@ def run_threads(plan: Any, workdir: Path, timeout: float) -> dict[str, Any]:
             with lock:
                 task_id = next((r.task for n, r in records if n == "initiator" and r.event == LogEvent.PUBLISHED), None)
             time.sleep(0.1)
-        for name in setup.agents:
-            if name != "initiator":
-                start(name, task_id)
+        others = [name for name in setup.agents if name != "initiator"]
+        shares = [others[i::processes] for i in range(processes)]
+        for name in shares[0]:
+            start(name, task_id)
+        for i, share in enumerate(shares[1:], 1):
+            spec = {"agents": {n: setup.agents[n] for n in share}, "paths": {n: str(setup.paths[n]) for n in share},
+                    "task_id": task_id, "ckks_slots": ckks_slots, "events": str(workdir / f"events-{i}.jsonl"),
+                    "stats": str(workdir / f"stats-{i}.json")}
+            spec_path = workdir / f"worker-{i}.json"
+            spec_path.write_text(json.dumps(spec))
+            children.append(subprocess.Popen([sys.executable, __file__, "--worker", str(spec_path)]))
         settled: set[int] = set()
         while True:
             if time.monotonic() - t0 > timeout:
@@ -245,7 +302,12 @@ def run_threads(plan: Any, workdir: Path, timeout: float) -> dict[str, Any]:
             failed = [r for r in runs.values() if r.error is not None]
             if failed:
                 raise CoopmlError(f"{failed[0].name} failed: {failed[0].error!r}")
-            if all(not r.thread.is_alive() for r in runs.values() if r.thread):
+            bad = [i for i, c in enumerate(children, 1) if c.poll() not in (None, 0)]
+            if bad:
+                raise CoopmlError(f"worker process {bad[0]} exited with {children[bad[0] - 1].returncode}: "
+                                  f"see {workdir / f'stats-{bad[0]}.json'}")
+            if all(not r.thread.is_alive() for r in runs.values() if r.thread) and \
+                    all(c.poll() is not None for c in children):
                 break
             with lock:
                 checked = checked_by_initiator(records)
@@ -253,13 +315,25 @@ def run_threads(plan: Any, workdir: Path, timeout: float) -> dict[str, Any]:
             time.sleep(0.25)
         wall = time.monotonic() - t0
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        process_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+        max_rss = [cpu1.ru_maxrss / 1024]
+        for i in range(1, len(shares)):
+            stats = json.loads((workdir / f"stats-{i}.json").read_text())
+            process_cpu += stats["process_cpu"]
+            max_rss.append(stats["max_rss_mb"])
+            for name, fig in stats["runs"].items():
+                runs[name] = AgentRun(name, **{f: fig[f] for f in STATS_FIELDS})
         result = read_outcome(chain, coop, task_id, setup, wall)
         gas, failed = gas_by_action(chain, coop)
         return {"wall": wall, "result": result, "gas": gas, "failed": failed, "runs": runs,
-                "load": (load0, os.getloadavg()),
-                "process_cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
-                "max_rss_mb": cpu1.ru_maxrss / 1024, "blocks": chain.block_number() - coop.deploy_block}
+                "load": (load0, os.getloadavg()), "processes": len(shares),
+                "process_cpu": process_cpu, "max_rss_mb": sum(max_rss),
+                "blocks": chain.block_number() - coop.deploy_block}
     finally:
+        for c in children:
+            if c.poll() is None:
+                c.terminate()
+                c.wait(30)
         node.stop()
         journal.close()
 
@@ -313,6 +387,7 @@ def summarise(n: int, out: dict[str, Any]) -> dict[str, Any]:
             "load": out["load"],
             "agents_cpu": sum(r.loop_cpu + r.job_cpu for r in runs.values()),
             "process_cpu": out["process_cpu"], "max_rss_mb": out["max_rss_mb"], "per_role": per_role,
+            "processes": out.get("processes", 1),
             "fusion": [(len(h["members"]), h.get("test_accuracy")) for h in result.fusion_history]}
 
 
@@ -349,7 +424,10 @@ def print_row(s: dict[str, Any]) -> None:
           f"publish/join/leave/withdraw/close per participant {split['other_per_participant']:,.0f})")
     for k, v in s["gas_by_action"].items():
         print(f"  {k:22s} x{v['count']:4d}  mean {v['mean']:>11,.0f}")
-    print(f"CPU: agents {s['agents_cpu']:.1f} s, whole process {s['process_cpu']:.1f} s; max RSS {s['max_rss_mb']:.0f} MB")
+    procs = s.get("processes", 1)
+    print(f"CPU: agents {s['agents_cpu']:.1f} s, " + (f"whole process {s['process_cpu']:.1f} s; max RSS "
+          if procs == 1 else f"{procs} processes {s['process_cpu']:.1f} s; sum of their max RSS ")
+          + f"{s['max_rss_mb']:.0f} MB")
     print("  role          n   CPU-s mean (max)   loop CPU-s mean (max)   CPU-s per wall-min   "
           "idle CPU-s   idle CPU-s per wall-min   wall s   rounds   steps   RPCs per wall-min")
     for role, p in sorted(s["per_role"].items()):
@@ -391,7 +469,14 @@ def main() -> None:
     ap.add_argument("--verify-window", type=int, default=1800,
                     help="seconds verifiers have per model (N = 50 on the idle 2-core box: 1800 is enough since 2026-11-30)")
     ap.add_argument("--report", type=Path, nargs="+", help="only print the tables of earlier runs' nN.json files")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="deal the contributors and verifiers over this many processes (default 1: all threads of one)")
+    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:          # exit without joining the agents' job threads (as the parent does on errors)
+        code = run_worker(args.worker)
+        sys.stdout.flush()
+        os._exit(code)
     if args.report:
         rows = sorted((json.loads(p.read_text()) for p in args.report), key=lambda s: s["N"])
         for s in rows:
@@ -407,7 +492,8 @@ def main() -> None:
     rows = []
     for n in args.n:
         t = time.monotonic()
-        s = summarise(n, run_threads(scale_plan(n, verify_s=args.verify_window), out / f"n{n}", args.timeout))
+        s = summarise(n, run_threads(scale_plan(n, verify_s=args.verify_window), out / f"n{n}", args.timeout,
+                                     args.processes, args.ckks_slots))
         rows.append(s)
         (out / f"n{n}.json").write_text(json.dumps(s, indent=1, default=str))
         print_row(s)

@@ -566,3 +566,39 @@ def test_contributors_and_verifiers_wake_for_their_own_models_only():
     assert ini.wakes(ev("ModelAnnounced", taskId=1, modelId=8, contributor=them))
     assert not ini.wakes(ev("Message", taskId=1, modelId=5, to=them))
     assert not ini.wakes(ev("ModelAnnounced", taskId=2, modelId=9, contributor=them))
+
+
+def test_the_buyer_leaves_finalize_delivery_to_the_contributor_and_is_only_the_backstop(tmp_path):
+    """After a delivered model's dispute window both the contributor (owed the payment) and the
+    initiator may call `finalizeDelivery`; sent together, one of them paid for a revert (15 of 22
+    bought models at N = 50). The initiator now waits INITIATOR_FINALIZE_DELAY_S of chain time,
+    registers that wake, and finalizes only if nobody has; the dev-chain clock knows the time."""
+    from types import SimpleNamespace
+
+    from coopml.chain import ModelStatus
+    from coopml.roles.initiator import INITIATOR_FINALIZE_DELAY_S
+    from coopml.roles.state import Outcome
+    from coopml.sim.lifecycle import next_deadline
+
+    records = {1: _record(ModelStatus.DELIVERED, reveal_deadline=500, dispute_deadline=1_000)}
+    reads: list[int] = []
+    finalized: list[int] = []
+    client = _counting_client(records, reads)
+    client.finalize_delivery = finalized.append
+    clock = {"time": 1_001, "block": 50}
+    ini = _bare_initiator(tmp_path, client, clock)
+    ini.handle = lambda key, fn, **kw: SimpleNamespace(outcome=Outcome.DONE)    # the buyer checked it
+    assert ini._advance(1) is False and finalized == []                          # the contributor's turn
+    assert ini._wake_times == [1_000 + INITIATOR_FINALIZE_DELAY_S]
+    clock["time"] = 1_000 + INITIATOR_FINALIZE_DELAY_S
+    assert ini._advance(1) is False and finalized == []
+    clock["time"] += 1                                                            # nobody did: backstop
+    assert ini._advance(1) is True and finalized == [1]
+    coop = SimpleNamespace(chain=SimpleNamespace(now=lambda: 1_001), model_count=lambda: 1,
+                           model=lambda mid: records[1] if mid == 1 else None,
+                           task=lambda _: SimpleNamespace(closed=True, terms=SimpleNamespace(
+                               verify_window=300, dispute_window=300, announce_deadline=0)))
+    # the dev-chain runner moves the clock to the backstop when nothing else is due before it
+    assert next_deadline(coop, 1) == 1_000 + INITIATOR_FINALIZE_DELAY_S + 1
+    ini.jobs.shutdown()
+    ini.state.close()

@@ -54,6 +54,12 @@ TERMINAL = {ModelStatus.RELEASED, ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE
 # target (the contributor draws at once; verifiers are the last backstop, DRAW_BACKSTOP_BLOCKS)
 INITIATOR_DRAW_DELAY_BLOCKS = 2
 
+# after a delivered model's dispute window, its contributor (who is owed the payment) sends
+# finalizeDelivery at once; the initiator only this many seconds of chain time later, as the
+# backstop (both at once put the same call into one block and one paid for a revert: 15 of 22
+# bought models at N = 50). One 15-s block of the paper's chain; on 1-s dev blocks, 15 blocks.
+INITIATOR_FINALIZE_DELAY_S = 15
+
 # a model record read in an earlier step is read again when an event names the model, when one of
 # its deadlines (or its draw block) has passed since, or at the latest this long after the last read
 MODEL_RECHECK_S = 15.0
@@ -329,8 +335,11 @@ class Initiator(Agent):
         if m.status == ModelStatus.DELIVERED:
             d = self.handle(f"delivery:{mid}", lambda: self._receive(mid, m), model=mid, deadline=m.dispute_deadline)
             if d is not None and now > m.dispute_deadline and d.outcome == Outcome.DONE:
-                self.client.finalize_delivery(mid)
-                return True
+                if now > m.dispute_deadline + INITIATOR_FINALIZE_DELAY_S:
+                    self.client.finalize_delivery(mid)
+                    return True
+                self.wake_after(m.dispute_deadline + INITIATOR_FINALIZE_DELAY_S)   # the contributor's turn first
+                return False
             # waiting (the key, the audit reports, a retry's back-off) is not acting: each of those
             # registered what ends it. Reported as acting, it kept the node stepping back to back
             # through the dispute window, and kept an in-process dev chain from moving its clock
