@@ -5,7 +5,7 @@ contract), CPU seconds per agent and per wall-minute, and the growth against the
 
     nice -n 10 .venv/bin/python benchmarks/bench_scale.py                 # N = 3 10 50
     nice -n 10 .venv/bin/python benchmarks/bench_scale.py --n 3 10        # a quicker pass
-    .venv/bin/python benchmarks/bench_scale.py --processes 2              # agents dealt over 2 processes
+    .venv/bin/python benchmarks/bench_scale.py --processes 1              # every agent a thread of one process
 
 Small data per node: each contributor 120 training images (+120 held out for early stopping)
 of 5 classes, up to 8 epochs (patience 5) of the Table IV CNN; each verifier 150 of its own images (+16 audit
@@ -21,7 +21,9 @@ torch"`), so N = 50 (76 processes) would need ~21 GB and ~6 CPU-minutes of start
 machine with ~21 GB free and shared. `--processes P` is the middle ground: the contributors and
 verifiers are dealt round-robin over P processes (the initiator and the first share in this one;
 each other process builds its agents from their config files, runs them as threads and writes
-their figures as JSON), so P interpreter locks instead of one. Threads share one interpreter (the GIL: agents' Python
+their figures as JSON), so P interpreter locks instead of one. The default is 2, the cores here:
+with one process, N = 50 ran on about one core (TenSEAL holds the lock during its calls) in
+1,102 s; with two, in 388 s (docs/chain.md, "Scale"). Threads share one interpreter (the GIL: agents' Python
 work is serialised, their numpy/torch/CKKS work is not) and BLAS/torch are pinned to one thread,
 as `run_processes` pins its children. CPU per agent is measured per thread
 (`time.thread_time`): the agent's loop thread plus its job thread (training, encrypted
@@ -469,8 +471,9 @@ def main() -> None:
     ap.add_argument("--verify-window", type=int, default=1800,
                     help="seconds verifiers have per model (N = 50 on the idle 2-core box: 1800 is enough since 2026-11-30)")
     ap.add_argument("--report", type=Path, nargs="+", help="only print the tables of earlier runs' nN.json files")
-    ap.add_argument("--processes", type=int, default=1,
-                    help="deal the contributors and verifiers over this many processes (default 1: all threads of one)")
+    ap.add_argument("--processes", type=int, default=2,
+                    help="deal the contributors and verifiers over this many processes (1: all threads of one, "
+                         "as the rows before 2026-11-30's eighth session)")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:          # exit without joining the agents' job threads (as the parent does on errors)
