@@ -64,7 +64,7 @@ def main() -> None:
     t0 = time.perf_counter()
     res = run_all(CaseStudyConfig.full().model_copy(update={"seed": args.seed}))
     write_report(args.out, res)
-    pct = lambda xs: " / ".join(f"{100 * x:.1f}" for x in xs)  # noqa: E731
+    pct = lambda xs: " / ".join(f"{100 * x:.1f}" for x in xs)
     print(f"report: {args.out / 'report.md'}  ({time.perf_counter() - t0:.0f} s)")
     print("CS I contributors (local verification):", pct(c.local_accuracy for c in res.cs1.contributors))
     for name, cs in (("CS I", res.cs1), ("CS II", res.cs2)):
@@ -142,7 +142,7 @@ def cs2_over_seeds(seeds: list[int], strategies: list[str], threads: int | None 
           f"(paper Table V 'Original': {' / '.join(map(str, PAPER_TABLE_V_ORIGINAL))})")
     for method, per_seed in runs.items():
         cols = list(zip(*per_seed))
-        sd = (lambda c: statistics.stdev(c) if len(c) > 1 else 0.0)  # noqa: E731
+        sd = (lambda c: statistics.stdev(c) if len(c) > 1 else 0.0)
         print(f"  {method:15s} " + " / ".join(f"{statistics.mean(c):.2f} +- {sd(c):.2f}" for c in cols))
     if "strategy II" not in runs:
         return

@@ -165,14 +165,14 @@ def table8(images: tuple[int, ...] = (1000, 10000), p: int = 1 << 7, q: int = 10
         reps = 3 if n < 10000 else 2
         xi = scale_inputs(x, q)
         with torch.no_grad():
-            plain = best_time(lambda: model(x), reps)
-            coll = best_time(lambda: x.flatten(1).double() @ w_lin[0] + w_lin[1], reps)
-            exact = best_time(lambda: _plain_integer_layers(net, scale_inputs(x, q)), reps)
-        enc_coll = best_time(lambda: encrypted_infer(enc, scale_inputs(x, q), method="collapsed"), reps)
-        enc_lay = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q)), reps)
+            plain = best_time(lambda: model(x), reps)  # noqa: B023 - timed at once
+            coll = best_time(lambda: x.flatten(1).double() @ w_lin[0] + w_lin[1], reps)  # noqa: B023 - timed at once
+            exact = best_time(lambda: _plain_integer_layers(net, scale_inputs(x, q)), reps)  # noqa: B023 - timed at once
+        enc_coll = best_time(lambda: encrypted_infer(enc, scale_inputs(x, q), method="collapsed"), reps)  # noqa: B023 - timed at once
+        enc_lay = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q)), reps)  # noqa: B023 - timed at once
         out = encrypted_infer_layered(enc, xi)
         assert np.array_equal(out.words, encrypted_infer(enc, xi, method="collapsed").words)
-        t_dec = best_time(lambda: decrypt_outputs(sk, enc, out), 1)[0]
+        t_dec = best_time(lambda: decrypt_outputs(sk, enc, out), 1)[0]  # noqa: B023 - timed at once
         row = {"images": n, "plain_layered": plain, "plain_collapsed": coll, "plain_exact_layered": exact,
                "enc_collapsed": enc_coll, "enc_layered": enc_lay, "prepare": t_prepare, "decrypt": t_dec,
                "ratio_collapsed": (enc_coll[0] / coll[0], enc_coll[1] / coll[1]),
@@ -223,9 +223,9 @@ def security(ks: tuple[int, ...] = (1, 16, 64, 256), images: int = 1000, p: int 
         t0 = time.perf_counter()
         prepare(enc)
         t_prep = time.perf_counter() - t0
-        t_inf = best_time(lambda: encrypted_infer(enc, x), 2)[0]
+        t_inf = best_time(lambda: encrypted_infer(enc, x), 2)[0]  # noqa: B023 - timed at once
         out = encrypted_infer(enc, x)
-        t_dec = best_time(lambda: decrypt_outputs(sk, enc, out), 1)[0]
+        t_dec = best_time(lambda: decrypt_outputs(sk, enc, out), 1)[0]  # noqa: B023 - timed at once
         rows.append({"k": k, "keygen": t_key, "encrypt": t_enc, "blob": size, "prepare": t_prep,
                      "infer": t_inf, "decrypt": t_dec})
         print(f"{k:>5}{t_key:>9.3f}s{pk.m_words.nbytes / 1024:>8.0f}KB{t_enc:>9.3f}s{size / 2**20:>10.1f}MB"

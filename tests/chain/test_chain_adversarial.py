@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from eth_utils import keccak
+from v1driver import V1, V1_FORFEITED, V1_REJECTED
+
 from conftest import (
     BOX_KEY,
     DELIVERY_KEY,
@@ -15,9 +18,6 @@ from conftest import (
     mine_blocks,
     wait_for_draw,
 )
-from eth_utils import keccak
-from v1driver import V1, V1_FORFEITED, V1_REJECTED
-
 from coopml.chain import (
     ContractRevert,
     ModelStatus,

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from conftest import (
     BOX_KEY,
     DELIVERY_KEY,
@@ -15,7 +16,6 @@ from conftest import (
     NO_ANVIL,
     make_world,
 )
-
 from coopml.chain import Chain, EventCursor, ModelStatus, Vote
 from coopml.chain.processes import anvil_binary, start_anvil
 

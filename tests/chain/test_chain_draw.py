@@ -4,11 +4,12 @@ seeing the block hash can never increase how many of their group are drawn."""
 
 from __future__ import annotations
 
-from conftest import BOX_KEY, wait_for_draw
 from eth_abi import encode
 from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from conftest import BOX_KEY, wait_for_draw
 
 
 def reference_draw(block_hash: bytes, model_id: int, envelope_hash: bytes, pool: list[str],

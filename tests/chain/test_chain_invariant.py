@@ -10,15 +10,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import (
-    BOX_KEY,
-    DELIVERY_KEY,
-    MANIFEST_CID,
-    MANIFEST_HASH,
-    make_world,
-    mine_blocks,
-    wait_for_draw,
-)
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -30,6 +21,15 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from conftest import (
+    BOX_KEY,
+    DELIVERY_KEY,
+    MANIFEST_CID,
+    MANIFEST_HASH,
+    make_world,
+    mine_blocks,
+    wait_for_draw,
+)
 from coopml.chain import Chain, ContractRevert, ModelStatus, key_commitment
 
 EXAMPLES = {"embedded": 4, "anvil": 4, "slow": 60}

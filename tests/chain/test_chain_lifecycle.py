@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from eth_utils import keccak
+
 from conftest import (
     BOX_KEY,
     DELIVERY_KEY,
@@ -14,8 +16,6 @@ from conftest import (
     make_world,
     mine_blocks,
 )
-from eth_utils import keccak
-
 from coopml.chain import (
     PROTOCOL_VERSION,
     ContractRevert,

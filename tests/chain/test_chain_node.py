@@ -11,8 +11,8 @@ import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import BOX_KEY, make_world
 
+from conftest import BOX_KEY, make_world
 from coopml.chain import ETHER, Chain, ContractRevert, EventCursor, TaskClient, Vote
 from coopml.chain.processes import start_embedded_node
 

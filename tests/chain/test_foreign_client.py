@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NO_ANVIL
 from eth_account import Account
 from eth_utils import keccak
 
+from conftest import NO_ANVIL
 from coopml.chain import ETHER, Chain
 from coopml.chain.artifacts import ARTIFACT_DIR, load_artifact
 from coopml.chain.processes import anvil_binary, start_anvil, start_embedded_node

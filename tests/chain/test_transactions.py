@@ -12,11 +12,11 @@ import textwrap
 import time
 
 import pytest
-from conftest import NO_ANVIL
 from eth_account import Account
 from eth_utils import keccak
 from web3.exceptions import TransactionNotFound
 
+from conftest import NO_ANVIL
 from coopml.chain import ETHER, Chain
 from coopml.chain.devchain import DevChain
 from coopml.chain.node import ThreadedNode

@@ -15,7 +15,7 @@ def test_train_writes_loadable_model(tmp_path):
                             "--epochs", "2", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "trained table4 on [1, 3]" in r.output
-    model, manifest = load_model(out)
+    _model, manifest = load_model(out)
     assert manifest.labels == [1, 3]
 
 
@@ -30,6 +30,6 @@ def test_bad_arguments_give_message_not_traceback():
 def test_contributors_entry_point_runs_real_training():
     # Through the installed console script, as a user runs it.
     r = subprocess.run([sys.executable, "-m", "coopml.cli.main", "contributors", "--epochs", "1", "--scale", "0.1"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
     assert "contributor3" in r.stdout and "table1-c3" in r.stdout

@@ -5,7 +5,6 @@ import struct
 import numpy as np
 import pytest
 
-from coopml.data import idx as idxmod
 from coopml.data import datasets
 from coopml.data.idx import parse_idx, read_idx
 from coopml.errors import DataError

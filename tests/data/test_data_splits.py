@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coopml.data import TABLE_II, TABLE_III, ShardSpec, make_shards
 from coopml.data.datasets import Dataset

@@ -5,8 +5,17 @@ import pytest
 import torch
 
 from coopml.errors import CoopmlError
-from coopml.he import (MODEL_PARAMS, Params, decrypt, decrypt_model, dictionary_attack, encrypt,
-                       encrypt_model, keygen, recover_secret_1d)
+from coopml.he import (
+    MODEL_PARAMS,
+    Params,
+    decrypt,
+    decrypt_model,
+    dictionary_attack,
+    encrypt,
+    encrypt_model,
+    keygen,
+    recover_secret_1d,
+)
 from coopml.models import build_model
 
 

@@ -150,19 +150,19 @@ def test_layered_inference_matches_prepared_operator(table4):
 
 def test_noise_check_raises_when_w_too_small(table4):
     params = Params(w=1 << 30, k=1, plain_bound=1 << 20, words=2)   # output noise ~2^47 > w/2
-    sk, pk = keygen(params, 1, rng=0)
+    _sk, pk = keygen(params, 1, rng=0)
     enc = encrypt_model(pk, table4, p=1 << 7, q=1000)
     with pytest.raises(NoiseOverflowError, match="w/2"):
         encrypted_infer(enc, scale_inputs(torch.rand(2, 1, 28, 28), 1000))
     one_word = Params(w=1 << 40, k=1, plain_bound=1 << 20)            # Q = 2^64 cannot hold w*y
-    sk, pk = keygen(one_word, 1, rng=0)
+    _sk, pk = keygen(one_word, 1, rng=0)
     enc = encrypt_model(pk, table4, p=1 << 7, q=1000)
     with pytest.raises(NoiseOverflowError):
         encrypted_infer(enc, scale_inputs(torch.rand(2, 1, 28, 28), 1000))
 
 
 def test_model_misuse_gives_clear_errors(table4):
-    sk, pk = KEYS[1]
+    _sk, pk = KEYS[1]
     with pytest.raises(KeyMismatchError, match="n=32"):
         encrypt_model(pk, table4, 128, strategy="matrix-pair-wise")
     with pytest.raises(CoopmlError, match="strategy"):

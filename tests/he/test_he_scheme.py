@@ -2,12 +2,25 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coopml.errors import CoopmlError
-from coopml.he import (KeyMismatchError, NoiseOverflowError, Params, add, add_plain, decrypt, encrypt,
-                       inner_product, keygen, linear_transform, linear_transform_key, matmul_plain)
-from coopml.he import ring
+from coopml.he import (
+    KeyMismatchError,
+    NoiseOverflowError,
+    Params,
+    add,
+    add_plain,
+    decrypt,
+    encrypt,
+    inner_product,
+    keygen,
+    linear_transform,
+    linear_transform_key,
+    matmul_plain,
+    ring,
+)
 
 P64 = Params(w=1 << 24, k=2, plain_bound=1 << 12)
 P128 = Params(w=1 << 70, k=3, plain_bound=1 << 20, words=2)

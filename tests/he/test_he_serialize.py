@@ -4,12 +4,21 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import save as st_save
 
 from coopml.errors import CoopmlError
-from coopml.he import (MODEL_PARAMS, HEFormatError, decrypt, decrypt_outputs, encrypt, encrypt_model,
-                       encrypted_infer, from_bytes, keygen, to_bytes)
+from coopml.he import (
+    MODEL_PARAMS,
+    HEFormatError,
+    decrypt,
+    decrypt_outputs,
+    encrypt,
+    encrypt_model,
+    encrypted_infer,
+    from_bytes,
+    keygen,
+    to_bytes,
+)
 from coopml.models import build_model
 
 
@@ -49,7 +58,7 @@ def _resave(blob: bytes, meta: dict, tensors: dict | None = None) -> bytes:
 
 
 def test_malformed_blobs(setup):
-    sk, pk, enc = setup
+    _sk, pk, _enc = setup
     for bad in (b"", b"garbage!", b"\xff" * 8 + b"{}", st_save({"a": np.zeros(2)})):
         with pytest.raises(HEFormatError):
             from_bytes(bad)
@@ -70,7 +79,7 @@ def test_malformed_blobs(setup):
 
 
 def test_mismatched_encrypted_model(setup):
-    sk, pk, enc = setup
+    _sk, _pk, enc = setup
     blob = to_bytes(enc)
     _, meta = _meta(blob)
     from safetensors.numpy import load
@@ -112,7 +121,7 @@ def test_case_study_4_models_roundtrip(arch):
         enc2 = from_bytes(blob, "encrypted-model")
         assert np.array_equal(decrypt_outputs(sk, enc2, encrypted_infer(enc2, x)),
                               decrypt_outputs(sk, enc, encrypted_infer(enc, x)))
-    header, meta = _meta(blob)
+    _header, meta = _meta(blob)
     polys = [i for i, layer in enumerate(meta["tail"]) if layer["poly"]]
     if arch == "fading-fc":
         assert len(polys) == 1

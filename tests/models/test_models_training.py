@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from coopml.data import ShardSpec, TABLE_II, make_shards
-from coopml.models import ARCHITECTURES, TrainConfig, build_model, evaluate, train_model
+from coopml.data import TABLE_II, ShardSpec, make_shards
 from coopml.errors import ModelFileError
+from coopml.models import ARCHITECTURES, TrainConfig, build_model, evaluate, train_model
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -18,7 +18,7 @@ def test_shapes_and_features(arch):
 def test_table1_feature_sizes_match_paper():
     # Table I: conv3 output flattened to 392 / 784 / 784, hidden layer 500.
     for arch, flat in (("table1-c1", 392), ("table1-c2", 784), ("table1-c3", 784)):
-        lin = [mod for mod in build_model(arch).body if isinstance(mod, torch.nn.Linear)][0]
+        lin = next(mod for mod in build_model(arch).body if isinstance(mod, torch.nn.Linear))
         assert (lin.in_features, lin.out_features) == (flat, 500)
 
 

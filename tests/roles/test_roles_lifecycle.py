@@ -68,7 +68,7 @@ def test_model_weights_stay_with_their_owner_until_bought(honest_run):
     for c in ("contributor1", "contributor2", "contributor3"):
         path = next((r.workdir / c / "model").rglob("*.safetensors"))
         with safe_open(str(path), "pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 - a safetensors file handle, not a dict
                 t = f.get_tensor(name)
                 if t.numel() < 16:
                     continue
@@ -111,7 +111,7 @@ def test_plaintext_mode_trusts_the_verifiers_and_says_so(tmp_path):
     assert len(r.fusion_history[-1]["members"]) == 2
     path = next((r.workdir / "contributor1" / "model").rglob("*.safetensors"))
     with safe_open(str(path), "pt") as f:
-        t = f.get_tensor(next(n for n in f.keys() if f.get_tensor(n).numel() >= 16))
+        t = f.get_tensor(next(n for n in f.keys() if f.get_tensor(n).numel() >= 16))  # noqa: SIM118
     # the verifiers decrypted the model in memory; they never write another node's weights to disk
     assert not {h for h in _holders(r, t.flatten()[:16].numpy().tobytes()) if h.startswith("verifier")}
 
@@ -120,7 +120,7 @@ def _first_layer_weight(r, contributor: str):
     import torch
     path = next((r.workdir / contributor / "model").rglob("*.safetensors"))
     with safe_open(str(path), "pt") as f:
-        name = next(n for n in f.keys() if n.endswith("weight") and f.get_tensor(n).dim() >= 2)
+        name = next(n for n in f.keys() if n.endswith("weight") and f.get_tensor(n).dim() >= 2)  # noqa: SIM118
         return f.get_tensor(name).to(torch.float64)
 
 

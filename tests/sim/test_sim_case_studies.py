@@ -22,7 +22,7 @@ def reduced(tmp_path_factory):
 
 
 def test_report_files(reduced):
-    results, out = reduced
+    _results, out = reduced
     for name in ("report.md", "fig10.png", "fig11.png", "fig12.png", "fig_cs4.png", "results.json"):
         assert (out / name).stat().st_size > 500, name
     assert (out / "fig11.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

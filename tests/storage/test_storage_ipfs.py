@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import requests
 from multiformats import CID
+from storage_cases import SIZES, payload
 
 from coopml.errors import ContentMismatch, ContentNotFound, ContentTooLarge, StorageError, StorageUnavailable
 from coopml.storage import KuboStore, LocalStore, file_cid
-from coopml.storage.store import flatfs_key
 from coopml.storage.daemon import IpfsDaemon
+from coopml.storage.store import flatfs_key
 from coopml.storage.unixfs import DEFAULT_CHUNK_SIZE, MAX_LINKS, build_file, chunk_bytes, parse_cid
-from storage_cases import SIZES, payload
 
 pytestmark = pytest.mark.ipfs
 
@@ -136,7 +136,7 @@ def test_unreachable_api_is_reported() -> None:
         KuboStore(f"http://127.0.0.1:{port}", timeout=2).get(file_cid(b"x"))
 
 
-def test_daemons_bind_loopback_only(ipfs_swarm) -> None:  # noqa: ANN001
+def test_daemons_bind_loopback_only(ipfs_swarm) -> None:
     for daemon in vars(ipfs_swarm).values():
         assert daemon.api_url.startswith("http://127.0.0.1:")
         addrs = daemon.swarm_addrs()
@@ -144,7 +144,7 @@ def test_daemons_bind_loopback_only(ipfs_swarm) -> None:  # noqa: ANN001
         assert daemon.rpc("bootstrap/list")["Peers"] == []
 
 
-def test_content_added_on_one_peer_is_fetched_from_the_other(ipfs_swarm) -> None:  # noqa: ANN001
+def test_content_added_on_one_peer_is_fetched_from_the_other(ipfs_swarm) -> None:
     a, b = ipfs_swarm.public_a, ipfs_swarm.public_b
     data = payload(2 * DEFAULT_CHUNK_SIZE + 99, seed=5)
     cid = KuboStore(a.api_url).put(data, cid_version=1)
@@ -156,7 +156,7 @@ def test_content_added_on_one_peer_is_fetched_from_the_other(ipfs_swarm) -> None
     assert fetched.has(cid)
 
 
-def test_private_network_admits_members_and_refuses_others(ipfs_swarm) -> None:  # noqa: ANN001
+def test_private_network_admits_members_and_refuses_others(ipfs_swarm) -> None:
     member, other_member = ipfs_swarm.private_a, ipfs_swarm.private_b
     data = payload(DEFAULT_CHUNK_SIZE + 1, seed=9)
     cid = KuboStore(member.api_url).put(data)

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from storage_cases import payload
 
 from coopml.errors import ContentMismatch, ContentNotFound, ContentTooLarge, StorageError
 from coopml.storage import KuboStore, LocalStore, file_cid, open_store
 from coopml.storage.unixfs import DEFAULT_CHUNK_SIZE
-from storage_cases import payload
 
 
 @pytest.mark.parametrize("cid_version", [0, 1])

@@ -7,6 +7,7 @@ import os
 import aleph_cid
 import pytest
 from multiformats import CID
+from storage_cases import SIZES, payload
 
 from coopml.errors import ContentMismatch, ContentTooLarge
 from coopml.storage.unixfs import (
@@ -20,7 +21,6 @@ from coopml.storage.unixfs import (
     file_cid,
     read_file,
 )
-from storage_cases import SIZES, payload
 
 CID_SIZES = {**SIZES, "two-level": MAX_LINKS * DEFAULT_CHUNK_SIZE + 1}  # 175 leaves: one level more than 174
 
