@@ -571,12 +571,13 @@ def test_contributors_and_verifiers_wake_for_their_own_models_only():
 def test_the_buyer_leaves_finalize_delivery_to_the_contributor_and_is_only_the_backstop(tmp_path):
     """After a delivered model's dispute window both the contributor (owed the payment) and the
     initiator may call `finalizeDelivery`; sent together, one of them paid for a revert (15 of 22
-    bought models at N = 50). The initiator now waits INITIATOR_FINALIZE_DELAY_S of chain time,
-    registers that wake, and finalizes only if nobody has; the dev-chain clock knows the time."""
+    bought models at N = 50). The initiator now waits `finalize_backstop_delay` of chain time (a
+    twentieth of the dispute window), registers that wake, and finalizes only if nobody has; the
+    dev-chain clock knows the time."""
     from types import SimpleNamespace
 
     from coopml.chain import ModelStatus
-    from coopml.roles.initiator import INITIATOR_FINALIZE_DELAY_S
+    from coopml.roles.initiator import finalize_backstop_delay
     from coopml.roles.state import Outcome
     from coopml.sim.lifecycle import next_deadline
 
@@ -588,9 +589,12 @@ def test_the_buyer_leaves_finalize_delivery_to_the_contributor_and_is_only_the_b
     clock = {"time": 1_001, "block": 50}
     ini = _bare_initiator(tmp_path, client, clock)
     ini.handle = lambda key, fn, **kw: SimpleNamespace(outcome=Outcome.DONE)    # the buyer checked it
+    ini._view.info.terms.dispute_window = 300
+    delay = finalize_backstop_delay(300)
+    assert delay == 15 and finalize_backstop_delay(60) == 3 and finalize_backstop_delay(86_400) == 60
     assert ini._advance(1) is False and finalized == []                          # the contributor's turn
-    assert ini._wake_times == [1_000 + INITIATOR_FINALIZE_DELAY_S]
-    clock["time"] = 1_000 + INITIATOR_FINALIZE_DELAY_S
+    assert ini._wake_times == [1_000 + delay]
+    clock["time"] = 1_000 + delay
     assert ini._advance(1) is False and finalized == []
     clock["time"] += 1                                                            # nobody did: backstop
     assert ini._advance(1) is True and finalized == [1]
@@ -599,6 +603,6 @@ def test_the_buyer_leaves_finalize_delivery_to_the_contributor_and_is_only_the_b
                            task=lambda _: SimpleNamespace(closed=True, terms=SimpleNamespace(
                                verify_window=300, dispute_window=300, announce_deadline=0)))
     # the dev-chain runner moves the clock to the backstop when nothing else is due before it
-    assert next_deadline(coop, 1) == 1_000 + INITIATOR_FINALIZE_DELAY_S + 1
+    assert next_deadline(coop, 1) == 1_000 + delay + 1
     ini.jobs.shutdown()
     ini.state.close()

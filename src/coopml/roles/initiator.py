@@ -54,11 +54,6 @@ TERMINAL = {ModelStatus.RELEASED, ModelStatus.REJECTED, ModelStatus.INCONCLUSIVE
 # target (the contributor draws at once; verifiers are the last backstop, DRAW_BACKSTOP_BLOCKS)
 INITIATOR_DRAW_DELAY_BLOCKS = 2
 
-# after a delivered model's dispute window, its contributor (who is owed the payment) sends
-# finalizeDelivery at once; the initiator only this many seconds of chain time later, as the
-# backstop (both at once put the same call into one block and one paid for a revert: 15 of 22
-# bought models at N = 50). One 15-s block of the paper's chain; on 1-s dev blocks, 15 blocks.
-INITIATOR_FINALIZE_DELAY_S = 15
 
 # a model record read in an earlier step is read again when an event names the model, when one of
 # its deadlines (or its draw block) has passed since, or at the latest this long after the last read
@@ -86,6 +81,16 @@ class _SeenRecord:
                 return True
         draw_due = m.draw_block + INITIATOR_DRAW_DELAY_BLOCKS
         return bool(m.draw_block) and self.block <= draw_due < block
+
+
+def finalize_backstop_delay(dispute_window: int) -> int:
+    """Seconds of chain time the initiator leaves a delivered model's `finalizeDelivery` to its
+    contributor (who is owed the payment and sends it as soon as the dispute window is over) before
+    sending it itself, as the backstop: both at once put the same call into one block and one paid
+    for a revert (15 of 22 bought models at N = 50). A twentieth of the window, 2-60 s: the task's
+    windows follow its chain (3 s for the dev windows on 1-s blocks, 15 s for the 300-s default,
+    60 s = 4 blocks of the paper's 15-s chain for windows of 20 minutes and more)."""
+    return min(60, max(2, int(dispute_window) // 20))
 
 
 def audit_wait_ends(dispute_deadline: int, dispute_window: int) -> int:
@@ -335,10 +340,11 @@ class Initiator(Agent):
         if m.status == ModelStatus.DELIVERED:
             d = self.handle(f"delivery:{mid}", lambda: self._receive(mid, m), model=mid, deadline=m.dispute_deadline)
             if d is not None and now > m.dispute_deadline and d.outcome == Outcome.DONE:
-                if now > m.dispute_deadline + INITIATOR_FINALIZE_DELAY_S:
+                backstop = m.dispute_deadline + finalize_backstop_delay(self.view.info.terms.dispute_window)
+                if now > backstop:
                     self.client.finalize_delivery(mid)
                     return True
-                self.wake_after(m.dispute_deadline + INITIATOR_FINALIZE_DELAY_S)   # the contributor's turn first
+                self.wake_after(backstop)          # the contributor's turn first
                 return False
             # waiting (the key, the audit reports, a retry's back-off) is not acting: each of those
             # registered what ends it. Reported as acting, it kept the node stepping back to back

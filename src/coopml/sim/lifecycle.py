@@ -46,7 +46,7 @@ from coopml.chain import (
 )
 from coopml.data import TABLE_III
 from coopml.errors import CoopmlError
-from coopml.roles.initiator import INITIATOR_FINALIZE_DELAY_S, audit_wait_ends
+from coopml.roles.initiator import audit_wait_ends, finalize_backstop_delay
 from coopml.roles.log import LogEvent, LogRecord
 from coopml.roles.verifier import verifier_wait_ends
 from coopml.sim import slots
@@ -316,7 +316,7 @@ def next_deadline(coop: TaskClient, task_id: int) -> int | None:
         terms = coop.task(task_id).terms
         late = verifier_wait_ends(m.verify_deadline, terms.verify_window)   # verifiers stop waiting
         audit = audit_wait_ends(m.dispute_deadline, terms.dispute_window)   # the buyer stops waiting for reports
-        backstop = m.dispute_deadline + INITIATOR_FINALIZE_DELAY_S + 1       # the buyer finalizes if nobody has
+        backstop = m.dispute_deadline + finalize_backstop_delay(terms.dispute_window) + 1   # the buyer finalizes
         due += [t for t in (late, audit, backstop, *(d + 1 for d in m.deadlines)) if t > now]
     task = coop.task(task_id)
     if not task.closed:
