@@ -214,7 +214,8 @@ def test_window_shortcut_never_jumps_over_another_models_deadline():
         return model_info(status=status, reveals=reveals, verify_deadline=reveal_deadline - 60,
                           reveal_deadline=reveal_deadline, dispute_deadline=dispute_deadline)
 
-    terms = NS(verify_window=300, verifiers_per_model=1, announce_deadline=5000, max_models=2)
+    terms = NS(verify_window=300, verifiers_per_model=1, announce_deadline=5000, max_models=2,
+               delivery_window=1000, dispute_window=1000)
     models = [model(ModelStatus.VERIFYING, 1, 1300), model(ModelStatus.VERIFYING, 0, 1302)]
     coop = NS(task=lambda _: NS(terms=terms, closed=False), model_count=lambda: len(models),
               model=lambda mid: models[mid - 1])
@@ -232,6 +233,14 @@ def test_window_shortcut_never_jumps_over_another_models_deadline():
                  model(ModelStatus.DELIVERED, 1, 902, dispute_deadline=1062)]
     assert not skip_used_windows(chain, coop, 1, {1}) and chain.t == 1000
     assert skip_used_windows(chain, coop, 1, {1, 2}) and chain.t == 1061
+    # one jump spans at most half the shorter of the delivery and dispute windows: a model
+    # finalized while the shortcut read the others keeps most of its delivery window
+    chain.t = 1000
+    terms.delivery_window, terms.dispute_window = 120, 60
+    assert skip_used_windows(chain, coop, 1, {1, 2}) and chain.t == 1030
+    assert skip_used_windows(chain, coop, 1, {1, 2}) and chain.t == 1060
+    assert skip_used_windows(chain, coop, 1, {1, 2}) and chain.t == 1061
+    terms.delivery_window = terms.dispute_window = 1000
     # the runner's `settled` cache: a model in a terminal status is read once, then never again
     reads: list[int] = []
     models[:] = [model(ModelStatus.RELEASED, 1, 900), model(ModelStatus.VERIFYING, 0, 2000)]

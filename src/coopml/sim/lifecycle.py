@@ -350,7 +350,11 @@ def skip_used_windows(chain: Chain, coop: TaskClient, task_id: int, checked: set
     Checking every other model matters: with two models delivered together, skipping the first
     one's dispute window alone would end the second's before the buyer checked it.
     `settled` (the runner keeps it between calls): model ids of the task known to be in a terminal
-    status, which never changes — not read again, so a call costs the models in play, not all."""
+    status, which never changes — not read again, so a call costs the models in play, not all.
+    One jump moves at most half the shorter of the delivery and dispute windows: the agents run
+    while this reads, so a model read as fully revealed may be finalized (its delivery window
+    opened) before the jump lands; a longer jump once took a whole delivery window from its
+    contributor (kill -9 test: the model forfeited). Long windows take several calls."""
     now = chain.now()
     task = coop.task(task_id)
     ends: list[int] = []
@@ -376,7 +380,8 @@ def skip_used_windows(chain: Chain, coop: TaskClient, task_id: int, checked: set
     announcing = not task.closed and n_models < task.terms.max_models and now <= task.terms.announce_deadline
     if announcing or not ends or min(ends) < now:
         return False
-    chain.increase_time(min(ends) + 1 - now)
+    cap = now + max(1, min(task.terms.delivery_window, task.terms.dispute_window) // 2)
+    chain.increase_time(min(min(ends) + 1, cap) - now)
     return True
 
 
