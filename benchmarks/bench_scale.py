@@ -203,6 +203,43 @@ def limit_ckks(slots: int) -> None:
 STATS_FIELDS = ("loop_cpu", "idle_cpu", "job_cpu", "wall", "rounds", "steps", "rpcs", "done", "summary")
 
 
+def prepare_process(ckks_slots: int) -> None:
+    """What every process of the bench sets before its agents start: one torch thread, the CKKS
+    gate, one `ast.parse` at a time."""
+    import torch
+    torch.set_num_threads(1)
+    limit_ckks(ckks_slots)
+    serialize_ast_parse()
+
+
+class EventJournal:
+    """The agents' log records of one process, appended to a JSONL file (and kept in memory when
+    the runner reads them: the initiator's publication and checks)."""
+
+    def __init__(self, path: Path, keep: bool) -> None:
+        self.records: list[tuple[str, Any]] = []
+        self.lock = threading.Lock()
+        self._keep = keep
+        self._file = open(path, "a")  # noqa: SIM115 - closed by close()
+
+    def sink(self, name: str, rec: Any) -> None:
+        with self.lock:
+            if self._keep:
+                self.records.append((name, rec))
+            self._file.write(json.dumps({"node": name, **rec.model_dump(mode="json")}) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def start_agent(name: str, setup: Any, task_id: int | None, sink: Any) -> AgentRun:
+    run = AgentRun(name)
+    run.thread = threading.Thread(target=_run_agent, args=(run, setup, task_id, sink), name=name, daemon=True)
+    run.thread.start()
+    return run
+
+
 def run_worker(spec_path: Path) -> int:
     """A child of `run_threads(processes > 1)`: run the agents named in the spec as threads of this
     process until each has finished, then write their figures (and this process's CPU and peak
@@ -210,23 +247,10 @@ def run_worker(spec_path: Path) -> int:
     config files exactly as in the parent."""
     from types import SimpleNamespace
     spec = json.loads(spec_path.read_text())
-    import torch
-    torch.set_num_threads(1)
-    limit_ckks(spec["ckks_slots"])
-    serialize_ast_parse()
+    prepare_process(spec["ckks_slots"])
     setup = SimpleNamespace(agents=spec["agents"], paths={k: Path(v) for k, v in spec["paths"].items()})
-    lock = threading.Lock()
-    journal = open(spec["events"], "a")  # noqa: SIM115
-
-    def sink(name: str, rec: Any) -> None:
-        with lock:
-            journal.write(json.dumps({"node": name, **rec.model_dump(mode="json")}) + "\n")
-            journal.flush()
-    runs = [AgentRun(name) for name in spec["agents"]]
-    for r in runs:
-        r.thread = threading.Thread(target=_run_agent, args=(r, setup, spec["task_id"], sink), name=r.name,
-                                    daemon=True)
-        r.thread.start()
+    journal = EventJournal(Path(spec["events"]), keep=False)
+    runs = [start_agent(name, setup, spec["task_id"], journal.sink) for name in spec["agents"]]
     while any(r.thread.is_alive() for r in runs if r.thread) and not any(r.error for r in runs):
         time.sleep(0.25)
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -250,16 +274,7 @@ def run_threads(plan: Any, workdir: Path, timeout: float, processes: int = 1, ck
     from coopml.sim.lifecycle import checked_by_initiator, prepare, read_outcome, skip_used_windows
 
     workdir.mkdir(parents=True, exist_ok=True)
-    records: list[tuple[str, Any]] = []
-    lock = threading.Lock()
-    journal = open(workdir / "events.jsonl", "a")  # noqa: SIM115
-
-    def sink(name: str, rec: Any) -> None:
-        with lock:
-            records.append((name, rec))
-            journal.write(json.dumps({"node": name, **rec.model_dump(mode="json")}) + "\n")
-            journal.flush()
-
+    journal = EventJournal(workdir / "events.jsonl", keep=True)
     node = start_anvil(block_time=1.0)
     runs: dict[str, AgentRun] = {}
     children: list[subprocess.Popen[bytes]] = []
@@ -272,18 +287,16 @@ def run_threads(plan: Any, workdir: Path, timeout: float, processes: int = 1, ck
         t0 = time.monotonic()
 
         def start(name: str, task_id: int | None) -> None:
-            r = AgentRun(name)
-            r.thread = threading.Thread(target=_run_agent, args=(r, setup, task_id, sink), name=name, daemon=True)
-            runs[name] = r
-            r.thread.start()
+            runs[name] = start_agent(name, setup, task_id, journal.sink)
 
         start("initiator", None)
         task_id = None
         while task_id is None:
             if runs["initiator"].error is not None:
                 raise CoopmlError(f"initiator failed: {runs['initiator'].error!r}")
-            with lock:
-                task_id = next((r.task for n, r in records if n == "initiator" and r.event == LogEvent.PUBLISHED), None)
+            with journal.lock:
+                task_id = next((r.task for n, r in journal.records
+                                if n == "initiator" and r.event == LogEvent.PUBLISHED), None)
             time.sleep(0.1)
         others = [name for name in setup.agents if name != "initiator"]
         shares = [others[i::processes] for i in range(processes)]
@@ -311,8 +324,8 @@ def run_threads(plan: Any, workdir: Path, timeout: float, processes: int = 1, ck
             if all(not r.thread.is_alive() for r in runs.values() if r.thread) and \
                     all(c.poll() is not None for c in children):
                 break
-            with lock:
-                checked = checked_by_initiator(records)
+            with journal.lock:
+                checked = checked_by_initiator(journal.records)
             skip_used_windows(chain, coop, task_id, checked, settled)
             time.sleep(0.25)
         wall = time.monotonic() - t0
@@ -487,10 +500,7 @@ def main() -> None:
         if len(rows) > 1:
             print_growth(rows)
         return
-    import torch
-    torch.set_num_threads(1)
-    limit_ckks(args.ckks_slots)
-    serialize_ast_parse()
+    prepare_process(args.ckks_slots)
     out = args.out or Path(tempfile.mkdtemp(prefix="coopml-bench-scale-"))
     rows = []
     for n in args.n:
