@@ -308,17 +308,17 @@ def read_outcome(chain: Chain, coop: TaskClient, task_id: int, setup: Setup, ela
 def next_deadline(coop: TaskClient, task_id: int) -> int | None:
     """The earliest future chain time at which something in the task becomes due."""
     now = coop.chain.now()
+    task = coop.task(task_id)            # read once (was once per model in play, and once more)
+    terms = task.terms
     due: list[int] = []
     for mid in range(1, coop.model_count() + 1):
         m = coop.model(mid)
         if m.task_id != task_id or m.status in TERMINAL:
             continue
-        terms = coop.task(task_id).terms
         late = verifier_wait_ends(m.verify_deadline, terms.verify_window)   # verifiers stop waiting
         audit = audit_wait_ends(m.dispute_deadline, terms.dispute_window)   # the buyer stops waiting for reports
         backstop = m.dispute_deadline + finalize_backstop_delay(terms.dispute_window) + 1   # the buyer finalizes
         due += [t for t in (late, audit, backstop, *(d + 1 for d in m.deadlines)) if t > now]
-    task = coop.task(task_id)
     if not task.closed:
         due.append(task.terms.announce_deadline + 1)
     return min(due) if due else None
