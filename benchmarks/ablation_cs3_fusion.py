@@ -27,7 +27,7 @@ import torch
 from coopml.data import load_dataset
 from coopml.fusion import FusionConfig, fuse
 from coopml.models import TrainConfig, build_model, evaluate, train_model
-from coopml.sim.case_studies import CaseStudyConfig, skewed_shards
+from coopml.sim.case_studies import CaseStudyConfig, skewed_shards, train_contributor
 from coopml.sim.fedavg import run_fedavg
 
 VARIANTS = {
@@ -59,15 +59,11 @@ def main() -> None:
         val, hold = init.verify.subset(np.arange(500)), init.verify.subset(np.arange(500, 1000))
     members, labels = [], []
     for i, name in enumerate(names[1:]):
-        shard = shards[name]
-        model = build_model(cfg.fedavg_arch, args.seed + i)
-        train_model(model, shard.train, shard.verify,
-                    TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
-                                patience=cfg.contributor_patience, seed=args.seed + i), labels=shard.spec.labels)
+        model, row = train_contributor(name, cfg.fedavg_arch, shards[name], cfg, args.seed + i, test)
         model.eval()
         members.append(model)
-        labels.append(shard.spec.labels)
-        show(kind="member", name=name, test=round(evaluate(model, test), 4))
+        labels.append(shards[name].spec.labels)
+        show(kind="member", name=name, test=round(row.test_all_accuracy, 4))
     for variant in args.variants:
         t0 = time.perf_counter()
         fused, fused_labels = list(members), list(labels)

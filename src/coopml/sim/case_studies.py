@@ -175,8 +175,10 @@ def _test_set(cfg: CaseStudyConfig) -> Dataset:
     return test if cfg.test_samples is None else test.subset(np.arange(min(cfg.test_samples, len(test))))
 
 
-def _train_contributor(name: str, arch: str, shard: LabelShard, cfg: CaseStudyConfig, seed: int,
-                       test: Dataset) -> tuple[FeatureModel, ContributorRow]:
+def train_contributor(name: str, arch: str, shard: LabelShard, cfg: CaseStudyConfig, seed: int,
+                      test: Dataset) -> tuple[FeatureModel, ContributorRow]:
+    """A case study's contributor: `arch` trained on its shard as the config says (early stopping
+    on its own verification half), and its row for the report."""
     model = build_model(arch, seed)
     labels = shard.spec.labels
     res = train_model(model, shard.train, shard.verify,
@@ -239,7 +241,7 @@ def _label_subset_study(cfg: CaseStudyConfig, specs: Sequence[ShardSpec], init_n
     models, rows = [], []
     for i, arch in enumerate(archs):
         name = f"contributor{i + 1}"
-        model, row = _train_contributor(name, arch, shards[name], cfg, cfg.seed + i, test)
+        model, row = train_contributor(name, arch, shards[name], cfg, cfg.seed + i, test)
         models.append(model)
         rows.append(row)
     fused = _fusion_curve(models, [r.labels for r in rows], shards[init_name], fusion, test, strategies)
