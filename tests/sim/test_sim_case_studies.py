@@ -51,6 +51,12 @@ def test_case_study_2_sanity(reduced):
     accs = cs.fused["strategy II"]
     assert accs[2] > 0.8 and accs[2] >= accs[0], accs
     assert accs[2] > cs.initiator_only
+    # the initiator's own nonlinear CNN as a fixed member: the contributors' models must still add
+    # to it (else buying them would be pointless), and it must lift the linear members' MetaModel
+    with_own = cs.fused["strategy II + initiator's table1-c1"]
+    assert cs.initiator_member_alone is not None and len(with_own) == 3
+    assert max(with_own) > cs.initiator_member_alone + 0.01, (with_own, cs.initiator_member_alone)
+    assert with_own[2] > accs[2] - 0.01, (with_own, accs)
 
 
 def test_case_study_3_sanity(reduced):

@@ -49,6 +49,13 @@ class CaseStudyConfig(BaseModel):
     # branches over them (chosen on validation accuracy; docs/fusion.md, ablation)
     cs2_fusion: FusionConfig = FusionConfig.spatial()
     cs2_strategies: list[Strategy] = ["I", "II"]
+    # ...but they stay linear maps of the image, while the initiator's 2000 labelled images can
+    # train a nonlinear CNN of its own. With an arch here, that CNN (augmented images, refit on all
+    # of them) is fused as one more all-label member by strategy II with `cs2_initiator_fusion`:
+    # the row "strategy II + initiator's CNN" (chosen on a held-out half; docs/fusion.md).
+    # None: only the paper's MetaModel of the contributors' models.
+    cs2_initiator_member: str | None = "table1-c1"
+    cs2_initiator_fusion: FusionConfig = FusionConfig.tuned()
     fedavg_rounds: int = Field(5, ge=1)
     fedavg_local_epochs: int = Field(20, ge=1)
     fedavg_arch: str = "table1-c1"                 # "a three-layer CNN" for every party, both paradigms
@@ -79,6 +86,7 @@ class CaseStudyConfig(BaseModel):
                    verify_threshold=0.8,
                    fusion=FusionConfig.tuned(augment_copies=2, max_epochs=40, patience=5),
                    cs2_fusion=FusionConfig.spatial(augment_copies=2, max_epochs=40, patience=5), cs2_strategies=["II"],
+                   cs2_initiator_fusion=FusionConfig.tuned(augment_copies=2, max_epochs=40, patience=5),
                    fedavg_rounds=2, fedavg_local_epochs=3, cs3_precisions=["fp32", "int8"],
                    fedavg_precisions=["fp32"],
                    case_study_4=CaseStudy4Config.reduced())
@@ -112,6 +120,7 @@ class CaseStudy2Result(BaseModel):
     fused: dict[str, list[float]]
     initiator_only: float
     initiator_only_tuned: float
+    initiator_member_alone: float | None = None   # the initiator's own CNN fused as a member, by itself
     paper_original: list[float] = list(PAPER_TABLE_V_ORIGINAL)
     seconds: float
 
@@ -190,38 +199,46 @@ def train_contributor(name: str, arch: str, shard: LabelShard, cfg: CaseStudyCon
     return model, row
 
 
+def _initiator_model(arch: str, shard: LabelShard, cfg: CaseStudyConfig, tuned: bool) -> FeatureModel:
+    """The initiator training a model on its own shard: like a contributor, or 'tuned' with the
+    same two tricks the fusion preset gets (augmented images, final refit on train + verification)."""
+    model = build_model(arch, cfg.seed + 99)
+    train_model(model, shard.train, shard.verify,
+                TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
+                            patience=2 * cfg.contributor_patience if tuned else cfg.contributor_patience,
+                            augment=tuned, refit_on_all=tuned, seed=cfg.seed + 99))
+    return model
+
+
 def _initiator_only(arch: str, shard: LabelShard, cfg: CaseStudyConfig, test: Dataset) -> tuple[float, float]:
-    """The initiator training the same kind of model alone: trained like a contributor on its
-    1000 (scaled) images, and 'tuned' with the same two tricks the fusion preset gets (augmented
-    images, final refit on train + verification), so that cooperation is measured against a fair
-    stand-alone effort."""
-    accs = []
-    for tuned in (False, True):
-        model = build_model(arch, cfg.seed + 99)
-        train_model(model, shard.train, shard.verify,
-                    TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
-                                patience=2 * cfg.contributor_patience if tuned else cfg.contributor_patience,
-                                augment=tuned, refit_on_all=tuned, seed=cfg.seed + 99))
-        accs.append(evaluate(model, test))
-    return accs[0], accs[1]
+    """The initiator training the same kind of model alone, plain and tuned, so that cooperation
+    is measured against a fair stand-alone effort."""
+    plain, tuned = (evaluate(_initiator_model(arch, shard, cfg, t), test) for t in (False, True))
+    return plain, tuned
 
 
 def _fusion_curve(models: Sequence[FeatureModel], labels: Sequence[Sequence[int]], init: LabelShard,
                   fusion: FusionConfig, test: Dataset, strategies: Sequence[Strategy] = ("I", "II"),
+                  always: Sequence[TorchMember] = (), suffix: str = "", late: bool = True,
                   ) -> dict[str, list[float]]:
     """Accuracy as the models arrive one at a time ({1}, {1,2}, ...), per method. Each MetaModel
-    is fitted from scratch; the members' features on the initiator's data are computed once."""
-    out: dict[str, list[float]] = {f"strategy {s}": [] for s in strategies}
-    out["late fusion"] = []
+    is fitted from scratch; the members' features on the initiator's data are computed once.
+    `always` are members fused into every MetaModel ahead of the arrivals (the initiator's own)."""
+    out: dict[str, list[float]] = {f"strategy {s}{suffix}": [] for s in strategies}
+    if late:
+        out["late fusion"] = []
     members = [TorchMember(m, labs) for m, labs in zip(models, labels)]
     cache = FeatureCache(init.train, init.verify, fusion)
+    for m in always:
+        cache.add(m)
     for k in range(1, len(models) + 1):
         cache.add(members[k - 1])
         for s in strategies:
-            meta = MetaModel(members[:k], None, s, fusion)
+            meta = MetaModel([*always, *members[:k]], None, s, fusion)
             meta.fit_cached(cache)
-            out[f"strategy {s}"].append(evaluate(meta, test))
-        out["late fusion"].append(evaluate(LateFusion(models[:k], labels[:k]), test))
+            out[f"strategy {s}{suffix}"].append(evaluate(meta, test))
+        if late:
+            out["late fusion"].append(evaluate(LateFusion(models[:k], labels[:k]), test))
     return out
 
 
@@ -230,11 +247,22 @@ def _setup(cfg: CaseStudyConfig) -> None:
     torch.manual_seed(cfg.seed)
 
 
+class _SubsetStudy(BaseModel):
+    rows: list[ContributorRow]
+    fused: dict[str, list[float]]
+    initiator_only: float
+    initiator_only_tuned: float
+    initiator_member_alone: float | None = None
+
+
 def _label_subset_study(cfg: CaseStudyConfig, specs: Sequence[ShardSpec], init_name: str,
                         archs: Sequence[str], fusion: FusionConfig,
-                        strategies: Sequence[Strategy] = ("I", "II")) -> tuple[list[ContributorRow], dict[str, list[float]], tuple[float, float]]:
+                        strategies: Sequence[Strategy] = ("I", "II"),
+                        initiator_member: tuple[str, FusionConfig] | None = None) -> _SubsetStudy:
     """Train one contributor per arch on its label shard, fuse them as they arrive, and train the
-    initiator's stand-alone baseline (same arch as contributor 1) on the initiator's shard."""
+    initiator's stand-alone baseline (same arch as contributor 1) on the initiator's shard.
+    `initiator_member` (arch, fusion): also fuse them, by strategy II, with the initiator's own
+    tuned model of that arch as a fixed all-label member."""
     _setup(cfg)
     test = _test_set(cfg)
     shards = make_shards(load_dataset("mnist", "train"), tuple(specs), seed=cfg.seed, scale=cfg.scale)
@@ -244,27 +272,41 @@ def _label_subset_study(cfg: CaseStudyConfig, specs: Sequence[ShardSpec], init_n
         model, row = train_contributor(name, arch, shards[name], cfg, cfg.seed + i, test)
         models.append(model)
         rows.append(row)
-    fused = _fusion_curve(models, [r.labels for r in rows], shards[init_name], fusion, test, strategies)
-    return rows, fused, _initiator_only(archs[0], shards[init_name], cfg, test)
+    labels = [r.labels for r in rows]
+    init = shards[init_name]
+    fused = _fusion_curve(models, labels, init, fusion, test, strategies)
+    alone = _initiator_only(archs[0], init, cfg, test)
+    own_alone = None
+    if initiator_member is not None:
+        arch, own_fusion = initiator_member
+        own = _initiator_model(arch, init, cfg, tuned=True)
+        own_alone = evaluate(own, test)
+        fused |= _fusion_curve(models, labels, init, own_fusion, test, ["II"],
+                               always=[TorchMember(own, tuple(range(init.train.num_classes)))],
+                               suffix=f" + initiator's {arch}", late=False)
+    return _SubsetStudy(rows=rows, fused=fused, initiator_only=alone[0], initiator_only_tuned=alone[1],
+                        initiator_member_alone=own_alone)
 
 
 # -- Case Study I -------------------------------------------------------------------------------
 def run_case_study_1(cfg: CaseStudyConfig) -> CaseStudy1Result:
     """Table I CNNs on the Table II split, fused by strategies I and II (Figs. 10-11)."""
     t0 = time.perf_counter()
-    rows, fused, alone = _label_subset_study(cfg, TABLE_II, "verifiers", TABLE1_ARCHS, cfg.fusion)
-    return CaseStudy1Result(contributors=rows, fused=fused, initiator_only=alone[0], initiator_only_tuned=alone[1],
-                            seconds=time.perf_counter() - t0)
+    st = _label_subset_study(cfg, TABLE_II, "verifiers", TABLE1_ARCHS, cfg.fusion)
+    return CaseStudy1Result(contributors=st.rows, fused=st.fused, initiator_only=st.initiator_only,
+                            initiator_only_tuned=st.initiator_only_tuned, seconds=time.perf_counter() - t0)
 
 
 # -- Case Study II ------------------------------------------------------------------------------
 def run_case_study_2(cfg: CaseStudyConfig) -> CaseStudy2Result:
     """Table IV models on the Table III split, fused by strategy II: Table V's 'Original' column."""
     t0 = time.perf_counter()
-    rows, fused, alone = _label_subset_study(cfg, (INITIATOR,) + TABLE_III, "initiator", ("table4",) * 3,
-                                             cfg.cs2_fusion, cfg.cs2_strategies)
-    return CaseStudy2Result(contributors=rows, fused=fused, initiator_only=alone[0], initiator_only_tuned=alone[1],
-                            seconds=time.perf_counter() - t0)
+    own = None if cfg.cs2_initiator_member is None else (cfg.cs2_initiator_member, cfg.cs2_initiator_fusion)
+    st = _label_subset_study(cfg, (INITIATOR,) + TABLE_III, "initiator", ("table4",) * 3,
+                             cfg.cs2_fusion, cfg.cs2_strategies, initiator_member=own)
+    return CaseStudy2Result(contributors=st.rows, fused=st.fused, initiator_only=st.initiator_only,
+                            initiator_only_tuned=st.initiator_only_tuned,
+                            initiator_member_alone=st.initiator_member_alone, seconds=time.perf_counter() - t0)
 
 
 # -- Case Study III -----------------------------------------------------------------------------

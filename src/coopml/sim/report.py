@@ -49,6 +49,9 @@ def _fig11(res: CaseStudiesResult, path: Path) -> None:
             ax.plot(SUBSETS[:len(accs)], [100 * a for a in accs], marker="o", label=method)
         ax.axhline(100 * cs.initiator_only, ls=":", c="k", lw=1, label="initiator data only")
         ax.axhline(100 * cs.initiator_only_tuned, ls="-.", c="k", lw=1, label="initiator data only, tuned")
+        own = getattr(cs, "initiator_member_alone", None)
+        if own is not None:
+            ax.axhline(100 * own, ls="--", c="tab:red", lw=1, label="initiator's own CNN alone")
         if cs is res.cs2:
             ax.plot(SUBSETS, PAPER_TABLE_V_ORIGINAL, ls="--", marker="x", c="grey", label="paper Table V")
         ax.set_xlabel("fused private models")
@@ -188,6 +191,10 @@ def _fused_table(cs, paper: tuple[float, ...] | None = None) -> list[str]:
     lines.append("| initiator data only (no fusion) | " + " | ".join([_pct(cs.initiator_only)] * 3) + " |")
     lines.append("| initiator data only, tuned (augmented, refit on train + verification) | "
                  + " | ".join([_pct(cs.initiator_only_tuned)] * 3) + " |")
+    own = getattr(cs, "initiator_member_alone", None)
+    if own is not None:
+        lines.append("| the initiator's CNN fused above, by itself (augmented, refit on train + verification) | "
+                     + " | ".join([_pct(own)] * 3) + " |")
     if paper:
         lines.append("| paper, Table V 'Original' (strategy II) | " + " | ".join(f"{p:.1f}" for p in paper) + " |")
     return lines
