@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from coopml.errors import ModelFileError
 from coopml.fusion import load_metamodel, read_manifest
-from coopml.models import build_model
-from coopml.roles.config import AccountRef, InitiatorConfig
-from coopml.roles.fusing import InitiatorFusion, open_metamodel
+from coopml.models import TrainConfig, build_model
+from coopml.roles.config import AccountRef, InitiatorConfig, ModelSource
+from coopml.roles.fusing import OWN_MEMBER_KEY, InitiatorFusion, open_metamodel
 from coopml.sim import slots
 from coopml.task import TaskManifest, builtin_manifest
 
@@ -159,3 +160,37 @@ def test_the_test_report_uses_each_members_cached_features_and_matches_a_full_ev
     second = fusion.fit()
     assert fusion._test_features[id(member)] is cached           # not computed again
     assert second["test_accuracy"] == pytest.approx(evaluate(fusion.fuser.current, fusion.test), abs=2 / len(fusion.test))
+
+
+def test_the_initiators_own_model_is_trained_once_and_fused_as_a_member(setup, tmp_path):
+    cfg, manifest = setup
+    own_cfg = cfg.model_copy(update={"workdir": tmp_path / "initiator", "own_model": ModelSource(arch="table4"),
+                                     "own_train": TrainConfig(max_epochs=2, patience=1, refit_on_all=True)})
+    fusion = InitiatorFusion(own_cfg, manifest, own_cfg.workdir)
+    assert fusion.own_model_seconds is not None
+    assert fusion.fuser.current is None                  # it waits for the first bought model
+    fusion.add(5, build_model("table4", 0), [0, 1, 2, 3, 4])
+    first = fusion.fit()
+    assert first["members"] == [5] and first["test_accuracy"] is not None
+    m = read_manifest(fusion.path.read_bytes())
+    assert [(e.key, e.labels) for e in m.members] == [(OWN_MEMBER_KEY, list(range(10))), ("model-5", [0, 1, 2, 3, 4])]
+
+    # `coopml export` takes it like any member: the ONNX graph predicts what the file does
+    from typer.testing import CliRunner
+
+    from coopml.cli.main import app
+    from coopml.roles.export import load_onnx_metamodel
+    r = CliRunner().invoke(app, ["export", "--metamodel", str(fusion.path), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    sess, spec = load_onnx_metamodel(tmp_path / "out" / "metamodel.onnx")
+    x = torch.rand(16, *spec.shape)
+    want = load_metamodel(fusion.path).predict(x).numpy()
+    assert (sess.run(["scores"], {"input": x.numpy()})[0].argmax(1) == want).all()
+
+    # a restart resumes with it: not trained again, nothing to refit
+    again = InitiatorFusion(own_cfg, manifest, own_cfg.workdir)
+    assert again.resumed_from == str(fusion.path) and again.own_model_seconds is None
+    assert "fit_seconds" not in again.fit()
+
+    with pytest.raises(ValidationError, match="own_model must be a registered `arch`"):
+        InitiatorConfig.model_validate({**own_cfg.model_dump(), "own_model": {"onnx": str(tmp_path / "m.onnx")}})

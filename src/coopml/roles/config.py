@@ -67,7 +67,7 @@ class NodeConfig(BaseModel):
 
 
 class ModelSource(BaseModel):
-    """The contributor's model, without editing coopml: exactly one of arch / factory / onnx."""
+    """A model, without editing coopml (a contributor's, or the initiator's own): exactly one of arch / factory / onnx."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -100,7 +100,22 @@ class InitiatorConfig(NodeConfig):
     fusion_augment: int = Field(4, ge=0, description="augmented copies of the initiator's images for fusion "
                                 "(image tasks only)")
     close_when_models: int | None = Field(None, ge=1, description="close the task once this many models are settled")
+    own_model: ModelSource | None = Field(None, description="a model of the initiator's own (a registered `arch`), "
+                                          "trained on its data and fused as one more all-label member, so the "
+                                          "MetaModel is never built without what the initiator could do alone "
+                                          "(docs/fusion.md, Case Study II)")
+    own_train: TrainConfig = Field(TrainConfig(max_epochs=30, patience=5, refit_on_all=True),
+                                   description="how `own_model` is trained: early-stopped on the fusion's validation "
+                                   "split, then (refit_on_all) refit on all the initiator's data")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _own_model_trainable(self) -> InitiatorConfig:
+        # a registered arch: the MetaModel file stores torch members by architecture name, never code
+        if self.own_model is not None and self.own_model.arch is None:
+            raise ValueError("own_model must be a registered `arch` (trained here, stored by name in the MetaModel "
+                             "file); a factory or ONNX model is not supported there")
+        return self
 
 
 class ContributorConfig(NodeConfig):

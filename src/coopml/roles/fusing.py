@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from coopml.data import Dataset
 from coopml.errors import ModelFileError
 from coopml.fusion import (
     FusionConfig,
@@ -31,9 +32,9 @@ from coopml.fusion import (
     load_metamodel,
     save_metamodel,
 )
-from coopml.models import FeatureModel
+from coopml.models import FeatureModel, train_model
 from coopml.roles.datasets import split
-from coopml.roles.models import load_delivered
+from coopml.roles.models import build_trainable, load_delivered
 from coopml.storage import Store
 from coopml.task import TaskManifest
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from coopml.roles.task import TaskView
 
 METAMODEL_FILE = "metamodel.safetensors"
+OWN_MEMBER_KEY = "initiator"     # the initiator's own model inside the MetaModel file (InitiatorConfig.own_model)
 
 
 def member_key(model_id: int) -> str:
@@ -86,7 +88,26 @@ class InitiatorFusion:
         self._queued: set[int] = set()
         self._ids: dict[int, int] = {}          # id(member) -> on-chain model id
         self._test_features: dict[int, torch.Tensor] = {}   # id(member) -> its features on the test set
+        self.own_model_seconds: float | None = None
         self._resume()
+        self._add_own_model(cfg, train, val)
+
+    def _add_own_model(self, cfg: InitiatorConfig, train: Dataset, val: Dataset) -> None:
+        """Train the initiator's own model (`InitiatorConfig.own_model`) on the fusion's split and
+        queue it as an all-label member under OWN_MEMBER_KEY: it joins the first refit. Not trained
+        again when the resumed MetaModel already holds it (its weights are in that file)."""
+        if cfg.own_model is None:
+            return
+        cur = self.fuser.current
+        if cur is not None and OWN_MEMBER_KEY in (cur.member_keys or []):
+            return
+        t0 = time.perf_counter()
+        model = build_trainable(cfg.own_model, self.spec)
+        train_model(model, train, val, cfg.own_train)
+        labels = list(range(self.spec.num_classes))
+        member: object = TorchMember(model, labels, self.spec) if isinstance(model, FeatureModel) else model
+        self.fuser.add(member, labels, key=OWN_MEMBER_KEY)
+        self.own_model_seconds = time.perf_counter() - t0
 
     def _resume(self) -> None:
         """Continue from the MetaModel file of this task, if there is a usable one."""
