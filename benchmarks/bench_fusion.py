@@ -17,6 +17,9 @@ patience=8)` per arrival; minutes).
 contributors' training and the fusion seed; seed 0 is the single run above) and ends with each
 preset's test accuracy as mean +- sd over the seeds for the 1-, 2- and 3-member MetaModels and the
 three-at-once fit, with the mean seconds. `--member-cache DIR` keeps the trained contributors.
+`--own-model table1-c1 [--own-no-augment] [--own-no-refit]` adds the initiator's own model
+(`InitiatorConfig.own_model`, trained on the initiator's split as `default_own_train` says:
+augmented, refit on all) as a member from the first refit.
 
 Timings depend on the machine's load: the load average is printed with the figures.
 """
@@ -41,6 +44,7 @@ from coopml.fusion import (
     fuse,
 )
 from coopml.models import TrainConfig, build_model, evaluate, train_model
+from coopml.roles.config import default_own_train
 from coopml.roles.datasets import split
 from coopml.sim.slots import node_data
 
@@ -87,6 +91,12 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="data shards + contributors + fusion seed per run; a summary over them at the end")
     ap.add_argument("--member-cache", type=Path, default=None, help="directory keeping the trained contributors")
+    ap.add_argument("--own-model", default=None, metavar="ARCH",
+                    help="the initiator's own model (InitiatorConfig.own_model), trained with its default "
+                         "own_train and fused as a member from the first refit on")
+    ap.add_argument("--own-no-augment", action="store_true", help="train the own model without augmented images")
+    ap.add_argument("--own-no-refit", action="store_true",
+                    help="no refit of the own model on the validation split (which the fusion early-stops on)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     test = load_dataset("mnist", "test")
@@ -98,11 +108,23 @@ def main() -> None:
         members = demo_members(seed, args.member_cache)
         train, val = initiator_data(seed)
         print(f"\n=== seed {seed}: 3 Table IV contributors ready in {time.perf_counter() - t0:.0f} s")
+        own: list[TorchMember] = []
+        if args.own_model:
+            t0 = time.perf_counter()
+            model = build_model(args.own_model, seed + 99)
+            own_train = default_own_train(is_image=not args.own_no_augment, seed=seed).model_copy(
+                update={"refit_on_all": not args.own_no_refit})
+            train_model(model, train, val, own_train)
+            own.append(TorchMember(model, tuple(range(10))))
+            print(f"the initiator's own {args.own_model} ({own_train}): {time.perf_counter() - t0:.0f} s, "
+                  f"alone {100 * evaluate(model, test):.2f} % on the test set")
         for name in args.presets:
             preset, _, overrides = name.partition(":")
             extra = json.loads(overrides) if overrides else {}
             cfg = getattr(FusionConfig, preset)(**({"seed": seed} if seed else {}), **extra)
             fuser = IncrementalFuser(train, val, "II", cfg)
+            for m in own:
+                fuser.add(m, key="initiator")
             total = cpu = 0.0
             row: list[float] = []
             vals: list[float] = []
@@ -124,7 +146,7 @@ def main() -> None:
             print(f"  all three refits: {total:.1f} s wall, {cpu:.1f} s CPU")
             worker = FusionWorker(IncrementalFuser(train, val, "II", cfg))
             t1 = time.perf_counter()
-            for m in members:
+            for m in [*own, *members]:
                 worker.submit(m)
             meta = worker.wait()
             worker.close()

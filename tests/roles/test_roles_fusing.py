@@ -192,5 +192,9 @@ def test_the_initiators_own_model_is_trained_once_and_fused_as_a_member(setup, t
     assert again.resumed_from == str(fusion.path) and again.own_model_seconds is None
     assert "fit_seconds" not in again.fit()
 
+    # the default recipe: augmented images only where the inputs are images, refit on all
+    default = cfg.model_copy(update={"own_model": ModelSource(arch="table4")})
+    assert default.own_train_config(is_image=True).augment and default.own_train_config(is_image=True).refit_on_all
+    assert not default.own_train_config(is_image=False).augment
     with pytest.raises(ValidationError, match="own_model must be a registered `arch`"):
         InitiatorConfig.model_validate({**own_cfg.model_dump(), "own_model": {"onnx": str(tmp_path / "m.onnx")}})

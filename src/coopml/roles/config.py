@@ -87,6 +87,14 @@ class ModelSource(BaseModel):
         return self
 
 
+def default_own_train(is_image: bool, seed: int = 0) -> TrainConfig:
+    """How the initiator's own model is trained unless its config says otherwise: Case Study II's
+    recipe (chosen on a holdout, docs/fusion.md) at the live preset's budget -- early-stopped on
+    the fusion's validation split, augmented images where the inputs are images, then refit on
+    all the initiator's data."""
+    return TrainConfig(max_epochs=30, patience=5, augment=is_image, refit_on_all=True, seed=seed)
+
+
 class InitiatorConfig(NodeConfig):
     manifest: str = Field(description="task manifest: a JSON file path or a built-in name (`coopml manifests`)")
     data: DatasetRef = Field(description="the initiator's own labelled data: trains the MetaModel's fusion head")
@@ -104,10 +112,15 @@ class InitiatorConfig(NodeConfig):
                                           "trained on its data and fused as one more all-label member, so the "
                                           "MetaModel is never built without what the initiator could do alone "
                                           "(docs/fusion.md, Case Study II)")
-    own_train: TrainConfig = Field(TrainConfig(max_epochs=30, patience=5, refit_on_all=True),
-                                   description="how `own_model` is trained: early-stopped on the fusion's validation "
-                                   "split, then (refit_on_all) refit on all the initiator's data")
+    own_train: TrainConfig | None = Field(None, description="how `own_model` is trained; default: up to 30 "
+                                          "epochs early-stopped (patience 5) on the fusion's validation split, "
+                                          "augmented images on image tasks, then refit on all the initiator's data "
+                                          "(`own_train_config`; Case Study II's recipe)")
     seed: int = 0
+
+    def own_train_config(self, is_image: bool) -> TrainConfig:
+        """`own_train`, or the default recipe (`default_own_train`)."""
+        return self.own_train if self.own_train is not None else default_own_train(is_image, self.seed)
 
     @model_validator(mode="after")
     def _own_model_trainable(self) -> InitiatorConfig:

@@ -103,7 +103,7 @@ class InitiatorFusion:
             return
         t0 = time.perf_counter()
         model = build_trainable(cfg.own_model, self.spec)
-        train_model(model, train, val, cfg.own_train)
+        train_model(model, train, val, cfg.own_train_config(self.spec.is_image))
         labels = list(range(self.spec.num_classes))
         member: object = TorchMember(model, labels, self.spec) if isinstance(model, FeatureModel) else model
         self.fuser.add(member, labels, key=OWN_MEMBER_KEY)
