@@ -33,3 +33,10 @@ def test_contributors_entry_point_runs_real_training():
                        capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
     assert "contributor3" in r.stdout and "table1-c3" in r.stdout
+
+
+def test_demo_refuses_an_unknown_own_model_before_starting_anything(tmp_path):
+    r = runner.invoke(app, ["demo", "--own-model", "no-such-arch", "--out", str(tmp_path / "demo")])
+    text = " ".join(r.output.replace("│", " ").split())          # the error panel wraps its lines
+    assert r.exit_code == 2 and "'no-such-arch' is not a registered architecture" in text, r.output
+    assert not (tmp_path / "demo").exists()

@@ -167,6 +167,9 @@ def demo(
     verification: str = typer.Option("ckks", help="verification mode: ckks (confidential, the default), "
                                      "plaintext (trusts the verifiers) or ivhe-insecure (the paper's IVHE flow, "
                                      "NOT confidential: docs/threat-model.md)"),
+    own_model: str | None = typer.Option(None, "--own-model", metavar="ARCH",
+                                         help="the initiator also trains this registered architecture on its data "
+                                         "and fuses it as a member (e.g. table1-c1; docs/fusion.md)"),
 ) -> None:
     """The main job: 1 initiator, 3 contributors, 3 verifiers as separate processes, real MNIST, full lifecycle."""
     from coopml.sim.launcher import warm_up
@@ -183,6 +186,12 @@ def demo(
         raise typer.BadParameter(f"{verification!r} is not one of {', '.join(modes)}", param_hint="--verification")
     plan = table3_plan(reduced=reduced)
     plan.seed = seed
+    if own_model is not None:
+        from coopml.models import ARCHITECTURES
+        if own_model not in ARCHITECTURES:
+            raise typer.BadParameter(f"{own_model!r} is not a registered architecture (`coopml archs`)",
+                                     param_hint="--own-model")
+        plan.initiator.own_model = own_model
     plan.overrides["verification"] = {**plan.overrides.get("verification", {}), "mode": verification}
     work = out / "nodes"
     if work.exists():

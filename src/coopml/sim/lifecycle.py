@@ -80,6 +80,7 @@ class InitiatorPlan(BaseModel):
     fusion_epochs: int = 30      # FusionConfig.live: warm-started refits get half
     fusion_augment: int = 4
     n_test: int | None = None    # MNIST test images to report the MetaModel on (None: all)
+    own_model: str | None = None  # InitiatorConfig.own_model: a registered arch fused as the initiator's own member
 
 
 class LifecyclePlan(BaseModel):
@@ -208,7 +209,8 @@ def prepare(plan: LifecyclePlan, workdir: Path, chain: Chain, coop: TaskClient, 
         "test_data": slots.write_npz(test, data_dir / "test.npz").model_dump(mode="json"),
         "audit_data": slots.write_npz(audit, data_dir / "audit.npz").model_dump(mode="json"),
         "n_audit": ini.n_audit, "fusion_epochs": ini.fusion_epochs, "fusion_augment": ini.fusion_augment,
-        "close_when_models": nc, "seed": plan.seed})
+        "close_when_models": nc, "seed": plan.seed,
+        **({"own_model": {"arch": ini.own_model}} if ini.own_model else {})})
     for j, v in enumerate(plan.verifiers):
         data = slots.node_data(plan.dataset, 1 + nc + j, total, None, v.n_verify, plan.seed)
         node(f"verifier{j + 1}", v.agent, {"data": slots.write_npz(data, data_dir / f"verifier{j + 1}.npz")
