@@ -171,7 +171,7 @@ def test_the_initiators_own_model_is_trained_once_and_fused_as_a_member(setup, t
     assert fusion.fuser.current is None                  # it waits for the first bought model
     fusion.add(5, build_model("table4", 0), [0, 1, 2, 3, 4])
     first = fusion.fit()
-    assert first["members"] == [5] and first["test_accuracy"] is not None
+    assert first["members"] == [5] and first["own_model"] is True and first["test_accuracy"] is not None
     m = read_manifest(fusion.path.read_bytes())
     assert [(e.key, e.labels) for e in m.members] == [(OWN_MEMBER_KEY, list(range(10))), ("model-5", [0, 1, 2, 3, 4])]
 

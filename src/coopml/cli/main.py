@@ -215,7 +215,8 @@ def demo(
     console.print(pay)
     for h in result.fusion_history:
         if h.get("test_accuracy") is not None:
-            console.print(f"MetaModel with {len(h['members'])} model(s): {h['test_accuracy']:.2%} on the test set")
+            own = " and the initiator's own" if h.get("own_model") else ""
+            console.print(f"MetaModel with {len(h['members'])} model(s){own}: {h['test_accuracy']:.2%} on the test set")
     report = write_report(result, out)
     console.print(f"finished in {result.elapsed:.0f} s; report in {report}/report.md")
 

@@ -168,8 +168,9 @@ class InitiatorFusion:
         fused = self.fused_ids()
         self._queued -= fused
         acc = self._test_accuracy(meta) if meta is not None and self.test is not None else None
-        out.update(members=sorted(fused), test_accuracy=acc, path=str(self.path) if meta is not None else None,
-                   seconds=round(time.perf_counter() - t0, 3))
+        own = meta is not None and OWN_MEMBER_KEY in (meta.member_keys or [])
+        out.update(members=sorted(fused), own_model=own, test_accuracy=acc,
+                   path=str(self.path) if meta is not None else None, seconds=round(time.perf_counter() - t0, 3))
         return out
 
 

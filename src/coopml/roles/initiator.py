@@ -534,8 +534,9 @@ class Initiator(Agent):
                              reason=f"left out of the MetaModel: {why}"[:400])
             self.log(LogEvent.FUSED, models=len(result["members"]), test_accuracy=result.get("test_accuracy"),
                      seconds=result.get("seconds"), warm_start=result.get("warm_start"),
-                     human=f"MetaModel of {len(result['members'])} model(s) at {self.workdir / METAMODEL_FILE} "
-                           f"({result.get('seconds', 0):.1f} s)")
+                     human=f"MetaModel of {len(result['members'])} model(s)"
+                           + (" and the initiator's own" if result.get("own_model") else "")
+                           + f" at {self.workdir / METAMODEL_FILE} ({result.get('seconds', 0):.1f} s)")
             return True
         pending = [b for b in self.state.facts("bought", Bought).values() if not b.fused]
         if self.jobs.running("fuse"):
