@@ -46,6 +46,7 @@ def test_incremental_refits_resume_and_task_check(setup):
     fusion.add(5, build_model("table4", 0), [0, 1, 2, 3, 4])
     first = fusion.fit()
     assert first["members"] == [5] and first["warm_start"] is False and first["test_accuracy"] is not None
+    assert fusion.path.stat().st_mode & 0o777 == 0o600        # bought models' plaintext weights: owner only
     fusion.add(7, build_model("table4", 1), [5, 6, 7, 8, 9])
     fusion.add(9, NaNMember(), [0, 1])                  # type: ignore[arg-type]
     second = fusion.fit()

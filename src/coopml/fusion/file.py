@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,14 +123,19 @@ def metamodel_to_bytes(meta: MetaModel, member_keys: Sequence[str] | None = None
     return st_save(tensors, metadata={MANIFEST_KEY: text, DIGEST_KEY: _digest(text, tensors)})
 
 
-def save_metamodel(meta: MetaModel, path: str | Path, member_keys: Sequence[str] | None = None) -> Path:
+def save_metamodel(meta: MetaModel, path: str | Path, member_keys: Sequence[str] | None = None,
+                   mode: int = 0o600) -> Path:
     """Write the MetaModel file atomically (a crash leaves the previous file or the new one).
-    Members are stored under `member_keys`, else `meta.member_keys`, else m0, m1, ..."""
+    Members are stored under `member_keys`, else `meta.member_keys`, else m0, m1, ... The file
+    holds every member's plaintext weights (models someone paid for): owner-only by default."""
     path = Path(path)
     data = metamodel_to_bytes(meta, member_keys)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     tmp.replace(path)
     return path
 
