@@ -199,3 +199,5 @@ def test_the_initiators_own_model_is_trained_once_and_fused_as_a_member(setup, t
     assert not default.own_train_config(is_image=False).augment
     with pytest.raises(ValidationError, match="own_model must be a registered `arch`"):
         InitiatorConfig.model_validate({**own_cfg.model_dump(), "own_model": {"onnx": str(tmp_path / "m.onnx")}})
+    with pytest.raises(ValidationError, match="'no-such-arch' is not a registered architecture"):
+        InitiatorConfig.model_validate({**own_cfg.model_dump(), "own_model": {"arch": "no-such-arch"}})

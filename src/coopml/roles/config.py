@@ -23,7 +23,7 @@ from pydantic import (
 from coopml.chain.accounts import PASSWORD_ENV
 from coopml.data import DatasetRef
 from coopml.errors import CoopmlError
-from coopml.models import TrainConfig
+from coopml.models import ARCHITECTURES, TrainConfig
 from coopml.roles.task import SpendingLimits
 
 
@@ -128,6 +128,9 @@ class InitiatorConfig(NodeConfig):
         if self.own_model is not None and self.own_model.arch is None:
             raise ValueError("own_model must be a registered `arch` (trained here, stored by name in the MetaModel "
                              "file); a factory or ONNX model is not supported there")
+        # checked here, not when the fusion job first builds it (a bad name would only fail there, again and again)
+        if self.own_model is not None and self.own_model.arch not in ARCHITECTURES:
+            raise ValueError(f"own_model: {self.own_model.arch!r} is not a registered architecture (`coopml archs`)")
         return self
 
 
