@@ -28,8 +28,8 @@ import torch
 
 from coopml.data import TABLE_III, load_dataset, make_shards
 from coopml.fusion import FeatureCache, FusionConfig, MetaModel, TorchMember
-from coopml.models import TrainConfig, build_model, evaluate, train_model
-from coopml.sim.case_studies import INITIATOR, CaseStudyConfig, train_contributor
+from coopml.models import evaluate
+from coopml.sim.case_studies import INITIATOR, CaseStudyConfig, initiator_model, train_contributor
 
 VARIANTS = ("own_alone", "tuned_own", "tuned_ownall", "tuned", "spatial_own", "spatial")
 OWN_ARCH = "table1-c1"
@@ -63,15 +63,10 @@ def main() -> None:
         if not any(v.endswith("ownall" if refit else "own") or (v == "own_alone" and not refit) for v in args.variants):
             continue
         t0 = time.perf_counter()
-        own = build_model(OWN_ARCH, args.seed + 99)
-        res = train_model(own, init.train, val, TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
-                                                            patience=2 * cfg.contributor_patience, augment=True,
-                                                            refit_on_all=refit, seed=args.seed + 99))
-        own.eval()
+        own = initiator_model(OWN_ARCH, init.train, val, cfg, tuned=True, refit=refit)
         own_members[refit] = TorchMember(own, tuple(range(10)))
         show(kind="own", variant="own_alone_refit" if refit else "own_alone", test=round(evaluate(own, test), 4),
-             val=round(res.best_val_accuracy, 4), holdout=None if hold is None else round(evaluate(own, hold), 4),
-             epochs=res.epochs, seconds=round(time.perf_counter() - t0))
+             holdout=None if hold is None else round(evaluate(own, hold), 4), seconds=round(time.perf_counter() - t0))
     for variant in args.variants:
         if variant == "own_alone":
             continue

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from coopml.data import load_dataset
 from coopml.data.augment import random_affine
 from coopml.fusion import FusionConfig, MetaModel, fuse
-from coopml.models import TrainConfig, build_model, evaluate, train_model
-from coopml.sim.case_studies import CaseStudyConfig, skewed_shards, train_contributor
+from coopml.models import evaluate
+from coopml.sim.case_studies import CaseStudyConfig, initiator_model, skewed_shards, train_contributor
 from coopml.sim.fedavg import run_fedavg
 
 VARIANTS = {
@@ -112,7 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    cfg = CaseStudyConfig.full()
+    cfg = CaseStudyConfig.full().model_copy(update={"seed": args.seed})   # seeds the initiator's own CNN
     show = lambda **kw: print(json.dumps({"seed": args.seed, **kw}), flush=True)
     test, pool = load_dataset("mnist", "test"), load_dataset("mnist", "train")
     names = ["verifiers", "contributor1", "contributor2", "contributor3"]
@@ -132,12 +132,7 @@ def main() -> None:
         t0 = time.perf_counter()
         fused, fused_labels = list(members), list(labels)
         if variant in ("own", "ownall"):
-            own = build_model(cfg.fedavg_arch, args.seed + 99)
-            train_model(own, init.train, val, TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
-                                                          patience=2 * cfg.contributor_patience, augment=True,
-                                                          refit_on_all=variant == "ownall", seed=args.seed + 99))
-            own.eval()
-            fused.append(own)
+            fused.append(initiator_model(cfg.fedavg_arch, init.train, val, cfg, tuned=True, refit=variant == "ownall"))
             fused_labels.append(tuple(range(10)))
         if variant == "finetune":
             fused = [copy.deepcopy(m) for m in fused]

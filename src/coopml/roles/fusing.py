@@ -52,6 +52,11 @@ def member_key(model_id: int) -> str:
     return f"model-{model_id}"
 
 
+def holds_own_model(meta: MetaModel | None) -> bool:
+    """Whether a MetaModel already fuses the initiator's own model (OWN_MEMBER_KEY)."""
+    return meta is not None and OWN_MEMBER_KEY in (meta.member_keys or [])
+
+
 def model_id_of(key: str) -> int | None:
     prefix, _, rest = key.partition("-")
     return int(rest) if prefix == "model" and rest.isdigit() else None
@@ -98,8 +103,7 @@ class InitiatorFusion:
         again when the resumed MetaModel already holds it (its weights are in that file)."""
         if cfg.own_model is None:
             return
-        cur = self.fuser.current
-        if cur is not None and OWN_MEMBER_KEY in (cur.member_keys or []):
+        if holds_own_model(self.fuser.current):
             return
         t0 = time.perf_counter()
         model = build_trainable(cfg.own_model, self.spec)
@@ -168,8 +172,7 @@ class InitiatorFusion:
         fused = self.fused_ids()
         self._queued -= fused
         acc = self._test_accuracy(meta) if meta is not None and self.test is not None else None
-        own = meta is not None and OWN_MEMBER_KEY in (meta.member_keys or [])
-        out.update(members=sorted(fused), own_model=own, test_accuracy=acc,
+        out.update(members=sorted(fused), own_model=holds_own_model(meta), test_accuracy=acc,
                    path=str(self.path) if meta is not None else None, seconds=round(time.perf_counter() - t0, 3))
         return out
 

@@ -199,21 +199,23 @@ def train_contributor(name: str, arch: str, shard: LabelShard, cfg: CaseStudyCon
     return model, row
 
 
-def _initiator_model(arch: str, shard: LabelShard, cfg: CaseStudyConfig, tuned: bool) -> FeatureModel:
-    """The initiator training a model on its own shard: like a contributor, or 'tuned' with the
-    same two tricks the fusion preset gets (augmented images, final refit on train + verification)."""
+def initiator_model(arch: str, train: Dataset, val: Dataset, cfg: CaseStudyConfig, tuned: bool,
+                    refit: bool | None = None) -> FeatureModel:
+    """The initiator training a model on its own images: like a contributor, or 'tuned' with the
+    same two tricks the fusion preset gets (augmented images, final refit on train + `val`;
+    `refit=False` keeps `val` unseen, as the fusion ablations need)."""
     model = build_model(arch, cfg.seed + 99)
-    train_model(model, shard.train, shard.verify,
+    train_model(model, train, val,
                 TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
                             patience=2 * cfg.contributor_patience if tuned else cfg.contributor_patience,
-                            augment=tuned, refit_on_all=tuned, seed=cfg.seed + 99))
+                            augment=tuned, refit_on_all=tuned if refit is None else refit, seed=cfg.seed + 99))
     return model
 
 
 def _initiator_only(arch: str, shard: LabelShard, cfg: CaseStudyConfig, test: Dataset) -> tuple[float, float]:
     """The initiator training the same kind of model alone, plain and tuned, so that cooperation
     is measured against a fair stand-alone effort."""
-    plain, tuned = (evaluate(_initiator_model(arch, shard, cfg, t), test) for t in (False, True))
+    plain, tuned = (evaluate(initiator_model(arch, shard.train, shard.verify, cfg, t), test) for t in (False, True))
     return plain, tuned
 
 
@@ -279,7 +281,7 @@ def _label_subset_study(cfg: CaseStudyConfig, specs: Sequence[ShardSpec], init_n
     own_alone = None
     if initiator_member is not None:
         arch, own_fusion = initiator_member
-        own = _initiator_model(arch, init, cfg, tuned=True)
+        own = initiator_model(arch, init.train, init.verify, cfg, tuned=True)
         own_alone = evaluate(own, test)
         fused |= _fusion_curve(models, labels, init, own_fusion, test, ["II"],
                                always=[TorchMember(own, tuple(range(init.train.num_classes)))],
