@@ -1,6 +1,7 @@
 """Case Study III, diverse scenario: can a different fusion head close the gap to FedAvg?
 
     .venv/bin/python benchmarks/ablation_cs3_fusion.py --seed 0 [--holdout] [--variants tuned ens3]
+        [--members plain|tuned] [--fedavg plain augment all augment-all]
 
 Per seed: the scenario's shards (`skewed_shards`, full size), the three contributors trained as in
 `run_case_study_3`, then one MetaModel (strategy II, float32 members) per fusion variant, and
@@ -16,6 +17,12 @@ training images with augmentation, as a fourth member), `ownall` (the same, the 
 the initiator's images after early stopping, as Case Study II's preset does), `finetune` (`tuned`
 without the final refit, then the members' bodies trained end to end under the fitted head on the
 initiator's augmented training images at lr 3e-5, early-stopped on the validation images). One torch thread; ~10 min per seed.
+
+`--members tuned`: every contributor trains with the initiator's tuned recipe on its own data
+(augmented images, twice the patience, a final refit on both its halves) -- a contributor's own
+choice, so FedAvg's clients are offered the same: `--fedavg augment` distorts their images too,
+`all` trains them on both halves of their shard (FedAvg has no early stopping, so the paper's
+clients leave the verification half unused), `augment-all` both. Each listed FedAvg runs.
 """
 
 from __future__ import annotations
@@ -108,7 +115,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--holdout", action="store_true", help="keep half the initiator's verification images out")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    ap.add_argument("--no-fedavg", action="store_true")
+    ap.add_argument("--members", choices=["plain", "tuned"], default="plain",
+                    help="contributors' recipe: the case study's, or augmented + refit on both halves")
+    ap.add_argument("--fedavg", nargs="*", choices=["plain", "augment", "all", "augment-all"], default=["plain"],
+                    help="FedAvg runs: clients' recipe (none: skip FedAvg)")
+    ap.add_argument("--no-fedavg", action="store_true", help="same as --fedavg with nothing after it")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -123,11 +134,12 @@ def main() -> None:
         val, hold = init.verify.subset(np.arange(500)), init.verify.subset(np.arange(500, 1000))
     members, labels = [], []
     for i, name in enumerate(names[1:]):
-        model, row = train_contributor(name, cfg.fedavg_arch, shards[name], cfg, args.seed + i, test)
+        model, row = train_contributor(name, cfg.fedavg_arch, shards[name], cfg, args.seed + i, test,
+                                       tuned=args.members == "tuned")
         model.eval()
         members.append(model)
         labels.append(shards[name].spec.labels)
-        show(kind="member", name=name, test=round(row.test_all_accuracy, 4))
+        show(kind="member", name=name, recipe=args.members, epochs=row.epochs, test=round(row.test_all_accuracy, 4))
     for variant in args.variants:
         t0 = time.perf_counter()
         fused, fused_labels = list(members), list(labels)
@@ -145,11 +157,14 @@ def main() -> None:
         show(kind="fusion", variant=variant, test=round(evaluate(meta, test), 4),
              holdout=None if hold is None else round(evaluate(meta, hold), 4),
              seconds=round(time.perf_counter() - t0))
-    if not args.no_fedavg:
-        _, fed = run_fedavg(cfg.fedavg_arch, [shards[n].train for n in names], cfg.fedavg_rounds,
-                            cfg.fedavg_local_epochs, test, lr=cfg.contributor_lr, seed=args.seed)
-        show(kind="fedavg", test=round(fed.accuracy, 4), rounds=[round(a, 4) for a in fed.round_accuracy])
-
+    for recipe in [] if args.no_fedavg else args.fedavg:
+        t0 = time.perf_counter()
+        both = recipe in ("all", "augment-all")
+        clients = [shards[n].train.concat(shards[n].verify) if both else shards[n].train for n in names]
+        _, fed = run_fedavg(cfg.fedavg_arch, clients, cfg.fedavg_rounds, cfg.fedavg_local_epochs, test,
+                            lr=cfg.contributor_lr, seed=args.seed, augment=recipe.startswith("augment"))
+        show(kind="fedavg", recipe=recipe, test=round(fed.accuracy, 4), rounds=[round(a, 4) for a in fed.round_accuracy],
+             seconds=round(time.perf_counter() - t0))
 
 if __name__ == "__main__":
     main()

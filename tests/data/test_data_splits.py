@@ -63,3 +63,13 @@ def test_errors(mnist_train):
         make_shards(mnist_train, [ShardSpec("a", (11,), 5, 5)])
     with pytest.raises(DataError, match="has only"):
         make_shards(mnist_train, [ShardSpec("a", (1,), 7000, 5)])
+
+
+def test_concat_keeps_order_and_refuses_other_kinds(mnist_train):
+    a, b = mnist_train.subset(np.arange(5)), mnist_train.subset(np.arange(5, 12))
+    both = a.concat(b)
+    assert len(both) == 12 and np.array_equal(both.labels, mnist_train.labels[:12])
+    assert np.array_equal(both.images, mnist_train.images[:12]) and both.spec == a.spec
+    from coopml.data.fading import generate
+    with pytest.raises(DataError, match="different input specs"):
+        a.concat(generate(4, seed=0))

@@ -63,6 +63,7 @@ def test_case_study_3_sanity(reduced):
     results = reduced[0]
     cs, cfg = results.cs3, results.config
     assert [s.name for s in cs.scenarios] == ["diverse non-identical", "partial labels (Table II)"]
+    assert cs.recipe == cfg.cs3_recipe
     for s in cs.scenarios:
         assert s.fedavg_bytes == cfg.fedavg_rounds * 4 * 2 * cs.model_bytes
         assert sum(p.sent + p.received for p in s.fedavg_parties if p.party != "server") == s.fedavg_bytes
@@ -114,3 +115,35 @@ def test_cli_entry_point_rejects_missing_out(capsys):
     with pytest.raises(SystemExit):
         main([])
     assert "--out" in capsys.readouterr().err
+
+
+def test_case_study_3_tuned_recipe_reaches_both_paradigms(monkeypatch):
+    """`cs3_recipe="tuned"` (a tiny real run): every contributor trains augmented, with doubled
+    patience and a refit on both halves, and FedAvg's clients get the same -- augmented images,
+    both halves of their shards -- so neither paradigm gets a trick the other lacks."""
+    from coopml.fusion import FusionConfig
+    from coopml.sim import case_studies as cs
+
+    fed_calls, train_cfgs = [], []
+    real_fedavg, real_train = cs.run_fedavg, cs.train_model
+
+    def spy_fedavg(arch, clients, *args, **kwargs):
+        fed_calls.append(([len(c) for c in clients], kwargs.get("augment")))
+        return real_fedavg(arch, clients, *args, **kwargs)
+
+    def spy_train(model, train, val, tc, **kwargs):
+        train_cfgs.append(tc)
+        return real_train(model, train, val, tc, **kwargs)
+
+    monkeypatch.setattr(cs, "run_fedavg", spy_fedavg)
+    monkeypatch.setattr(cs, "train_model", spy_train)
+    cfg = CaseStudyConfig.reduced().model_copy(update=dict(
+        scale=0.02, test_samples=200, contributor_epochs=2, verify_threshold=0.0, fedavg_rounds=1,
+        fedavg_local_epochs=1, cs3_precisions=["fp32"], transport_precision="fp32",
+        fusion=FusionConfig.tuned(augment_copies=1, max_epochs=2, patience=1), cs3_recipe="tuned"))
+    res = cs.run_case_study_3(cfg)
+    assert res.recipe == "tuned" and len(res.scenarios) == 2
+    assert fed_calls[0] == ([2 * 20] * 4, True)                      # diverse: 20 + 20 images per party
+    assert all(augment for _, augment in fed_calls)
+    assert len(train_cfgs) == 6 and all(tc.augment and tc.refit_on_all and tc.patience == 2 * cfg.contributor_patience
+                                        for tc in train_cfgs)

@@ -73,3 +73,19 @@ def test_fedavg_int8_ships_a_quarter_and_still_learns(mnist_train, mnist_test):
     assert int8.precision == "int8" and int8.bytes_down == int8.bytes_up
     assert 0.2 * fp32.bytes_total < int8.bytes_total < 0.3 * fp32.bytes_total
     assert int8.accuracy > 0.5
+
+
+def test_fedavg_clients_can_augment_like_contributors(mnist_train, mnist_test):
+    """`augment=True` trains every client on distorted images (the recipe a contributor may use,
+    offered to FedAvg's clients for a like-for-like Case Study III): same seeds, other weights,
+    and it still learns."""
+    shards = make_shards(mnist_train, [ShardSpec(f"c{i}", tuple(range(10)), 300, 10) for i in range(2)], seed=3)
+    test = mnist_test.subset(np.arange(1000))
+    clients = [shards["c0"].train, shards["c1"].train]
+    plain, _ = run_fedavg("table4", clients, rounds=1, local_epochs=1, test=test, seed=0)
+    again, _ = run_fedavg("table4", clients, rounds=1, local_epochs=1, test=test, seed=0)
+    aug, res = run_fedavg("table4", clients, rounds=1, local_epochs=1, test=test, seed=0, augment=True)
+    vec = lambda m: parameters_to_vector(m.parameters())
+    assert torch.equal(vec(plain), vec(again))          # deterministic, so the difference is the augmentation
+    assert not torch.allclose(vec(plain), vec(aug), atol=1e-4)
+    assert res.accuracy > 0.3          # chance is 10 %; distorted images learn slower in one epoch (~45 %)

@@ -123,6 +123,13 @@ class Dataset:
     def subset(self, idx: np.ndarray) -> Dataset:
         return Dataset(self.images[idx], self.labels[idx], self.spec)
 
+    def concat(self, other: Dataset) -> Dataset:
+        """This dataset's samples followed by `other`'s (same kind of samples, or DataError)."""
+        if self.spec != other.spec:
+            raise DataError("cannot concatenate datasets of different input specs")
+        return Dataset(np.concatenate([self.images, other.images]), np.concatenate([self.labels, other.labels]),
+                       self.spec)
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.spec is not None:
             return torch.from_numpy(self.spec.apply(self.images)), torch.from_numpy(self.labels)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from coopml.data.augment import random_affine
 from coopml.data.datasets import Dataset
 from coopml.errors import CoopmlError
 from coopml.models import build_model, evaluate
@@ -43,8 +44,10 @@ def fedavg_aggregate(states: Sequence[State], weights: Sequence[float]) -> dict[
 
 
 def local_train(model: FeatureModel, data: Dataset, epochs: int, lr: float = 1e-3, batch_size: int = 50,
-                seed: int = 0) -> None:
-    """Plain local epochs (no early stopping: FedAvg clients run a fixed budget)."""
+                seed: int = 0, augment: bool = False) -> None:
+    """Plain local epochs (no early stopping: FedAvg clients run a fixed budget); `augment` distorts
+    every image every epoch as `TrainConfig(augment=True)` does, so that FedAvg's clients get the
+    same recipe as contributors who augment."""
     gen = torch.Generator().manual_seed(seed)
     x, y = data.tensors()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -53,7 +56,8 @@ def local_train(model: FeatureModel, data: Dataset, epochs: int, lr: float = 1e-
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
             idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            xb = random_affine(x[idx], gen) if augment else x[idx]
+            loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -75,7 +79,7 @@ class FedAvgResult:
 
 def run_fedavg(arch: str, clients: Sequence[Dataset], rounds: int, local_epochs: int, test: Dataset,
                lr: float = 1e-3, batch_size: int = 50, seed: int = 0, precision: Precision = "fp32",
-               ) -> tuple[FeatureModel, FedAvgResult]:
+               augment: bool = False) -> tuple[FeatureModel, FedAvgResult]:
     """Run FedAvg from one shared random initialisation; return the global model and the tally."""
     global_model = build_model(arch, seed)
     weights = [float(len(c)) for c in clients]
@@ -89,7 +93,7 @@ def run_fedavg(arch: str, clients: Sequence[Dataset], rounds: int, local_epochs:
             result.bytes_down += size
             local = build_model(arch)
             local.load_state_dict(global_state)
-            local_train(local, data, local_epochs, lr, batch_size, seed=seed * 1000 + r * 10 + k)
+            local_train(local, data, local_epochs, lr, batch_size, seed=seed * 1000 + r * 10 + k, augment=augment)
             up = encode_state(local.state_dict(), precision)
             result.bytes_up += state_bytes(up)
             states.append(decode_state(up))          # what the server receives

@@ -253,9 +253,12 @@ def write_report(out_dir: str | Path, results: CaseStudiesResult) -> Path:
         f"({results.cs2.seconds:.0f} s)", "",
         "## Case Study III (our paradigm vs FedAvg)", "",
         "![fedavg](fig12.png)", "",
-        (f"FedAvg: 4 clients (the three contributors' and the initiator's train shards), {cfg.fedavg_rounds} rounds "
-        f"x {cfg.fedavg_local_epochs} local epochs, all clients every round, weights averaged by sample count. "
-        f"Ours: three contributors train once (up to {cfg.contributor_epochs} epochs), one verifier accepts a model "
+        (f"FedAvg: 4 clients (the three contributors' and the initiator's "
+        f"{'shards, both halves, augmented images' if cfg.cs3_recipe == 'tuned' else 'train shards'}), "
+        f"{cfg.fedavg_rounds} rounds x {cfg.fedavg_local_epochs} local epochs, all clients every round, weights "
+        f"averaged by sample count. Ours: three contributors train once (up to {cfg.contributor_epochs} epochs"
+        f"{'; augmented images, refit on both halves of their shard' if cfg.cs3_recipe == 'tuned' else ''}), "
+        "one verifier accepts a model "
         f"at >= {100 * cfg.verify_threshold:.0f} % on its own labels, the initiator fuses accepted models (strategy II). "
         f"Every party uses {cfg.fedavg_arch} ({_mib(results.cs3.model_bytes)} MiB as float32 safetensors)."), "",
         ("Bytes: every network crossing once. FedAvg counts the global model sent to every client and every "
