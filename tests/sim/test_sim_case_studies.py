@@ -137,10 +137,10 @@ def test_case_study_3_tuned_recipe_reaches_both_paradigms(monkeypatch):
 
     monkeypatch.setattr(cs, "run_fedavg", spy_fedavg)
     monkeypatch.setattr(cs, "train_model", spy_train)
-    cfg = CaseStudyConfig.reduced().model_copy(update=dict(
-        scale=0.02, test_samples=200, contributor_epochs=2, verify_threshold=0.0, fedavg_rounds=1,
-        fedavg_local_epochs=1, cs3_precisions=["fp32"], transport_precision="fp32",
-        fusion=FusionConfig.tuned(augment_copies=1, max_epochs=2, patience=1), cs3_recipe="tuned"))
+    cfg = CaseStudyConfig.reduced().model_copy(update={
+        "scale": 0.02, "test_samples": 200, "contributor_epochs": 2, "verify_threshold": 0.0, "fedavg_rounds": 1,
+        "fedavg_local_epochs": 1, "cs3_precisions": ["fp32"], "transport_precision": "fp32",
+        "fusion": FusionConfig.tuned(augment_copies=1, max_epochs=2, patience=1), "cs3_recipe": "tuned"})
     res = cs.run_case_study_3(cfg)
     assert res.recipe == "tuned" and len(res.scenarios) == 2
     assert fed_calls[0] == ([2 * 20] * 4, True)                      # diverse: 20 + 20 images per party

@@ -113,6 +113,7 @@ class Initiator(Agent):
 
     def __init__(self, cfg: InitiatorConfig, *, client: Any, store: Store, state: AgentState,
                  log: EventLog | None = None, **kw: Any) -> None:
+        self._models_this_step: dict[int, Any] | None = None   # records read in the running step; None: no step
         super().__init__(client=client, store=store, state=state, workdir=cfg.workdir, log=log,
                          confirmations=cfg.confirmations, from_block=cfg.from_block, **kw)
         self.cfg = cfg
@@ -247,7 +248,7 @@ class Initiator(Agent):
         or MODEL_RECHECK_S: the buyer follows every model, and its idle rounds re-read every model
         in play (141 of its 155 CPU-s at N = 50, 2,400 JSON-RPC requests a minute). Within a step a
         record may predate this node's own transaction; a step that acted on a model forgets it."""
-        cache: dict[int, Any] | None = getattr(self, "_models_this_step", None)
+        cache = self._models_this_step
         if cache is None:                   # outside a step: always read
             return self.client.model(mid)
         if mid not in cache:
@@ -266,7 +267,7 @@ class Initiator(Agent):
 
     def _head(self) -> tuple[int, int]:
         """(block, chain time), read once per step (was one `eth_getBlock` per model in play)."""
-        if getattr(self, "_models_this_step", None) is None:     # outside a step: always read
+        if self._models_this_step is None:     # outside a step: always read
             return self.chain.head()
         if self._step_head is None:
             self._step_head = self.chain.head()
@@ -278,7 +279,7 @@ class Initiator(Agent):
         return self._head()[1]
 
     def step(self) -> bool:
-        self._models_this_step: dict[int, Any] | None = {}
+        self._models_this_step = {}
         self._step_head = None
         try:
             return self._step()
