@@ -110,10 +110,12 @@ class Bought(Fact):
 
 class Initiator(Agent):
     role = Role.INITIATOR
+    # the records read in the running step (see _model); None outside a step. A class default, so
+    # that an agent built without __init__ (the unit tests' bare agents) is outside a step too
+    _models_this_step: dict[int, Any] | None = None
 
     def __init__(self, cfg: InitiatorConfig, *, client: Any, store: Store, state: AgentState,
                  log: EventLog | None = None, **kw: Any) -> None:
-        self._models_this_step: dict[int, Any] | None = None   # records read in the running step; None: no step
         super().__init__(client=client, store=store, state=state, workdir=cfg.workdir, log=log,
                          confirmations=cfg.confirmations, from_block=cfg.from_block, **kw)
         self.cfg = cfg
