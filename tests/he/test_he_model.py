@@ -23,6 +23,7 @@ from coopml.he import (
     quantize,
     scale_inputs,
 )
+from coopml.he import layered as he_layered
 from coopml.models import TaylorSigmoid, build_model
 
 KEYS = {n: keygen(MODEL_PARAMS, n=n, rng=11) for n in (1, 3, 4, 32)}
@@ -145,6 +146,9 @@ def test_layered_inference_matches_prepared_operator(table4):
     x = scale_inputs(torch.rand(2, 1, 28, 28), 1000)
     a, b = encrypted_infer_layered(enc, x), encrypted_infer(enc, x)
     assert np.array_equal(a.words, b.words)
+    # the tail on int8 byte digits (Table IV's weights fit int8 at p = 2^5) and on float64 limbs
+    assert he_layered._digits_fit(enc.tail.layers[:enc.split])
+    assert np.array_equal(encrypted_infer_layered(enc, x, int8=False).words, a.words)
     assert np.array_equal(decrypt_outputs(sk, enc, a), integer_forward(quantize(table4, 32, 1000), x))
 
 

@@ -1,4 +1,4 @@
-"""Layer-by-layer encrypted inference (verifier side): every layer is one exact float64 GEMM.
+"""Layer-by-layer encrypted inference (verifier side): every layer is one exact GEMM.
 
 The paper's flow (Figs. 5 and 6): the verifier's plaintext inputs meet the encrypted first
 layer, and the resulting ciphertexts go through the following layers one at a time. Here:
@@ -12,7 +12,11 @@ layer, and the resulting ciphertexts go through the following layers one at a ti
   the next layer needs the headroom, and the limb width is re-chosen per layer from the layer's
   row L1 norm (wider limbs -> fewer rows);
 - sum pooling and biases (w * b, a trivial encryption, added to the identity component) are
-  exact additions on limbs.
+  exact additions on limbs;
+- when every later layer's weights fit int8 (Table IV's do at p <= 2^7), those layers run on
+  the activations' bytes instead (`coopml.he.digits`): 16 digits per 128-bit value but int8
+  GEMMs, which this CPU runs ~20x faster than float64 GEMMs of the same narrow shape; same
+  words, 1.3x faster overall on Table IV.
 
 No Python integers and no collapsed operator: the cost is (components x limbs) times the
 plaintext layer's multiply-adds, in float64, plus a few elementwise passes per limb. Results
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coopml.errors import HEError
+from coopml.he import digits as dg
 from coopml.he import limbs as lb
 from coopml.he import ring
 from coopml.he.im2col import conv_nhwc as _conv
@@ -98,22 +103,54 @@ def _next_growth(layers: list[IntLayer], start: int) -> float:
     return growth
 
 
+def _bias_words(bias: np.ndarray, w: int, words: int) -> np.ndarray:
+    """Words (C, W) of the trivial encryption w * b (identity component only)."""
+    return ring.to_words(ring.lift(np.asarray(bias).astype(object) * w, words), words)
+
+
 def _bias_limbs(bias: np.ndarray, w: int, like: lb.Limbs) -> np.ndarray:
     """Limbs (L, C) of the trivial encryption w * b (identity component only)."""
-    words = like.total // 64
-    b_words = ring.to_words(ring.lift(np.asarray(bias).astype(object) * w, words), words)
-    return lb.from_words(b_words, like.bits).data
+    return lb.from_words(_bias_words(bias, w, like.total // 64), like.bits).data
+
+
+def _tail_matrix(layer: IntLayer, hwc: tuple[int, ...]) -> np.ndarray:
+    """The layer's weights as the right operand (K, Cout) of its GEMM: convolutions in the
+    (kh, kw, Cin) row order of the im2col, linear layers after a flatten re-ordered from torch's
+    (C, H, W) to our (H, W, C)."""
+    weight, _ = _weights(layer)
+    if layer.kind == "conv":
+        return _conv_matrix(weight)
+    g = weight.astype(np.float64)
+    if hwc:
+        h_, w_, c_ = hwc
+        g = g.reshape(-1, c_, h_, w_).transpose(0, 2, 3, 1).reshape(g.shape[0], -1)
+    return g.T
+
+
+def _digits_fit(layers: list[IntLayer]) -> bool:
+    """Whether the tail can run on byte digits (coopml.he.digits): linear layers only, every
+    weight within int8."""
+    for layer in layers:
+        if layer.kind in ("conv", "linear"):
+            g = _tail_matrix(layer, ())
+            if not dg.fits(g, g.shape[0]):
+                return False
+        elif layer.kind not in ("sumpool", "flatten"):
+            return False
+    return True
 
 
 def run(k_words: np.ndarray, bias_words: np.ndarray, first: IntLayer, kernel: tuple[int, int],
         input_shape: tuple[int, ...], layers: list[IntLayer], x: np.ndarray, w: int, comps: int,
-        channels: int, extra: int, chunk: int | None = None) -> LayeredOutput:
+        channels: int, extra: int, chunk: int | None = None, int8: bool = True) -> LayeredOutput:
     """Evaluate the encrypted first layer and the linear `layers` after it on plaintext inputs x.
 
     k_words (K, Cout', W): the first layer's Z_Q weights with K in torch's (Cin, kh, kw) order and
     Cout' = comps * channels + extra columns, component-major (element-wise: comps = 1 + k,
     extra = 0; matrix-pair-wise: comps = 1, `extra` = k key channels after the `channels`
-    identity channels); bias_words (Cout', W). x (N, *input_shape) plaintext integers."""
+    identity channels); bias_words (Cout', W). x (N, *input_shape) plaintext integers. With
+    `int8` the layers after the first run on byte digits with int8 GEMMs when their weights fit
+    int8 (`_digits_fit`); else, or with int8=False, on float64 limbs. Same words either way."""
     n_total = len(x)
     conv = first.kind == "conv"
     words = k_words.shape[-1]
@@ -141,7 +178,8 @@ def run(k_words: np.ndarray, bias_words: np.ndarray, first: IntLayer, kernel: tu
         chunk = max(1, min(n_total, TARGET_BYTES // max(1, positions * cout * 8)))
     outs, resids = [], []
     chans = channels + extra if extra and not mixes else channels
-    growth = _next_growth(rest, 0)
+    digits = int8 and _digits_fit(rest)
+    growth = 1.0 if digits else _next_growth(rest, 0)     # digits: no rebase for the next GEMM
     for lo in range(0, n_total, chunk):
         xb = x[lo:lo + chunk]
         n = len(xb)
@@ -192,8 +230,12 @@ def run(k_words: np.ndarray, bias_words: np.ndarray, first: IntLayer, kernel: tu
                        bound if bits2 == bits else 2.0 ** (bits2 - 1))
         if resid_chunk:
             resids.append(np.concatenate(resid_chunk))
-        act, flat = _tail(act, rest, w, n, not conv)
-        outs.append(lb.to_words(act))
+        if digits:
+            words_out, flat = _tail_digits(dg.from_limbs(act), rest, w, n, not conv)
+            outs.append(words_out)
+        else:
+            act, flat = _tail(act, rest, w, n, not conv)
+            outs.append(lb.to_words(act))
     ident_words = _regroup(outs, comps)
     return LayeredOutput(ident_words, np.concatenate(resids) if resids else None, flat)
 
@@ -222,15 +264,8 @@ def _tail(act: lb.Limbs, layers: list[IntLayer], w: int, n: int, flat: bool) -> 
                 flat = True
         elif layer.kind in ("conv", "linear"):
             weight, layer_bias = _weights(layer)
-            if layer.kind == "conv":
-                g = _conv_matrix(weight)
-            else:
-                g = weight.astype(np.float64)
-                if hwc:   # torch flattens (C, H, W); our activations are (H, W, C)
-                    h_, w_, c_ = hwc
-                    g = g.reshape(-1, c_, h_, w_).transpose(0, 2, 3, 1).reshape(g.shape[0], -1)
-                    hwc = ()
-                g = g.T
+            g = _tail_matrix(layer, hwc)       # torch flattens (C, H, W); our activations are (H, W, C)
+            hwc = ()
             l1 = _l1(g)
             if act.bound * l1 >= lb.EXACT:
                 act = lb.rebase(act, lb.bits_for(_next_growth(layers, i), act.total))
@@ -248,3 +283,46 @@ def _tail(act: lb.Limbs, layers: list[IntLayer], w: int, n: int, flat: bool) -> 
         else:
             raise HEError(f"layer {layer.kind} cannot be evaluated on ciphertexts")
     return act, flat
+
+
+def _tail_digits(x: np.ndarray, layers: list[IntLayer], w: int, n: int, flat: bool) -> tuple[np.ndarray, bool]:
+    """`_tail` on byte digits with int8 GEMMs (coopml.he.digits), when `_digits_fit(layers)`.
+    Bytes (D, comps*n, H, W, C) or (D, comps*n, F) -> the output words (comps*n, ..., D/8). Digit
+    sums stay exact int64 through pooling and are carried back to bytes before the next GEMM."""
+    words = x.shape[0] // 8
+    sums: np.ndarray | None = None               # exact digit sums, not yet carried (int32 while they fit)
+    bound = 255.0                                # max |digit sum|
+    hwc: tuple[int, ...] = ()
+    for layer in layers:
+        if layer.kind == "sumpool":
+            size = pair(layer.size)
+            bound *= size[0] * size[1]
+            cur = x.astype(np.int32) if sums is None else sums
+            if bound >= 2.0 ** 31 and cur.dtype != np.int64:
+                cur = cur.astype(np.int64)
+            sums = _pool(cur, size, (2, 3))
+        elif layer.kind == "flatten":
+            if not flat:
+                cur = x if sums is None else sums
+                hwc = tuple(cur.shape[2:])
+                cur = cur.reshape(cur.shape[0], cur.shape[1], -1)
+                x, sums = (cur, None) if sums is None else (x, cur)
+                flat = True
+        else:                                    # conv or linear (`_digits_fit` admitted nothing else)
+            if sums is not None:
+                x, sums = dg.normalize(sums), None
+            weight, layer_bias = _weights(layer)
+            g = _tail_matrix(layer, hwc)
+            hwc = ()
+            if layer.kind == "conv":
+                sums = dg.conv(x, g, (weight.shape[2], weight.shape[3]), pair(layer.stride), pair(layer.padding))
+            else:
+                sums = dg.linear(x, g)
+            bound = 255.0 * (_l1(g) - 1.0) + 255.0          # + 255: a digit of the bias
+            if bound >= 2.0 ** 31:
+                sums = sums.astype(np.int64)
+            bias = dg.from_words(_bias_words(layer_bias, w, words))          # (D, Cout)
+            sums[:, :n] += bias.reshape(bias.shape[0], *(1,) * (sums.ndim - 2), bias.shape[1])
+    if sums is not None:
+        x = dg.normalize(sums)
+    return dg.to_words(x), flat
