@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import as_strided
 
 from coopml.errors import HEError
 from coopml.he import limbs as lb
+from coopml.he.im2col import output_size, unfold
 
 INT8_MAX = 127
 # the largest K with 128 * 127 * K + 128 * 127 * K < 2^31 (shifted sum, then the correction)
@@ -98,13 +98,19 @@ def _check(weight: np.ndarray) -> np.ndarray:
     return g.astype(np.int8)
 
 
+def _unshift(out: np.ndarray, g8: np.ndarray) -> None:
+    """In place: sums of (d - 128) * w -> sums of d * w, adding 128 * sum_k w_k per output column
+    (|.| <= 2 * 128 * 127 * K < 2^31 by MAX_K)."""
+    out += (128 * g8.astype(np.int64).sum(axis=0)).astype(np.int32)
+
+
 def linear(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Digits (D, M, K) uint8 @ integer G (K, N) -> exact digit sums (D, M, N) int32."""
     g8 = _check(g)
     d, m, k = x.shape
     out = np.empty((d * m, g8.shape[1]), dtype=np.int32)
     _int_mm(np.ascontiguousarray(shifted(x).reshape(d * m, k)), g8, out)
-    out += (128 * g8.astype(np.int64).sum(axis=0)).astype(np.int32)   # |.| <= 2 * 128 * 127 * K < 2^31
+    _unshift(out, g8)
     return out.reshape(d, m, -1)
 
 
@@ -115,29 +121,16 @@ def conv(x: np.ndarray, g: np.ndarray, kernel: tuple[int, int], stride: tuple[in
     padding is digit 0, shifted -128, which the correction covers like any other input) and
     ONE int8 GEMM per cache-sized block."""
     g8 = _check(g)
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     d, b, h, w, c = x.shape
     rows = d * b
-    # the unfold copies whole channel vectors: as 8-, 4- or 2-byte words when C allows (numpy
-    # copies a few wide elements much faster than many bytes)
-    wide = next(t for t in (np.uint64, np.uint32, np.uint16, np.uint8) if c % np.dtype(t).itemsize == 0)
-    cw = c // np.dtype(wide).itemsize
+    # the unfold copies runs of whole channel vectors: as 8-, 4- or 2-byte words when C allows
+    # (numpy copies a few wide elements much faster than many bytes)
+    wide = np.dtype(next(t for t in (np.uint64, np.uint32, np.uint16, np.uint8) if c % np.dtype(t).itemsize == 0))
     xs = np.ascontiguousarray(shifted(x).reshape(rows, h, w, c)).view(wide)
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    k = g8.shape[0]
-    step = max(1, min(rows, UNFOLD_BYTES // max(1, ho * wo * k)))
-    padded = np.full((step, h + 2 * ph, w + 2 * pw, c), -128, dtype=np.int8).view(wide)
-    buf = np.empty((step, ho, wo, kh, kw, cw), dtype=wide)
+    pad = np.full(wide.itemsize, -128, dtype=np.int8).view(wide)[0]      # digit 0, shifted
+    ho, wo = output_size((h, w), kernel, stride, padding)
     out = np.empty((rows, ho, wo, g8.shape[1]), dtype=np.int32)
-    buf = buf.reshape(step, ho, wo, kh, kw * cw)
-    for lo in range(0, rows, step):
-        m = min(step, rows - lo)
-        padded[:m, ph:ph + h, pw:pw + w] = xs[lo:lo + m]
-        # in NHWC the kw taps of one kernel row are ONE contiguous run of kw*C bytes: copy runs
-        s0, s1, s2, s3 = padded.strides
-        win = as_strided(padded[:m], shape=(m, ho, wo, kh, kw * cw), strides=(s0, sh * s1, sw * s2, s1, s3),
-                         writeable=False)
-        np.copyto(buf[:m], win)
-        _int_mm(buf[:m].view(np.int8).reshape(m * ho * wo, k), g8, out[lo:lo + m].reshape(m * ho * wo, -1))
-    out += (128 * g8.astype(np.int64).sum(axis=0)).astype(np.int32)   # |.| <= 2 * 128 * 127 * K < 2^31
+    for lo, m, unfolded in unfold(xs, kernel, stride, padding, pad, UNFOLD_BYTES):
+        _int_mm(unfolded.view(np.int8), g8, out[lo:lo + m].reshape(m * ho * wo, -1))
+    _unshift(out, g8)
     return out.reshape(d, b, ho, wo, -1)
