@@ -23,7 +23,15 @@ from coopml.models.registry import (
     register_architecture,
     unregister_architecture,
 )
-from coopml.models.training import TrainConfig, TrainResult, check_fits, evaluate, fast_layout, train_model
+from coopml.models.training import (
+    TrainConfig,
+    TrainResult,
+    check_fits,
+    evaluate,
+    fast_layout,
+    train_epoch,
+    train_model,
+)
 from coopml.models.user import TorchModelRef, build_user_model, load_factory
 
 __all__ = [
@@ -58,6 +66,7 @@ __all__ = [
     "logits_and_features",
     "register_architecture",
     "save_model",
+    "train_epoch",
     "train_model",
     "unregister_architecture",
     "validate_onnx",

@@ -181,7 +181,7 @@ def _train(model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfi
     history: list[tuple[float, float]] = []
     met = False
     for epoch in range(1, cfg.max_epochs + 1):
-        loss = _epoch(model, opt, x, y, cfg, gen)
+        loss = train_epoch(model, opt, x, y, cfg, gen)
         acc = evaluate(model, val, labels)
         history.append((loss, acc))
         if on_epoch:
@@ -197,16 +197,17 @@ def _train(model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfi
         x, y = torch.cat([x, xv]), torch.cat([y, yv])
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         for _ in range(best_epoch):
-            _epoch(model, opt, x, y, cfg, gen)
+            train_epoch(model, opt, x, y, cfg, gen)
     elif best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(len(history), best_epoch, best_acc, met, history)
 
 
-def _epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-           cfg: TrainConfig, gen: torch.Generator) -> float:
-    """One pass over (x, y) in shuffled batches; returns the mean training loss."""
+def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                cfg: TrainConfig, gen: torch.Generator) -> float:
+    """One pass over (x, y) in shuffled batches of `cfg.batch_size`, images distorted when
+    `cfg.augment` (drawn from `gen`); returns the mean training loss. Also FedAvg's client epoch."""
     model.train()
     perm = torch.randperm(len(x), generator=gen)
     total = 0.0

@@ -15,12 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from coopml.data.augment import random_affine
 from coopml.data.datasets import Dataset
 from coopml.errors import CoopmlError
-from coopml.models import build_model, evaluate
+from coopml.models import TrainConfig, build_model, evaluate, train_epoch
 from coopml.models.architectures import FeatureModel
 from coopml.sim.transport import Precision, decode_state, encode_state, state_bytes
 
@@ -45,22 +43,15 @@ def fedavg_aggregate(states: Sequence[State], weights: Sequence[float]) -> dict[
 
 def local_train(model: FeatureModel, data: Dataset, epochs: int, lr: float = 1e-3, batch_size: int = 50,
                 seed: int = 0, augment: bool = False) -> None:
-    """Plain local epochs (no early stopping: FedAvg clients run a fixed budget); `augment` distorts
-    every image every epoch as `TrainConfig(augment=True)` does, so that FedAvg's clients get the
-    same recipe as contributors who augment."""
+    """Plain local epochs (no early stopping: FedAvg clients run a fixed budget), each the
+    contributors' `train_epoch`, so `augment=True` distorts images exactly as a contributor's
+    `TrainConfig(augment=True)` does (the like-for-like recipe of Case Study III)."""
     gen = torch.Generator().manual_seed(seed)
     x, y = data.tensors()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
+    cfg = TrainConfig(lr=lr, batch_size=batch_size, augment=augment)
     for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            xb = random_affine(x[idx], gen) if augment else x[idx]
-            loss = F.cross_entropy(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        train_epoch(model, opt, x, y, cfg, gen)
     model.eval()
 
 
