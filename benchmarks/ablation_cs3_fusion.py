@@ -40,7 +40,13 @@ from coopml.data import load_dataset
 from coopml.data.augment import random_affine
 from coopml.fusion import FusionConfig, MetaModel, fuse
 from coopml.models import evaluate
-from coopml.sim.case_studies import CaseStudyConfig, initiator_model, skewed_shards, train_contributor
+from coopml.sim.case_studies import (
+    CaseStudyConfig,
+    fedavg_clients,
+    initiator_model,
+    skewed_shards,
+    train_contributor,
+)
 from coopml.sim.fedavg import run_fedavg
 
 VARIANTS = {
@@ -119,7 +125,6 @@ def main() -> None:
                     help="contributors' recipe: the case study's, or augmented + refit on both halves")
     ap.add_argument("--fedavg", nargs="*", choices=["plain", "augment", "all", "augment-all"], default=["plain"],
                     help="FedAvg runs: clients' recipe (none: skip FedAvg)")
-    ap.add_argument("--no-fedavg", action="store_true", help="same as --fedavg with nothing after it")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -157,10 +162,9 @@ def main() -> None:
         show(kind="fusion", variant=variant, test=round(evaluate(meta, test), 4),
              holdout=None if hold is None else round(evaluate(meta, hold), 4),
              seconds=round(time.perf_counter() - t0))
-    for recipe in [] if args.no_fedavg else args.fedavg:
+    for recipe in args.fedavg:
         t0 = time.perf_counter()
-        both = recipe in ("all", "augment-all")
-        clients = [shards[n].train.concat(shards[n].verify) if both else shards[n].train for n in names]
+        clients = fedavg_clients(shards, names, both_halves=recipe in ("all", "augment-all"))
         _, fed = run_fedavg(cfg.fedavg_arch, clients, cfg.fedavg_rounds, cfg.fedavg_local_epochs, test,
                             lr=cfg.contributor_lr, seed=args.seed, augment=recipe.startswith("augment"))
         show(kind="fedavg", recipe=recipe, test=round(fed.accuracy, 4), rounds=[round(a, 4) for a in fed.round_accuracy],

@@ -193,18 +193,29 @@ def _test_set(cfg: CaseStudyConfig) -> Dataset:
     return test if cfg.test_samples is None else test.subset(np.arange(min(cfg.test_samples, len(test))))
 
 
+def party_train_config(cfg: CaseStudyConfig, seed: int, tuned: bool, refit: bool | None = None) -> TrainConfig:
+    """How a case study's party trains its own model: early stopping on its validation half, and
+    'tuned' adds augmented images, twice the patience and a final refit on both halves for the
+    chosen number of epochs (`refit` overrides the last)."""
+    return TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
+                       patience=2 * cfg.contributor_patience if tuned else cfg.contributor_patience,
+                       augment=tuned, refit_on_all=tuned if refit is None else refit, seed=seed)
+
+
 def contributor_model(arch: str, shard: LabelShard, cfg: CaseStudyConfig, seed: int,
                       tuned: bool = False) -> tuple[FeatureModel, TrainResult]:
     """A case study's contributor training `arch` on its shard, early-stopped on its own
     verification half. `tuned`: the initiator's tuned recipe (`initiator_model`) on the
-    contributor's own data -- augmented images, twice the patience, a final refit on both halves
-    for the chosen number of epochs (Case Study III's `cs3_recipe="tuned"`)."""
+    contributor's own data (Case Study III's `cs3_recipe="tuned"`)."""
     model = build_model(arch, seed)
-    res = train_model(model, shard.train, shard.verify,
-                      TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
-                                  patience=2 * cfg.contributor_patience if tuned else cfg.contributor_patience,
-                                  augment=tuned, refit_on_all=tuned, seed=seed), labels=shard.spec.labels)
+    res = train_model(model, shard.train, shard.verify, party_train_config(cfg, seed, tuned), labels=shard.spec.labels)
     return model, res
+
+
+def fedavg_clients(shards: dict[str, LabelShard], names: Sequence[str], both_halves: bool) -> list[Dataset]:
+    """FedAvg's client data: each party's training half (the paper's clients), or both halves of
+    its shard (FedAvg has no early stopping to spend the verification half on)."""
+    return [shards[n].train.concat(shards[n].verify) if both_halves else shards[n].train for n in names]
 
 
 def train_contributor(name: str, arch: str, shard: LabelShard, cfg: CaseStudyConfig, seed: int,
@@ -224,10 +235,7 @@ def initiator_model(arch: str, train: Dataset, val: Dataset, cfg: CaseStudyConfi
     same two tricks the fusion preset gets (augmented images, final refit on train + `val`;
     `refit=False` keeps `val` unseen, as the fusion ablations need)."""
     model = build_model(arch, cfg.seed + 99)
-    train_model(model, train, val,
-                TrainConfig(lr=cfg.contributor_lr, max_epochs=cfg.contributor_epochs,
-                            patience=2 * cfg.contributor_patience if tuned else cfg.contributor_patience,
-                            augment=tuned, refit_on_all=tuned if refit is None else refit, seed=cfg.seed + 99))
+    train_model(model, train, val, party_train_config(cfg, cfg.seed + 99, tuned, refit))
     return model
 
 
@@ -434,12 +442,12 @@ def run_case_study_3(cfg: CaseStudyConfig) -> CaseStudy3Result:
         "partial labels (Table II)": make_shards(pool, TABLE_II, seed=cfg.seed, scale=cfg.scale),
     }
     model_bytes = state_bytes(build_model(cfg.fedavg_arch, 0).state_dict())
+    tuned = cfg.cs3_recipe == "tuned"
     rows = []
     for title, shards in scenarios.items():
         variants = _our_paradigm(shards, "verifiers", names[1:], cfg, test)
         head = next(v for v in variants if v.precision == cfg.transport_precision)
-        tuned = cfg.cs3_recipe == "tuned"
-        clients = [shards[n].train.concat(shards[n].verify) if tuned else shards[n].train for n in names]
+        clients = fedavg_clients(shards, names, both_halves=tuned)
         feds = [run_fedavg(cfg.fedavg_arch, clients, cfg.fedavg_rounds, cfg.fedavg_local_epochs, test,
                            lr=cfg.contributor_lr, seed=cfg.seed, precision=p, augment=tuned)[1]
                 for p in _fedavg_runs(cfg)]
