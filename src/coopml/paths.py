@@ -1,4 +1,5 @@
-"""Where coopml keeps its caches: $COOPML_HOME, else the source checkout's .cache, else ~/.cache/coopml."""
+"""Where coopml keeps its caches ($COOPML_HOME, else the source checkout's .cache, else ~/.cache/coopml),
+and how it writes a file only its owner may read."""
 
 from __future__ import annotations
 
@@ -24,3 +25,29 @@ def node_modules() -> Path:
         return Path(env)
     root = repo_root()
     return (root if root else Path.cwd()) / "node_modules"
+
+
+def write_private(path: str | Path, data: bytes | str, *, mode: int = 0o600, durable: bool = False) -> Path:
+    """Write `path` atomically (a crash leaves the old file or the new one, never half of one)
+    with `mode` from the moment the file exists: a secret written first and chmod-ed afterwards
+    is readable by anyone in between. `durable`: fsync before the rename (keys, sealed secrets:
+    what a node must still have after a power cut). The temporary `path`.part is removed on
+    failure."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)          # the umask may have removed bits of `mode`
+            f.write(payload)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

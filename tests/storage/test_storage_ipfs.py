@@ -168,6 +168,11 @@ def test_private_network_admits_members_and_refuses_others(ipfs_swarm) -> None:
             outsider.connect(member, timeout=5)
         assert member.peer_id() not in outsider.peers()
         assert outsider.peer_id() not in member.peers()
+    # the network's key and each node's identity key stay with the node's owner
+    for node in (member, other_member, ipfs_swarm.stranger):
+        assert node.repo.stat().st_mode & 0o777 == 0o700
+        assert (node.repo / "swarm.key").stat().st_mode & 0o777 == 0o600
+        assert (node.repo / "config").stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("params", [

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from coopml.errors import ModelFileError
 from coopml.fusion.members import kind_of, member_kind
 from coopml.fusion.metamodel import FusionConfig, MetaModel
 from coopml.models.io import safetensors_metadata
+from coopml.paths import write_private
 
 METAMODEL_FORMAT = "coopml-metamodel"
 METAMODEL_VERSION = 1
@@ -128,16 +128,7 @@ def save_metamodel(meta: MetaModel, path: str | Path, member_keys: Sequence[str]
     """Write the MetaModel file atomically (a crash leaves the previous file or the new one).
     Members are stored under `member_keys`, else `meta.member_keys`, else m0, m1, ... The file
     holds every member's plaintext weights (models someone paid for): owner-only by default."""
-    path = Path(path)
-    data = metamodel_to_bytes(meta, member_keys)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    tmp.replace(path)
-    return path
+    return write_private(path, metamodel_to_bytes(meta, member_keys), mode=mode)
 
 
 def load_metamodel(path: str | Path) -> MetaModel:

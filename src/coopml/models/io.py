@@ -21,6 +21,7 @@ from coopml.data.spec import MNIST_INPUT, InputSpec
 from coopml.errors import ModelFileError
 from coopml.models.architectures import FeatureModel
 from coopml.models.registry import architecture_names, build_architecture
+from coopml.paths import write_private
 
 FORMAT = "coopml-model/1"
 
@@ -115,16 +116,15 @@ def model_from_bytes(data: bytes, where: str = "<bytes>", spec: InputSpec | None
     return model, manifest
 
 
-def save_model(model: FeatureModel, path: str | Path, labels: list[int] | tuple[int, ...]) -> ModelManifest:
-    """Write `path` (safetensors) and `path`.json (manifest with the file's sha256), atomically."""
+def save_model(model: FeatureModel, path: str | Path, labels: list[int] | tuple[int, ...],
+               mode: int = 0o600) -> ModelManifest:
+    """Write `path` (safetensors) and `path`.json (manifest with the file's sha256), atomically.
+    Owner-only by default: plaintext weights are what a contributor sells."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = model_to_bytes(model, labels)
     manifest = ModelManifest(arch=model.arch, labels=list(labels), sha256=hashlib.sha256(data).hexdigest())
-    for target, payload in ((path, data), (manifest_path(path), manifest.model_dump_json(indent=2).encode())):
-        tmp = target.with_name(target.name + ".part")
-        tmp.write_bytes(payload)
-        tmp.replace(target)
+    write_private(path, data, mode=mode)
+    write_private(manifest_path(path), manifest.model_dump_json(indent=2), mode=mode)
     return manifest
 
 

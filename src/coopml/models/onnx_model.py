@@ -34,6 +34,7 @@ from coopml.data.spec import InputSpec
 from coopml.errors import ModelDefinitionError, ModelFileError
 from coopml.models.architectures import FeatureModel
 from coopml.models.members import HookedFeatureModel, check_labels
+from coopml.paths import write_private
 
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("logits", "features")
@@ -134,11 +135,7 @@ def export_onnx(model: nn.Module, spec: InputSpec, *, labels: Sequence[int] | No
             raise ModelDefinitionError(f"ONNX export of {type(model).__name__}: onnxruntime's {name} differ from "
                                        f"torch's (does forward branch on the input values?)")
     if path is not None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        write_private(path, data)          # a model's weights: owner-only, like save_model
     return data
 
 

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 from coopml.chain import ChainEvent, TaskClient
 from coopml.chain.events import EventCursor
 from coopml.errors import ChainError, ContentNotFound, ContractRevert, CoopmlError, StorageError, StorageUnavailable
+from coopml.paths import write_private
 from coopml.roles.log import EventLog, LogEvent, Role
 from coopml.roles.state import AgentState, Decision, Fact, Outcome
 from coopml.storage import Store
@@ -398,15 +399,7 @@ class Agent:
         return d / name
 
     def write_secret(self, name: str, data: bytes) -> Path:
-        path = self.secret_path(name)
-        tmp = path.with_name(path.name + ".part")
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+        return write_private(self.secret_path(name), data, durable=True)
 
     def read_secret(self, name: str) -> bytes | None:
         path = self.secret_path(name)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
 from coopml.data import InputSpec
 from coopml.errors import ModelFileError
@@ -28,6 +29,7 @@ from coopml.models import (
     save_model,
 )
 from coopml.models.io import model_from_bytes, model_to_bytes
+from coopml.paths import write_private
 from coopml.roles.config import ModelSource
 from coopml.roles.package import PackageHeader
 
@@ -66,10 +68,9 @@ def save_record(record: ModelRecord, directory: Path) -> None:
     if src.arch:
         save_model(_registered(record), directory / "model.safetensors", record.labels)
     elif src.factory:
-        save_file({k: v.contiguous() for k, v in record.model.state_dict().items()}, directory / "weights.safetensors")
-    (directory / "labels.txt").write_text(",".join(map(str, record.labels)))
-    for f in directory.iterdir():
-        f.chmod(0o600)
+        write_private(directory / "weights.safetensors",
+                      st_save({k: v.contiguous() for k, v in record.model.state_dict().items()}))
+    write_private(directory / "labels.txt", ",".join(map(str, record.labels)))
 
 
 def load_record(directory: Path, source: ModelSource, spec: InputSpec) -> ModelRecord:

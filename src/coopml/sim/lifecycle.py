@@ -23,7 +23,6 @@ Dev-chain shortcuts, two, both on the clock only (nodes still act only on what t
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import threading
 import time
@@ -46,6 +45,7 @@ from coopml.chain import (
 )
 from coopml.data import TABLE_III
 from coopml.errors import CoopmlError
+from coopml.paths import write_private
 from coopml.roles.initiator import audit_wait_ends, finalize_backstop_delay
 from coopml.roles.log import LogEvent, LogRecord
 from coopml.roles.verifier import verifier_wait_ends
@@ -179,10 +179,7 @@ def prepare(plan: LifecyclePlan, workdir: Path, chain: Chain, coop: TaskClient, 
         password = secrets.token_hex(16)
         account = keystore.create(password)
         pw_file = workdir / name / "password"
-        pw_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(pw_file, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(password)
+        write_private(pw_file, password)
         address = account.address
         funds[address] = plan.fund_eth * ETHER
         if keep_keys:
@@ -191,10 +188,7 @@ def prepare(plan: LifecyclePlan, workdir: Path, chain: Chain, coop: TaskClient, 
                "workdir": str(workdir / name), "account": {"keystore": str(account.path), "password_file": str(pw_file),
                                                            "password_env": None},
                "log_format": "json", **extra}
-        path = workdir / name / "config.json"
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(cfg, f, indent=1)
+        path = write_private(workdir / name / "config.json", json.dumps(cfg, indent=1))
         setup.configs[name], setup.paths[name], setup.agents[name] = cfg, path, agent
         setup.names[address] = name
 

@@ -9,12 +9,14 @@ writer populations). Within a slot, label subsets are stratified and seeded (coo
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 from coopml.data import Dataset, DatasetRef, ShardSpec, load_dataset, make_shards
 from coopml.errors import DataError
+from coopml.paths import write_private
 
 SLOT_SEED = 20_200_517
 
@@ -36,10 +38,9 @@ def node_data(dataset: str, index: int, total: int, labels: list[int] | None, n:
 
 
 def write_npz(data: Dataset, path: Path) -> DatasetRef:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        np.savez(f, x=data.images, y=data.labels.astype(np.int64))
-    path.chmod(0o600)
+    buf = io.BytesIO()
+    np.savez(buf, x=data.images, y=data.labels.astype(np.int64))
+    write_private(path, buf.getvalue())
     return DatasetRef.pin("npz", path)
 
 

@@ -23,7 +23,7 @@ from typing import Any, Self
 import requests
 
 from coopml.errors import StorageError, StorageUnavailable
-from coopml.paths import node_modules
+from coopml.paths import node_modules, write_private
 
 _LAUNCHER = Path(__file__).with_name("jsipfs_daemon.mjs")
 
@@ -69,15 +69,17 @@ def offline_config(config: dict[str, Any]) -> dict[str, Any]:
 def init_repo(repo: Path, *, swarm_key: bytes | None = None, timeout: float = 60.0) -> None:
     """Create an IPFS repo at `repo` with the offline loopback config (and swarm.key if given)."""
     repo.mkdir(parents=True, exist_ok=True)
+    repo.chmod(0o700)          # js-ipfs writes its keychain and identity with default modes: keep others out
     env = {**os.environ, "IPFS_PATH": str(repo)}
     result = subprocess.run([_node(), str(_jsipfs_cli()), "init", "--empty-repo"], env=env,
                             capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         raise StorageUnavailable(f"jsipfs init failed in {repo}: {result.stderr.strip()[-500:]}")
     config_path = repo / "config"
-    config_path.write_text(json.dumps(offline_config(json.loads(config_path.read_text())), indent=2))
+    # the config holds the node's libp2p identity key, swarm.key the private network's key: owner only
+    write_private(config_path, json.dumps(offline_config(json.loads(config_path.read_text())), indent=2))
     if swarm_key is not None:
-        (repo / "swarm.key").write_bytes(swarm_key)
+        write_private(repo / "swarm.key", swarm_key)
 
 
 @dataclass
@@ -144,7 +146,7 @@ def start_daemon(repo: Path, *, swarm_key: bytes | None = None, ready_timeout: f
     if not (repo / "config").is_file():
         init_repo(repo, swarm_key=swarm_key)
     elif swarm_key is not None:
-        (repo / "swarm.key").write_bytes(swarm_key)
+        write_private(repo / "swarm.key", swarm_key)
     (repo / "api").unlink(missing_ok=True)
     if (repo / "swarm.key").is_file():
         command = [_node(), str(_LAUNCHER), str(node_modules())]

@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from coopml.paths import node_modules
+from coopml.paths import node_modules, write_private
 from coopml.testbed.errors import TestbedError
 from coopml.testbed.topology import Testbed
 
@@ -105,10 +105,7 @@ def init_repos(run_dir: Path, hosts: list[str], swarm_key: bytes) -> dict[str, P
     can run while the testbed is being built."""
     from coopml.storage.daemon import init_repo
 
-    key_path = Path(run_dir) / "swarm.key"
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(swarm_key)
+    write_private(Path(run_dir) / "swarm.key", swarm_key)
 
     def init(host: str) -> Path:
         repo = repo_path(run_dir, host)
