@@ -264,3 +264,55 @@ def test_a_subscription_that_stops_pushing_is_not_trusted():
     assert not heads.fresh()
     heads._push({"number": hex(2), "timestamp": hex(1002)})         # an older head changes nothing
     assert heads.latest == (3, 1003) and not heads.fresh()
+
+
+def test_a_websocket_on_its_own_port_is_used_when_configured(anvil_node):
+    """geth serves its websocket on another port than HTTP (8546 vs 8545): deriving it from the
+    HTTP URL finds nothing there, and the node would be polled forever. `ws_url` (the agents'
+    `chain_ws`) points the subscription at it; "none" turns it off. Here HTTP goes through a
+    forwarding proxy that speaks no websocket, and the websocket is anvil's own."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+
+    from coopml.chain import Chain
+    from coopml.chain.heads import websocket_url
+    from coopml.roles.config import NodeConfig
+
+    class Forward(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            reply = requests.post(anvil_node.url, data=body, headers={"Content-Type": "application/json"}, timeout=10)
+            self.send_response(reply.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply.content)))
+            self.end_headers()
+            self.wfile.write(reply.content)
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    http_only = f"http://127.0.0.1:{proxy.server_address[1]}"
+    try:
+        assert Chain.rpc(http_only).heads() is None                   # derived ws URL: the proxy, no websocket
+        configured = Chain.rpc(http_only, ws_url=websocket_url(anvil_node.url))
+        heads = configured.heads()
+        assert heads is not None and heads.alive
+        target = configured.block_number() + 1
+        configured.mine()
+        deadline = time.monotonic() + 10
+        while (heads.latest is None or heads.latest[0] < target) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert heads.latest is not None and heads.latest[0] >= target   # pushed over anvil's websocket
+        heads.close()
+        assert Chain.rpc(anvil_node.url, ws_url="none").heads() is None
+    finally:
+        proxy.shutdown()
+    base = {"chain": http_only, "contract": "0x" + "11" * 20, "store": "/tmp/s", "workdir": "/tmp/w",
+            "account": {"keystore": "/tmp/k"}}
+    assert NodeConfig.model_validate({**base, "chain_ws": "ws://127.0.0.1:8546"}).chain_ws == "ws://127.0.0.1:8546"
+    with pytest.raises(ValueError, match="not a websocket URL"):
+        NodeConfig.model_validate({**base, "chain_ws": "http://127.0.0.1:8546"})

@@ -105,6 +105,7 @@ class Chain:
         policy = fee_policy or FeePolicy(receipt_timeout_s=receipt_timeout)
         self.txm = TxManager(w3, journal, policy, expected_chain_id=chain_id, lock=self._lock)
         self.url: str | None = None          # the JSON-RPC endpoint (rpc chains)
+        self.ws_url: str | None = None       # where new heads are pushed (rpc chains; None: poll)
         self._heads: HeadSubscription | None = None
         self._heads_tried = False
 
@@ -121,12 +122,14 @@ class Chain:
 
     @classmethod
     def rpc(cls, url: str, timeout: float = 30.0, journal: TxJournal | str | Path | None = None,
-            fee_policy: FeePolicy | None = None, chain_id: int | None = None) -> Chain:
+            fee_policy: FeePolicy | None = None, chain_id: int | None = None, ws_url: str | None = None) -> Chain:
         """Any JSON-RPC node: anvil, `python -m coopml.chain.node`, geth --dev, ...
 
         `journal`: SQLite file of the transaction manager (None: in memory, lost at exit); agents
         that move money pass one in their workdir. `chain_id`: refuse a node serving another
-        chain (WrongChain). Raises ChainUnavailable when nothing answers at `url`."""
+        chain (WrongChain). `ws_url`: the node's websocket endpoint for pushed heads (geth serves
+        it on its own port, 8546 by default); None: the HTTP URL's own host and port as ws:// (anvil);
+        "none": no subscription, poll. Raises ChainUnavailable when nothing answers at `url`."""
         w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout}))
         try:
             actual = int(w3.eth.chain_id)
@@ -137,18 +140,18 @@ class Chain:
                              chain_id, actual)
         chain = cls(w3, "rpc", journal=journal, fee_policy=fee_policy, chain_id=chain_id)
         chain.url = url
+        chain.ws_url = None if ws_url == "none" else ws_url or websocket_url(url)
         return chain
 
     def heads(self) -> HeadSubscription | None:
         """Block headers pushed by the node over its websocket (started on first use, waiting up to
-        a few seconds for the subscription), or None: an embedded chain, or a node that serves no
-        websocket at the same address (its callers poll)."""
+        a few seconds for the subscription), or None: an embedded chain, no websocket configured,
+        or a node that serves none at `ws_url` (its callers poll)."""
         with self._lock:
             if not self._heads_tried:
                 self._heads_tried = True
-                ws = websocket_url(self.url) if self.url else None
-                if ws is not None:
-                    self._heads = HeadSubscription(ws)
+                if self.ws_url is not None:
+                    self._heads = HeadSubscription(self.ws_url)
             heads = self._heads
         if heads is None:
             return None

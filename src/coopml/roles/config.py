@@ -46,6 +46,9 @@ class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     chain: str = Field(description="JSON-RPC URL of the chain node, e.g. http://127.0.0.1:8545")
+    chain_ws: str | None = Field(None, description="the node's websocket endpoint, which pushes new block headers "
+                                 "so an idle node asks nothing (geth: ws://host:8546); default: the `chain` URL's "
+                                 "own host and port (anvil serves both there); `none`: poll over HTTP")
     contract: str = Field(description="address of the deployed CoopML contract (checked before any payment)")
     from_block: int = Field(0, ge=0, description="first block to read events from: the contract's deployment "
                             "block (`coopml deploy` prints it)")
@@ -56,6 +59,13 @@ class NodeConfig(BaseModel):
     account: AccountRef
     limits: SpendingLimits = SpendingLimits()
     log_format: Literal["json", "text"] = Field("text", description="json: one LogRecord per line (for programs)")
+
+    @field_validator("chain_ws")
+    @classmethod
+    def _websocket(cls, v: str | None) -> str | None:
+        if v is not None and v != "none" and not v.startswith(("ws://", "wss://")):
+            raise ValueError(f"not a websocket URL (ws:// or wss://) nor 'none': {v!r}")
+        return v
 
     @field_validator("contract")
     @classmethod

@@ -62,7 +62,7 @@ def open_node(cfg: NodeConfig, chain: Chain | None = None, password: str | None 
             password = read_password(env=cfg.account.password_env, file=cfg.account.password_file, prompt=sys.stdin.isatty())
         account = Keystore(cfg.account.keystore.parent).unlock(cfg.account.keystore, password)
         if chain is None:
-            chain = Chain.rpc(cfg.chain, journal=cfg.workdir / "tx-journal.sqlite")
+            chain = Chain.rpc(cfg.chain, journal=cfg.workdir / "tx-journal.sqlite", ws_url=cfg.chain_ws)
         address = chain.add_key(account.key)
         verify_deployment(chain, cfg.contract)           # P6: never pay into an address that is not CoopML
         client = TaskClient(chain, cfg.contract, address, payment_intents=True)
