@@ -250,42 +250,64 @@ def test_an_idle_initiator_round_reads_a_model_again_only_when_something_may_hav
     ini.state.close()
 
 
-def test_verifiers_draw_only_as_a_backstop():
+def test_verifiers_draw_only_as_a_backstop_one_per_turn():
     """The contributor and the initiator draw a model as soon as its target block is mined; the
-    verifiers only if it is still undrawn DRAW_BACKSTOP_BLOCKS later — else every verifier of the
-    task sent the same draw into the same block and all but one paid for a revert."""
+    verifiers only if it is still undrawn DRAW_BACKSTOP_BLOCKS later, and then one per turn
+    (`backstop_turn`) — else every verifier of the task sent the same draw into the same block and
+    all but one paid for a revert. Five verifiers that all wake at every block, a draw landing in
+    the block after it is sent, a second draw into a block that already has one reverting."""
     from types import SimpleNamespace
 
-    from coopml.chain import ModelStatus
-    from coopml.roles.verifier import DRAW_BACKSTOP_BLOCKS, Verifier
+    from coopml.chain import ContractRevert, ModelStatus
+    from coopml.roles.verifier import BACKSTOP_TURN_BLOCKS, DRAW_BACKSTOP_BLOCKS, Verifier
 
-    drawn: list[int] = []
-    block = {"n": 0}
+    def race(offline: set[int]) -> tuple[list[tuple[int, int]], int, dict[int, int | None]]:
+        block = {"n": 0}
+        landed: dict[str, int | None] = {"at": None}
+        sent: list[tuple[int, int]] = []
+        reverts = {"n": 0}
 
-    class State:
-        def facts(self, kind, cls):
-            return {"7": object()}
+        def model(mid):
+            undrawn = landed["at"] is None or landed["at"] > block["n"]
+            return SimpleNamespace(status=ModelStatus.AWAITING_DRAW if undrawn else ModelStatus.VERIFYING,
+                                   draw_block=10, pool_snapshot=5)
 
-        def get(self, key, default=None):
-            return None
+        def draw(index):
+            def send(mid):
+                assert mid == 7
+                sent.append((index, block["n"]))
+                if landed["at"] is not None and landed["at"] <= block["n"] + 1:
+                    reverts["n"] += 1
+                    raise ContractRevert("AlreadyDrawn")
+                landed["at"] = block["n"] + 1
+            return send
 
-        def set(self, key, value):
-            raise AssertionError("the model is still undrawn")
+        verifiers, wakes = [], {}
+        for index in range(5):
+            v = Verifier.__new__(Verifier)
+            facts: dict[str, object] = {}
+            v.state = SimpleNamespace(facts=lambda kind, cls: {"7": object()}, get=facts.get, set=facts.__setitem__)
+            v.client = SimpleNamespace(model=model, draw_verifiers=draw(index))
+            v.chain = SimpleNamespace(block_number=lambda: block["n"])
+            v.log = lambda *a, **k: None
+            verifiers.append(v)
+        for n in range(11, 11 + DRAW_BACKSTOP_BLOCKS + 5 * BACKSTOP_TURN_BLOCKS + 2):
+            block["n"] = n
+            for index, v in enumerate(verifiers):
+                if index not in offline:
+                    v._wake_block = None
+                    v._help_draws(index)
+                    wakes.setdefault(index, v._wake_block)
+        return sent, reverts["n"], wakes
 
-    v = Verifier.__new__(Verifier)
-    v.state = State()
-    v.client = SimpleNamespace(model=lambda mid: SimpleNamespace(status=ModelStatus.AWAITING_DRAW, draw_block=10),
-                               draw_verifiers=drawn.append)
-    v.chain = SimpleNamespace(block_number=lambda: block["n"])
-    for n in range(11, 11 + DRAW_BACKSTOP_BLOCKS):
-        block["n"] = n
-        v._wake_block = None
-        assert v._help_draws() is False and drawn == []     # the interested parties' turn
-        assert v._wake_block == 11 + DRAW_BACKSTOP_BLOCKS    # and it sleeps until its own turn's block
-    block["n"] = 11 + DRAW_BACKSTOP_BLOCKS
-    assert v._help_draws() is True and drawn == [7]
-    assert 11 + DRAW_BACKSTOP_BLOCKS < 10 + 256                 # long before the draw would be cancelled
-
+    sent, reverts, wakes = race(set())
+    # (pool index + model id) % pool size: index 3 has turn 0 for model 7, at block 11 + DRAW_BACKSTOP_BLOCKS
+    assert sent == [(3, 11 + DRAW_BACKSTOP_BLOCKS)] and reverts == 0, sent
+    assert wakes[3] == 11 + DRAW_BACKSTOP_BLOCKS                      # it slept until its turn's block
+    assert wakes[4] == 11 + DRAW_BACKSTOP_BLOCKS + BACKSTOP_TURN_BLOCKS
+    sent, reverts, _ = race({3})                                       # its verifier is gone: the next turn's draws
+    assert sent == [(4, 11 + DRAW_BACKSTOP_BLOCKS + BACKSTOP_TURN_BLOCKS)] and reverts == 0, sent
+    assert 11 + DRAW_BACKSTOP_BLOCKS + 32 * BACKSTOP_TURN_BLOCKS < 10 + 256    # long before the draw would be cancelled
 
 
 def test_the_initiator_draws_only_if_the_contributor_has_not(tmp_path):

@@ -59,6 +59,23 @@ TERMINAL = FAILED | {ModelStatus.RELEASED}
 DRAW_BACKSTOP_BLOCKS = 4   # verifiers draw a model only if it is still undrawn this many blocks after the target
 
 
+BACKSTOP_TURN_BLOCKS = 2   # a verifier's turn: a block for its draw to land and one of slack
+BACKSTOP_TURNS = 32        # turns before they repeat: the last comes 4 + 62 blocks after the target (< 256)
+
+
+def backstop_turn(pool_index: int, model_id: int, pool_snapshot: int) -> int:
+    """Blocks past `DRAW_BACKSTOP_BLOCKS` at which this verifier draws a still-undrawn model: one
+    verifier per turn of `BACKSTOP_TURN_BLOCKS`, in pool order rotated by the model id (so the
+    gas of backstop draws is spread over the pool), the next one only if the previous one's draw
+    did not land. Without turns every verifier sent the same draw into the same block and all but
+    one paid a revert. Who draws does not matter (the seed is fixed by the target block, P1); a
+    verifier registered after the model's announcement takes its turn after that pool's. Past
+    `BACKSTOP_TURNS` verifiers share turns, so a large pool still draws long before block 256."""
+    size = max(1, pool_snapshot)
+    rank = (pool_index + model_id) % size if pool_index < size else pool_index
+    return BACKSTOP_TURN_BLOCKS * (rank % BACKSTOP_TURNS)
+
+
 class Stage(enum.StrEnum):
     SELECTED = "selected"      # drawn; nothing sent yet
     REQUESTED = "requested"    # encrypted queries sent (or, plaintext mode, waiting for the key)
@@ -173,7 +190,7 @@ class Verifier(Agent):
             self.log(LogEvent.REGISTERED, deposit_wei=info.terms.verifier_deposit)
             return True
         acted = self._prepare_queries(view)
-        acted = self._help_draws() or acted
+        acted = self._help_draws(me.pool_index) or acted
         assignments = self.state.facts("assignment", Assignment)
         for asg in assignments.values():
             acted = self._advance(view, asg) or acted
@@ -214,13 +231,13 @@ class Verifier(Agent):
             self._queries = evaluation.QuerySet.from_bytes(blob)
         return self._queries
 
-    def _help_draws(self) -> bool:
+    def _help_draws(self, pool_index: int) -> bool:
         """Anyone may draw a model's verifiers once its target block is mined. The contributor and the
         initiator draw first (the initiator 2 blocks later); verifiers are the backstop (`DRAW_BACKSTOP_BLOCKS`),
         so that one who stalls still cannot wait for a better draw (P1: the seed is fixed by then, and
-        past 256 blocks the model is cancelled) — and so that the V verifiers of a task do not all send
-        the same draw into the same block, all but one of them reverting and paying for it (with 25
-        verifiers that wasted gas on every model)."""
+        past 256 blocks the model is cancelled) — one verifier per block (`backstop_turn`), so that
+        the V verifiers of a task do not all send the same draw into the same block, all but one of
+        them reverting and paying for it (with 25 verifiers that wasted gas on every late model)."""
         acted = False
         for mid in list(self.state.facts("announced", Fact)):
             if self.state.get(f"drawn:{mid}"):
@@ -229,14 +246,15 @@ class Verifier(Agent):
             if m.status != ModelStatus.AWAITING_DRAW:
                 self.state.set(f"drawn:{mid}", True)
                 continue
-            if self.chain.block_number() > m.draw_block + DRAW_BACKSTOP_BLOCKS:
+            due = m.draw_block + DRAW_BACKSTOP_BLOCKS + backstop_turn(pool_index, int(mid), m.pool_snapshot)
+            if self.chain.block_number() > due:
                 try:
                     self.client.draw_verifiers(int(mid))
                     acted = True
                 except ContractRevert as exc:
                     self.log(LogEvent.REVERT, model=int(mid), error=exc.name)
             else:
-                self.wake_at(m.draw_block + DRAW_BACKSTOP_BLOCKS + 1)
+                self.wake_at(due + 1)
         return acted
 
     # ------------------------------------------------------------------ one assignment
