@@ -44,7 +44,9 @@ from coopml.chain import ChainEvent, TaskClient
 from coopml.chain.events import EventCursor
 from coopml.errors import ChainError, ContentNotFound, ContractRevert, CoopmlError, StorageError, StorageUnavailable
 from coopml.paths import write_private
+from coopml.roles.config import NodeConfig
 from coopml.roles.log import EventLog, LogEvent, Role
+from coopml.roles.sealing import BoxKeyPair
 from coopml.roles.state import AgentState, Decision, Fact, Outcome
 from coopml.storage import Store
 
@@ -404,6 +406,20 @@ class Agent:
     def read_secret(self, name: str) -> bytes | None:
         path = self.secret_path(name)
         return path.read_bytes() if path.is_file() else None
+
+    def box_key(self, name: str) -> BoxKeyPair:
+        """This node's X25519 key pair kept as secret `name`: made on first use, the same one after
+        a restart (what others sealed to its public half must stay readable)."""
+        data = self.read_secret(name)
+        if data is None:
+            data = BoxKeyPair.generate().private_bytes()
+            self.write_secret(name, data)
+        return BoxKeyPair.from_bytes(data)
+
+    @staticmethod
+    def node_args(cfg: NodeConfig) -> dict[str, Any]:
+        """The base agent's arguments a role's node config carries."""
+        return {"workdir": cfg.workdir, "confirmations": cfg.confirmations, "from_block": cfg.from_block}
 
     # ------------------------------------------------------------------ helpers
 

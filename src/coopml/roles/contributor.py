@@ -51,8 +51,7 @@ class Contributor(Agent):
 
     def __init__(self, cfg: ContributorConfig, *, client: Any, store: Store, state: AgentState,
                  log: EventLog | None = None, **kw: Any) -> None:
-        super().__init__(client=client, store=store, state=state, workdir=cfg.workdir, log=log,
-                         confirmations=cfg.confirmations, from_block=cfg.from_block, **kw)
+        super().__init__(client=client, store=store, state=state, log=log, **self.node_args(cfg), **kw)
         self.cfg = cfg
         self.task_id = cfg.task_id
         self.log.task = cfg.task_id

@@ -36,7 +36,7 @@ from coopml.roles.fusing import METAMODEL_FILE
 from coopml.roles.log import EventLog, LogEvent, Role
 from coopml.roles.messages import AuditReport, DecryptRequest, DecryptResponse, MessageKind
 from coopml.roles.models import load_delivered
-from coopml.roles.sealing import BoxKeyPair, SealError, open_sealed, seal
+from coopml.roles.sealing import SealError, open_sealed, seal
 from coopml.roles.state import AgentState, Decision, Fact, Outcome
 from coopml.roles.task import TaskView, TermsRefused, load_task
 from coopml.roles.verifier import open_committed
@@ -116,14 +116,9 @@ class Initiator(Agent):
 
     def __init__(self, cfg: InitiatorConfig, *, client: Any, store: Store, state: AgentState,
                  log: EventLog | None = None, **kw: Any) -> None:
-        super().__init__(client=client, store=store, state=state, workdir=cfg.workdir, log=log,
-                         confirmations=cfg.confirmations, from_block=cfg.from_block, **kw)
+        super().__init__(client=client, store=store, state=state, log=log, **self.node_args(cfg), **kw)
         self.cfg = cfg
-        if self.read_secret("delivery_key") is None:
-            self.write_secret("delivery_key", BoxKeyPair.generate().private_bytes())
-        box = self.read_secret("delivery_key")
-        assert box is not None
-        self.box = BoxKeyPair.from_bytes(box)
+        self.box = self.box_key("delivery_key")
         self._view: TaskView | None = None
         self._fusion: InitiatorFusion | None = None     # created on the fusion job's thread
         self._fusing: set[int] = set()                  # the models the running fusion job covers

@@ -47,7 +47,7 @@ from coopml.roles.messages import (
     ModelKey,
 )
 from coopml.roles.models import load_delivered
-from coopml.roles.sealing import BoxKeyPair, open_sealed, seal, unwrap
+from coopml.roles.sealing import open_sealed, seal, unwrap
 from coopml.roles.state import AgentState, Decision, Fact, Outcome
 from coopml.roles.task import TaskView, check_deposit, load_task
 from coopml.roles.valuation import class_scores, judge
@@ -112,16 +112,11 @@ class Verifier(Agent):
 
     def __init__(self, cfg: VerifierConfig, *, client: Any, store: Store, state: AgentState,
                  log: EventLog | None = None, **kw: Any) -> None:
-        super().__init__(client=client, store=store, state=state, workdir=cfg.workdir, log=log,
-                         confirmations=cfg.confirmations, from_block=cfg.from_block, **kw)
+        super().__init__(client=client, store=store, state=state, log=log, **self.node_args(cfg), **kw)
         self.cfg = cfg
         self.task_id = cfg.task_id
         self.log.task = cfg.task_id
-        if self.read_secret("box_key") is None:
-            self.write_secret("box_key", BoxKeyPair.generate().private_bytes())
-        box = self.read_secret("box_key")
-        assert box is not None
-        self.box = BoxKeyPair.from_bytes(box)
+        self.box = self.box_key("box_key")
         self._view: TaskView | None = None
         self._queries: evaluation.QuerySet | None = None
 
