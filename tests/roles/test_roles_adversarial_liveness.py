@@ -13,8 +13,9 @@ from coopml.sim.lifecycle import InitiatorPlan, run_in_process, tiny_plan
 @pytest.mark.timeout(1800)
 def test_liveness_without_the_initiator_and_poison_messages(tmp_path):
     """The initiator publishes and goes silent; a verifier floods everyone with malformed messages;
-    one contributor withholds its offer from one verifier, another answers nobody. Verification,
-    votes, payment and settlement still complete; the verifier that got nothing is paid, not slashed."""
+    one contributor withholds its offer from one verifier, another neither draws its verifiers nor
+    answers anybody (only the verifiers' backstop, one per turn, draws that model). Verification, votes, payment and settlement still complete; the verifier that got
+    nothing is paid, not slashed."""
     plan = tiny_plan([_c(ALL, "SelectiveContributor"), _c(ALL, "SilentContributor")],
                      [_v(), _v(), _v("SpammingVerifier")],
                      InitiatorPlan(n_train=300, n_audit=32, fusion_epochs=3, fusion_augment=0, n_test=1000,

@@ -38,12 +38,14 @@ class RandomWeightsContributor(Contributor):
 
 
 class SilentContributor(Contributor):
-    """Announces, then never answers an evaluation: the verifiers vote reject (its own fault)."""
+    """Announces, then neither draws its verifiers nor answers an evaluation: with a silent
+    initiator too, only the verifiers' backstop draws it (one per turn), and they vote reject (its
+    own fault)."""
 
     def step(self) -> bool:
         if self.model_id is not None:
             m = self.client.model(self.model_id)
-            if m.status.name in ("VERIFYING",):
+            if m.status.name in ("AWAITING_DRAW", "VERIFYING"):
                 return False
         return super().step()
 
