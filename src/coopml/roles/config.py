@@ -48,7 +48,8 @@ class NodeConfig(BaseModel):
     chain: str = Field(description="JSON-RPC URL of the chain node, e.g. http://127.0.0.1:8545")
     chain_ws: str | None = Field(None, description="the node's websocket endpoint, which pushes new block headers "
                                  "so an idle node asks nothing (geth: ws://host:8546); default: the `chain` URL's "
-                                 "own host and port (anvil serves both there); `none`: poll over HTTP")
+                                 "own host and port (anvil serves both there); `none`: poll over HTTP. The same node "
+                                 "as `chain`, or one trusted as much: deadlines are judged on its heads' timestamps")
     contract: str = Field(description="address of the deployed CoopML contract (checked before any payment)")
     from_block: int = Field(0, ge=0, description="first block to read events from: the contract's deployment "
                             "block (`coopml deploy` prints it)")
