@@ -66,6 +66,7 @@ def test_model_weights_stay_with_their_owner_until_bought(honest_run):
     shared store hold a single weight tensor of any contributor (the store holds the sealed envelope)."""
     r = honest_run
     for c in ("contributor1", "contributor2", "contributor3"):
+        assert stat.S_IMODE((r.workdir / c).stat().st_mode) == 0o700      # each node's workdir: owner only
         path = next((r.workdir / c / "model").rglob("*.safetensors"))
         with safe_open(str(path), "pt") as f:
             for name in f.keys():  # noqa: SIM118 - a safetensors file handle, not a dict

@@ -56,6 +56,7 @@ class Node:
 
 def open_node(cfg: NodeConfig, chain: Chain | None = None, password: str | None = None) -> Node:
     cfg.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cfg.workdir.chmod(0o700)          # private: also when it existed (mkdir's mode applies only to a new one)
     lock = WorkdirLock(cfg.workdir)
     try:
         if password is None:

@@ -178,6 +178,7 @@ def prepare(plan: LifecyclePlan, workdir: Path, chain: Chain, coop: TaskClient, 
     def node(name: str, agent: str, extra: dict[str, Any]) -> None:
         password = secrets.token_hex(16)
         account = keystore.create(password)
+        (workdir / name).mkdir(parents=True, exist_ok=True, mode=0o700)     # the node's private workdir
         pw_file = workdir / name / "password"
         write_private(pw_file, password)
         address = account.address
