@@ -69,3 +69,29 @@ def test_models_records_data_and_metamodels_are_created_private(tmp_path, no_chm
     assert set(modes) == {"m.safetensors", "m.safetensors.json", "model.safetensors", "model.safetensors.json",
                           "labels.txt", "weights.safetensors", "d.npz", "m.cmm", "m.onnx"}, modes
     assert all(mode == 0o600 for mode in modes.values()), modes
+
+
+def test_concurrent_writers_of_one_path_never_mix_or_fail(tmp_path):
+    """Two writers of one file (a fusion job being replaced by the next, say): each writes its own
+    temporary file, the last rename wins; with one shared temporary name they removed or
+    truncated each other's."""
+    import threading
+
+    path = tmp_path / "meta"
+    payloads = [bytes([i]) * 200_000 for i in (1, 2)]
+    errors: list[BaseException] = []
+
+    def writer(payload: bytes) -> None:
+        try:
+            for _ in range(100):
+                write_private(path, payload)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+    threads = [threading.Thread(target=writer, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert path.read_bytes() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == ["meta"]

@@ -4,6 +4,7 @@ and how it writes a file only its owner may read."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -31,23 +32,22 @@ def write_private(path: str | Path, data: bytes | str, *, mode: int = 0o600, dur
     """Write `path` atomically (a crash leaves the old file or the new one, never half of one)
     with `mode` from the moment the file exists: a secret written first and chmod-ed afterwards
     is readable by anyone in between. `durable`: fsync before the rename (keys, sealed secrets:
-    what a node must still have after a power cut). The temporary `path`.part is removed on
-    failure."""
+    what a node must still have after a power cut). Each call writes its own temporary file
+    beside `path` (removed on failure), so two writers of one path never mix their bytes: the
+    last rename wins."""
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")   # created 0600
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)          # the umask may have removed bits of `mode`
+            os.fchmod(f.fileno(), mode)
             f.write(payload)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
     return path
