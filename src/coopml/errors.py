@@ -6,6 +6,11 @@ class CoopmlError(Exception):
     """Base for errors with a message meant for a person."""
 
 
+class Cancelled(CoopmlError):
+    """Work stopped by its caller (a `should_stop` turned true: the node is stopping, or newer work
+    replaces it); nothing half-done was kept. Not a failure: do not retry it as one."""
+
+
 class DataError(CoopmlError):
     """A dataset file is missing, corrupted or malformed."""
 

@@ -628,3 +628,57 @@ def test_the_buyer_leaves_finalize_delivery_to_the_contributor_and_is_only_the_b
     assert next_deadline(coop, 1) == 1_000 + delay + 1
     ini.jobs.shutdown()
     ini.state.close()
+
+
+def test_a_stop_does_not_wait_for_a_long_training(tmp_path):
+    """SIGTERM / Ctrl-C end the loop between rounds, and then the node waited for its running jobs:
+    a contributor's training (minutes on real data), the initiator's own model and refits. Now the
+    loop's end sets `stopping`, which training asks before every batch: the node stops within a
+    batch; a restart trains afresh (nothing half-done was kept)."""
+    import threading
+
+    import numpy as np
+
+    from coopml.data import MNIST_INPUT, Dataset
+    from coopml.models import TrainConfig, TrainingCancelled, build_model, train_model
+    from coopml.roles.contributor import Contributor
+
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.integers(0, 255, (400, 28, 28), dtype=np.uint8), rng.integers(0, 10, 400), MNIST_INPUT)
+    endless = TrainConfig(max_epochs=100_000, patience=100_000, batch_size=50)
+    started = threading.Event()
+    batches = {"n": 0}
+
+    class Trainer(Probe):
+        def step(self):
+            if not self.jobs.running("train") and self.jobs.pop("train") is None:
+                def train():
+                    started.set()
+                    train_model(build_model("table4", seed=0), data, data, endless, should_stop=self._counted)
+                self.jobs.submit("train", train)
+            return False
+
+        def _counted(self):
+            batches["n"] += 1
+            return self.stopping.is_set()
+
+    a = _agent(tmp_path, Chain.embedded(), [])
+    trainer = Trainer.__new__(Trainer)
+    trainer.__dict__.update(a.__dict__)
+    trainer.waiter.poll = 0.05
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (trainer.run(stop=started.is_set), done.set()), daemon=True)
+    thread.start()
+    assert started.wait(60)
+    assert done.wait(30), "the node waited for its training job"    # 100,000 epochs would take hours
+    assert batches["n"] > 0
+    with pytest.raises(TrainingCancelled):
+        trainer.jobs.pop("train").result()
+    trainer.state.close()
+
+    # the contributor's training asks the same flag
+    c = Contributor.__new__(Contributor)
+    c.stopping = threading.Event()
+    c.stopping.set()
+    with pytest.raises(TrainingCancelled):
+        c.train(build_model("table4", seed=0), data, data, endless, list(range(10)))

@@ -188,6 +188,12 @@ def test_the_initiators_own_model_is_trained_once_and_fused_as_a_member(setup, t
     want = load_metamodel(fusion.path).predict(x).numpy()
     assert (sess.run(["scores"], {"input": x.numpy()})[0].argmax(1) == want).all()
 
+    # a node that is stopping does not finish training its own model first
+    from coopml.models import TrainingCancelled
+    with pytest.raises(TrainingCancelled):
+        InitiatorFusion(own_cfg.model_copy(update={"workdir": tmp_path / "stopping"}), manifest,
+                        tmp_path / "stopping", should_stop=lambda: True)
+
     # a restart resumes with it: not trained again, nothing to refit
     again = InitiatorFusion(own_cfg, manifest, own_cfg.workdir)
     assert again.resumed_from == str(fusion.path) and again.own_model_seconds is None

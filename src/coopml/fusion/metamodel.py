@@ -37,6 +37,7 @@ from torch import nn
 
 from coopml.data.datasets import Dataset
 from coopml.data.spec import InputSpec
+from coopml.errors import Cancelled
 from coopml.fusion.members import FeatureExtractor, FusionError, as_member
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ Strategy = Literal["I", "II"]
 Data = Dataset | tuple[torch.Tensor, torch.Tensor]
 
 
-class FusionCancelled(FusionError):
+class FusionCancelled(FusionError, Cancelled):
     """A fit was stopped by its caller (`should_stop`); the previous MetaModel is untouched."""
 
 

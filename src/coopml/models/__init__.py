@@ -25,6 +25,7 @@ from coopml.models.registry import (
 )
 from coopml.models.training import (
     TrainConfig,
+    TrainingCancelled,
     TrainResult,
     check_fits,
     evaluate,
@@ -50,6 +51,7 @@ __all__ = [
     "TorchModelRef",
     "TrainConfig",
     "TrainResult",
+    "TrainingCancelled",
     "architecture_info",
     "architecture_names",
     "build_architecture",

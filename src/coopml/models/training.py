@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from coopml.data.augment import random_affine
 from coopml.data.datasets import Dataset
-from coopml.errors import DataError, ModelDefinitionError
+from coopml.errors import Cancelled, DataError, ModelDefinitionError
 
 
 class TrainConfig(BaseModel):
@@ -153,10 +153,17 @@ def check_fits(model: torch.nn.Module, data: Dataset) -> None:
                                    f"classes, so logits must be ({len(x)}, {spec.num_classes})")
 
 
+class TrainingCancelled(Cancelled):
+    """`train_model`'s `should_stop` turned true; the model's weights are those of an unfinished run."""
+
+
 def train_model(model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig | None = None,
                 labels: Sequence[int] | None = None,
-                on_epoch: Callable[[int, float, float], None] | None = None) -> TrainResult:
-    """Train in place and restore the best weights. `labels` restricts validation predictions."""
+                on_epoch: Callable[[int, float, float], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Train in place and restore the best weights. `labels` restricts validation predictions.
+    `should_stop` is asked before every batch: a node asked to stop must not finish a training of
+    minutes first (raises TrainingCancelled)."""
     cfg = cfg or TrainConfig()
     if train.input_spec != val.input_spec:
         raise DataError(f"train ({train.input_spec.describe()}) and validation ({val.input_spec.describe()}) "
@@ -167,11 +174,12 @@ def train_model(model: torch.nn.Module, train: Dataset, val: Dataset, cfg: Train
         raise DataError(f"augment distorts images; this data is {train.input_spec.describe()}")
     check_fits(model, train)
     with fast_layout(model, probe_inputs(train)):
-        return _train(model, train, val, cfg, labels, on_epoch)
+        return _train(model, train, val, cfg, labels, on_epoch, should_stop)
 
 
 def _train(model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, labels: Sequence[int] | None,
-           on_epoch: Callable[[int, float, float], None] | None) -> TrainResult:
+           on_epoch: Callable[[int, float, float], None] | None,
+           should_stop: Callable[[], bool] | None = None) -> TrainResult:
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     start = copy.deepcopy(model.state_dict()) if cfg.refit_on_all else None
@@ -181,7 +189,7 @@ def _train(model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfi
     history: list[tuple[float, float]] = []
     met = False
     for epoch in range(1, cfg.max_epochs + 1):
-        loss = train_epoch(model, opt, x, y, cfg, gen)
+        loss = train_epoch(model, opt, x, y, cfg, gen, should_stop)
         acc = evaluate(model, val, labels)
         history.append((loss, acc))
         if on_epoch:
@@ -197,7 +205,7 @@ def _train(model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfi
         x, y = torch.cat([x, xv]), torch.cat([y, yv])
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         for _ in range(best_epoch):
-            train_epoch(model, opt, x, y, cfg, gen)
+            train_epoch(model, opt, x, y, cfg, gen, should_stop)
     elif best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -205,13 +213,16 @@ def _train(model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfi
 
 
 def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                cfg: TrainConfig, gen: torch.Generator) -> float:
+                cfg: TrainConfig, gen: torch.Generator, should_stop: Callable[[], bool] | None = None) -> float:
     """One pass over (x, y) in shuffled batches of `cfg.batch_size`, images distorted when
-    `cfg.augment` (drawn from `gen`); returns the mean training loss. Also FedAvg's client epoch."""
+    `cfg.augment` (drawn from `gen`); returns the mean training loss. Also FedAvg's client epoch.
+    Raises TrainingCancelled before a batch once `should_stop()` is true."""
     model.train()
     perm = torch.randperm(len(x), generator=gen)
     total = 0.0
     for i in range(0, len(x), cfg.batch_size):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled("training stopped by its caller")
         idx = perm[i:i + cfg.batch_size]
         xb = random_affine(x[idx], gen) if cfg.augment else x[idx]
         loss = F.cross_entropy(model(xb), y[idx])

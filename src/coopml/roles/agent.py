@@ -192,6 +192,9 @@ class Agent:
         self.sends = Jobs(workers=4, name="coopml-send", on_done=self._a_job_ended)
         self.done = False
         self.summary = ""   # the one human line a node ends with
+        # set when the node stops (its loop ends, or close()): long jobs (training, a refit) ask it
+        # and end early, so a stop asked for (SIGTERM, Ctrl-C) does not wait minutes for them
+        self.stopping = threading.Event()
         self._transient = _transient_errors()
 
     def _a_job_ended(self) -> None:
@@ -306,6 +309,7 @@ class Agent:
                     except self._transient:
                         self.waiter.wait(False)
         finally:
+            self.stopping.set()
             self.sends.shutdown()
             self.jobs.shutdown()
             usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -448,6 +452,7 @@ class Agent:
         return self.store.get(cid)
 
     def close(self) -> None:
+        self.stopping.set()
         self.sends.shutdown()
         self.jobs.shutdown()
         self.state.close()

@@ -65,7 +65,8 @@ class Contributor(Agent):
         return build_trainable(self.cfg.model, view.manifest.input)
 
     def train(self, model: torch.nn.Module, train: Dataset, val: Dataset, cfg: TrainConfig, labels: list[int]) -> None:
-        train_model(model, train, val, cfg, labels)
+        """On the job thread; a node asked to stop stops here too (a restart trains afresh)."""
+        train_model(model, train, val, cfg, labels, should_stop=self.stopping.is_set)
 
     def scoring_model(self, record: ModelRecord) -> torch.nn.Module:
         """The model whose scores answer verifiers: the committed one."""

@@ -77,7 +77,8 @@ def task_manifest_json(manifest: TaskManifest) -> str:
 class InitiatorFusion:
     """The initiator's incremental fuser and the MetaModel file it keeps up to date."""
 
-    def __init__(self, cfg: InitiatorConfig, manifest: TaskManifest, workdir: Path) -> None:
+    def __init__(self, cfg: InitiatorConfig, manifest: TaskManifest, workdir: Path,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         spec = manifest.input
         self.spec = spec
         self.manifest_json = task_manifest_json(manifest)
@@ -95,19 +96,21 @@ class InitiatorFusion:
         self._test_features: dict[int, torch.Tensor] = {}   # id(member) -> its features on the test set
         self.own_model_seconds: float | None = None
         self._resume()
-        self._add_own_model(cfg, train, val)
+        self._add_own_model(cfg, train, val, should_stop)
 
-    def _add_own_model(self, cfg: InitiatorConfig, train: Dataset, val: Dataset) -> None:
+    def _add_own_model(self, cfg: InitiatorConfig, train: Dataset, val: Dataset,
+                       should_stop: Callable[[], bool] | None) -> None:
         """Train the initiator's own model (`InitiatorConfig.own_model`) on the fusion's split and
         queue it as an all-label member under OWN_MEMBER_KEY: it joins the first refit. Not trained
-        again when the resumed MetaModel already holds it (its weights are in that file)."""
+        again when the resumed MetaModel already holds it (its weights are in that file).
+        `should_stop` (the node is stopping) ends the training early: TrainingCancelled."""
         if cfg.own_model is None:
             return
         if holds_own_model(self.fuser.current):
             return
         t0 = time.perf_counter()
         model = build_trainable(cfg.own_model, self.spec)
-        train_model(model, train, val, cfg.own_train_config(self.spec.is_image))
+        train_model(model, train, val, cfg.own_train_config(self.spec.is_image), should_stop=should_stop)
         labels = list(range(self.spec.num_classes))
         member: object = TorchMember(model, labels, self.spec) if isinstance(model, FeatureModel) else model
         self.fuser.add(member, labels, key=OWN_MEMBER_KEY)

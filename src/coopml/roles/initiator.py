@@ -549,7 +549,7 @@ class Initiator(Agent):
             members = sorted(self.state.facts("bought", Bought).values(), key=lambda b: b.model_id)
             self._fusing = {b.model_id for b in members}
             self._fuse_cancel = cancel = threading.Event()
-            self.jobs.submit("fuse", lambda: self._fuse(members, cancel.is_set))
+            self.jobs.submit("fuse", lambda: self._fuse(members, lambda: cancel.is_set() or self.stopping.is_set()))
         return False
 
     def _fuse(self, members: list[Bought], should_stop: Callable[[], bool]) -> dict[str, Any]:
@@ -557,7 +557,8 @@ class Initiator(Agent):
         new model costs its features once plus a warm-started refit of the fusion network)."""
         from coopml.roles.fusing import InitiatorFusion, fuse_members
         if self._fusion is None:     # loads the initiator's data once; resumes from the MetaModel file
-            self._fusion = InitiatorFusion(self.cfg, self.view.manifest, self.workdir)
+            # the own model's training stops only with the node, not for a newer arrival
+            self._fusion = InitiatorFusion(self.cfg, self.view.manifest, self.workdir, self.stopping.is_set)
             if self._fusion.resume_refused:
                 self.log(LogEvent.DECISION, item="fusion", outcome=Outcome.REJECTED,
                          reason=f"not resuming from the MetaModel file: {self._fusion.resume_refused}"[:400])
