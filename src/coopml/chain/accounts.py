@@ -19,7 +19,6 @@ import getpass
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from coopml.errors import (
     KeystoreNotFound,
     WrongPassword,
 )
+from coopml.paths import write_private
 
 PASSWORD_ENV = "COOPML_KEYSTORE_PASSWORD"
 SCRYPT_N = 2**18  # geth's "standard" scrypt cost (~1 s, 256 MiB); tests pass a smaller power of 2
@@ -79,17 +79,7 @@ class Keystore:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime())
         path = self.directory / f"UTC--{stamp}.{time.time_ns() % 10**9:09d}Z--{account.address[2:].lower()}"
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")  # created 0600
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(document, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(path, json.dumps(document), durable=True)     # its temporary name starts with ".": not listed
         return KeystoreEntry(to_checksum_address(account.address), path)
 
     # ------------------------------------------------------------------ reading
