@@ -28,10 +28,10 @@ class Probe(Agent):
     role = Role.VERIFIER
 
 
-def _agent(tmp_path: Path, chain: Chain, records: list[LogRecord]) -> Probe:
+def _agent(tmp_path: Path, chain: Chain, records: list[LogRecord], cls: type[Probe] = Probe) -> Probe:
     coop = deploy(chain, chain.dev_accounts()[0])
     client = TaskClient(chain, coop.address, chain.dev_accounts()[1], deploy_block=coop.deploy_block)
-    return Probe(client=client, store=open_store(str(tmp_path / "store")), state=AgentState(tmp_path / "state.sqlite"),
+    return cls(client=client, store=open_store(str(tmp_path / "store")), state=AgentState(tmp_path / "state.sqlite"),
                  workdir=tmp_path, log=EventLog(Role.VERIFIER, "probe", records.append))
 
 
@@ -662,9 +662,7 @@ def test_a_stop_does_not_wait_for_a_long_training(tmp_path):
             batches["n"] += 1
             return self.stopping.is_set()
 
-    a = _agent(tmp_path, Chain.embedded(), [])
-    trainer = Trainer.__new__(Trainer)
-    trainer.__dict__.update(a.__dict__)
+    trainer = _agent(tmp_path, Chain.embedded(), [], Trainer)
     trainer.waiter.poll = 0.05
     done = threading.Event()
     thread = threading.Thread(target=lambda: (trainer.run(stop=started.is_set), done.set()), daemon=True)
