@@ -230,7 +230,7 @@ class Verifier(Agent):
         """Anyone may draw a model's verifiers once its target block is mined. The contributor and the
         initiator draw first (the initiator 2 blocks later); verifiers are the backstop (`DRAW_BACKSTOP_BLOCKS`),
         so that one who stalls still cannot wait for a better draw (P1: the seed is fixed by then, and
-        past 256 blocks the model is cancelled) — one verifier per block (`backstop_turn`), so that
+        past 256 blocks the model is cancelled) — one verifier per 2-block turn (`backstop_turn`), so that
         the V verifiers of a task do not all send the same draw into the same block, all but one of
         them reverting and paying for it (with 25 verifiers that wasted gas on every late model)."""
         acted = False
