@@ -9,7 +9,8 @@ The first writes the report (markdown + PNGs + results.json) and prints the head
 ratios (about 40 min on 2 free cores when it was written; with today's presets -- Case Study II's
 spatial strategies I and II and the initiator's CNN, three shipping precisions and two FedAvg
 runs in Case Study III, Case Study IV -- a run on the shared machine was stopped unfinished after
-1 h 42 min, 2 h 39 min of CPU; it writes nothing before the end). The second repeats only Case Study II (Table V's 'Original'
+1 h 42 min, 2 h 39 min of CPU; each study's result is saved under OUT/checkpoints as it finishes and
+a rerun resumes after the last finished study, `--fresh` starts over). The second repeats only Case Study II (Table V's 'Original'
 column) over several seeds -- new contributors, shards and fusion each time -- and prints the mean
 and spread against the paper, since single-seed differences under ~0.5 points are noise
 (about 5 min per seed). The third runs only Case Study III at the full config, writes
@@ -50,6 +51,8 @@ def main() -> None:
                     help="with --cs2-seeds: the strategies of the contributors-only MetaModel (each costs a "
                          "full fit per prefix; none: only the MetaModel with the initiator's CNN)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the full config's)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="ignore the studies finished earlier under OUT/checkpoints (default: resume after them)")
     ap.add_argument("--only", choices=["cs3"], help="run only this case study (full config)")
     ap.add_argument("--fedavg-precisions", nargs="+", choices=["fp32", "fp16", "int8"],
                     help="with --only cs3: FedAvg runs (default: the full config's)")
@@ -78,7 +81,11 @@ def main() -> None:
         print_cs3(cs3, cfg)
         return
     t0 = time.perf_counter()
-    res = run_all(CaseStudyConfig.full().model_copy(update={"seed": args.seed}))
+    checkpoints = args.out / "checkpoints"
+    if args.fresh:
+        for old in checkpoints.glob("cs*.json"):
+            old.unlink()
+    res = run_all(CaseStudyConfig.full().model_copy(update={"seed": args.seed}), checkpoints)
     write_report(args.out, res)
     pct = lambda xs: " / ".join(f"{100 * x:.1f}" for x in xs)
     print(f"report: {args.out / 'report.md'}  ({time.perf_counter() - t0:.0f} s)")

@@ -15,10 +15,58 @@ from coopml.sim.report import write_report
 @pytest.fixture(scope="module")
 def reduced(tmp_path_factory):
     cfg = CaseStudyConfig.reduced()
-    results = run_all(cfg)
     out = tmp_path_factory.mktemp("report")
+    results = run_all(cfg, out / "checkpoints")
     write_report(out, results)
     return results, out
+
+
+def test_a_rerun_resumes_after_the_finished_studies(reduced, tmp_path, monkeypatch):
+    """A full run takes hours: each finished study is saved as it ends and a rerun under the same
+    config reuses it -- word for word the same result, no study run again; a study that fails
+    leaves the ones before it on disk; an unreadable or foreign-config checkpoint is recomputed."""
+    from coopml.sim import case_studies as cs
+
+    results, out = reduced
+    cfg = results.config
+    saved = out / "checkpoints"
+    assert sorted(p.name for p in saved.iterdir()) == ["cs1.json", "cs2.json", "cs3.json", "cs4.json"]
+    calls: list[str] = []
+
+    def fake(name, value):
+        def run(*_args):
+            calls.append(name)
+            if value is None:
+                raise RuntimeError(f"{name} crashed")
+            return value
+        return run
+
+    for name, value in (("1", results.cs1), ("2", results.cs2), ("3", results.cs3), ("4", results.cs4)):
+        monkeypatch.setattr(cs, f"run_case_study_{name}", fake(f"cs{name}", value))
+    logs: list[str] = []
+    assert run_all(cfg, saved, logs.append) == results and calls == []        # all four from disk
+    assert all("reusing" in line for line in logs) and len(logs) == 4
+    # a crash in Case Study III: I and II are on disk, the rerun runs only III and IV
+    fresh = tmp_path / "checkpoints"
+    monkeypatch.setattr(cs, "run_case_study_3", fake("cs3", None))
+    with pytest.raises(RuntimeError, match="cs3 crashed"):
+        run_all(cfg, fresh, logs.append)
+    assert sorted(p.name for p in fresh.iterdir()) == ["cs1.json", "cs2.json"] and calls == ["cs1", "cs2", "cs3"]
+    monkeypatch.setattr(cs, "run_case_study_3", fake("cs3", results.cs3))
+    calls.clear()
+    assert run_all(cfg, fresh, logs.append) == results and calls == ["cs3", "cs4"]
+    # garbage in one checkpoint, a checkpoint of another study under its name: both recomputed
+    (fresh / "cs2.json").write_text("{not json")
+    (fresh / "cs4.json").write_bytes((fresh / "cs1.json").read_bytes())
+    calls.clear()
+    logs.clear()
+    assert run_all(cfg, fresh, logs.append) == results and calls == ["cs2", "cs4"]
+    assert sum("ignoring unreadable checkpoint" in line for line in logs) == 2
+    # another seed: nothing reused
+    calls.clear()
+    other = cfg.model_copy(update={"seed": cfg.seed + 1})
+    run_all(other, fresh, logs.append)
+    assert calls == ["cs1", "cs2", "cs3", "cs4"] and "another config" in logs[-1]
 
 
 def test_report_files(reduced):

@@ -67,11 +67,14 @@ def train(
 @friendly
 def case_studies(out: Path = typer.Option(Path("out/case-studies"), help="report folder"),
                  full: bool = typer.Option(False, help="paper-size runs (long) instead of the reduced preset"),
-                 seed: int = typer.Option(0)) -> None:
+                 seed: int = typer.Option(0),
+                 fresh: bool = typer.Option(False, help="start over instead of resuming after the studies "
+                                            "saved in OUT/checkpoints by an earlier run with the same settings")) -> None:
     """Case Studies I-IV (fusion strategies, encrypted MetaModel, FedAvg comparison, fading-channel detection
-    with the encryption interface on synthetic link-power data) with a report."""
+    with the encryption interface on synthetic link-power data) with a report. Each finished study is
+    saved as it ends, so an interrupted run resumes where it stopped."""
     from coopml.sim.case_studies import main as run
-    code = run(["--out", str(out), "--seed", str(seed)] + (["--full"] if full else []))
+    code = run(["--out", str(out), "--seed", str(seed)] + (["--full"] if full else []) + (["--fresh"] if fresh else []))
     raise typer.Exit(code or 0)
 
 

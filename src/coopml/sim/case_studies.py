@@ -2,7 +2,9 @@
 
     python -m coopml.sim.case_studies --out DIR [--full]
 
-writes DIR/report.md, the figures (fig10/fig11/fig12/fig_cs4 PNG) and DIR/results.json. The default
+writes DIR/report.md, the figures (fig10/fig11/fig12/fig_cs4 PNG) and DIR/results.json; each study's
+result is saved in DIR/checkpoints as it finishes, and a rerun resumes after the last finished one
+(`--fresh` starts over). The default
 preset is the reduced one CI runs (smaller shards, fewer epochs, 2000 test images); `--full`
 is the documented benchmark (paper-size shards, up to 100 local epochs, full 10k test set).
 
@@ -15,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from pydantic import BaseModel, Field
 from coopml.data import TABLE_II, TABLE_III, Dataset, LabelShard, ShardSpec, load_dataset, make_shards
 from coopml.fusion import FeatureCache, FusionConfig, LateFusion, MetaModel, Strategy, TorchMember, fuse
 from coopml.models import FeatureModel, TrainConfig, TrainResult, build_model, evaluate, train_model
+from coopml.paths import write_private
 from coopml.sim.case_study4 import CaseStudy4Config, CaseStudy4Result, run_case_study_4
 from coopml.sim.fedavg import run_fedavg
 from coopml.sim.transport import Precision, ship, state_bytes
@@ -465,11 +469,61 @@ def run_case_study_3(cfg: CaseStudyConfig) -> CaseStudy3Result:
                             recipe=cfg.cs3_recipe)
 
 
-def run_all(cfg: CaseStudyConfig) -> CaseStudiesResult:
-    cs1, cs2, cs3 = run_case_study_1(cfg), run_case_study_2(cfg), run_case_study_3(cfg)
+class StudyCheckpoint(BaseModel):
+    """One finished case study on disk: the config it ran with and its result (JSON). A full run
+    takes hours; a kill, a crash in a later study or a reboot must not cost the studies already
+    done. Reused only under an identical config (every field, the seed and the preset included)."""
+
+    study: Literal["cs1", "cs2", "cs3", "cs4"]
+    config: CaseStudyConfig
+    result: dict[str, Any]
+    finished: str                     # UTC, ISO 8601: when the study ended
+
+
+_R = TypeVar("_R", bound=BaseModel)
+
+
+def _checkpointed(folder: Path | None, study: Literal["cs1", "cs2", "cs3", "cs4"], cfg: CaseStudyConfig,
+                  kind: type[_R], run: Callable[[], _R], log: Callable[[str], None]) -> _R:
+    """`run()`, or the result a previous run with the same config left in `folder/<study>.json`.
+    A checkpoint that does not parse or was made under another config is reported and recomputed
+    (it is this machine's own cache, so recomputing is always safe); a fresh result is written
+    atomically as soon as it exists."""
+    if folder is None:
+        return run()
+    path = folder / f"{study}.json"
+    if path.exists():
+        try:
+            saved = StudyCheckpoint.model_validate_json(path.read_bytes())
+            if saved.study != study:
+                raise ValueError(f"it holds {saved.study}")
+            if saved.config != cfg:
+                log(f"{study}: checkpoint {path} was made under another config; running it again")
+            else:
+                result = kind.model_validate(saved.result)
+                log(f"{study}: reusing {path} (finished {saved.finished})")
+                return result
+        except (ValueError, OSError) as e:          # pydantic's ValidationError is a ValueError
+            log(f"{study}: ignoring unreadable checkpoint {path} ({str(e).splitlines()[0]}); running it again")
+    result = run()
+    saved = StudyCheckpoint(study=study, config=cfg, result=result.model_dump(mode="json"),
+                            finished=datetime.now(UTC).isoformat(timespec="seconds"))
+    write_private(path, saved.model_dump_json(indent=1), mode=0o644)
+    return result
+
+
+def run_all(cfg: CaseStudyConfig, checkpoints: Path | None = None,
+            log: Callable[[str], None] = print) -> CaseStudiesResult:
+    """Case Studies I-IV in order. With `checkpoints`, each study's result is saved there as it
+    finishes and a rerun under the same config resumes after the last finished study (each study
+    seeds itself, so a resumed run computes what an uninterrupted one would)."""
+    cs1 = _checkpointed(checkpoints, "cs1", cfg, CaseStudy1Result, lambda: run_case_study_1(cfg), log)
+    cs2 = _checkpointed(checkpoints, "cs2", cfg, CaseStudy2Result, lambda: run_case_study_2(cfg), log)
+    cs3 = _checkpointed(checkpoints, "cs3", cfg, CaseStudy3Result, lambda: run_case_study_3(cfg), log)
     cs4 = None
     if cfg.case_study_4 is not None:
-        cs4 = run_case_study_4(cfg.case_study_4.model_copy(update={"seed": cfg.seed}))
+        cs4_cfg = cfg.case_study_4.model_copy(update={"seed": cfg.seed})
+        cs4 = _checkpointed(checkpoints, "cs4", cfg, CaseStudy4Result, lambda: run_case_study_4(cs4_cfg), log)
         torch.set_num_threads(cfg.threads)
     return CaseStudiesResult(config=cfg, cs1=cs1, cs2=cs2, cs3=cs3, cs4=cs4)
 
@@ -481,11 +535,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="paper-size benchmark instead of the reduced CI preset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the preset's)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="ignore the finished studies saved in OUT/checkpoints (default: resume after them)")
     args = ap.parse_args(argv)
     cfg = (CaseStudyConfig.full() if args.full else CaseStudyConfig.reduced()).model_copy(
         update={"seed": args.seed, **({"threads": args.threads} if args.threads else {})})
     t0 = time.perf_counter()
-    results = run_all(cfg)
+    checkpoints = args.out / "checkpoints"
+    if args.fresh:
+        for old in checkpoints.glob("cs*.json"):
+            old.unlink()
+    results = run_all(cfg, checkpoints)
     path = write_report(args.out, results)
     print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
     return 0
