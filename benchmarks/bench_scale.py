@@ -519,6 +519,9 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
+    except SystemExit as stop:          # --help, argument errors: argparse has said why
+        sys.stdout.flush()
+        os._exit(stop.code if isinstance(stop.code, int) else 2)
     except BaseException:  # noqa: BLE001 - report, then exit without joining threads
         import traceback
         traceback.print_exc()

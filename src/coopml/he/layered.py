@@ -38,6 +38,7 @@ from coopml.he import digits as dg
 from coopml.he import limbs as lb
 from coopml.he import ring
 from coopml.he.im2col import conv_nhwc as _conv
+from coopml.he.im2col import output_size
 from coopml.he.scaling import IntLayer, pair
 
 # images per chunk: the activations after the first layer (per limb and component) near 64 MB
@@ -142,7 +143,8 @@ def _digits_fit(layers: list[IntLayer]) -> bool:
 
 def run(k_words: np.ndarray, bias_words: np.ndarray, first: IntLayer, kernel: tuple[int, int],
         input_shape: tuple[int, ...], layers: list[IntLayer], x: np.ndarray, w: int, comps: int,
-        channels: int, extra: int, chunk: int | None = None, int8: bool = True) -> LayeredOutput:
+        channels: int, extra: int, chunk: int | None = None, int8: bool = True,
+        merge_pools: bool = True) -> LayeredOutput:
     """Evaluate the encrypted first layer and the linear `layers` after it on plaintext inputs x.
 
     k_words (K, Cout', W): the first layer's Z_Q weights with K in torch's (Cin, kh, kw) order and
@@ -150,7 +152,10 @@ def run(k_words: np.ndarray, bias_words: np.ndarray, first: IntLayer, kernel: tu
     extra = 0; matrix-pair-wise: comps = 1, `extra` = k key channels after the `channels`
     identity channels); bias_words (Cout', W). x (N, *input_shape) plaintext integers. With
     `int8` the layers after the first run on byte digits with int8 GEMMs when their weights fit
-    int8 (`_digits_fit`); else, or with int8=False, on float64 limbs. Same words either way."""
+    int8 (`_digits_fit`); else, or with int8=False, on float64 limbs. With `merge_pools` a
+    convolutional first layer and the sum pools right after it run as one strided convolution
+    (`merge_pools_into_kernel`), unless the matrix-pair-wise key channels must leave before the
+    pooling. Same words in every case."""
     n_total = len(x)
     conv = first.kind == "conv"
     words = k_words.shape[-1]
@@ -172,6 +177,13 @@ def run(k_words: np.ndarray, bias_words: np.ndarray, first: IntLayer, kernel: tu
         lead += 1
     rest = layers[lead:]
     mixes = any(layer.kind in ("conv", "linear") for layer in rest)
+    stride = pair(first.stride) if conv else (1, 1)
+    block_pools = layers[:lead]                                       # pools applied to each GEMM block
+    merged = merge_pools and conv and lead > 0 and not (extra and mixes)
+    if merged:
+        k5 = k_words.reshape(kernel[0], kernel[1], input_shape[0], *k_words.shape[1:])
+        k5, kernel, stride = merge_pools_into_kernel(k5, kernel, stride, [pair(p.size) for p in block_pools])
+        k_words, block_pools = k5.reshape(-1, *k5.shape[3:]), []
     cout = k_words.shape[1]
     if chunk is None:
         positions = int(np.prod(input_shape[1:])) if conv else 1
@@ -183,26 +195,30 @@ def run(k_words: np.ndarray, bias_words: np.ndarray, first: IntLayer, kernel: tu
     for lo in range(0, n_total, chunk):
         xb = x[lo:lo + chunk]
         n = len(xb)
-        # max row L1 of the unfolded inputs (+ 1: the bias), bounded by max|x| * taps for convolutions
+        # max row L1 of the unfolded inputs, bounded by max|x| * taps for convolutions; every
+        # pooled position also sums lead_growth biases (one per conv output it pools)
         taps = int(np.prod(kernel)) * input_shape[0] if conv else int(np.prod(input_shape))
-        a_l1 = float(np.abs(xb).max(initial=0.0)) * taps + 1.0
-        bits = lb.bits_for(a_l1 * lead_growth, total)
+        a_l1 = float(np.abs(xb).max(initial=0.0)) * taps
+        reach = a_l1 + lead_growth if merged else (a_l1 + 1.0) * lead_growth     # max |output| / max |limb|
+        bits = lb.bits_for(reach, total)
         kl = lb.from_words(k_words, bits)                                # (L, K, Cout')
         count = kl.count
         g = kl.data.transpose(1, 0, 2).reshape(kl.data.shape[1], count * cout)
         bias = lb.from_words(bias_words, bits).data                      # (L, Cout')
-        bound = kl.bound * a_l1 * lead_growth
+        bound = kl.bound * reach
         # the next weighted layer's limb width, when these limbs would not fit its GEMM
         bits2 = lb.bits_for(growth, total) if bound * growth >= lb.EXACT else bits
         count2 = lb.limb_count(total, bits2)
         dest: np.ndarray | None = None
         resid_chunk = []
-        step = max(1, FIRST_BYTES // max(1, (int(np.prod(input_shape[1:])) if conv else 1) * count * cout * 8))
+        ho, wo = output_size(pair(input_shape[1:]), kernel, stride, pair(first.padding)) if conv else (1, 1)
+        out_positions = ho * wo
+        step = max(1, FIRST_BYTES // max(1, out_positions * count * cout * 8))
         for s0 in range(0, n, step):                 # cache-sized blocks: GEMM, bias, pool, carry
             xs = xb[s0:s0 + step]
             m = len(xs)
             if conv:                                 # ONE GEMM for all limbs and components
-                h = _conv(xs, g, kernel, pair(first.stride), pair(first.padding))
+                h = _conv(xs, g, kernel, stride, pair(first.padding))
             else:
                 h = xs.reshape(m, -1) @ g
             h = h.reshape(*h.shape[:-1], count, cout)
@@ -213,7 +229,7 @@ def run(k_words: np.ndarray, bias_words: np.ndarray, first: IntLayer, kernel: tu
                 ew = lb.to_words(lb.Limbs(np.ascontiguousarray(e), bits, total, bound))
                 resid_chunk.append(np.moveaxis(ew.reshape(m, -1, extra, words), 2, 1))   # (m, k, hw, W)
                 h = h[..., :comps * channels]
-            for layer in layers[:lead]:
+            for layer in block_pools:
                 h = _pool(h, pair(layer.size), (1, 2))
             h += bias[:, :h.shape[-1]] * lead_growth               # every pooled position summed this many biases
             spatial = h.shape[1:-2]
@@ -238,6 +254,32 @@ def run(k_words: np.ndarray, bias_words: np.ndarray, first: IntLayer, kernel: tu
             outs.append(lb.to_words(act))
     ident_words = _regroup(outs, comps)
     return LayeredOutput(ident_words, np.concatenate(resids) if resids else None, flat)
+
+
+def merge_pools_into_kernel(k_words: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+                            pools: list[tuple[int, int]]) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """A convolution followed by non-overlapping sum pools as ONE strided convolution: pooling
+    s x s outputs of a stride-d convolution with a k x k kernel reads the inputs at d*s*o + d*a + u
+    (a < s pooled offset, u < k tap), so it is a convolution with a (d*(s-1) + k)-wide kernel, the
+    sum of the s*s copies of the kernel shifted by d*a, at stride d*s (same padding; floor mode
+    gives the same output size). Exact in Z_Q: the kernel words are added mod Q.
+
+    Why: on ciphertexts the first layer's output is (limbs x components) times the plaintext's
+    and is computed in float64, so the full-resolution output (1.6 MB per image for Table IV) and
+    its pooling cost more than the GEMM; merged, the GEMM has 36/100 of the multiply-adds at 5x5
+    -> 2x2 and writes a quarter of the output. The plaintext model gains little from the same
+    rewrite (its first layer is a small part of it): docs/he.md reports both.
+
+    k_words (kh, kw, Cin, Cout', W) uint64 words -> the merged kernel's words, its size, stride."""
+    for sh, sw in pools:
+        (kh, kw), (dh, dw) = kernel, stride
+        out = np.zeros((dh * (sh - 1) + kh, dw * (sw - 1) + kw, *k_words.shape[2:]), dtype=np.uint64)
+        for a in range(sh):
+            for b in range(sw):
+                window = out[dh * a:dh * a + kh, dw * b:dw * b + kw]
+                window[...] = ring.add_words(window, k_words)
+        k_words, kernel, stride = out, (out.shape[0], out.shape[1]), (dh * sh, dw * sw)
+    return k_words, kernel, stride
 
 
 def _regroup(outs: list[np.ndarray], comps: int) -> np.ndarray:

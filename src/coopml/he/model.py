@@ -386,18 +386,20 @@ def _prefix_shape(enc: EncryptedModel) -> tuple[int, ...]:
 
 
 def encrypted_infer_layered(enc: EncryptedModel, x: np.ndarray, q: int | None = None,
-                            chunk: int | None = None, int8: bool = True) -> Ciphertext | PairOutputs:
+                            chunk: int | None = None, int8: bool = True,
+                            merge_pools: bool = True) -> Ciphertext | PairOutputs:
     """Layer-by-layer inference (the paper's Fig. 5/6 flow), every layer one exact GEMM over all
     ciphertext components (coopml.he.layered): float64 limbs, and int8 byte digits for the layers
     after the first when their weights fit int8 (`int8=False`: float64 throughout). Same words as
-    `encrypted_infer`."""
+    `encrypted_infer`. `merge_pools`: the first layer and the sum pools right after it as one
+    strided convolution (`coopml.he.layered.merge_pools_into_kernel`; False: conv, then pools)."""
     x = _check_inputs(enc, x, q)
     _, noise, value = _admit(enc, x, q)
     params = enc.params
     k_words, bias, comps, channels, extra = _first_operands(enc)
     kernel = (enc.first_shape[2], enc.first_shape[3]) if enc.first_layer.kind == "conv" else (1, 1)
     out = layered.run(k_words, bias, enc.first_layer, kernel, enc.input_shape, enc.tail.layers[:enc.split],
-                      x, params.w, comps, channels, extra, chunk, int8=int8)
+                      x, params.w, comps, channels, extra, chunk, int8=int8, merge_pools=merge_pools)
     n = len(x)
     ident = out.ident                                     # (comps, N, ..., W)
     if not out.flat:                                      # NHWC -> torch's (C, H, W) order
