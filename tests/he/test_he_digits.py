@@ -68,3 +68,41 @@ def test_limbs_become_bytes_exactly_even_unnormalised(seed, words, bits):
     x = lb.from_words(_words(seed, (4, 3), words), bits)
     bumped = x.replace(x.data * 5 - np.roll(x.data, 1, axis=1), x.bound * 6)
     assert np.array_equal(dg.to_words(dg.from_limbs(bumped)), lb.to_words(bumped))
+
+
+def test_without_a_working_int8_gemm_the_layers_run_on_float64_limbs(monkeypatch):
+    """`torch._int_mm` is private: a torch without it (or computing it wrongly) must not break
+    encrypted inference. The probe says no, `fits` refuses, the tail runs on float64 limbs and
+    the words are the same."""
+    from coopml.he import MODEL_PARAMS, encrypt_model, encrypted_infer_layered, keygen
+    from coopml.he import layered as he_layered
+    from coopml.models import build_model
+
+    assert dg.available()                                       # this torch: the probe passes
+    torch.manual_seed(0)
+    model = build_model("table4", seed=1)
+    _sk, pk = keygen(MODEL_PARAMS, 1, rng=0)
+    enc = encrypt_model(pk, model, p=1 << 5, q=1000)
+    x = np.random.default_rng(0).integers(0, 1001, size=(2, 1, 28, 28))
+    want = encrypted_infer_layered(enc, x).words
+    assert he_layered._digits_fit(enc.tail.layers[:enc.split])
+    calls = []
+    real = torch._int_mm
+
+    def wrong(a, b, out=None):                                  # a torch whose int8 GEMM is off by one
+        calls.append(1)
+        real(a, b, out=out)
+        out += 1
+    for broken in (None, wrong):
+        dg.available.cache_clear()
+        if broken is None:
+            monkeypatch.delattr(torch, "_int_mm")
+        else:
+            monkeypatch.setattr(torch, "_int_mm", broken, raising=False)
+        assert not dg.available() and not dg.fits(np.ones((3, 2)), 3)
+        assert not he_layered._digits_fit(enc.tail.layers[:enc.split])
+        assert np.array_equal(encrypted_infer_layered(enc, x).words, want)
+    assert len(calls) == 1                                      # the probe only, never the inference
+    monkeypatch.undo()
+    dg.available.cache_clear()
+    assert dg.available()

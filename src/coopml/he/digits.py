@@ -16,6 +16,8 @@ out as (8W, ...).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -30,9 +32,29 @@ MAX_K = (2**31 - 1) // (2 * 128 * INT8_MAX)
 UNFOLD_BYTES = 8 << 20
 
 
+@functools.cache
+def available() -> bool:
+    """Whether this torch computes int8 x int8 -> int32 GEMMs exactly (`torch._int_mm` is a
+    private API: a torch without it, or with other shape rules, must not break verification; the
+    callers then use the float64 limbs, same words). Probed once, at shapes like ours (odd K and
+    N, as Table IV's 784 -> 10 head)."""
+    if not hasattr(torch, "_int_mm"):
+        return False
+    rng = np.random.default_rng(0)
+    a = rng.integers(-128, 128, size=(48, 37), dtype=np.int8)
+    b = rng.integers(-127, 128, size=(37, 10), dtype=np.int8)
+    out = np.empty((48, 10), dtype=np.int32)
+    try:
+        _int_mm(a, b, out)
+    except (RuntimeError, TypeError):
+        return False
+    return bool(np.array_equal(out, a.astype(np.int64) @ b.astype(np.int64)))
+
+
 def fits(weight: np.ndarray, k: int) -> bool:
-    """Whether an integer weight matrix with `k` inputs per output can go through `conv`/`linear`."""
-    return bool(weight.size) and float(np.abs(weight).max()) <= INT8_MAX and k <= MAX_K
+    """Whether an integer weight matrix with `k` inputs per output can go through `conv`/`linear`
+    (and this torch has the int8 GEMM: `available`)."""
+    return bool(weight.size) and float(np.abs(weight).max()) <= INT8_MAX and k <= MAX_K and available()
 
 
 def from_words(words: np.ndarray) -> np.ndarray:
