@@ -520,8 +520,11 @@ if __name__ == "__main__":
     try:
         main()
     except SystemExit as stop:          # --help, argument errors: argparse has said why
+        if stop.code is not None and not isinstance(stop.code, int):
+            print(stop.code, file=sys.stderr)
         sys.stdout.flush()
-        os._exit(stop.code if isinstance(stop.code, int) else 2)
+        sys.stderr.flush()
+        os._exit(0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1)
     except BaseException:  # noqa: BLE001 - report, then exit without joining threads
         import traceback
         traceback.print_exc()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -224,3 +224,44 @@ def test_relu_is_not_a_ciphertext_operation():
     mask = np.diag(np.random.default_rng(1).integers(0, 2, size=6))
     x6 = np.arange(-3, 3).reshape(6, 1)
     assert np.array_equal(decrypt(sk, matmul_plain(mask, encrypt(pk, x6))), mask @ x6)
+
+
+def _conv_words(x: np.ndarray, k: np.ndarray, stride: tuple[int, int], pad: tuple[int, int]) -> np.ndarray:
+    """Reference convolution mod 2^64 on uint64 (numpy's integer arithmetic wraps): x (B, H, W, C),
+    k (kh, kw, C, O, 1) words -> (B, Ho, Wo, O)."""
+    from coopml.he.im2col import output_size
+    kh, kw = k.shape[:2]
+    ho, wo = output_size(x.shape[1:3], (kh, kw), stride, pad)
+    xp = np.pad(x, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))
+    out = np.zeros((x.shape[0], ho, wo, k.shape[3]), dtype=np.uint64)
+    for u in range(kh):
+        for v in range(kw):
+            patch = xp[:, u:u + stride[0] * (ho - 1) + 1:stride[0], v:v + stride[1] * (wo - 1) + 1:stride[1]]
+            out += np.einsum("bhwc,co->bhwo", patch, k[u, v, :, :, 0])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       pools=st.lists(st.tuples(st.integers(1, 3), st.integers(1, 3)), min_size=1, max_size=2),
+       hw=st.tuples(st.integers(5, 17), st.integers(5, 17)))
+def test_a_convolution_and_its_sum_pools_merge_into_one_strided_convolution(seed, kernel, stride, pad, pools, hw):
+    """`merge_pools_into_kernel` on its own, exact mod 2^64: any kernel, stride, padding, one or two
+    rectangular pools, floor mode (sizes that do not divide). The model-level tests above merge
+    only where the network allows it (element-wise, no activation before the pool)."""
+    from coopml.he.im2col import output_size
+    ho, wo = output_size(hw, kernel, stride, pad)
+    ph, pw = np.prod([p[0] for p in pools]), np.prod([p[1] for p in pools])
+    assume(ho >= ph and wo >= pw)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 1 << 64, size=(2, *hw, 2), dtype=np.uint64)
+    k = rng.integers(0, 1 << 64, size=(*kernel, 2, 3, 1), dtype=np.uint64)
+    want = _conv_words(x, k, stride, pad)
+    for size in pools:
+        want = he_layered._pool(want, size, (1, 2))
+    merged, kernel2, stride2 = he_layered.merge_pools_into_kernel(k, kernel, stride, pools)
+    assert merged.shape[:2] == kernel2
+    assert np.array_equal(_conv_words(x, merged, stride2, pad), want)
+    # merged only where it does not add taps: a stride beyond the kernel leaves gaps in it
+    assert he_layered._merge_pays(kernel, stride, pools) == (kernel2[0] * kernel2[1] <= ph * pw * kernel[0] * kernel[1])

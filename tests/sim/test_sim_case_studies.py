@@ -67,6 +67,35 @@ def test_a_rerun_resumes_after_the_finished_studies(reduced, tmp_path, monkeypat
     other = cfg.model_copy(update={"seed": cfg.seed + 1})
     run_all(other, fresh, logs.append)
     assert calls == ["cs1", "cs2", "cs3", "cs4"] and "another config" in logs[-1]
+    # other code (any source file of the package changed): nothing reused either
+    calls.clear()
+    monkeypatch.setattr(cs, "code_digest", lambda: "0" * 64)
+    assert run_all(other, fresh, logs.append) == results and calls == ["cs1", "cs2", "cs3", "cs4"]
+    assert "other code" in logs[-1]
+
+
+def test_a_checkpoint_keeps_nan(tmp_path):
+    """A scenario where no model was accepted has accuracy NaN; JSON's default (null) would not
+    load back as a float, and the hours-long study would run again on every rerun."""
+    from pydantic import BaseModel
+
+    from coopml.sim import case_studies as cs
+
+    class Scores(BaseModel):
+        accuracy: float
+        curve: list[float]
+
+    calls: list[int] = []
+
+    def run():
+        calls.append(1)
+        return Scores(accuracy=float("nan"), curve=[0.5, float("inf")])
+
+    cfg = CaseStudyConfig.reduced()
+    for _ in range(2):
+        got = cs._checkpointed(tmp_path, "cs3", cfg, Scores, run, print)
+        assert got.curve == [0.5, float("inf")] and got.accuracy != got.accuracy     # NaN
+    assert calls == [1]
 
 
 def test_report_files(reduced):

@@ -72,7 +72,7 @@ def case_studies(out: Path = typer.Option(Path("out/case-studies"), help="report
                                             "saved in OUT/checkpoints by an earlier run with the same settings")) -> None:
     """Case Studies I-IV (fusion strategies, encrypted MetaModel, FedAvg comparison, fading-channel detection
     with the encryption interface on synthetic link-power data) with a report. Each finished study is
-    saved as it ends, so an interrupted run resumes where it stopped."""
+    saved as it ends, so a rerun of the same code and settings resumes after the last finished study."""
     from coopml.sim.case_studies import main as run
     code = run(["--out", str(out), "--seed", str(seed)] + (["--full"] if full else []) + (["--fresh"] if fresh else []))
     raise typer.Exit(code or 0)

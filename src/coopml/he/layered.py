@@ -179,7 +179,8 @@ def run(k_words: np.ndarray, bias_words: np.ndarray, first: IntLayer, kernel: tu
     mixes = any(layer.kind in ("conv", "linear") for layer in rest)
     stride = pair(first.stride) if conv else (1, 1)
     block_pools = layers[:lead]                                       # pools applied to each GEMM block
-    merged = merge_pools and conv and lead > 0 and not (extra and mixes)
+    merged = merge_pools and conv and lead > 0 and not (extra and mixes) \
+        and _merge_pays(kernel, stride, [pair(p.size) for p in block_pools])
     if merged:
         k5 = k_words.reshape(kernel[0], kernel[1], input_shape[0], *k_words.shape[1:])
         k5, kernel, stride = merge_pools_into_kernel(k5, kernel, stride, [pair(p.size) for p in block_pools])
@@ -254,6 +255,18 @@ def run(k_words: np.ndarray, bias_words: np.ndarray, first: IntLayer, kernel: tu
             outs.append(lb.to_words(act))
     ident_words = _regroup(outs, comps)
     return LayeredOutput(ident_words, np.concatenate(resids) if resids else None, flat)
+
+
+def _merge_pays(kernel: tuple[int, int], stride: tuple[int, int], pools: list[tuple[int, int]]) -> bool:
+    """Whether the merged kernel has no more taps than the pooled outputs' conv taps it replaces
+    (a stride beyond the kernel leaves gaps in the merged kernel: then conv, then pool)."""
+    (kh, kw), (dh, dw), taps = kernel, stride, 1
+    mh, mw = kh, kw
+    for sh, sw in pools:
+        taps *= sh * sw
+        mh, mw = dh * (sh - 1) + mh, dw * (sw - 1) + mw
+        dh, dw = dh * sh, dw * sw
+    return mh * mw <= taps * kh * kw
 
 
 def merge_pools_into_kernel(k_words: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],

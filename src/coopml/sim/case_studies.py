@@ -3,7 +3,7 @@
     python -m coopml.sim.case_studies --out DIR [--full]
 
 writes DIR/report.md, the figures (fig10/fig11/fig12/fig_cs4 PNG) and DIR/results.json; each study's
-result is saved in DIR/checkpoints as it finishes, and a rerun resumes after the last finished one
+result is saved in DIR/checkpoints as it finishes, and a rerun of the same code resumes after the last finished one
 (`--fresh` starts over). The default
 preset is the reduced one CI runs (smaller shards, fewer epochs, 2000 test images); `--full`
 is the documented benchmark (paper-size shards, up to 100 local epochs, full 10k test set).
@@ -16,6 +16,8 @@ Case Studies I-III.
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -24,7 +26,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from coopml.data import TABLE_II, TABLE_III, Dataset, LabelShard, ShardSpec, load_dataset, make_shards
 from coopml.fusion import FeatureCache, FusionConfig, LateFusion, MetaModel, Strategy, TorchMember, fuse
@@ -469,13 +471,32 @@ def run_case_study_3(cfg: CaseStudyConfig) -> CaseStudy3Result:
                             recipe=cfg.cs3_recipe)
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 over the coopml package's Python sources (paths and bytes): a checkpoint made by
+    other code is not reused, so a report never mixes results of two versions."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        data = f.read_bytes()
+        h.update(f"{f.relative_to(root).as_posix()}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
 class StudyCheckpoint(BaseModel):
-    """One finished case study on disk: the config it ran with and its result (JSON). A full run
-    takes hours; a kill, a crash in a later study or a reboot must not cost the studies already
-    done. Reused only under an identical config (every field, the seed and the preset included)."""
+    """One finished case study on disk: the config it ran with, the code that ran it and its
+    result (JSON; NaN, e.g. the accuracy of a scenario where no model was accepted, written as
+    NaN, not null). A full run takes hours; a kill, a crash in a later study or a reboot must not
+    cost the studies already done. Reused only under an identical config (every field, the seed
+    and the preset included) and identical code (`code_digest`); a study interrupted midway runs
+    again from its start."""
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")
 
     study: Literal["cs1", "cs2", "cs3", "cs4"]
     config: CaseStudyConfig
+    code: str                         # code_digest() of the run that made it
     result: dict[str, Any]
     finished: str                     # UTC, ISO 8601: when the study ended
 
@@ -485,10 +506,10 @@ _R = TypeVar("_R", bound=BaseModel)
 
 def _checkpointed(folder: Path | None, study: Literal["cs1", "cs2", "cs3", "cs4"], cfg: CaseStudyConfig,
                   kind: type[_R], run: Callable[[], _R], log: Callable[[str], None]) -> _R:
-    """`run()`, or the result a previous run with the same config left in `folder/<study>.json`.
-    A checkpoint that does not parse or was made under another config is reported and recomputed
-    (it is this machine's own cache, so recomputing is always safe); a fresh result is written
-    atomically as soon as it exists."""
+    """`run()`, or the result a previous run of the same code with the same config left in
+    `folder/<study>.json`. A checkpoint that does not parse, or was made under another config or
+    by other code, is reported and recomputed (it is this machine's own cache, so recomputing is
+    always safe); a fresh result is written atomically and fsync-ed as soon as it exists."""
     if folder is None:
         return run()
     path = folder / f"{study}.json"
@@ -499,6 +520,8 @@ def _checkpointed(folder: Path | None, study: Literal["cs1", "cs2", "cs3", "cs4"
                 raise ValueError(f"it holds {saved.study}")
             if saved.config != cfg:
                 log(f"{study}: checkpoint {path} was made under another config; running it again")
+            elif saved.code != code_digest():
+                log(f"{study}: checkpoint {path} was made by other code; running it again")
             else:
                 result = kind.model_validate(saved.result)
                 log(f"{study}: reusing {path} (finished {saved.finished})")
@@ -506,17 +529,18 @@ def _checkpointed(folder: Path | None, study: Literal["cs1", "cs2", "cs3", "cs4"
         except (ValueError, OSError) as e:          # pydantic's ValidationError is a ValueError
             log(f"{study}: ignoring unreadable checkpoint {path} ({str(e).splitlines()[0]}); running it again")
     result = run()
-    saved = StudyCheckpoint(study=study, config=cfg, result=result.model_dump(mode="json"),
+    saved = StudyCheckpoint(study=study, config=cfg, code=code_digest(), result=result.model_dump(),
                             finished=datetime.now(UTC).isoformat(timespec="seconds"))
-    write_private(path, saved.model_dump_json(indent=1), mode=0o644)
+    write_private(path, saved.model_dump_json(indent=1), mode=0o644, durable=True)
     return result
 
 
 def run_all(cfg: CaseStudyConfig, checkpoints: Path | None = None,
             log: Callable[[str], None] = print) -> CaseStudiesResult:
     """Case Studies I-IV in order. With `checkpoints`, each study's result is saved there as it
-    finishes and a rerun under the same config resumes after the last finished study (each study
-    seeds itself, so a resumed run computes what an uninterrupted one would)."""
+    finishes and a rerun of the same code under the same config resumes after the last finished
+    study (each study seeds itself, so a resumed run computes what an uninterrupted one would, up
+    to the thread-timing noise any two runs have)."""
     cs1 = _checkpointed(checkpoints, "cs1", cfg, CaseStudy1Result, lambda: run_case_study_1(cfg), log)
     cs2 = _checkpointed(checkpoints, "cs2", cfg, CaseStudy2Result, lambda: run_case_study_2(cfg), log)
     cs3 = _checkpointed(checkpoints, "cs3", cfg, CaseStudy3Result, lambda: run_case_study_3(cfg), log)
