@@ -528,15 +528,21 @@ def _checkpointed(folder: Path | None, study: Literal["cs1", "cs2", "cs3", "cs4"
                 return result
         except (ValueError, OSError) as e:          # pydantic's ValidationError is a ValueError
             log(f"{study}: ignoring unreadable checkpoint {path} ({str(e).splitlines()[0]}); running it again")
+    t0 = time.perf_counter()
     result = run()
     saved = StudyCheckpoint(study=study, config=cfg, code=code_digest(), result=result.model_dump(),
                             finished=datetime.now(UTC).isoformat(timespec="seconds"))
     write_private(path, saved.model_dump_json(indent=1), mode=0o644, durable=True)
+    log(f"{study}: finished in {time.perf_counter() - t0:.0f} s, saved to {path}")
     return result
 
 
+def _progress(line: str) -> None:
+    print(line, flush=True)          # a long run's log is usually a file: show each study as it ends
+
+
 def run_all(cfg: CaseStudyConfig, checkpoints: Path | None = None,
-            log: Callable[[str], None] = print) -> CaseStudiesResult:
+            log: Callable[[str], None] = _progress) -> CaseStudiesResult:
     """Case Studies I-IV in order. With `checkpoints`, each study's result is saved there as it
     finishes and a rerun of the same code under the same config resumes after the last finished
     study (each study seeds itself, so a resumed run computes what an uninterrupted one would, up
