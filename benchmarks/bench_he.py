@@ -169,10 +169,11 @@ def table8(images: tuple[int, ...] = (1000, 10000), p: int = 1 << 7, q: int = 10
     t_prepare = time.perf_counter() - t0
     net = quantize(model, p, q)
     w_lin = _plain_collapsed(model)
+    n_threads = torch.get_num_threads()          # --threads; every timed call, both sides, gets as many
     rows = []
     say = print if verbose else (lambda *a, **k: None)
     say(f"\nTable VIII (Table IV CNN, {strategy}, p=2^{p.bit_length() - 1}, q={q}, Q=2^{64 * params.words}): "
-        f"inference time, best of 3 (2 at >= 10,000 images), {torch.get_num_threads()} thread; "
+        f"inference time, best of 3 (2 at >= 10,000 images), {n_threads} thread(s), torch and numpy's BLAS alike; "
         f"wall s [CPU s]. Model encryption {t_encrypt * 1e3:.0f} ms, one-time collapse (prepare) "
         f"{t_prepare * 1e3:.0f} ms.")
     say(f"{'images':>7} | {'collapsed: plain f64':>21} {'encrypted':>15} {'ratio':>13} | "
@@ -182,17 +183,17 @@ def table8(images: tuple[int, ...] = (1000, 10000), p: int = 1 << 7, q: int = 10
         reps = 3 if n < 10000 else 2
         xi = scale_inputs(x, q)
         with torch.no_grad():
-            plain = best_time(lambda: model(x), reps)  # noqa: B023 - timed at once
-            coll = best_time(lambda: x.flatten(1).double() @ w_lin[0] + w_lin[1], reps)  # noqa: B023 - timed at once
-            exact = best_time(lambda: _plain_integer_layers(net, scale_inputs(x, q)), reps)  # noqa: B023 - timed at once
-        enc_coll = best_time(lambda: encrypted_infer(enc, scale_inputs(x, q), method="collapsed"), reps)  # noqa: B023 - timed at once
-        enc_lay = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q)), reps)  # noqa: B023 - timed at once
-        enc_f64 = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q), int8=False), reps)  # noqa: B023 - timed at once
-        enc_unmerged = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q), merge_pools=False), reps)  # noqa: B023 - timed at once
+            plain = best_time(lambda: model(x), reps, threads=n_threads)  # noqa: B023 - timed at once
+            coll = best_time(lambda: x.flatten(1).double() @ w_lin[0] + w_lin[1], reps, threads=n_threads)  # noqa: B023 - timed at once
+            exact = best_time(lambda: _plain_integer_layers(net, scale_inputs(x, q)), reps, threads=n_threads)  # noqa: B023 - timed at once
+        enc_coll = best_time(lambda: encrypted_infer(enc, scale_inputs(x, q), method="collapsed"), reps, threads=n_threads)  # noqa: B023 - timed at once
+        enc_lay = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q)), reps, threads=n_threads)  # noqa: B023 - timed at once
+        enc_f64 = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q), int8=False), reps, threads=n_threads)  # noqa: B023 - timed at once
+        enc_unmerged = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q), merge_pools=False), reps, threads=n_threads)  # noqa: B023 - timed at once
         merged_model = _plain_merged(model)
         with torch.no_grad():
             assert torch.allclose(merged_model(x), model(x), atol=1e-4)
-            plain_merged = best_time(lambda: merged_model(x), reps)  # noqa: B023 - timed at once
+            plain_merged = best_time(lambda: merged_model(x), reps, threads=n_threads)  # noqa: B023 - timed at once
         out = encrypted_infer_layered(enc, xi)
         assert np.array_equal(out.words, encrypted_infer(enc, xi, method="collapsed").words)
         t_dec = best_time(lambda: decrypt_outputs(sk, enc, out), 1)[0]  # noqa: B023 - timed at once

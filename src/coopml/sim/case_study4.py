@@ -212,9 +212,10 @@ def _fuse(models: Sequence[FeatureModel], train: Dataset, val: Dataset, cfg: Fus
 
 
 def timing(model: FeatureModel, data: Dataset, p: int, q: int, strategy: str, repeats: int,
-           seed: int = 0) -> Table8Row:
+           seed: int = 0, threads: int = 1) -> Table8Row:
     """Table VIII for one model: encrypted (first layer in cipherspace, decryption and the rest on
-    plaintext integers by the key holder) vs plaintext (float32 torch), both layer by layer."""
+    plaintext integers by the key holder) vs plaintext (float32 torch), both layer by layer, both
+    on `threads` threads (torch's and numpy's BLAS alike)."""
     x, _ = data.tensors()
     first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     n = 1 if strategy == "element-wise" else (first.out_channels if isinstance(first, nn.Conv2d)
@@ -226,13 +227,13 @@ def timing(model: FeatureModel, data: Dataset, p: int, q: int, strategy: str, re
     net = quantize(model, p, q)
     model.eval()
     with torch.no_grad():
-        plain = best_time(lambda: model(x), repeats, warmup=True)
-    exact = best_time(lambda: integer_forward(net, scale_inputs(x, q)), repeats, warmup=True)
-    cipher = best_time(lambda: encrypted_infer(enc, scale_inputs(x, q)), repeats, warmup=True)
+        plain = best_time(lambda: model(x), repeats, warmup=True, threads=threads)
+    exact = best_time(lambda: integer_forward(net, scale_inputs(x, q)), repeats, warmup=True, threads=threads)
+    cipher = best_time(lambda: encrypted_infer(enc, scale_inputs(x, q)), repeats, warmup=True, threads=threads)
     ct = encrypted_infer(enc, scale_inputs(x, q))
-    finish = best_time(lambda: decrypt_outputs(sk, enc, ct), repeats, warmup=True)
+    finish = best_time(lambda: decrypt_outputs(sk, enc, ct), repeats, warmup=True, threads=threads)
     total = best_time(lambda: decrypt_outputs(sk, enc, encrypted_infer(enc, scale_inputs(x, q))), repeats,
-                      warmup=True)
+                      warmup=True, threads=threads)
     return Table8Row(arch=model.arch, strategy=strategy, samples=len(x), encrypt_seconds=t_encrypt,
                      plain=plain, plain_exact=exact, encrypted=total, cipherspace=cipher, finish=finish)
 
@@ -282,7 +283,8 @@ def run_case_study_4(cfg: CaseStudy4Config, log: Callable[[str], None] | None = 
             timing_data = Dataset(np.tile(timing_data.images, (reps, 1, 1))[:cfg.timing_samples],
                                   np.tile(timing_data.labels, reps)[:cfg.timing_samples], timing_data.spec)
         for strategy in ("element-wise", "matrix-pair-wise"):
-            table8.append(timing(models[0], timing_data, cfg.p, cfg.q, strategy, cfg.timing_repeats, cfg.seed))
+            table8.append(timing(models[0], timing_data, cfg.p, cfg.q, strategy, cfg.timing_repeats, cfg.seed,
+                                 cfg.threads))
     balance = float(verifiers.test.labels.mean())
     return CaseStudy4Result(config=cfg, train_windows=len(verifiers.train), test_windows=len(verifiers.test),
                             class_balance=balance, table6=table6, table7=table7, table8=table8,
