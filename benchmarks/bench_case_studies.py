@@ -6,11 +6,11 @@
         [--cs3-precisions fp32 int8] [--fedavg-precisions fp32] [--threads 1]
 
 The first writes the report (markdown + PNGs + results.json) and prints the headline figures and
-ratios (about 40 min on 2 free cores when it was written; with today's presets -- Case Study II's
-spatial strategies I and II and the initiator's CNN, three shipping precisions and two FedAvg
-runs in Case Study III, Case Study IV -- a run on the shared machine was stopped unfinished after
-1 h 42 min, 2 h 39 min of CPU; each study's result is saved under OUT/checkpoints as it finishes and
-a rerun of the same code resumes after the last finished study, `--fresh` starts over). The second repeats only Case Study II (Table V's 'Original'
+ratios (with today's presets -- Case Study II's spatial strategies I and II and the initiator's
+CNN, three shipping precisions and two FedAvg runs in Case Study III, Case Study IV -- 31 min on 2
+otherwise idle cores, 55 min beside other work; each study's result is saved under OUT/checkpoints
+as it finishes and a rerun of the same code resumes after the last finished study, `--fresh`
+starts over). The second repeats only Case Study II (Table V's 'Original'
 column) over several seeds -- new contributors, shards and fusion each time -- and prints the mean
 and spread against the paper, since single-seed differences under ~0.5 points are noise
 (about 5 min per seed). The third runs only Case Study III at the full config, writes
