@@ -32,6 +32,7 @@ from coopml.sim.case_studies import (
     PAPER_TABLE_V_ORIGINAL,
     CaseStudy3Result,
     CaseStudyConfig,
+    forget_checkpoints,
     run_all,
     run_case_study_2,
     run_case_study_3,
@@ -83,8 +84,7 @@ def main() -> None:
     t0 = time.perf_counter()
     checkpoints = args.out / "checkpoints"
     if args.fresh:
-        for old in checkpoints.glob("cs*.json"):
-            old.unlink()
+        forget_checkpoints(checkpoints)
     res = run_all(CaseStudyConfig.full().model_copy(update={"seed": args.seed}), checkpoints)
     write_report(args.out, res)
     pct = lambda xs: " / ".join(f"{100 * x:.1f}" for x in xs)

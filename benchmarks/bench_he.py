@@ -170,6 +170,7 @@ def table8(images: tuple[int, ...] = (1000, 10000), p: int = 1 << 7, q: int = 10
     net = quantize(model, p, q)
     w_lin = _plain_collapsed(model)
     n_threads = torch.get_num_threads()          # --threads; every timed call, both sides, gets as many
+    merged_model = _plain_merged(model)
     rows = []
     say = print if verbose else (lambda *a, **k: None)
     say(f"\nTable VIII (Table IV CNN, {strategy}, p=2^{p.bit_length() - 1}, q={q}, Q=2^{64 * params.words}): "
@@ -190,7 +191,6 @@ def table8(images: tuple[int, ...] = (1000, 10000), p: int = 1 << 7, q: int = 10
         enc_lay = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q)), reps, threads=n_threads)  # noqa: B023 - timed at once
         enc_f64 = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q), int8=False), reps, threads=n_threads)  # noqa: B023 - timed at once
         enc_unmerged = best_time(lambda: encrypted_infer_layered(enc, scale_inputs(x, q), merge_pools=False), reps, threads=n_threads)  # noqa: B023 - timed at once
-        merged_model = _plain_merged(model)
         with torch.no_grad():
             assert torch.allclose(merged_model(x), model(x), atol=1e-4)
             plain_merged = best_time(lambda: merged_model(x), reps, threads=n_threads)  # noqa: B023 - timed at once

@@ -537,6 +537,12 @@ def _checkpointed(folder: Path | None, study: Literal["cs1", "cs2", "cs3", "cs4"
     return result
 
 
+def forget_checkpoints(folder: Path) -> None:
+    """Start over (`--fresh`): remove the studies a previous run saved in `folder`."""
+    for old in folder.glob("cs*.json"):
+        old.unlink()
+
+
 def _progress(line: str) -> None:
     print(line, flush=True)          # a long run's log is usually a file: show each study as it ends
 
@@ -573,8 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     checkpoints = args.out / "checkpoints"
     if args.fresh:
-        for old in checkpoints.glob("cs*.json"):
-            old.unlink()
+        forget_checkpoints(checkpoints)
     results = run_all(cfg, checkpoints)
     path = write_report(args.out, results)
     print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
