@@ -20,6 +20,7 @@ from coopml.he import (
     CkksParams,
     EncryptedBatch,
     EncryptedOutputs,
+    HePlan,
     InputRangeError,
     InsecureParametersError,
     PlanError,
@@ -31,6 +32,7 @@ from coopml.he import (
     params_for,
 )
 from coopml.he.ckks import _seal
+from coopml.he.ckks.batch import key_id_of
 from coopml.he.ckks.modmath import modmatmul
 from coopml.he.ckks.params import seal_context
 from coopml.models import (
@@ -316,6 +318,54 @@ def test_batch_for_one_key_is_useless_with_another(table4_key):
     _, wrong = other.decrypt_outputs(out)
     _, tl = _torch_outputs(model, x)
     assert np.abs(wrong - tl).max() > 1.0
+
+
+def _small_linear() -> tuple[nn.Module, HePlan, QueryKey]:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Linear(10, 10)).double()
+    plan = compile_model(model, (1, 28, 28))
+    return model, plan, QueryKey.generate(params_for(plan))
+
+
+def test_a_request_carries_the_rings_capacity_whatever_count_it_declares():
+    """A LIMIT, not a guarantee (docs/threat-model.md, P8): the declared count is a number in the
+    header; the ciphertexts hold the ring's capacity of images, and the contributor's evaluation
+    covers every slot. A verifier that declares 8 images gets the model's outputs on all of them."""
+    model, plan, key = _small_linear()
+    cap = key.params.capacity
+    x = np.random.default_rng(8).random((cap, 1, 28, 28))
+    full = key.encrypt_images(x)
+    declared = EncryptedBatch(key.context, full.input_shape, 8, full.c0, full.seeds)
+    batch = EncryptedBatch.from_bytes(declared.to_bytes(), key.public_context())
+    assert batch.count == 8
+    out = EncryptedOutputs.from_bytes(evaluate(plan, batch).to_bytes(), key.context)
+    out.count = cap                          # the verifier's own object: it reads every slot
+    _, logits = key.decrypt_outputs(out)
+    with torch.no_grad():
+        tl = model(torch.tensor(x)).numpy()
+    assert cap >= 1024 and np.abs(logits - tl).max() < 1e-3
+
+
+def test_the_output_mask_rests_on_the_verifiers_public_key():
+    """A LIMIT (docs/threat-model.md, P8): the fresh encryption of zero that re-randomises each
+    output is made with the verifier's public key, and SEAL accepts any key of the right shape.
+    With an all-zero key the mask is gone: the same batch evaluated twice gives the same output
+    polynomials up to the wire rounding, where an honest key makes them differ across the modulus."""
+    _, plan, key = _small_linear()
+    params = key.params
+    n, q0 = params.poly_modulus_degree, key.context.seal.primes[0]
+    pk = _seal.parse_ciphertext(key.context.public_key_bytes, n, len(params.coeff_mod_bit_sizes), 2)
+    zero_pk = _seal.build_ciphertext(_seal.RawCiphertext(pk.parms_id, pk.scale, np.zeros_like(pk.data), 2,
+                                                         None, pk.is_ntt_form))
+    malformed = PublicContext.from_bytes(PublicContext(params, zero_pk, key_id_of(zero_pk)).to_bytes())
+    x = np.random.default_rng(9).random((4, 1, 28, 28))
+    enc = key.encrypt_images(x)
+    for ctx, masked in ((key.context, True), (malformed, False)):
+        batch = EncryptedBatch(ctx, enc.input_shape, enc.count, enc.c0, enc.seeds)
+        a, b = (EncryptedOutputs.from_bytes(evaluate(plan, batch).to_bytes(), ctx) for _ in range(2))
+        q = np.uint64(q0)
+        diff = (a.data + q - b.data) % q                  # words < q0 < 2^54: no uint64 overflow
+        spread = int(np.minimum(diff, q - diff).max())
+        assert (spread > q0 // 4) if masked else (spread <= 4 << a.shift), (masked, spread.bit_length(), a.shift)
 
 
 def test_secret_key_is_not_in_the_public_context(table4_key):

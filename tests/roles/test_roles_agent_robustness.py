@@ -680,3 +680,29 @@ def test_a_stop_does_not_wait_for_a_long_training(tmp_path):
     c.stopping.set()
     with pytest.raises(TrainingCancelled):
         c.train(build_model("table4", seed=0), data, data, endless, list(range(10)))
+
+
+def test_a_contributor_answers_one_request_per_verifier_and_model(tmp_path):
+    """The first valid request of a drawn verifier binds, durably: the same inbox item again (a
+    restart mid-evaluation) goes on, a re-post of the same request CID (an honest verifier's
+    restart) is ignored, another request is refused; other verifiers and models bind their own.
+    The scenario with a verifier that asks again: test_roles_adversarial_copies.py."""
+    from coopml.roles.agent import InboxMessage
+    from coopml.roles.contributor import Contributor
+    from coopml.roles.messages import MessageKind
+    v1, v2 = "0x" + "11" * 20, "0x" + "22" * 20
+
+    def bind(c: Contributor, mid: int, sender: str, item: str, cid: str) -> Decision | None:
+        return c._bind_request(mid, InboxMessage(model_id=mid, sender=sender, kind=int(MessageKind.EVAL_REQUEST), cid=cid), item)
+
+    c = Contributor.__new__(Contributor)
+    c.state = AgentState(tmp_path / "state.sqlite")
+    assert bind(c, 1, v1, "inbox:5:0", "cid-a") is None
+    assert bind(c, 1, v2, "inbox:5:1", "cid-b") is None and bind(c, 2, v1, "inbox:6:0", "cid-c") is None
+    c.state.close()
+    c.state = AgentState(tmp_path / "state.sqlite")          # a restart: the bindings are on disk
+    assert bind(c, 1, v1, "inbox:5:0", "cid-a") is None
+    repeat = bind(c, 1, v1, "inbox:7:0", "cid-a")
+    assert repeat is not None and repeat.outcome == Outcome.IGNORED
+    other = bind(c, 1, v1, "inbox:8:0", "cid-d")
+    assert other is not None and other.outcome == Outcome.REJECTED and "one request per verifier" in other.reason

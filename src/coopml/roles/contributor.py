@@ -45,6 +45,13 @@ class BoxFact(Fact):
     box_key: str = Field(pattern="^[0-9a-f]{64}$")
 
 
+class BoundRequest(Fact):
+    """The one evaluation request of a drawn verifier for a model that this node answers."""
+
+    item: str       # the inbox item that carried it
+    cid: str
+
+
 class Contributor(Agent):
     role = Role.CONTRIBUTOR
     idle_step_s = 15.0      # `wakes` + the deadlines `step` registers say when; this is a safety net
@@ -338,6 +345,9 @@ class Contributor(Agent):
             return Decision(outcome=Outcome.REJECTED, reason="request is for another envelope")
         if header.n_queries > view.manifest.verification.max_queries:
             return Decision(outcome=Outcome.REJECTED, reason=f"{header.n_queries} queries exceed the task's maximum")
+        refusal = self._bind_request(mid, req, item)
+        if refusal is not None:
+            return refusal
         ctx, batch = self.fetch(header.context_cid), self.fetch(header.batch_cid)
         outputs, n = evaluation.evaluate_encrypted(self.scoring_model(self.record()), tuple(view.manifest.input.shape),
                                                    ctx, batch, view.manifest.verification.max_queries,
@@ -351,6 +361,24 @@ class Contributor(Agent):
             self.log(LogEvent.ANSWERED, model=mid, verifier=req.sender, queries=n, bytes=len(outputs))
         self.sends.submit(item, post)
         return None
+
+    def _bind_request(self, mid: int, req: InboxMessage, item: str) -> Decision | None:
+        """One evaluation per drawn verifier and model: the first valid request message binds
+        (durably, before the work, so a restart mid-evaluation finishes that one). Without it a
+        drawn verifier could post requests until the verify deadline, each answered: any number of
+        `max_queries` budgets on the model, and CPU the honest verifiers' answers wait behind. An
+        honest verifier re-posts only the same request CID (after a crash between its post and
+        its record), which the first answer already serves."""
+        ident = f"{mid}:{req.sender}"
+        self.state.add("bound_request", ident, BoundRequest(item=item, cid=req.cid))
+        bound = self.state.fact("bound_request", ident, BoundRequest)
+        assert bound is not None
+        if bound.item == item:
+            return None
+        if bound.cid == req.cid:
+            return Decision(outcome=Outcome.IGNORED, reason=f"a repeat of request {req.cid}, answered once")
+        return Decision(outcome=Outcome.REJECTED, reason=f"one request per verifier and model: {req.sender} "
+                        f"already asked with {bound.cid}")
 
     def _send_keys(self, mid: int, m: Any) -> bool:
         """Plaintext mode: the envelope key to each drawn verifier, sealed to its box key."""

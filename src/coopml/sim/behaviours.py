@@ -215,6 +215,38 @@ class SpammingVerifier(Verifier):
         return acted
 
 
+class RepeatingRequestVerifier(Verifier):
+    """An honest verifier that, once its own request for a model is posted, asks the contributor
+    again with EXTRA_REQUESTS more valid requests (its queries under fresh keys): each answered one
+    would be another `max_queries` evaluations of the model, and contributor CPU the honest
+    verifiers' answers wait behind. The contributor must answer one request per drawn verifier and
+    model (P8); this verifier still judges and votes on the first answer."""
+
+    EXTRA_REQUESTS = 2
+
+    def step(self) -> bool:
+        acted = super().step()
+        for mid, asg in self.state.facts("assignment", Assignment).items():
+            posted = self.state.get(f"request_posted:{mid}")
+            if posted is None or self.state.get(f"repeated:{mid}"):
+                continue
+            from coopml.roles import evaluation
+            from coopml.roles.messages import EvalRequest
+            first, _ = messages.decode(self.fetch(posted), MessageKind.EVAL_REQUEST)
+            assert isinstance(first, EvalRequest)
+            offer, _ = messages.decode(self.fetch(first.offer_cid), MessageKind.EVAL_OFFER)
+            assert isinstance(offer, EvalOffer)
+            for _ in range(self.EXTRA_REQUESTS):
+                enc = evaluation.encrypt_queries(self.queries(), offer.params)
+                again = first.model_copy(update={"context_cid": self.store.put(enc.public_context),
+                                                 "batch_cid": self.store.put(enc.batch)})
+                self.client.post_message(self.task_id, int(mid), asg.contributor, int(MessageKind.EVAL_REQUEST),
+                                         self.store.put(messages.encode(again)))
+            self.state.set(f"repeated:{mid}", True)
+            acted = True
+        return acted
+
+
 class OracleAttackingVerifier(Verifier):
     """ivhe-insecure mode: instead of the outputs of its evaluation, sends the initiator the model's
     ENCRYPTED FIRST-LAYER WEIGHTS to decrypt (a ciphertext under the same key, of a size the oracle

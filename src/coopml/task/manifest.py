@@ -60,7 +60,11 @@ class Verification(_Strict):
         "verifier can use to read the model's weights, and it can lie about or withhold any decryption "
         "(docs/threat-model.md)")
     queries: int = Field(1000, ge=10, le=100_000, description="images each verifier evaluates a model on")
-    max_queries: int = Field(1100, ge=10, le=100_000, description="contributors refuse larger requests")
+    max_queries: int = Field(1100, ge=10, le=100_000, description="contributors refuse larger requests and "
+                             "answer one request per drawn verifier and model. In ckks mode the encryption cannot "
+                             "enforce less than one ciphertext group: a request's ciphertexts carry the ring's "
+                             "capacity (N/2 or N images, at least 1024) whatever count the verifier declares "
+                             "(docs/threat-model.md, P8)")
     audit_cid: str | None = Field(None, description="CID of the task's public audit images (npz: x), mixed "
                                   "into every verifier's encrypted queries at secret positions")
     audit_per_request: int = Field(16, ge=0, le=1024)
