@@ -1,8 +1,8 @@
 """Hostile participants against the real agents on a real EVM, with real models and real CKKS
 verification (docs/threat-model.md). Each scenario is one small task with several attackers at
 once; the assertions are the properties, read from the chain. This file: a re-seller's permuted copy
-a verifier flooding every node with malformed messages, and one asking each contributor again and
-again for evaluations."""
+a verifier flooding every node with malformed messages, and one asking each contributor for more
+evaluations than its share."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ def test_value_test_rejects_a_permuted_copy_and_buys_new_classes(tmp_path):
     """A re-seller announces another contributor's model with its hidden channels permuted (same
     outputs, new hash): only one of the two is bought; a model that adds classes is bought. A
     verifier floods every node with malformed messages meanwhile: all record decisions and go on.
-    Another sends each contributor two more valid requests after its own: each contributor
-    evaluates one request per drawn verifier and model (without that rule: three answers each)."""
+    Another asks each contributor under a ring 8x larger than offered, then twice more under the
+    offered one: each contributor refuses all three (one request per drawn verifier and model, only
+    under its offer; without the rules it answers all three, or the first)."""
     plan = tiny_plan([_c([0, 1, 2, 3, 4], seed=7), _c([0, 1, 2, 3, 4], "CopyingContributor", same_data_as=0),
-                      _c([5, 6, 7, 8, 9], seed=3)], [_v(), _v("RepeatingRequestVerifier"), _v("SpammingVerifier")])
+                      _c([5, 6, 7, 8, 9], seed=3)], [_v(), _v("GreedyVerifier"), _v("SpammingVerifier")])
     r = run_in_process(plan, tmp_path, node="anvil")
     status = {m.contributor: m.status for m in r.models}
     assert sorted([status["contributor1"], status["contributor2"]]) == ["REJECTED", "RELEASED"], status
@@ -30,23 +31,24 @@ def test_value_test_rejects_a_permuted_copy_and_buys_new_classes(tmp_path):
                                    next(a for a, name in r.names.items() if name == "verifier2"))
 
 
-def assert_one_answer_per_verifier(workdir, contributors: list[str], repeater: str) -> None:
-    """Each contributor answered the repeating verifier once per model and refused its repeats."""
+def assert_one_answer_per_verifier(workdir, contributors: list[str], greedy: str) -> None:
+    """Each contributor refused the greedy verifier's request under a larger ring, then its
+    repeats under the offered one."""
     from coopml.roles.agent import InboxMessage
     from coopml.roles.messages import MessageKind
     from coopml.roles.state import AgentState
-    from coopml.sim.behaviours import RepeatingRequestVerifier
+    from coopml.sim.behaviours import GreedyVerifier
     for node in contributors:
         st = AgentState(workdir / node / "state.sqlite")
         requests = {i: m for i, m in st.facts("inbox", InboxMessage).items()
-                    if m.kind == MessageKind.EVAL_REQUEST and m.sender.lower() == repeater.lower()}
-        outcomes = {i: st.decision(f"inbox:{i}") for i in requests}
+                    if m.kind == MessageKind.EVAL_REQUEST and m.sender.lower() == greedy.lower()}
+        decisions = [st.decision(f"inbox:{i}") for i in requests]
         st.close()
-        assert len(requests) == 1 + RepeatingRequestVerifier.EXTRA_REQUESTS, (node, len(requests))
-        done = [d for d in outcomes.values() if d is not None and d.outcome.value == "done"]
-        refused = [d for d in outcomes.values() if d is not None and d.outcome.value == "rejected"
-                   and "one request per verifier and model" in d.reason]
-        assert len(done) == 1 and len(refused) == RepeatingRequestVerifier.EXTRA_REQUESTS, (node, outcomes)
+        why = sorted("ring" if "parameters other than offered" in d.reason else
+                     "repeat" if "one request per verifier and model" in d.reason else d.reason
+                     for d in decisions if d is not None and d.outcome.value == "rejected")
+        assert len(requests) == 1 + GreedyVerifier.EXTRA_REQUESTS, (node, len(requests))
+        assert why == ["repeat"] * GreedyVerifier.EXTRA_REQUESTS + ["ring"], (node, decisions)
 
 
 def assert_poison_recorded(workdir, nodes: list[str]) -> None:

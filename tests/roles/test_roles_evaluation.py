@@ -31,6 +31,24 @@ def test_a_verifier_refuses_an_offer_above_the_tasks_ring_limit():
         evaluation.encrypt_queries(qs, params, params["poly_modulus_degree"] // 2)
 
 
+def test_a_contributor_evaluates_only_under_the_parameters_it_offered():
+    """A larger ring the engine would also run holds N images per ciphertext, whatever count the
+    request declares (docs/threat-model.md, P8): refused; the offered ring is answered."""
+    model = build_model("table4", seed=0)
+    offered = evaluation.offer_params(model, SHAPE)
+    qs = evaluation.build_queries(np.random.default_rng(1).random((10, *SHAPE)).astype(np.float32),
+                                  np.zeros(10, np.int64), None, 0, np.random.default_rng(0))
+    larger = {**offered, "poly_modulus_degree": 4 * offered["poly_modulus_degree"]}
+    for params, ok in ((offered, True), (larger, False)):
+        enc = evaluation.encrypt_queries(qs, params)
+        if ok:
+            _, n = evaluation.evaluate_encrypted(model, SHAPE, enc.public_context, enc.batch, 100, offered=offered)
+            assert n == 10
+        else:
+            with pytest.raises(EvaluationError, match="other than offered"):
+                evaluation.evaluate_encrypted(model, SHAPE, enc.public_context, enc.batch, 100, offered=offered)
+
+
 def test_ckks_refuses_a_relu_network_naming_the_layer():
     with pytest.raises(UnsupportedLayerError, match="ReLU"):
         evaluation.check_evaluable(build_model("table1-c1"), SHAPE)

@@ -351,7 +351,7 @@ class Contributor(Agent):
         ctx, batch = self.fetch(header.context_cid), self.fetch(header.batch_cid)
         outputs, n = evaluation.evaluate_encrypted(self.scoring_model(self.record()), tuple(view.manifest.input.shape),
                                                    ctx, batch, view.manifest.verification.max_queries,
-                                                   self._scores_plan(view))
+                                                   self._scores_plan(view), offered=self._offer_params(view))
         reply = EvalResponse(task_id=self.task_id, model_id=mid, request_cid=req.cid, n_queries=n,
                              labels=self.record().labels)
         cid = self.store.put(messages.encode(reply, (outputs,)))

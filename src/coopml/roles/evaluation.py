@@ -148,11 +148,17 @@ def decrypt_scores(secret: bytes, outputs: bytes, n_queries: int, num_classes: i
 
 
 def evaluate_encrypted(model: torch.nn.Module, input_shape: tuple[int, ...], public_context: bytes,
-                       batch: bytes, max_queries: int, plan: Any = None) -> tuple[bytes, int]:
+                       batch: bytes, max_queries: int, plan: Any = None,
+                       offered: dict[str, Any] | None = None) -> tuple[bytes, int]:
     """Contributor: evaluate its own model on a verifier's encrypted images; (outputs, n). `plan`:
-    the model's `compile_scores` (compiled here if not given)."""
+    the model's `compile_scores` (compiled here if not given). `offered`: the parameters of our
+    EVAL_OFFER, the only ones we evaluate under -- a larger ring the engine would also run holds more
+    images per ciphertext (N of them, whatever count the request declares) and costs us more CPU."""
     from coopml.he import ckks
     enc = ckks.EncryptedBatch.from_bytes(batch, public_context)
+    if offered is not None and enc.params != ckks.CkksParams.create(**offered):
+        raise EvaluationError(f"request uses CKKS parameters other than offered ({enc.params.describe()}; "
+                              f"offered {ckks.CkksParams.create(**offered).describe()})")
     if enc.count > max_queries:
         raise EvaluationError(f"request holds {enc.count} images, more than the task's max_queries={max_queries}")
     if plan is None:

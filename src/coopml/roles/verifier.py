@@ -128,6 +128,11 @@ class Verifier(Agent):
     def should_reveal(self) -> bool:
         return True
 
+    def request_params(self, offered: dict[str, Any]) -> dict[str, Any]:
+        """The CKKS parameters our request uses: the contributor's offer (it refuses any other;
+        sim.behaviours.GreedyVerifier asks for a larger ring)."""
+        return offered
+
     def ivhe_query(self, view: TaskView, model_blob: bytes, public_key: bytes) -> bytes:
         """ivhe-insecure: the ciphertext we ask the initiator to decrypt — the encrypted model's outputs
         on our images. (The initiator cannot check that it is; sim.behaviours.OracleAttackingVerifier.)"""
@@ -366,7 +371,7 @@ class Verifier(Agent):
             return Decision(outcome=Outcome.REJECTED, reason="offer names another task or model")
         qs = self.queries()
         limit = view.manifest.verification.poly_modulus_degree or evaluation.MAX_POLY_DEGREE
-        enc = evaluation.encrypt_queries(qs, header.params, limit)      # checks the parameters first
+        enc = evaluation.encrypt_queries(qs, self.request_params(header.params), limit)   # checks them first
         self.write_secret(f"ckks_key_{asg.model_id}", enc.secret)
         req = EvalRequest(task_id=self.task_id, model_id=asg.model_id, envelope_hash=bytes(m.envelope_hash).hex(),
                           n_queries=len(qs.x), offer_cid=msg.cid, context_cid=self.store.put(enc.public_context),

@@ -215,14 +215,19 @@ class SpammingVerifier(Verifier):
         return acted
 
 
-class RepeatingRequestVerifier(Verifier):
-    """An honest verifier that, once its own request for a model is posted, asks the contributor
-    again with EXTRA_REQUESTS more valid requests (its queries under fresh keys): each answered one
-    would be another `max_queries` evaluations of the model, and contributor CPU the honest
-    verifiers' answers wait behind. The contributor must answer one request per drawn verifier and
-    model (P8); this verifier still judges and votes on the first answer."""
+class GreedyVerifier(Verifier):
+    """Asks a contributor for more than one request's worth. Its request uses the largest ring the
+    offered primes allow instead of the offered one (the engine would evaluate it: N images per
+    ciphertext, 8x the slots of Table IV's offer, whatever count the request declares); then it
+    asks EXTRA_REQUESTS more times with the offered parameters, under fresh keys, each answered one
+    another `max_queries` evaluations of the model and contributor CPU the honest verifiers'
+    answers wait behind. A contributor must evaluate only under its offer, and only one request
+    per drawn verifier and model (P8): this one then gets nothing and votes REJECT at the deadline."""
 
     EXTRA_REQUESTS = 2
+
+    def request_params(self, offered: dict[str, Any]) -> dict[str, Any]:
+        return {**offered, "poly_modulus_degree": 16384}
 
     def step(self) -> bool:
         acted = super().step()
