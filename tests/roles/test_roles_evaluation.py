@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from coopml.he import UnsupportedLayerError
 from coopml.models import build_model
@@ -47,6 +49,21 @@ def test_a_contributor_evaluates_only_under_the_parameters_it_offered():
         else:
             with pytest.raises(EvaluationError, match="other than offered"):
                 evaluation.evaluate_encrypted(model, SHAPE, enc.public_context, enc.batch, 100, offered=offered)
+
+
+@given(st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=1, max_size=40))
+def test_shared_scores_are_coarse_and_still_pass_the_audit(values):
+    """What a verifier shares of its decryptions (its audit report) sits on a grid of 2^-16 of the
+    largest magnitude: no decryption-noise bits leave it, and the buyer's audit still matches."""
+    x = np.asarray(values).reshape(-1, 1)
+    c = evaluation.coarsen(x)
+    top = np.abs(x).max()
+    if top == 0:
+        assert (c == 0).all()
+        return
+    step = 2.0 ** (np.ceil(np.log2(top)) - evaluation.SHARED_SCORE_BITS)
+    assert np.all(np.abs(c - x) <= step / 2) and np.all(np.mod(c / step, 1) == 0)
+    assert evaluation.reproduces(c, x)
 
 
 def test_ckks_refuses_a_relu_network_naming_the_layer():

@@ -547,7 +547,8 @@ class Verifier(Agent):
         if scores is not None and len(qs.audit):
             report = AuditReport(task_id=self.task_id, model_id=asg.model_id,
                                  audit_indices=[int(i) for i in qs.audit_index],
-                                 logits=scores[qs.audit].tolist(), labels=sorted(asg.labels or []))
+                                 logits=evaluation.coarsen(scores[qs.audit]).tolist(),   # never full precision
+                                 labels=sorted(asg.labels or []))
             blob = seal(view.delivery_key, messages.encode(report), f"audit:{asg.model_id}".encode())
             initiator = self.view.info.initiator
             self.client.post_message(self.task_id, asg.model_id, initiator, int(MessageKind.AUDIT_REPORT),
