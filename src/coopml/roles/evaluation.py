@@ -179,20 +179,22 @@ def plaintext_scores(model: torch.nn.Module, x: np.ndarray, batch: int = 500) ->
 
 
 SHARED_SCORE_BITS = 16    # decrypted scores leave the verifier rounded to 2^-16 of their largest magnitude
+SHARED_SCORE_FLOOR = 2.0 ** -18   # and never to a grid finer than this (value units)
 
 
 def coarsen(scores: np.ndarray, bits: int = SHARED_SCORE_BITS) -> np.ndarray:
     """Decrypted CKKS scores as a verifier may share them (its audit report): rounded to a grid of
-    2^-bits of the largest magnitude. A CKKS decryption at full precision carries the decryption
-    noise, and with enough such values whoever holds the ciphertexts (the contributor, colluding with
-    the buyer who reads the report) can solve for the verifier's secret key and read its private
-    queries (Li and Micciancio, EUROCRYPT 2021). The audit compares within 2-5 % (`reproduces`);
-    2^-16 is far below that and far above the 2^-20 output precision the noise hides under."""
+    2^-bits of the largest magnitude, at least SHARED_SCORE_FLOOR. A CKKS decryption at full
+    precision carries the decryption noise, and with enough such values whoever holds the
+    ciphertexts (the contributor, colluding with the buyer who reads the report) can solve for the
+    verifier's secret key and read its private queries (Li and Micciancio, EUROCRYPT 2021). The
+    output noise sits below 2^-20 in value units (the engine's rounding target), under the grid;
+    the audit compares within 2-5 % of the largest score (`reproduces`), far above it."""
     scores = np.asarray(scores, dtype=np.float64)
     top = float(np.abs(scores).max(initial=0.0))
-    if top == 0.0 or not np.isfinite(top):
+    if not np.isfinite(top):
         return scores.copy()
-    step = 2.0 ** (math.ceil(math.log2(top)) - bits)
+    step = max(2.0 ** (math.ceil(math.log2(top)) - bits), SHARED_SCORE_FLOOR) if top > 0 else SHARED_SCORE_FLOOR
     return np.round(scores / step) * step
 
 
